@@ -1,0 +1,3 @@
+from nsrun.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Entry point. The hot paths (`nsrun [-p P] [-n N] [-u U] -- CMD` and `nsrun exec NAME --
+CMD`) are parsed here with the standard library, so a run never pays for importing typer;
+everything else, `--help` included, goes to the typer application in `nsrun.app`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from nsrun.errors import NsrunError, UsageError
+
+SUBCOMMANDS = ("up", "down", "exec", "shell", "ls", "gc", "profiles", "unit", "demo")
+RUN_USAGE = "usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]  (nsrun --help for more)"
+_OPTS = {"-p": "profile", "--profile": "profile", "-n": "name", "--name": "name",
+         "-u": "user", "--user": "user"}
+
+
+def parse_run(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Parse `[-p P] [-n N] [-u U] -- CMD...`; UsageError on anything else."""
+    opts: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            cmd = args[i + 1:]
+            if not cmd:
+                raise UsageError(f"missing command after --; {RUN_USAGE}")
+            return opts, cmd
+        key, eq, value = arg.partition("=")
+        if key in _OPTS:
+            field = _OPTS[key]
+            if not eq:
+                if i + 1 >= len(args) or args[i + 1] == "--":
+                    raise UsageError(f"option {key} needs a value; {RUN_USAGE}")
+                value = args[i + 1]
+                i += 1
+            if field in opts:
+                raise UsageError(f"option {key} given twice")
+            opts[field] = value
+            i += 1
+            continue
+        if arg.startswith("-"):
+            raise UsageError(f"unknown option {arg}; {RUN_USAGE}")
+        raise UsageError(f"unknown command {arg!r}, or missing `--` before the command; {RUN_USAGE}")
+    raise UsageError(f"missing `-- CMD`; {RUN_USAGE}")
+
+
+def _fast_exec(args: list[str]) -> list[str] | None:
+    """`exec NAME [-u USER] -- CMD...` in its plain forms; None sends it to typer."""
+    if len(args) < 4 or args[1].startswith("-"):
+        return None
+    rest = args[2:]
+    user = None
+    if rest[:1] in (["-u"], ["--user"]) and len(rest) >= 2:
+        user, rest = rest[1], rest[2:]
+    if rest[:1] != ["--"] or len(rest) < 2:
+        return None
+    from nsrun import run
+
+    run.exec_in(args[1], rest[1:], user)
+    return []  # not reached: exec_in execs or raises
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args and args[0] == "exec" and _fast_exec(args) is not None:
+            return 0
+        if not args or args[0] in SUBCOMMANDS or args[0] in ("-h", "--help", "--version"):
+            from nsrun import app
+
+            return app.main(args)
+        opts, cmd = parse_run(args)
+        from nsrun import run
+
+        return run.run(cmd, opts.get("profile"), opts.get("name"), opts.get("user"))
+    except NsrunError as exc:
+        sys.stderr.write(f"nsrun: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # an unexpected failure: one line unless debugging
+        if os.environ.get("NSRUN_DEBUG"):
+            raise
+        sys.stderr.write(f"nsrun: internal error: {type(exc).__name__}: {exc} (NSRUN_DEBUG=1 shows where)\n")
+        return 1

@@ -1,0 +1,256 @@
+"""A throwaway lab of network namespaces: the seed's scenario, for `nsrun demo` and tests.
+
+    [other .100]--+                         +--[gw1 .1]--198.51.100.1 --+
+                  |                         |                           |
+    [host br0 .10]-eth0--[lan switch]-------+                        [upstream]
+     default via gw2                        |                        198.51.100.254
+                                            +--[gw2 .2]--203.0.113.2 --+ 203.0.113.254
+                                                                      server :8000
+LAN 192.168.1.0/24. Both gateways masquerade, and the upstream has no route back to the
+LAN, so the address the server reports says which gateway a connection went through.
+Nothing here touches the machine's own namespace; `destroy()` removes every namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nsrun import kernel, netns
+
+LAN = "192.168.1.0/24"
+HOST_ADDR = "192.168.1.10"
+GW1_LAN, GW2_LAN = "192.168.1.1", "192.168.1.2"
+OTHER_ADDR = "192.168.1.100"  # taken on the LAN by a host nsrun does not know
+GW1_UP, GW2_UP = "198.51.100.1", "203.0.113.2"
+SERVER, SERVER_ALT = "198.51.100.254", "203.0.113.254"
+PORT = 8000
+
+
+def _in_child(ns: str, func: Callable[[], None]) -> None:
+    """Run FUNC in a forked child inside NS (python-iptables keeps per-process handles)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            netns.enter(ns)
+            func()
+            code = 0
+        except BaseException as exc:
+            sys.stderr.write(f"lab: {exc}\n")
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"lab: configuring {ns} failed")
+
+
+def _masquerade(out_if: str) -> Callable[[], None]:
+    def apply() -> None:
+        from nsrun import firewall, sysctl
+
+        iptc = firewall.load()
+        sysctl.write("net.ipv4.ip_forward", "1")
+        rule = iptc.Rule()
+        rule.out_interface = out_if
+        rule.create_target("MASQUERADE")
+        iptc.Chain(iptc.Table(iptc.Table.NAT), "POSTROUTING").insert_rule(rule)
+
+    return apply
+
+
+class Lab:
+    def __init__(self, prefix: str | None = None) -> None:
+        self.id = prefix or "nsl" + secrets.token_hex(3)
+        self.host = f"{self.id}-host"
+        self.lan = f"{self.id}-lan"
+        self.gw1 = f"{self.id}-gw1"
+        self.gw2 = f"{self.id}-gw2"
+        self.up = f"{self.id}-up"
+        self.other = f"{self.id}-other"
+        self.server: subprocess.Popen[bytes] | None = None
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.host, self.lan, self.gw1, self.gw2, self.up, self.other]
+
+    def build(self) -> "Lab":
+        try:
+            self._build()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def _build(self) -> None:
+        from nsrun import netlink
+
+        for ns in self.namespaces:
+            netns.create(ns, lambda: None)
+        fds = {ns: os.open(netns.path(ns), os.O_RDONLY | os.O_CLOEXEC) for ns in self.namespaces}
+        try:
+            def in_ns(ns: str, func: Callable[[Any], None]) -> None:
+                def body() -> None:
+                    with netlink.IPRoute() as ipr:
+                        ipr.link("set", index=1, state="up")
+                        func(ipr)
+                netns.in_thread(body, enter=ns)
+
+            def veth(ipr: Any, name: str, peer_ns: str, peer: str) -> int:
+                ipr.link("add", ifname=name, kind="veth", peer={"ifname": peer, "net_ns_fd": fds[peer_ns]})
+                idx: int = ipr.link_lookup(ifname=name)[0]
+                ipr.link("set", index=idx, state="up")
+                return idx
+
+            def addr(ipr: Any, idx: int, cidr: str) -> None:
+                a, p = cidr.split("/")
+                ipr.addr("add", index=idx, address=a, prefixlen=int(p))
+
+            # The LAN switch: a bridge in its own namespace, one port per LAN host.
+            def lan(ipr: Any) -> None:
+                ipr.link("add", ifname="sw", kind="bridge")
+                sw = ipr.link_lookup(ifname="sw")[0]
+                ipr.link("set", index=sw, state="up")
+                for port, ns in (("p-host", self.host), ("p-gw1", self.gw1),
+                                 ("p-gw2", self.gw2), ("p-other", self.other)):
+                    idx = veth(ipr, port, ns, "eth0")
+                    ipr.link("set", index=idx, master=sw)
+            in_ns(self.lan, lan)
+
+            def upstream(ipr: Any) -> None:
+                addr(ipr, veth(ipr, "to-gw1", self.gw1, "eth1"), SERVER + "/24")
+                addr(ipr, veth(ipr, "to-gw2", self.gw2, "eth1"), SERVER_ALT + "/24")
+            in_ns(self.up, upstream)
+
+            def gateway(lan_addr: str, up_addr: str, via: str) -> Callable[[Any], None]:
+                def conf(ipr: Any) -> None:
+                    for ifname in ("eth0", "eth1"):
+                        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+                    addr(ipr, ipr.link_lookup(ifname="eth0")[0], lan_addr + "/24")
+                    addr(ipr, ipr.link_lookup(ifname="eth1")[0], up_addr + "/24")
+                    ipr.route("add", dst="0.0.0.0/0", gateway=via)
+                return conf
+            in_ns(self.gw1, gateway(GW1_LAN, GW1_UP, SERVER))
+            in_ns(self.gw2, gateway(GW2_LAN, GW2_UP, SERVER_ALT))
+
+            # The lab host, as in the seed: eth0 enslaved to br0, which carries the address.
+            def host(ipr: Any) -> None:
+                eth0 = ipr.link_lookup(ifname="eth0")[0]
+                ipr.link("add", ifname="br0", kind="bridge")
+                br0 = ipr.link_lookup(ifname="br0")[0]
+                ipr.link("set", index=eth0, master=br0, state="up")
+                ipr.link("set", index=br0, state="up")
+                addr(ipr, br0, HOST_ADDR + "/24")
+                ipr.route("add", dst="0.0.0.0/0", gateway=GW2_LAN)
+            in_ns(self.host, host)
+
+            def other(ipr: Any) -> None:
+                eth0 = ipr.link_lookup(ifname="eth0")[0]
+                ipr.link("set", index=eth0, state="up")
+                addr(ipr, eth0, OTHER_ADDR + "/24")
+            in_ns(self.other, other)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        _in_child(self.gw1, _masquerade("eth1"))
+        _in_child(self.gw2, _masquerade("eth1"))
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "nsrun.lab", "serve", netns.path(self.up), str(PORT)],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while netns.in_thread(lambda: _port_open(SERVER, PORT), enter=self.up) is False:
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("lab: the upstream server did not start")
+            time.sleep(0.02)
+
+    def destroy(self) -> None:
+        if self.server is not None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(5)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+            self.server = None
+        for ns in self.namespaces:
+            for pid in netns.pids_in(ns):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            netns.delete(ns)
+
+    def enter_host(self) -> None:
+        """For preexec_fn: move a child process into the lab host's network namespace only."""
+        netns.enter(self.host)
+
+    def __enter__(self) -> "Lab":
+        return self.build()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.recv(64)
+        return True
+    except OSError:
+        return False
+
+
+# -- the two programs that run inside the lab ---------------------------------------------
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(f"{self.client_address[0]}\n".encode())
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def serve(ns_path: str, port: int) -> None:
+    """The upstream server: replies to every connection with the address it came from."""
+    fd = os.open(ns_path, os.O_RDONLY)
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    os.close(fd)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with _Server(("0.0.0.0", port), _Handler) as srv:
+        srv.serve_forever()
+
+
+def client(host: str = SERVER, port: int = PORT, timeout: float = 3.0) -> str:
+    """Ask the upstream server which address it sees us as."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        return s.recv(64).decode().strip()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"] and len(argv) == 3:
+        serve(argv[1], int(argv[2]))
+        return 0
+    if argv[:1] == ["client"]:
+        host = argv[1] if len(argv) > 1 else SERVER
+        try:
+            print(client(host))
+        except OSError as exc:
+            print(f"connection failed: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    print("usage: python -m nsrun.lab serve NETNS_PATH PORT | client [HOST]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,157 @@
+"""Address leases: an allocator that knows ranges, and a store that knows disks.
+
+After CNI's host-local IPAM: one file per leased address holding its owner's name,
+reserved with O_EXCL under a per-bridge flock, so concurrent runs never share an address.
+Allocation is round-robin from the last address handed out, so an address just released
+is not handed out again at once (stale ARP entries on the LAN expire first).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from nsrun import state
+from nsrun.errors import NsrunError
+
+
+class Store(Protocol):
+    def taken(self) -> dict[int, str]: ...
+    def reserve(self, addr: int, owner: str) -> bool: ...
+    def release(self, addr: int, owner: str) -> None: ...
+    def last_reserved(self) -> int | None: ...
+    def set_last_reserved(self, addr: int) -> None: ...
+
+
+def candidates(pool: list[int], last: int | None) -> Iterator[int]:
+    """POOL in order, starting just after LAST (or at the start) and wrapping around."""
+    if not pool:
+        return
+    start = 0
+    if last is not None:
+        for i, a in enumerate(pool):
+            if a > last:
+                start = i
+                break
+    yield from pool[start:]
+    yield from pool[:start]
+
+
+def allocate(store: Store, pool: list[int], owner: str,
+             usable: Callable[[int], bool] = lambda a: True) -> int:
+    """Reserve the next free address of POOL for OWNER; the caller holds the store's lock.
+
+    USABLE may veto an address (the ARP probe in bridge mode: something on the LAN has it).
+    An address OWNER already holds is returned again (idempotent re-run after a crash).
+    """
+    taken = store.taken()
+    for addr, who in taken.items():
+        if who == owner and addr in pool:
+            return addr
+    for addr in candidates(pool, store.last_reserved()):
+        if addr in taken:
+            continue
+        if not usable(addr):
+            continue
+        if store.reserve(addr, owner):
+            store.set_last_reserved(addr)
+            return addr
+    raise NsrunError(
+        f"no free address: all {len(pool)} addresses of the range are leased or answer on the LAN"
+    )
+
+
+class FileStore:
+    """Leases of one bridge under NSRUN_STATE_DIR/net/BRIDGE/leases/."""
+
+    def __init__(self, bridge: str) -> None:
+        self.base = state.net_dir(bridge)
+        self.dir = self.base / "leases"
+
+    def lock(self) -> state.Lock:
+        return state.Lock(self.base / "lock")
+
+    def _path(self, addr: int) -> Path:
+        return self.dir / str(ipaddress.IPv4Address(addr))
+
+    def taken(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return out
+        for fn in names:
+            try:
+                addr = int(ipaddress.IPv4Address(fn))
+            except ValueError:
+                continue
+            try:
+                out[addr] = (self.dir / fn).read_text().strip()
+            except FileNotFoundError:
+                continue
+        return out
+
+    def reserve(self, addr: int, owner: str) -> bool:
+        state.ensure_dir(self.dir)
+        try:
+            fd = os.open(self._path(addr), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(owner)
+        return True
+
+    def release(self, addr: int, owner: str) -> None:
+        path = self._path(addr)
+        try:
+            if path.read_text().strip() == owner:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def release_owner(self, owner: str) -> list[int]:
+        gone = [a for a, who in self.taken().items() if who == owner]
+        for a in gone:
+            self.release(a, owner)
+        return gone
+
+    def last_reserved(self) -> int | None:
+        try:
+            return int(ipaddress.IPv4Address((self.base / "last_reserved").read_text().strip()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def set_last_reserved(self, addr: int) -> None:
+        tmp = self.base / ".last_reserved.tmp"
+        tmp.write_text(str(ipaddress.IPv4Address(addr)))
+        os.replace(tmp, self.base / "last_reserved")
+
+
+class MemoryStore:
+    """The same contract in memory, for unit tests of the allocator."""
+
+    def __init__(self) -> None:
+        self.leases: dict[int, str] = {}
+        self.last: int | None = None
+
+    def taken(self) -> dict[int, str]:
+        return dict(self.leases)
+
+    def reserve(self, addr: int, owner: str) -> bool:
+        if addr in self.leases:
+            return False
+        self.leases[addr] = owner
+        return True
+
+    def release(self, addr: int, owner: str) -> None:
+        if self.leases.get(addr) == owner:
+            del self.leases[addr]
+
+    def last_reserved(self) -> int | None:
+        return self.last
+
+    def set_last_reserved(self, addr: int) -> None:
+        self.last = addr

@@ -1,0 +1,76 @@
+"""Names: what a namespace may be called, and the names derived from it.
+
+Every kernel object nsrun makes for a namespace carries a name derived from the
+namespace's name, so `nsrun gc` can find each piece again without any record in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from nsrun.errors import UsageError
+
+NAME_MAX = 64
+IFNAME_MAX = 15  # bytes, IFNAMSIZ - 1
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1))
+# Linux refuses '/', ':' and white space in interface names, and '.'/'..' alone.
+_IFNAME_BAD = re.compile(r"[\s/:]")
+
+EPHEMERAL_PREFIX = "nsrun-"
+HOST_VETH_PREFIX = "nsr"
+INNER_IFNAME = "eth0"
+IFALIAS_PREFIX = "nsrun:"
+
+
+def check_name(name: str) -> str:
+    """Return NAME if it is a valid namespace name, else raise UsageError.
+
+    Valid: 1 to 64 characters of [A-Za-z0-9_.-], not starting with '.' or '-'. Such a
+    name can never escape /run/netns or the state directory.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        shown = name if isinstance(name, str) and name.isprintable() else repr(name)
+        raise UsageError(
+            f"invalid namespace name {shown!r}: use 1 to {NAME_MAX} characters of "
+            "A-Z a-z 0-9 _ . - not starting with '.' or '-'"
+        )
+    return name
+
+
+def ifname_problem(ifname: str) -> str | None:
+    """Why IFNAME cannot be a Linux interface name, or None when it can."""
+    if not ifname:
+        return "is empty"
+    if len(ifname.encode()) > IFNAME_MAX:
+        return f"is {len(ifname.encode())} bytes long; interface names have at most {IFNAME_MAX}"
+    if ifname in (".", "..") or _IFNAME_BAD.search(ifname):
+        return "is not a valid interface name (no '/', ':' or white space)"
+    return None
+
+
+def ephemeral_name() -> str:
+    return EPHEMERAL_PREFIX + secrets.token_hex(4)
+
+
+def is_ephemeral(name: str) -> bool:
+    return name.startswith(EPHEMERAL_PREFIX) and len(name) == len(EPHEMERAL_PREFIX) + 8
+
+
+def host_veth(name: str) -> str:
+    """The host end of NAME's veth pair: 'nsr' + 10 hex digits (13 bytes)."""
+    return HOST_VETH_PREFIX + hashlib.blake2s(name.encode(), digest_size=5).hexdigest()
+
+
+def is_host_veth(ifname: str) -> bool:
+    return (
+        ifname.startswith(HOST_VETH_PREFIX)
+        and len(ifname) == len(HOST_VETH_PREFIX) + 10
+        and all(c in "0123456789abcdef" for c in ifname[len(HOST_VETH_PREFIX):])
+    )
+
+
+def ifalias(name: str) -> str:
+    """The alias set on the host veth, so `ip link` and `gc` can tell whose it is."""
+    return IFALIAS_PREFIX + name

@@ -1,0 +1,142 @@
+"""Named network namespaces at /run/netns/NAME, as iproute2 makes them (no pyroute2).
+
+A namespace is created in a short-lived thread (network namespaces are per thread), so the
+caller never leaves its own namespace; the thread bind-mounts its namespace at
+/run/netns/NAME and may configure the inside before it ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from nsrun import kernel
+
+NETNS_DIR = "/run/netns"
+T = TypeVar("T")
+
+
+def path(name: str) -> str:
+    return f"{NETNS_DIR}/{name}"
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(path(name))
+
+
+def names() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def inode(name: str) -> int | None:
+    try:
+        return os.stat(path(name)).st_ino
+    except OSError:
+        return None
+
+
+def _prepare_dir() -> None:
+    """Make /run/netns a shared mount point, as `ip netns add` does, so namespaces created
+    here propagate to mount namespaces that `ip netns exec` and nsrun make."""
+    os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+    try:
+        kernel.mount("", NETNS_DIR, "none", kernel.MS_SHARED | kernel.MS_REC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        kernel.mount(NETNS_DIR, NETNS_DIR, "none", kernel.MS_BIND | kernel.MS_REC)
+        kernel.mount("", NETNS_DIR, "none", kernel.MS_SHARED | kernel.MS_REC)
+
+
+def in_thread(func: Callable[[], T], enter: str | None = None, create: str | None = None) -> T:
+    """Run FUNC in a thread that first enters namespace ENTER, or creates namespace CREATE.
+
+    Sockets FUNC opens belong to that namespace; the calling thread is never moved.
+    """
+    result: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            if create is not None:
+                target = path(create)
+                fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+                os.close(fd)
+                try:
+                    kernel.unshare(kernel.CLONE_NEWNET)
+                    kernel.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net",
+                                 target, "none", kernel.MS_BIND)
+                except BaseException:
+                    os.unlink(target)
+                    raise
+            elif enter is not None:
+                fd = os.open(path(enter), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    kernel.setns(fd, kernel.CLONE_NEWNET)
+                finally:
+                    os.close(fd)
+            result["value"] = func()
+        except BaseException as exc:  # handed to the caller
+            result["error"] = exc
+
+    th = threading.Thread(target=body, name="nsrun-netns")
+    th.start()
+    th.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["value"]  # type: ignore[return-value]
+
+
+def create(name: str, inside: Callable[[], T]) -> T:
+    """Create /run/netns/NAME and run INSIDE in it; FileExistsError if NAME exists."""
+    _prepare_dir()
+    return in_thread(inside, create=name)
+
+
+def delete(name: str) -> None:
+    """Unmount and remove /run/netns/NAME; quietly nothing if it is not there."""
+    target = path(name)
+    try:
+        kernel.umount2(target, kernel.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    try:
+        os.unlink(target)
+    except FileNotFoundError:
+        pass
+
+
+def enter(name: str) -> None:
+    """Move the calling thread into NAME (used right before exec)."""
+    fd = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        kernel.setns(fd, kernel.CLONE_NEWNET)
+    finally:
+        os.close(fd)
+
+
+def pids_by_inode() -> dict[int, list[int]]:
+    """Map network-namespace inode -> pids of the processes in it."""
+    out: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ino = os.stat(f"/proc/{entry.name}/ns/net").st_ino
+        except OSError:
+            continue
+        out.setdefault(ino, []).append(int(entry.name))
+    return out
+
+
+def pids_in(name: str) -> list[int]:
+    ino = inode(name)
+    if ino is None:
+        return []
+    return pids_by_inode().get(ino, [])

@@ -1,0 +1,312 @@
+"""Profiles: TOML files (schema v1) that say how a namespace is wired.
+
+Loading is split in two so the logic can be tested without files: `parse()` turns TOML
+text into a validated `Profile` or raises `ProfileError`; `load()` finds a file on the
+profile path, checks who may have written it, and calls `parse()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nsrun.errors import ProfileError, UsageError
+from nsrun.names import ifname_problem
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("nat", "bridge", "isolated")
+DEFAULT_PROFILE = "nat"
+DEFAULT_NAT_BRIDGE = "nsrun0"
+DEFAULT_PROBE_MS = 50
+KEYS = (
+    "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
+    "mtu", "probe_ms",
+)
+# Keys each mode accepts besides description and mode.
+MODE_KEYS = {
+    "nat": {"bridge", "subnet", "range", "gateway", "dns", "mtu"},
+    "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "mtu", "probe_ms"},
+    "isolated": set(),
+}
+MAX_FILE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    source: str
+    mode: str
+    description: str = ""
+    bridge: str | None = None
+    uplink: str | None = None
+    subnet: ipaddress.IPv4Network | None = None
+    first: ipaddress.IPv4Address | None = None  # the range handed out, inclusive
+    last: ipaddress.IPv4Address | None = None
+    gateway: ipaddress.IPv4Address | None = None
+    dns: tuple[str, ...] | None = None  # None: the host's resolvers
+    mtu: int | None = None
+    probe_ms: int = 0
+
+    @property
+    def wired(self) -> bool:
+        return self.mode != "isolated"
+
+    def pool(self) -> list[int]:
+        """The addresses (as integers) this profile may hand out, in order."""
+        if not self.wired:
+            return []
+        assert self.first is not None and self.last is not None
+        gw = int(self.gateway) if self.gateway is not None else -1
+        return [a for a in range(int(self.first), int(self.last) + 1) if a != gw]
+
+    def resolved(self) -> dict[str, Any]:
+        """The profile as it will be applied, defaults filled in (for `profiles show`)."""
+        out: dict[str, Any] = {"name": self.name, "source": self.source,
+                               "description": self.description, "mode": self.mode}
+        if self.wired:
+            out.update(
+                bridge=self.bridge,
+                subnet=str(self.subnet),
+                range=f"{self.first}-{self.last}",
+                gateway=str(self.gateway),
+                dns=list(self.dns) if self.dns is not None else "host",
+            )
+            if self.mode == "bridge":
+                out["uplink"] = self.uplink
+                out["probe_ms"] = self.probe_ms
+            out["mtu"] = self.mtu
+        return out
+
+
+def _type_error(source: str, key: str, want: str, value: Any) -> ProfileError:
+    return ProfileError(source, key, f"must be {want}, not {type(value).__name__}")
+
+
+def _ifname(source: str, key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _type_error(source, key, "a string", value)
+    problem = ifname_problem(value)
+    if problem:
+        raise ProfileError(source, key, f"{value!r} {problem}")
+    return value
+
+
+def _int(source: str, key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(source, key, "an integer", value)
+    if not lo <= value <= hi:
+        raise ProfileError(source, key, f"{value} is out of range {lo}..{hi}")
+    return value
+
+
+def _host_address(source: str, key: str, text: Any, net: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    if not isinstance(text, str):
+        raise _type_error(source, key, "a string", text)
+    try:
+        addr = ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        raise ProfileError(source, key, f"{text!r} is not an IPv4 address") from None
+    if addr not in net:
+        raise ProfileError(source, key, f"{addr} is outside the subnet {net}")
+    if addr in (net.network_address, net.broadcast_address):
+        raise ProfileError(source, key, f"{addr} is the subnet's network or broadcast address")
+    return addr
+
+
+def parse(text: str, source: str, name: str) -> Profile:
+    """Validate TOML TEXT as a profile; raise ProfileError naming SOURCE, key and reason."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(source, None, f"TOML syntax error: {exc}") from None
+    return validate(data, source, name)
+
+
+def validate(data: dict[str, Any], source: str, name: str) -> Profile:
+    for key in data:
+        if key not in KEYS:
+            hint = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+            more = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(KEYS)}"
+            raise ProfileError(source, key, f"unknown key{more}")
+
+    mode = data.get("mode")
+    if mode is None:
+        raise ProfileError(source, "mode", f"is required: one of {', '.join(MODES)}")
+    if mode not in MODES:
+        raise ProfileError(source, "mode", f"{mode!r} is not one of {', '.join(MODES)}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise _type_error(source, "description", "a string", description)
+    for key in data:
+        if key not in ("description", "mode") and key not in MODE_KEYS[mode]:
+            raise ProfileError(source, key, f"is not used in {mode} mode")
+    if mode == "isolated":
+        return Profile(name=name, source=source, mode=mode, description=description)
+
+    if "bridge" in data:
+        bridge = _ifname(source, "bridge", data["bridge"])
+    elif mode == "nat":
+        bridge = DEFAULT_NAT_BRIDGE
+    else:
+        raise ProfileError(source, "bridge", "is required in bridge mode")
+    uplink = None
+    if "uplink" in data:
+        uplink = _ifname(source, "uplink", data["uplink"])
+        if uplink == bridge:
+            raise ProfileError(source, "uplink", "must differ from the bridge")
+
+    if "subnet" not in data:
+        raise ProfileError(source, "subnet", f"is required in {mode} mode")
+    raw = data["subnet"]
+    if not isinstance(raw, str):
+        raise _type_error(source, "subnet", "a string such as '10.251.0.0/24'", raw)
+    try:
+        subnet = ipaddress.IPv4Network(raw.strip(), strict=True)
+    except ValueError as exc:
+        raise ProfileError(source, "subnet", f"{raw!r} is not an IPv4 network ({exc})") from None
+    if subnet.prefixlen > 30:
+        raise ProfileError(source, "subnet", f"{subnet} is too small: a /30 or larger leaves room for a gateway and a lease")
+
+    if "gateway" in data:
+        gateway = _host_address(source, "gateway", data["gateway"], subnet)
+    elif mode == "nat":
+        gateway = subnet.network_address + 1
+    else:
+        raise ProfileError(source, "gateway", "is required in bridge mode")
+
+    if "range" in data:
+        raw = data["range"]
+        if not isinstance(raw, str):
+            raise _type_error(source, "range", "a string such as '192.168.1.100-192.168.1.149'", raw)
+        parts = raw.split("-")
+        if len(parts) != 2:
+            raise ProfileError(source, "range", f"{raw!r} is not FIRST-LAST")
+        first = _host_address(source, "range", parts[0], subnet)
+        last = _host_address(source, "range", parts[1], subnet)
+        if first > last:
+            raise ProfileError(source, "range", f"{first} comes after {last}")
+    else:
+        first, last = subnet.network_address + 1, subnet.broadcast_address - 1
+    if first == last == gateway:
+        raise ProfileError(source, "range", "holds only the gateway: no address is left to hand out")
+
+    dns: tuple[str, ...] | None = None
+    if "dns" in data:
+        raw = data["dns"]
+        if not isinstance(raw, list) or not raw:
+            raise ProfileError(source, "dns", "must be a non-empty list of addresses")
+        servers = []
+        for item in raw:
+            if not isinstance(item, str):
+                raise _type_error(source, "dns", "a list of strings", item)
+            try:
+                servers.append(str(ipaddress.ip_address(item.strip())))
+            except ValueError:
+                raise ProfileError(source, "dns", f"{item!r} is not an IP address") from None
+        dns = tuple(servers)
+
+    mtu = _int(source, "mtu", data["mtu"], 68, 65535) if "mtu" in data else None
+    probe_ms = DEFAULT_PROBE_MS if mode == "bridge" else 0
+    if "probe_ms" in data:
+        probe_ms = _int(source, "probe_ms", data["probe_ms"], 0, 10000)
+    return Profile(
+        name=name, source=source, mode=mode, description=description, bridge=bridge,
+        uplink=uplink, subnet=subnet, first=first, last=last, gateway=gateway, dns=dns,
+        mtu=mtu, probe_ms=probe_ms,
+    )
+
+
+# -- finding and reading files ---------------------------------------------------------
+
+def bundled_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    installed = here / "profiles"
+    return installed if installed.is_dir() else here.parent / "profiles"
+
+
+def search_path() -> list[Path]:
+    env = os.environ.get("NSRUN_PROFILE_PATH")
+    if env:
+        return [Path(p) for p in env.split(":") if p]
+    return [Path("/etc/nsrun/profiles"), bundled_dir()]
+
+
+def is_path_spec(spec: str) -> bool:
+    return "/" in spec or spec.endswith(".toml")
+
+
+def find(spec: str) -> Path:
+    """The file SPEC names: a path, or a profile name looked up on the profile path."""
+    if is_path_spec(spec):
+        return Path(spec)
+    if not spec or spec.startswith(".") or not all(c.isalnum() or c in "_.-" for c in spec):
+        raise UsageError(f"invalid profile name {spec!r}")
+    dirs = search_path()
+    for d in dirs:
+        candidate = d / f"{spec}.toml"
+        if candidate.exists():
+            return candidate
+    raise UsageError(
+        f"unknown profile {spec!r} (searched {', '.join(str(d) for d in dirs)}; "
+        "`nsrun profiles` lists them)"
+    )
+
+
+def read_checked(path: Path) -> str:
+    """Read PATH, refusing (when running as root) files a non-root user could have written.
+
+    The checks are made on the open file, so the file cannot be swapped between check and use.
+    """
+    source = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UsageError(f"{source}: no such profile file") from None
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProfileError(source, None, "is not a regular file")
+        if os.geteuid() == 0:
+            if st.st_uid != 0:
+                raise ProfileError(source, None, f"refused: owned by uid {st.st_uid}, not root (profiles run as root)")
+            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise ProfileError(source, None, f"refused: group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); chmod go-w it")
+        data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ProfileError(source, None, f"is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(source, None, f"is not UTF-8 text (byte {exc.start})") from None
+
+
+def load(spec: str | None) -> Profile:
+    spec = spec or DEFAULT_PROFILE
+    path = find(spec)
+    name = path.stem if is_path_spec(spec) else spec
+    return parse(read_checked(path), str(path), name)
+
+
+def available() -> list[tuple[str, Path]]:
+    """(name, path) of every profile on the path; earlier directories shadow later ones."""
+    seen: dict[str, Path] = {}
+    for d in search_path():
+        try:
+            entries = sorted(d.glob("*.toml"))
+        except OSError:
+            continue
+        for p in entries:
+            seen.setdefault(p.stem, p)
+    return sorted(seen.items())

@@ -1,0 +1,180 @@
+"""`nsrun -- CMD`: a program in a namespace, supervised until it ends.
+
+The supervising process never imports the engine (pyroute2, python-iptables), so it stays
+small for as long as CMD runs. It forks a child that brings the namespace up (importing
+what it needs), then enters it and becomes CMD by exec, which frees all of that. The
+child reports through a close-on-exec pipe: `up ...` once the namespace is ready, `exec
+STATUS ...` if CMD could not be executed, `error CODE ...` if setup failed; end of file
+after `up` means CMD is running. The supervisor forwards SIGINT, SIGTERM, SIGHUP and
+SIGQUIT to CMD, waits, and takes an ephemeral namespace down again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from nsrun import execution, names, netns, state
+from nsrun.errors import NsrunError, UsageError
+from nsrun.profile import Profile
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, Any],
+           argv: list[str], ident: execution.Identity | None, report: int, parent: int) -> None:
+    """In the forked child: set up (when PROF is given), then become CMD. Never returns."""
+    code = 1
+    try:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        from nsrun import kernel
+
+        kernel.set_parent_death_signal(signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+        address = None
+        profile_name = None
+        if prof is not None:
+            from nsrun import network
+
+            rec = network.up(name, prof, persistent=persistent, owner=None if persistent else owner)
+            address, profile_name = rec.get("address"), rec.get("profile")
+        else:
+            rec = state.read_json(state.record_path(name)) or {}
+            address, profile_name = rec.get("address"), rec.get("profile")
+        os.write(report, f"up {json.dumps({'address': address})}\n".encode())
+        env = execution.command_env(name, profile_name, address)
+        execution.enter_and_exec(name, argv, env, ident, report_fd=report, parent_pid=parent)
+    except NsrunError as exc:
+        code = exc.exit_code
+        os.write(report, f"error {code} {exc}\n".encode())
+    except BaseException as exc:  # never a traceback across the pipe
+        os.write(report, f"error 1 {type(exc).__name__}: {exc}\n".encode())
+    os._exit(code)
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not data:
+            break
+        chunks.append(data)
+    os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def supervise(argv: list[str], prof: Profile | None, name: str | None,
+              ident: execution.Identity | None) -> int:
+    """Run ARGV in NAME (ephemeral when None; created per PROF when missing). CMD's status."""
+    ephemeral = name is None
+    if name is None:
+        name = names.ephemeral_name()
+    owner = state.me()
+    pending: list[int] = []
+    child_pid = 0
+
+    def forward(signum: int, _frame: object) -> None:
+        if child_pid:
+            try:
+                os.kill(child_pid, signum)
+            except ProcessLookupError:
+                pass
+        else:
+            pending.append(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(name, prof, not ephemeral, owner, argv, ident, w, owner["owner_pid"])
+    os.close(w)
+    child_pid = pid
+    for sig in pending:
+        os.kill(pid, sig)
+    report = _read_all(r)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    started = report.startswith("up ")
+    failure: NsrunError | None = None
+    code = os.waitstatus_to_exitcode(status)
+    code = 128 - code if code < 0 else code
+    for line in report.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "error":
+            num, _, msg = rest.partition(" ")
+            failure = UsageError(msg) if num == "2" else NsrunError(msg)
+        elif kind == "exec":
+            num, _, msg = rest.partition(" ")
+            sys.stderr.write(f"nsrun: {msg}\n")
+            code = int(num)
+    if ephemeral and prof is not None:
+        try:
+            from nsrun import network
+
+            network.down(name)
+        except NsrunError as exc:
+            sys.stderr.write(f"nsrun: cleanup of {name} failed: {exc}\n")
+            if code == 0:
+                code = 1
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+    if failure is not None:
+        raise failure
+    if not started and not failure:
+        # The child died before reporting (a signal during setup).
+        return code if code else 1
+    return code
+
+
+def run(argv: list[str], profile_spec: str | None, name: str | None, user: str | None) -> int:
+    from nsrun import privilege, profile
+
+    privilege.require_root()
+    if not argv:
+        raise UsageError("missing command: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]")
+    if name is not None:
+        names.check_name(name)
+    ident = execution.resolve_user(user)
+    prof: Profile | None = None
+    if name is None or not netns.exists(name):
+        prof = profile.load(profile_spec)
+    elif profile_spec is not None:
+        rec = state.read_json(state.record_path(name))
+        wanted = profile.load(profile_spec)
+        if rec is not None and rec.get("profile_source") != wanted.source:
+            raise UsageError(
+                f"namespace {name} is up with profile {rec.get('profile')}, not {wanted.name}; "
+                f"`nsrun down {name}` first"
+            )
+    return supervise(argv, prof, name, ident)
+
+
+def exec_in(name: str, argv: list[str], user: str | None) -> None:
+    """`nsrun exec NAME -- CMD`: become CMD inside NAME; no supervisor is left behind."""
+    from nsrun import privilege
+
+    privilege.require_root()
+    names.check_name(name)
+    if not argv:
+        raise UsageError(f"missing command: nsrun exec {name} -- CMD [ARG...]")
+    if not netns.exists(name):
+        raise UsageError(f"no namespace {name} (`nsrun ls` lists them; `nsrun up {name}` makes one)")
+    ident = execution.resolve_user(user)
+    rec = state.read_json(state.record_path(name)) or {}
+    env = execution.command_env(name, rec.get("profile"), rec.get("address"))
+    execution.enter_and_exec(name, argv, env, ident)

@@ -1,0 +1,168 @@
+"""The state directory: records, locks and atomic files, all root-only.
+
+Layout under NSRUN_STATE_DIR (default /run/nsrun, mode 0700):
+
+    ns/NAME.json        a namespace's record, written *before* its first host change
+    ns/NAME.lock        taken while NAME is brought up or down
+    net/BRIDGE/net.json what nsrun made for a bridge (the bridge itself? firewall rules?)
+    net/BRIDGE/lock     taken while leases or shared pieces of BRIDGE change
+    net/BRIDGE/leases/A one file per address handed out, holding the namespace's name
+    forwarding.json     ip_forward as nsrun found it, to put back when the last NAT goes
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = "/run/nsrun"
+
+
+def root() -> Path:
+    return Path(os.environ.get("NSRUN_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def ensure_dir(path: Path) -> Path:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        ensure_dir(path.parent)
+        return ensure_dir(path)
+    return path
+
+
+def ns_dir() -> Path:
+    return root() / "ns"
+
+
+def net_dir(bridge: str) -> Path:
+    return root() / "net" / bridge
+
+
+def record_path(name: str) -> Path:
+    return ns_dir() / f"{name}.json"
+
+
+class Lock:
+    """An exclusive flock on a file; released on close or process death (never stale).
+
+    The holder may unlink the file (`discard()`): a waiter that then gets the lock sees that
+    its file is no longer the one at the path and starts again on the new one.
+    """
+
+    def __init__(self, path: Path, blocking: bool = True) -> None:
+        self.path = path
+        self.blocking = blocking
+        self.fd = -1
+        self._discard = False
+
+    def __enter__(self) -> "Lock":
+        while True:
+            ensure_dir(self.path.parent)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:  # its directory was just removed by a last holder
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                raise
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Remove the lock file when the lock is released."""
+        self._discard = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            if self._discard:
+                remove(self.path)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace PATH atomically: a reader sees the old file or the new one, never half."""
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (ValueError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def process_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of PID, or None if it is gone.
+
+    A pid plus its start time names one process for good: pids are reused, this pair is not.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def owner_alive(rec: dict[str, Any]) -> bool:
+    pid, start = rec.get("owner_pid"), rec.get("owner_start")
+    if not isinstance(pid, int):
+        return False
+    return process_start(pid) == start
+
+
+def me() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"owner_pid": pid, "owner_start": process_start(pid)}
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def records() -> list[dict[str, Any]]:
+    out = []
+    try:
+        names = sorted(os.listdir(ns_dir()))
+    except FileNotFoundError:
+        return out
+    for fn in names:
+        if fn.endswith(".json") and not fn.startswith("."):
+            rec = read_json(ns_dir() / fn)
+            if rec is not None and rec.get("name") == fn[:-5]:
+                out.append(rec)
+    return out
