@@ -226,7 +226,7 @@ def up(name: str, prof: Profile, *, persistent: bool, owner: dict[str, Any] | No
                     )
                 return dict(rec, already=True)
         if rec is not None:  # a crashed earlier attempt: clear what it left
-            _teardown(name, rec)
+            teardown(name, rec)
         rec = {
             "name": name, "profile": prof.name, "profile_source": prof.source, "mode": prof.mode,
             "bridge": prof.bridge, "veth": names.host_veth(name) if prof.wired else None,
@@ -252,7 +252,7 @@ def up(name: str, prof: Profile, *, persistent: bool, owner: dict[str, Any] | No
             _save(rec)
             fault.checkpoint("ready")
         except BaseException:
-            _teardown(name, rec)
+            teardown(name, rec)
             raise
         return rec
 
@@ -386,7 +386,7 @@ def down(name: str, *, grace: float = 5.0, refuse_busy: bool = False) -> bool:
         pids = netns.pids_in(name)
         if pids and refuse_busy:
             raise Busy(f"namespace {name} still holds processes {', '.join(map(str, pids[:8]))}")
-        _teardown(name, rec, grace=grace)
+        teardown(name, rec, grace=grace)
         lock.discard()
         return True
 
@@ -422,13 +422,13 @@ def _vanished(ifname: str, timeout: float) -> bool:
         time.sleep(0.002)
 
 
-def _teardown(name: str, rec: dict[str, Any], grace: float = 5.0) -> None:
+def teardown(name: str, rec: dict[str, Any], grace: float = 5.0) -> None:
     """Remove whatever exists of NAME's pieces, in reverse order. Idempotent."""
     stop_processes(name, grace)
     netns.delete(name)
     veth = rec.get("veth")
     if veth and not _vanished(veth, VANISH_TIMEOUT):
-        _delete_link(veth)
+        delete_link(veth)
     if rec.get("dns"):
         dns.remove(name)
     bridge = rec.get("bridge")
@@ -437,7 +437,7 @@ def _teardown(name: str, rec: dict[str, Any], grace: float = 5.0) -> None:
     state.remove(state.record_path(name))
 
 
-def _delete_link(ifname: str) -> None:
+def delete_link(ifname: str) -> None:
     from nsrun import netlink
 
     with netlink.IPRoute() as ipr:

@@ -310,3 +310,28 @@ def available() -> list[tuple[str, Path]]:
         for p in entries:
             seen.setdefault(p.stem, p)
     return sorted(seen.items())
+
+
+def print_list() -> None:
+    rows = []
+    for name, path in available():
+        try:
+            prof = parse(read_checked(path), str(path), name)
+            rows.append((name, prof.mode, prof.description, str(path)))
+        except UsageError as exc:
+            rows.append((name, "INVALID", str(exc), str(path)))
+    if not rows:
+        print(f"no profiles found (searched {', '.join(str(d) for d in search_path())})")
+        return
+    w = max(len(r[0]) for r in rows)
+    for name, mode, desc, path in rows:
+        print(f"{name:<{w}}  {mode:<8}  {desc}  [{path}]")
+
+
+def print_show(spec: str) -> None:
+    prof = load(spec)
+    for key, value in prof.resolved().items():
+        if value is None:
+            continue
+        shown = f"[{', '.join(repr(v) for v in value)}]" if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
+        print(f"{key} = {shown}")

@@ -39,8 +39,9 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
         address = None
         profile_name = None
         if prof is not None:
-            from nsrun import network
+            from nsrun import gc, network
 
+            gc.quick()  # ephemeral namespaces whose nsrun was killed
             rec = network.up(name, prof, persistent=persistent, owner=None if persistent else owner)
             address, profile_name = rec.get("address"), rec.get("profile")
         else:
@@ -178,3 +179,30 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
     rec = state.read_json(state.record_path(name)) or {}
     env = execution.command_env(name, rec.get("profile"), rec.get("address"))
     execution.enter_and_exec(name, argv, env, ident)
+
+
+def shell(name: str, profile_spec: str | None, user: str | None) -> None:
+    """`nsrun shell NAME`: the user's shell inside NAME, creating NAME when missing."""
+    import pwd
+
+    from nsrun import privilege, profile
+
+    privilege.require_root()
+    names.check_name(name)
+    ident = execution.resolve_user(user)
+    if not netns.exists(name):
+        from nsrun import network
+
+        network.up(name, profile.load(profile_spec), persistent=True)
+    elif profile_spec is not None:
+        rec = state.read_json(state.record_path(name))
+        wanted = profile.load(profile_spec)
+        if rec is not None and rec.get("profile_source") != wanted.source:
+            raise UsageError(f"namespace {name} is up with profile {rec.get('profile')}, not {wanted.name}")
+    sh = os.environ.get("SHELL", "")
+    if not sh and ident is not None:
+        try:
+            sh = pwd.getpwuid(ident.uid).pw_shell
+        except KeyError:
+            pass
+    exec_in(name, [sh or "/bin/sh"], user)

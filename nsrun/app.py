@@ -1,0 +1,196 @@
+"""The typer application: one thin function per command; the work is in the domain modules."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+import typer
+
+from nsrun import __version__
+from nsrun.errors import UsageError
+
+HELP = """Run programs in Linux network namespaces: `ip netns exec` with batteries.
+
+\b
+  nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]
+      Run CMD in a fresh namespace wired per PROFILE (default: nat), removed when CMD
+      ends; with -n, in namespace NAME (created when missing, then kept).
+      Exit status: CMD's own; 128+N if CMD died of signal N; 127 not found; 126 not
+      executable; 2 for nsrun's usage and profile errors; 1 for other nsrun failures.
+
+\b
+Examples:
+  sudo nsrun -- curl https://example.org           # through NAT, as the sudo user
+  sudo nsrun -p gw1 -- firefox                     # out through LAN gateway gw1
+  sudo nsrun -p isolated -- make test              # no network at all
+  sudo nsrun up blue -p gw2 && sudo nsrun shell blue
+  sudo nsrun ls --json
+"""
+
+app = typer.Typer(help=HELP, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+profiles_app = typer.Typer(help="The profiles found on the profile path, validated.",
+                           invoke_without_command=True, no_args_is_help=False)
+app.add_typer(profiles_app, name="profiles")
+
+ProfileOpt = typer.Option(None, "-p", "--profile", help="Profile name (on NSRUN_PROFILE_PATH) or path to a .toml file.")
+UserOpt = typer.Option(None, "-u", "--user", help="Run as USER (default: the sudo caller; `root` keeps root).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nsrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+@app.command()
+def up(name: str = typer.Argument(..., help="Namespace name: [A-Za-z0-9_.-], up to 64."),
+       profile: Optional[str] = ProfileOpt) -> None:
+    """Bring up persistent namespace NAME (visible to `ip netns`), wired per PROFILE.
+
+    Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr
+    """
+    from nsrun import network, privilege
+    from nsrun import profile as profiles
+
+    privilege.require_root()
+    from nsrun.names import check_name
+
+    check_name(name)
+    prof = profiles.load(profile)
+    rec = network.up(name, prof, persistent=True)
+    where = f" {rec['address']}/{rec['prefixlen']} via {rec['gateway']}" if rec.get("address") else ""
+    if rec.get("already"):
+        typer.echo(f"{name} is already up (profile {rec['profile']}{',' + where if where else ''})")
+    else:
+        typer.echo(f"{name} is up: profile {rec['profile']}{where}")
+
+
+@app.command()
+def down(name: str = typer.Argument(...),
+         refuse_busy: bool = typer.Option(False, "--refuse-busy", help="Fail (exit 1) instead of stopping processes still inside."),
+         grace: float = typer.Option(5.0, "--grace", help="Seconds between SIGTERM and SIGKILL for processes inside.")) -> None:
+    """Remove namespace NAME and all nsrun made for it; quietly succeeds if it is gone.
+
+    Processes still inside get SIGTERM, then SIGKILL after --grace seconds.
+    """
+    from nsrun import network, privilege
+
+    privilege.require_root()
+    if network.down(name, grace=grace, refuse_busy=refuse_busy):
+        typer.echo(f"{name} is down")
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(name: str = typer.Argument(...),
+          cmd: list[str] = typer.Argument(None, metavar="-- CMD [ARG...]"),
+          user: Optional[str] = UserOpt) -> None:
+    """Run CMD in existing namespace NAME (nsrun's or `ip netns add`'s), like `ip netns exec`.
+
+    Example: sudo nsrun exec blue -- ping -c1 192.168.1.1
+    """
+    from nsrun import run
+
+    run.exec_in(name, list(cmd or []), user)
+
+
+@app.command()
+def shell(name: str = typer.Argument(...), profile: Optional[str] = ProfileOpt,
+          user: Optional[str] = UserOpt) -> None:
+    """An interactive $SHELL inside NAME, created (per PROFILE) when missing.
+
+    NSRUN_NETNS is set inside, for the prompt: PS1="[$NSRUN_NETNS] $PS1".
+    """
+    from nsrun import run
+
+    run.shell(name, profile, user)
+
+
+@app.command("ls")
+def ls_(as_json: bool = typer.Option(False, "--json", help="A JSON list of objects.")) -> None:
+    """Namespaces: profile, kind, addresses, processes inside, traffic, age."""
+    from nsrun import listing
+
+    listing.show(as_json)
+
+
+@app.command()
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; change nothing.")) -> None:
+    """Reclaim what crashed runs left behind; never touches live runs or what nsrun did not make."""
+    from nsrun import gc as gc_mod
+    from nsrun import privilege
+
+    privilege.require_root()
+    gc_mod.main(dry_run)
+
+
+@profiles_app.callback()
+def profiles_list(ctx: typer.Context) -> None:
+    """List profiles with mode and description; `profiles show NAME` prints one resolved."""
+    if ctx.invoked_subcommand is None:
+        from nsrun import profile as profiles
+
+        profiles.print_list()
+
+
+@profiles_app.command("show")
+def profiles_show(name: str = typer.Argument(..., help="Profile name or path.")) -> None:
+    """Print profile NAME as it will be applied (defaults filled in), or its errors."""
+    from nsrun import profile as profiles
+
+    profiles.print_show(name)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def unit(name: str = typer.Argument(..., help="Service name: the unit is nsrun-NAME.service."),
+         cmd: list[str] = typer.Argument(None, metavar="-- CMD [ARG...]"),
+         profile: Optional[str] = ProfileOpt, user: Optional[str] = UserOpt,
+         install: bool = typer.Option(False, "--install", help="Write /etc/systemd/system/nsrun-NAME.service.")) -> None:
+    """Print a systemd service unit that runs CMD through nsrun.
+
+    Example: nsrun unit web -p gw1 -u nobody -- /usr/bin/python3 -m http.server 8080
+    """
+    from nsrun import unit as unit_mod
+
+    unit_mod.main(name, profile, user, list(cmd or []), install)
+
+
+@app.command()
+def demo() -> None:
+    """The seed's scenario in a throwaway lab of namespaces: nothing outside it is touched."""
+    from nsrun import demo as demo_mod
+    from nsrun import privilege
+
+    privilege.require_root()
+    demo_mod.main()
+
+
+def main(args: list[str]) -> int:
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args, prog_name="nsrun", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return 1
+    except click.ClickException as exc:
+        msg = exc.format_message()
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see `{ctx.command_path} --help`)"
+        raise UsageError(f"{msg}{hint}") from None
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

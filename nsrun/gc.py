@@ -1,0 +1,188 @@
+"""`nsrun gc`: reclaim what crashed runs left behind, from names and records alone.
+
+What counts as left behind:
+- a record whose run is over: an ephemeral namespace whose supervisor is dead, a setup
+  that died half-way (no one holds its lock), a persistent namespace whose mount is gone;
+- a namespace with nsrun's ephemeral name pattern and no record, and no process inside;
+- a host veth with nsrun's alias whose namespace has no record;
+- leases whose owner has no record;
+- a bridge, firewall rules and ip_forward that nsrun set up for a bridge no namespace uses;
+- a /etc/netns/NAME/resolv.conf nsrun wrote for a namespace that is gone.
+Never touched: live runs (their supervisor lives or their lock is held), persistent
+namespaces that are up, and anything without nsrun's names, alias, comment or record.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from nsrun import dns, lease, names, netns, network, state
+
+
+def _stale(rec: dict[str, Any]) -> str | None:
+    """Why REC's run is over, or None when it is live (or may be)."""
+    name = rec["name"]
+    if rec.get("state") == "up" and rec.get("persistent"):
+        return None if netns.exists(name) else "its namespace is gone"
+    if not rec.get("persistent") and rec.get("owner_pid") is not None:
+        if state.owner_alive(rec):
+            return None
+        return f"its nsrun process {rec.get('owner_pid')} is gone"
+    # A setup in progress holds the namespace's lock.
+    try:
+        with state.Lock(state.ns_dir() / f"{name}.lock", blocking=False):
+            pass
+    except BlockingIOError:
+        return None
+    return "its setup never finished"
+
+
+def plan() -> list[tuple[str, str, Any]]:
+    """(what, why, handle) for everything gc would remove."""
+    actions: list[tuple[str, str, Any]] = []
+    recs = {r["name"]: r for r in state.records()}
+    for name, rec in recs.items():
+        why = _stale(rec)
+        if why:
+            actions.append((f"namespace {name} and its pieces", why, ("teardown", name)))
+    live = {n for n in recs if not any(a[2] == ("teardown", n) for a in actions)}
+    for name in netns.names():
+        if name not in recs and names.is_ephemeral(name) and not netns.pids_in(name):
+            actions.append((f"namespace {name}", "nsrun's name, no record", ("netns", name)))
+    for bridge in _bridges():
+        store = lease.FileStore(bridge)
+        for addr, owner in store.taken().items():
+            if owner not in live:
+                actions.append((f"lease {bridge}/{_ip(addr)}", f"owner {owner} is gone", ("lease", bridge, addr, owner)))
+    for ent in _etc_netns():
+        if ent not in live and _ours_dns(ent):
+            actions.append((f"/etc/netns/{ent}/resolv.conf", "its namespace is gone", ("dns", ent)))
+    actions.extend(_host_links(live))
+    return actions
+
+
+def _ip(addr: int) -> str:
+    import ipaddress
+
+    return str(ipaddress.IPv4Address(addr))
+
+
+def _bridges() -> list[str]:
+    try:
+        return sorted(os.listdir(state.root() / "net"))
+    except FileNotFoundError:
+        return []
+
+
+def _etc_netns() -> list[str]:
+    try:
+        return sorted(os.listdir(dns.ETC_NETNS))
+    except OSError:
+        return []
+
+
+def _ours_dns(name: str) -> bool:
+    try:
+        with open(f"{dns.dir_for(name)}/resolv.conf") as fh:
+            return fh.readline().startswith("# written by nsrun")
+    except OSError:
+        return False
+
+
+def _host_links(live: set[str]) -> list[tuple[str, str, Any]]:
+    """Host veths carrying nsrun's alias for a namespace that is not live."""
+    from nsrun import netlink
+
+    out: list[tuple[str, str, Any]] = []
+    with netlink.IPRoute() as ipr:
+        for link in ipr.get_links():
+            ifname = link.get_attr("IFLA_IFNAME")
+            alias = link.get_attr("IFLA_IFALIAS") or ""
+            if names.is_host_veth(ifname) and alias.startswith(names.IFALIAS_PREFIX):
+                owner = alias[len(names.IFALIAS_PREFIX):]
+                if owner not in live and names.host_veth(owner) == ifname:
+                    out.append((f"link {ifname}", f"veth of {owner}, which is gone", ("link", ifname)))
+    return out
+
+
+def _shared_actions() -> list[tuple[str, str, Any]]:
+    """Bridges nsrun set up that no lease uses, and orphan NAT rules (after the rest)."""
+    out: list[tuple[str, str, Any]] = []
+    for bridge in _bridges():
+        if not lease.FileStore(bridge).taken():
+            out.append((f"bridge {bridge}'s shared pieces", "no namespace uses it", ("shared", bridge)))
+    known = set(_bridges())
+    from nsrun import firewall
+
+    for bridge in sorted(firewall.bridges_with_rules() - known):
+        out.append((f"firewall rules for {bridge}", "no nsrun bridge of that name", ("rules", bridge)))
+    return out
+
+
+def apply(action: Any) -> None:
+    kind = action[0]
+    if kind == "teardown":
+        name = action[1]
+        with network.ns_lock(name) as lock:
+            rec = network.read_record(name)
+            if rec is not None:
+                network.teardown(name, rec)
+            lock.discard()
+    elif kind == "netns":
+        network.stop_processes(action[1], 1.0)
+        netns.delete(action[1])
+    elif kind == "lease":
+        _, bridge, addr, owner = action
+        store = lease.FileStore(bridge)
+        with store.lock():
+            store.release(addr, owner)
+    elif kind == "dns":
+        dns.remove(action[1])
+    elif kind == "link":
+        network.delete_link(action[1])
+    elif kind == "shared":
+        network.release(action[1], "")
+    elif kind == "rules":
+        from nsrun import firewall
+
+        firewall.remove(action[1])
+
+
+def main(dry_run: bool) -> int:
+    verb = "would remove" if dry_run else "removing"
+    listed = 0
+    # Shared pieces (bridges, rules) are judged after the rest is gone.
+    for batch in (plan, _shared_actions):
+        for what, why, handle in batch():
+            print(f"{verb} {what} ({why})")
+            listed += 1
+            if not dry_run:
+                apply(handle)
+    if not listed:
+        print("nothing to reclaim")
+    return 0
+
+
+def quick() -> None:
+    """The cheap part of gc, run at the start of each run: ephemeral namespaces whose
+    nsrun process died. Only records are read; nothing is imported."""
+    try:
+        files = os.listdir(state.ns_dir())
+    except FileNotFoundError:
+        return
+    for fn in files:
+        if not (fn.endswith(".json") and names.is_ephemeral(fn[:-5])):
+            continue
+        rec = state.read_json(state.ns_dir() / fn)
+        if rec is None or rec.get("persistent") or rec.get("owner_pid") is None or state.owner_alive(rec):
+            continue
+        name = rec["name"]
+        try:
+            with state.Lock(state.ns_dir() / f"{name}.lock", blocking=False) as lock:
+                rec = network.read_record(name)
+                if rec is not None:
+                    network.teardown(name, rec)
+                lock.discard()
+        except BlockingIOError:
+            continue

@@ -1,0 +1,149 @@
+"""Shared fixtures: the lab of namespaces, nsrun run inside the lab host, and snapshots.
+
+Integration tests never touch the machine's own network: nsrun runs inside the lab host
+(`nsenter --net`, the network namespace alone, so /run/netns stays shared), and every
+address used lives in namespaces the tests create. Each lab test compares the lab host
+(links, addresses, routes, rules, firewall, sysctls) and /run/netns, /etc/netns and the
+state directory before and after: a leak fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = REPO / "profiles"
+CLIENT = [sys.executable, "-m", "nsrun.lab", "client"]
+IS_ROOT = os.geteuid() == 0
+
+lab_only = pytest.mark.skipif(not IS_ROOT, reason="integration tests need root")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "lab" in item.fixturenames:
+            item.add_marker(pytest.mark.lab)
+            item.add_marker(lab_only)
+
+
+@pytest.fixture(scope="session")
+def lab_session() -> Iterator[Any]:
+    from nsrun.lab import Lab
+
+    lab = Lab().build()
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+class LabRunner:
+    """Runs nsrun (and other commands) inside the lab host, with a private state dir."""
+
+    def __init__(self, lab: Any, statedir: Path) -> None:
+        self.lab = lab
+        self.statedir = statedir
+        self.env = dict(os.environ, NSRUN_STATE_DIR=str(statedir), NSRUN_PROFILE_PATH=str(PROFILES),
+                        PYTHONPATH=str(REPO))
+        for key in ("SUDO_UID", "SUDO_GID", "SUDO_USER", "NSRUN_FAULT", "NOTIFY_SOCKET"):
+            self.env.pop(key, None)
+
+    def host_argv(self, argv: list[str]) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.lab.host}", *argv]
+
+    def nsrun_argv(self, *args: str) -> list[str]:
+        return self.host_argv([sys.executable, "-m", "nsrun", *args])
+
+    def nsrun(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.nsrun_argv(*args), env={**self.env, **(env or {})}, input=input,
+                              capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.nsrun_argv(*args), env={**self.env, **(env or {})}, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, **kw)
+
+    def host(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """An independent tool (ip, iptables-legacy-save, nft...) run in the lab host."""
+        return subprocess.run(self.host_argv(list(argv)), capture_output=True, text=True,
+                              check=check, timeout=30)
+
+    def host_json(self, *argv: str) -> Any:
+        return json.loads(self.host(*argv).stdout or "null")
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot(self)
+
+
+def _legacy_rules(text: str) -> list[str]:
+    # Rules and non-default policies; an instantiated-but-empty table equals an absent one.
+    out = []
+    for line in text.splitlines():
+        if line.startswith("-A"):
+            out.append(line)
+        elif line.startswith(":") and "ACCEPT" not in line.split()[1:2]:
+            out.append(re.sub(r"\[\d+:\d+\]", "", line))
+    return sorted(out)
+
+
+def snapshot(r: LabRunner) -> dict[str, Any]:
+    def strip(obj: Any) -> Any:
+        return obj
+
+    sysctls = {}
+    for key in ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter"):
+        sysctls[key] = r.host("cat", f"/proc/sys/{key}", check=False).stdout.strip()
+    state_files = sorted(str(p.relative_to(r.statedir)) for p in r.statedir.rglob("*")
+                         if p.is_file() and not p.name.endswith(".lock")) if r.statedir.exists() else []
+    return {
+        "links": strip(r.host_json("ip", "-j", "link", "show")),
+        "addrs": r.host_json("ip", "-j", "addr", "show"),
+        "routes": r.host_json("ip", "-j", "route", "show", "table", "all"),
+        "rules": r.host_json("ip", "-j", "rule", "show"),
+        "iptables_legacy": _legacy_rules(r.host("iptables-legacy-save", check=False).stdout),
+        "iptables_nft": _legacy_rules(r.host("iptables-nft-save", check=False).stdout),
+        "nft": r.host("nft", "list", "ruleset", check=False).stdout,
+        "sysctl": sysctls,
+        "run_netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+        "etc_netns": sorted(os.listdir("/etc/netns")) if os.path.isdir("/etc/netns") else [],
+        "state": state_files,
+    }
+
+
+@pytest.fixture
+def lab(lab_session: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRunner]:
+    """The lab, with a fresh nsrun state dir; fails the test if the lab host changed."""
+    statedir = Path(f"/run/nsrun-test-{lab_session.id}-{os.getpid()}")
+    runner = LabRunner(lab_session, statedir)
+    before = runner.snapshot()
+    try:
+        yield runner
+        after = runner.snapshot()
+        diff = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+        assert not diff, f"the lab host changed: {json.dumps(diff, indent=1)[:4000]}"
+    finally:
+        # Whatever a failing test left: reclaim it so the next test starts clean.
+        if statedir.exists():
+            subprocess.run(runner.nsrun_argv("gc"), env=runner.env, capture_output=True, timeout=60)
+            for name in os.listdir(statedir / "ns") if (statedir / "ns").exists() else []:
+                if name.endswith(".json"):
+                    subprocess.run(runner.nsrun_argv("down", name[:-5]), env=runner.env,
+                                   capture_output=True, timeout=60)
+            shutil.rmtree(statedir, ignore_errors=True)
+
+
+def write_profile(directory: Path, name: str, text: str, mode: int = 0o644) -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
