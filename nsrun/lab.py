@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nsrun import kernel, netns
+from nsrun import kernel, netns, sysctl
 
 LAN = "192.168.1.0/24"
 HOST_ADDR = "192.168.1.10"
@@ -98,6 +98,9 @@ class Lab:
         try:
             def in_ns(ns: str, func: Callable[[Any], None]) -> None:
                 def body() -> None:
+                    # IPv4 only: no IPv6 link-local addresses, DAD or router solicitations.
+                    for conf in ("all", "default"):
+                        sysctl.write(f"net/ipv6/conf/{conf}/disable_ipv6", "1")
                     with netlink.IPRoute() as ipr:
                         ipr.link("set", index=1, state="up")
                         func(ipr)

@@ -29,6 +29,22 @@ IS_ROOT = os.geteuid() == 0
 lab_only = pytest.mark.skipif(not IS_ROOT, reason="integration tests need root")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the test session its own mount namespace with a private /run/netns (and
+    /etc/netns when the machine has one): the labs' namespaces and nsrun's are then mounted
+    only there, invisible to the machine and gone with the session even if it is killed."""
+    if not IS_ROOT or os.environ.get("NSRUN_TEST_SHARED_MOUNTS"):
+        return
+    from nsrun import kernel
+
+    kernel.unshare(kernel.CLONE_NEWNS)
+    kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
+    os.makedirs("/run/netns", mode=0o755, exist_ok=True)
+    kernel.mount("nsrun-tests", "/run/netns", "tmpfs", 0)
+    if os.path.isdir("/etc/netns"):
+        kernel.mount("nsrun-tests", "/etc/netns", "tmpfs", 0)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "lab" in item.fixturenames:
@@ -97,17 +113,17 @@ def _legacy_rules(text: str) -> list[str]:
 
 
 def snapshot(r: LabRunner) -> dict[str, Any]:
-    def strip(obj: Any) -> Any:
-        return obj
-
     sysctls = {}
     for key in ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter"):
         sysctls[key] = r.host("cat", f"/proc/sys/{key}", check=False).stdout.strip()
     state_files = sorted(str(p.relative_to(r.statedir)) for p in r.statedir.rglob("*")
                          if p.is_file() and not p.name.endswith(".lock")) if r.statedir.exists() else []
     return {
-        "links": strip(r.host_json("ip", "-j", "link", "show")),
-        "addrs": r.host_json("ip", "-j", "addr", "show"),
+        # operstate follows carrier with a delay; the rest of a link's description is state.
+        "links": [{k: v for k, v in link.items() if k != "operstate"}
+                  for link in r.host_json("ip", "-j", "link", "show")],
+        "addrs": [{k: v for k, v in link.items() if k != "operstate"}
+                  for link in r.host_json("ip", "-j", "addr", "show")],
         "routes": r.host_json("ip", "-j", "route", "show", "table", "all"),
         "rules": r.host_json("ip", "-j", "rule", "show"),
         "iptables_legacy": _legacy_rules(r.host("iptables-legacy-save", check=False).stdout),
@@ -121,7 +137,7 @@ def snapshot(r: LabRunner) -> dict[str, Any]:
 
 
 @pytest.fixture
-def lab(lab_session: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRunner]:
+def lab(lab_session: Any) -> Iterator[LabRunner]:
     """The lab, with a fresh nsrun state dir; fails the test if the lab host changed."""
     statedir = Path(f"/run/nsrun-test-{lab_session.id}-{os.getpid()}")
     runner = LabRunner(lab_session, statedir)
