@@ -474,25 +474,14 @@ def _remove_shared(bridge: str) -> bool:
     net = net_record(bridge)
     base = state.net_dir(bridge)
     if net is not None:
-        if net.get("created_bridge") or net.get("rp_filter") is not None or net.get("firewall"):
-            from nsrun import netlink
-
-            with netlink.IPRoute() as ipr:
-                idx = netlink.index(ipr, bridge)
-                if idx is not None:
-                    ports = [lnk.get_attr("IFLA_IFNAME") for lnk in ipr.get_links()
-                             if lnk.get_attr("IFLA_MASTER") == idx]
-                    others = [p for p in ports if p != net.get("uplink")]
-                    if others:
-                        return False  # something else still uses it: keep it
-                    if net.get("rp_filter") is not None:
-                        try:
-                            sysctl.write(sysctl.iface_key(bridge, "rp_filter"), net["rp_filter"])
-                        except OSError:
-                            pass
-                    if net.get("created_bridge"):
-                        ipr.link("del", index=idx)
-        if net.get("firewall") or net.get("mode") == "nat":
+        if net.get("created_bridge") and not _delete_bridge(bridge, net.get("uplink")):
+            return False  # something else was plugged into it meanwhile: keep it
+        if net.get("rp_filter") is not None:
+            try:
+                sysctl.write(sysctl.iface_key(bridge, "rp_filter"), net["rp_filter"])
+            except OSError:  # the bridge is gone
+                pass
+        if net.get("mode") == "nat":
             from nsrun import firewall
 
             firewall.remove(bridge)
@@ -507,3 +496,18 @@ def _remove_shared(bridge: str) -> bool:
         pass
     return True
 
+
+def _delete_bridge(bridge: str, uplink: str | None) -> bool:
+    """Delete a bridge nsrun created, unless ports other than its uplink remain."""
+    from nsrun import netlink
+
+    with netlink.IPRoute() as ipr:
+        idx = netlink.index(ipr, bridge)
+        if idx is None:
+            return True
+        ports = [lnk.get_attr("IFLA_IFNAME") for lnk in ipr.get_links()
+                 if lnk.get_attr("IFLA_MASTER") == idx]
+        if any(p != uplink for p in ports):
+            return False
+        ipr.link("del", index=idx)
+    return True
