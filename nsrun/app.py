@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-import click
 import typer
 
 from nsrun import __version__
@@ -174,15 +173,19 @@ def demo() -> None:
     demo_mod.main()
 
 
+# Typer may ship its own copy of click: take the exception classes from typer itself.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(args: list[str]) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args, prog_name="nsrun", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         return 1
-    except click.ClickException as exc:
+    except _ClickException as exc:
         msg = exc.format_message()
         hint = ""
         ctx = getattr(exc, "ctx", None)
