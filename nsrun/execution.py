@@ -13,8 +13,6 @@ import os
 import pwd
 import signal
 import sys
-from dataclasses import dataclass
-
 from nsrun import kernel, netns
 from nsrun.errors import UsageError
 
@@ -22,13 +20,17 @@ EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
 
-@dataclass(frozen=True)
 class Identity:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    name: str | None
-    home: str | None
+    """Whom CMD runs as (a plain class: dataclasses would cost an import on the hot path)."""
+
+    __slots__ = ("uid", "gid", "groups", "name", "home")
+
+    def __init__(self, uid: int, gid: int, groups: tuple[int, ...], name: str | None,
+                 home: str | None) -> None:
+        self.uid, self.gid, self.groups, self.name, self.home = uid, gid, groups, name, home
+
+    def __repr__(self) -> str:
+        return f"Identity(uid={self.uid}, gid={self.gid}, name={self.name!r})"
 
 
 def resolve_user(user: str | None, environ: dict[str, str] | os._Environ[str] = os.environ) -> Identity | None:

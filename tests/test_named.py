@@ -181,3 +181,17 @@ def test_hostile_names_are_refused_before_anything(lab, bad):
         r = lab.nsrun(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_state_is_root_only(lab, blue):
+    import stat
+
+    def mode(p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    sd = lab.statedir
+    assert mode(sd) == 0o700
+    assert mode(sd / "ns") == 0o700 and mode(sd / "ns" / f"{blue}.json") == 0o600
+    leases = list((sd / "net" / "nsrun0" / "leases").iterdir())
+    assert leases and all(mode(p) == 0o600 for p in leases)
+    assert all(os.stat(p).st_uid == 0 for p in [sd, *leases])
