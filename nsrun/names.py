@@ -31,9 +31,8 @@ def check_name(name: str) -> str:
     name can never escape /run/netns or the state directory.
     """
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        shown = name if isinstance(name, str) and name.isprintable() else repr(name)
-        raise UsageError(
-            f"invalid namespace name {shown!r}: use 1 to {NAME_MAX} characters of "
+        raise UsageError(  # repr: one line, control characters escaped (once)
+            f"invalid namespace name {name!r}: use 1 to {NAME_MAX} characters of "
             "A-Z a-z 0-9 _ . - not starting with '.' or '-'"
         )
     return name
@@ -43,10 +42,18 @@ def ifname_problem(ifname: str) -> str | None:
     """Why IFNAME cannot be a Linux interface name, or None when it can."""
     if not ifname:
         return "is empty"
-    if len(ifname.encode()) > IFNAME_MAX:
-        return f"is {len(ifname.encode())} bytes long; interface names have at most {IFNAME_MAX}"
+    size = len(ifname.encode(errors="surrogatepass"))
+    if size > IFNAME_MAX:
+        return f"is {size} bytes long; interface names have at most {IFNAME_MAX}"
     if ifname in (".", "..") or _IFNAME_BAD.search(ifname):
         return "is not a valid interface name (no '/', ':' or white space)"
+    # NUL would cut the name short in the kernel (another interface than the one checked),
+    # other control characters garble output, and lone surrogates cannot be encoded.
+    if not ifname.isprintable():
+        return "is not a valid interface name (no control or unprintable characters)"
+    # The kernel's isspace() also counts byte 0xA0, which UTF-8 uses inside characters like 'à'.
+    if 0xA0 in ifname.encode():
+        return "is not a valid interface name (the kernel reads its byte 0xA0 as white space)"
     return None
 
 

@@ -39,6 +39,7 @@ MODE_KEYS = {
     "isolated": set(),
 }
 MAX_FILE_BYTES = 64 * 1024
+MAX_RANGE = 65536
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,22 @@ def parse(text: str, source: str, name: str) -> Profile:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(source, None, f"TOML syntax error: {exc}") from None
+        raise ProfileError(source, None, f"TOML syntax error: {_located(str(exc), text)}") from None
+    except ValueError as exc:  # tomllib lets some through: an integer of over 4300 digits
+        raise ProfileError(source, None, f"cannot be read as TOML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ProfileError(source, None, "cannot be read as TOML: arrays or tables nested too deeply") from None
     return validate(data, source, name)
+
+
+def _located(message: str, text: str) -> str:
+    """MESSAGE with tomllib's "(at end of document)" given as a line and column too."""
+    tail = "(at end of document)"
+    if not message.endswith(tail):
+        return message
+    line = text.count("\n") + 1
+    column = len(text) - (text.rfind("\n") + 1) + 1
+    return f"{message[:-len(tail)]}(at line {line}, column {column}: the end of the file)"
 
 
 def validate(data: dict[str, Any], source: str, name: str) -> Profile:
@@ -137,7 +152,9 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
         if key not in KEYS:
             hint = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
             more = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(KEYS)}"
-            raise ProfileError(source, key, f"unknown key{more}")
+            # A quoted TOML key may be empty or hold a newline: show such a key escaped.
+            shown = key if key.isprintable() and key.strip() == key != "" else repr(key)
+            raise ProfileError(source, shown, f"unknown key{more}")
 
     mode = data.get("mode")
     if mode is None:
@@ -196,9 +213,18 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
         if first > last:
             raise ProfileError(source, "range", f"{first} comes after {last}")
     else:
+        # Every host of the subnet but the gateway, shown as such when it sits at an end.
         first, last = subnet.network_address + 1, subnet.broadcast_address - 1
+        if gateway == first:
+            first += 1
+        elif gateway == last:
+            last -= 1
     if first == last == gateway:
         raise ProfileError(source, "range", "holds only the gateway: no address is left to hand out")
+    size = int(last) - int(first) + 1
+    if size > MAX_RANGE:
+        raise ProfileError(source, "range", f"{first}-{last} holds {size} addresses; give a `range` "
+                           f"of at most {MAX_RANGE} (one lease file each)")
 
     dns: tuple[str, ...] | None = None
     if "dns" in data:
@@ -210,9 +236,14 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
             if not isinstance(item, str):
                 raise _type_error(source, "dns", "a list of strings", item)
             try:
-                servers.append(str(ipaddress.ip_address(item.strip())))
+                server = str(ipaddress.ip_address(item.strip()))
             except ValueError:
                 raise ProfileError(source, "dns", f"{item!r} is not an IP address") from None
+            # An IPv6 scope id ('%eth0') is free text to ipaddress: refuse one that could
+            # break out of its `nameserver` line in resolv.conf.
+            if not server.isprintable() or any(c.isspace() for c in server):
+                raise ProfileError(source, "dns", f"{item!r} is not an IP address")
+            servers.append(server)
         dns = tuple(servers)
 
     mtu = _int(source, "mtu", data["mtu"], 68, 65535) if "mtu" in data else None
@@ -274,7 +305,7 @@ def read_checked(path: Path) -> str:
         raise UsageError(f"{source}: no such profile file") from None
     except OSError as exc:
         raise UsageError(f"{source}: cannot open: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
+    try:  # fstat before fdopen: fdopen itself raises IsADirectoryError on a directory
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ProfileError(source, None, "is not a regular file")
@@ -283,7 +314,10 @@ def read_checked(path: Path) -> str:
                 raise ProfileError(source, None, f"refused: owned by uid {st.st_uid}, not root (profiles run as root)")
             if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 raise ProfileError(source, None, f"refused: group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); chmod go-w it")
-        data = fh.read(MAX_FILE_BYTES + 1)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         raise ProfileError(source, None, f"is larger than {MAX_FILE_BYTES} bytes")
     try:

@@ -100,9 +100,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:  # e.g. data that is not JSON: leave no half-written temporary behind
+        remove(tmp)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -140,9 +144,10 @@ def process_start(pid: int) -> int | None:
 
 def owner_alive(rec: dict[str, Any]) -> bool:
     pid, start = rec.get("owner_pid"), rec.get("owner_start")
-    if not isinstance(pid, int):
+    if not isinstance(pid, int) or isinstance(pid, bool):
         return False
-    return process_start(pid) == start
+    now = process_start(pid)
+    return now is not None and now == start  # gone (None) is dead even if no start was recorded
 
 
 def me() -> dict[str, Any]:
