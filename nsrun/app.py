@@ -89,7 +89,7 @@ def down(name: str = typer.Argument(...),
         typer.echo(f"{name} is down")
 
 
-@app.command("exec", context_settings={"allow_interspersed_args": False})
+@app.command("exec")
 def exec_(name: str = typer.Argument(...),
           cmd: list[str] = typer.Argument(None, metavar="-- CMD [ARG...]"),
           user: Optional[str] = UserOpt) -> None:
@@ -149,7 +149,7 @@ def profiles_show(name: str = typer.Argument(..., help="Profile name or path."))
     profiles.print_show(name)
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@app.command()
 def unit(name: str = typer.Argument(..., help="Service name: the unit is nsrun-NAME.service."),
          cmd: list[str] = typer.Argument(None, metavar="-- CMD [ARG...]"),
          profile: Optional[str] = ProfileOpt, user: Optional[str] = UserOpt,
@@ -177,7 +177,24 @@ def demo() -> None:
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+_SINGLE = {"-p": "--profile", "--profile": "--profile", "-u": "--user", "--user": "--user"}
+
+
+def _refuse_repeats(args: list[str]) -> None:
+    """Click lets a repeated option win silently; nsrun refuses it, as the run form does."""
+    seen: set[str] = set()
+    for arg in args:
+        if arg == "--":
+            return
+        opt = _SINGLE.get(arg.partition("=")[0])
+        if opt is not None:
+            if opt in seen:
+                raise UsageError(f"option {opt} given twice")
+            seen.add(opt)
+
+
 def main(args: list[str]) -> int:
+    _refuse_repeats(args)
     command = typer.main.get_command(app)
     try:
         result = command.main(args, prog_name="nsrun", standalone_mode=False)

@@ -35,13 +35,15 @@ def parse_run(args: list[str]) -> tuple[dict[str, str], list[str]]:
                     raise UsageError(f"option {key} needs a value; {RUN_USAGE}")
                 value = args[i + 1]
                 i += 1
+            if not value:
+                raise UsageError(f"option {key} needs a non-empty value; {RUN_USAGE}")
             if field in opts:
                 raise UsageError(f"option {key} given twice")
             opts[field] = value
             i += 1
             continue
         if arg.startswith("-"):
-            raise UsageError(f"unknown option {arg}; {RUN_USAGE}")
+            raise UsageError(f"unknown option {arg!r}; {RUN_USAGE}")
         raise UsageError(f"unknown command {arg!r}, or missing `--` before the command; {RUN_USAGE}")
     raise UsageError(f"missing `-- CMD`; {RUN_USAGE}")
 
@@ -54,6 +56,8 @@ def _fast_exec(args: list[str]) -> list[str] | None:
     user = None
     if rest[:1] in (["-u"], ["--user"]) and len(rest) >= 2:
         user, rest = rest[1], rest[2:]
+    elif rest and rest[0].startswith("--user="):
+        user, rest = rest[0].partition("=")[2], rest[1:]
     if rest[:1] != ["--"] or len(rest) < 2:
         return None
     from nsrun import run
