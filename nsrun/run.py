@@ -6,7 +6,9 @@ what it needs), then enters it and becomes CMD by exec, which frees all of that.
 child reports through a close-on-exec pipe: `up ...` once the namespace is ready, `exec
 STATUS ...` if CMD could not be executed, `error CODE ...` if setup failed; end of file
 after `up` means CMD is running. The supervisor forwards SIGINT, SIGTERM, SIGHUP and
-SIGQUIT to CMD, waits, and takes an ephemeral namespace down again.
+SIGQUIT to CMD, waits, and takes an ephemeral namespace down again. An abstract
+NOTIFY_SOCKET, which CMD could not reach from its namespace, is relayed while it waits
+(nsrun.notify, imported only then).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             address, profile_name = rec.get("address"), rec.get("profile")
         os.write(report, f"up {json.dumps({'address': address})}\n".encode())
         env = execution.command_env(name, profile_name, address)
+        if env.get("WATCHDOG_PID") == str(parent):  # systemd's watchdog is CMD's to serve
+            env["WATCHDOG_PID"] = str(os.getpid())
         execution.enter_and_exec(name, argv, env, ident, report_fd=report, parent_pid=parent)
     except NsrunError as exc:
         code = exc.exit_code
@@ -79,6 +83,11 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
     if name is None:
         name = names.ephemeral_name()
     owner = state.me()
+    relay = None
+    if os.environ.get("NOTIFY_SOCKET", "").startswith("@"):  # abstract: CMD cannot reach it
+        from nsrun import notify
+
+        relay = notify.open_relay(ident and ident.uid, ident and ident.gid)
     pending: list[int] = []
     child_pid = 0
 
@@ -104,12 +113,18 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
     for sig in pending:
         os.kill(pid, sig)
     report = _read_all(r)
-    while True:
+    if relay is not None:
         try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+            status = relay.wait(pid)  # relays notifications until CMD ends
+        finally:
+            relay.close()
+    else:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
     started = report.startswith("up ")
     failure: NsrunError | None = None
     code = os.waitstatus_to_exitcode(status)

@@ -26,6 +26,7 @@ PROFILES = REPO / "profiles"
 CLIENT = [sys.executable, "-m", "nsrun.lab", "client"]
 IS_ROOT = os.geteuid() == 0
 
+MACHINE_NETNS_FD = -1
 lab_only = pytest.mark.skipif(not IS_ROOT, reason="integration tests need root")
 
 
@@ -37,6 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from nsrun import kernel
 
+    global MACHINE_NETNS_FD
+    os.makedirs("/run/netns", mode=0o755, exist_ok=True)
+    MACHINE_NETNS_FD = os.open("/run/netns", os.O_RDONLY | os.O_DIRECTORY)  # the machine's view
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
     os.makedirs("/run/netns", mode=0o755, exist_ok=True)
@@ -112,6 +116,15 @@ def _legacy_rules(text: str) -> list[str]:
     return sorted(out)
 
 
+def _etc_netns() -> list[str]:
+    """/etc/netns entries, less those of namespaces that exist outside this session (other
+    users of the machine; the session's own /run/netns is private, see pytest_configure)."""
+    if not os.path.isdir("/etc/netns"):
+        return []
+    elsewhere = set(os.listdir(MACHINE_NETNS_FD)) if MACHINE_NETNS_FD >= 0 else set()
+    return sorted(set(os.listdir("/etc/netns")) - elsewhere)
+
+
 def snapshot(r: LabRunner) -> dict[str, Any]:
     sysctls = {}
     for key in ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter"):
@@ -131,7 +144,7 @@ def snapshot(r: LabRunner) -> dict[str, Any]:
         "nft": r.host("nft", "list", "ruleset", check=False).stdout,
         "sysctl": sysctls,
         "run_netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
-        "etc_netns": sorted(os.listdir("/etc/netns")) if os.path.isdir("/etc/netns") else [],
+        "etc_netns": _etc_netns(),
         "state": state_files,
     }
 
