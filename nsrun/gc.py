@@ -3,13 +3,14 @@
 What counts as left behind:
 - a record whose run is over: an ephemeral namespace whose supervisor is dead, a setup
   that died half-way (no one holds its lock), a persistent namespace whose mount is gone;
-- a namespace with nsrun's ephemeral name pattern and no record, and no process inside;
-- a host veth with nsrun's alias whose namespace has no record;
+- a host veth with nsrun's alias whose namespace has no record and is gone;
 - leases whose owner has no record;
 - a bridge, firewall rules and ip_forward that nsrun set up for a bridge no namespace uses;
 - a /etc/netns/NAME/resolv.conf nsrun wrote for a namespace that is gone.
 Never touched: live runs (their supervisor lives or their lock is held), persistent
-namespaces that are up, and anything without nsrun's names, alias, comment or record.
+namespaces that are up, anything without nsrun's names, alias, comment or record, and
+anything that may belong to another state directory (NSRUN_STATE_DIR): a namespace that
+exists, its DNS file and veth, the rules of a bridge that exists.
 """
 
 from __future__ import annotations
@@ -46,19 +47,17 @@ def plan() -> list[tuple[str, str, Any]]:
         why = _stale(rec)
         if why:
             actions.append((f"namespace {name} and its pieces", why, ("teardown", name)))
-    live = {n for n in recs if not any(a[2] == ("teardown", n) for a in actions)}
-    for name in netns.names():
-        if name not in recs and names.is_ephemeral(name) and not netns.pids_in(name):
-            actions.append((f"namespace {name}", "nsrun's name, no record", ("netns", name)))
     for bridge in _bridges():
         store = lease.FileStore(bridge)
         for addr, owner in store.taken().items():
-            if owner not in live:
+            if owner not in recs:  # a stale record's leases go with its teardown
                 actions.append((f"lease {bridge}/{_ip(addr)}", f"owner {owner} is gone", ("lease", bridge, addr, owner)))
+    # A namespace that exists may belong to another state directory (or be another's
+    # run in progress): only pieces whose namespace is gone are orphans for sure.
     for ent in _etc_netns():
-        if ent not in live and _ours_dns(ent):
+        if ent not in recs and not netns.exists(ent) and _ours_dns(ent):
             actions.append((f"/etc/netns/{ent}/resolv.conf", "its namespace is gone", ("dns", ent)))
-    actions.extend(_host_links(live))
+    actions.extend(_host_links(set(recs)))
     return actions
 
 
@@ -90,8 +89,9 @@ def _ours_dns(name: str) -> bool:
         return False
 
 
-def _host_links(live: set[str]) -> list[tuple[str, str, Any]]:
-    """Host veths carrying nsrun's alias for a namespace that is not live."""
+def _host_links(recs: set[str]) -> list[tuple[str, str, Any]]:
+    """Host veths carrying nsrun's alias for a namespace with no record that is gone (one
+    kept alive by a process after its mount was removed)."""
     from nsrun import netlink
 
     out: list[tuple[str, str, Any]] = []
@@ -101,7 +101,8 @@ def _host_links(live: set[str]) -> list[tuple[str, str, Any]]:
             alias = link.get_attr("IFLA_IFALIAS") or ""
             if names.is_host_veth(ifname) and alias.startswith(names.IFALIAS_PREFIX):
                 owner = alias[len(names.IFALIAS_PREFIX):]
-                if owner not in live and names.host_veth(owner) == ifname:
+                if (owner not in recs and names.host_veth(owner) == ifname
+                        and not netns.exists(owner)):
                     out.append((f"link {ifname}", f"veth of {owner}, which is gone", ("link", ifname)))
     return out
 
@@ -113,10 +114,15 @@ def _shared_actions() -> list[tuple[str, str, Any]]:
         if not lease.FileStore(bridge).taken():
             out.append((f"bridge {bridge}'s shared pieces", "no namespace uses it", ("shared", bridge)))
     known = set(_bridges())
-    from nsrun import firewall
+    from nsrun import firewall, netlink
 
-    for bridge in sorted(firewall.bridges_with_rules() - known):
-        out.append((f"firewall rules for {bridge}", "no nsrun bridge of that name", ("rules", bridge)))
+    orphans = firewall.bridges_with_rules() - known
+    if orphans:
+        with netlink.IPRoute() as ipr:
+            # Rules for a bridge that exists may be another state directory's: keep them.
+            orphans = {b for b in orphans if netlink.index(ipr, b) is None}
+    for bridge in sorted(orphans):
+        out.append((f"firewall rules for {bridge}", "their bridge is gone", ("rules", bridge)))
     return out
 
 
@@ -129,9 +135,6 @@ def apply(action: Any) -> None:
             if rec is not None:
                 network.teardown(name, rec)
             lock.discard()
-    elif kind == "netns":
-        network.stop_processes(action[1], 1.0)
-        netns.delete(action[1])
     elif kind == "lease":
         _, bridge, addr, owner = action
         store = lease.FileStore(bridge)

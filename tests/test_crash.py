@@ -155,3 +155,25 @@ def test_two_ups_of_one_name_race_safely(lab):
         assert sum(o[0].startswith(f"{name} is already up") for o in outs) == 1, outs
     finally:
         assert lab.nsrun("down", name).returncode == 0
+
+
+def test_gc_of_another_state_dir_leaves_this_ones_live_pieces_alone(lab):
+    import shutil
+
+    from conftest import CLIENT
+
+    name = "gc-mine"
+    assert lab.nsrun("up", name, "-p", "nat").returncode == 0
+    other = f"{lab.statedir}-other"
+    try:
+        gc = lab.nsrun("gc", env={"NSRUN_STATE_DIR": other})
+        assert gc.returncode == 0 and "nothing to reclaim" in gc.stdout, gc.stdout
+        assert os.path.exists(f"/etc/netns/{name}/resolv.conf")
+        assert "nsrun:nsrun0:nat" in lab.host("iptables-legacy-save").stdout
+        veth = [link for link in lab.host_json("ip", "-j", "link", "show", "master", "nsrun0")]
+        assert len(veth) == 1
+        r = lab.nsrun("exec", name, "--", *CLIENT)
+        assert r.returncode == 0, r.stderr
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+        assert lab.nsrun("down", name).returncode == 0
