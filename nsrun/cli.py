@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         opts, cmd = parse_run(args)
         from nsrun import run
 
-        return run.run(cmd, opts.get("profile"), opts.get("name"), opts.get("user"))
+        code = run.run(cmd, opts.get("profile"), opts.get("name"), opts.get("user"))
+        # Everything is cleaned up and written: skip the interpreter's teardown (~10 ms).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     except NsrunError as exc:
         sys.stderr.write(f"nsrun: {exc}\n")
         return exc.exit_code

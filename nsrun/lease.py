@@ -94,6 +94,14 @@ class FileStore:
                 continue
         return out
 
+    def any_taken(self) -> bool:
+        """Whether any address is leased (names only: no lease file is read)."""
+        try:
+            with os.scandir(self.dir) as entries:
+                return any(not e.name.startswith(".") for e in entries)
+        except FileNotFoundError:
+            return False
+
     def reserve(self, addr: int, owner: str) -> bool:
         state.ensure_dir(self.dir)
         try:

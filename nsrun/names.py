@@ -6,9 +6,8 @@ namespace's name, so `nsrun gc` can find each piece again without any record in 
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
-import secrets
 
 from nsrun.errors import UsageError
 
@@ -58,7 +57,8 @@ def ifname_problem(ifname: str) -> str | None:
 
 
 def ephemeral_name() -> str:
-    return EPHEMERAL_PREFIX + secrets.token_hex(4)
+    # os.urandom, not secrets: secrets loads OpenSSL into the long-lived supervisor.
+    return EPHEMERAL_PREFIX + os.urandom(4).hex()
 
 
 def is_ephemeral(name: str) -> bool:
@@ -67,6 +67,8 @@ def is_ephemeral(name: str) -> bool:
 
 def host_veth(name: str) -> str:
     """The host end of NAME's veth pair: 'nsr' + 10 hex digits (13 bytes)."""
+    import hashlib
+
     return HOST_VETH_PREFIX + hashlib.blake2s(name.encode(), digest_size=5).hexdigest()
 
 

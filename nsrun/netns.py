@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -140,3 +142,22 @@ def pids_in(name: str) -> list[int]:
     if ino is None:
         return []
     return pids_by_inode().get(ino, [])
+
+
+def stop_processes(name: str, grace: float) -> None:
+    """TERM the processes inside NAME, then KILL those still there after GRACE seconds."""
+    pids = pids_in(name)
+    if not pids:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            pids = pids_in(name)
+            if not pids:
+                return
+            time.sleep(0.02)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
 import socket
 import time
 from typing import Any
@@ -383,31 +382,13 @@ def down(name: str, *, grace: float = 5.0, refuse_busy: bool = False) -> bool:
                 raise UsageError(f"namespace {name} was not made by nsrun; `ip netns del {name}` removes it")
             lock.discard()
             return False
-        pids = netns.pids_in(name)
-        if pids and refuse_busy:
-            raise Busy(f"namespace {name} still holds processes {', '.join(map(str, pids[:8]))}")
+        if refuse_busy:
+            pids = netns.pids_in(name)
+            if pids:
+                raise Busy(f"namespace {name} still holds processes {', '.join(map(str, pids[:8]))}")
         teardown(name, rec, grace=grace)
         lock.discard()
         return True
-
-
-def stop_processes(name: str, grace: float) -> None:
-    """TERM the processes inside NAME, then KILL those still there after GRACE seconds."""
-    pids = netns.pids_in(name)
-    if not pids:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
-        while time.monotonic() < deadline:
-            pids = netns.pids_in(name)
-            if not pids:
-                return
-            time.sleep(0.02)
 
 
 def _vanished(ifname: str, timeout: float) -> bool:
@@ -424,7 +405,7 @@ def _vanished(ifname: str, timeout: float) -> bool:
 
 def teardown(name: str, rec: dict[str, Any], grace: float = 5.0) -> None:
     """Remove whatever exists of NAME's pieces, in reverse order. Idempotent."""
-    stop_processes(name, grace)
+    netns.stop_processes(name, grace)
     netns.delete(name)
     veth = rec.get("veth")
     if veth and not _vanished(veth, VANISH_TIMEOUT):
@@ -433,7 +414,7 @@ def teardown(name: str, rec: dict[str, Any], grace: float = 5.0) -> None:
         dns.remove(name)
     bridge = rec.get("bridge")
     if bridge:
-        release(bridge, name)
+        release(bridge, name, rec.get("address"))
     state.remove(state.record_path(name))
 
 
@@ -450,15 +431,19 @@ def delete_link(ifname: str) -> None:
                     raise
 
 
-def release(bridge: str, owner: str) -> None:
-    """Release OWNER's leases on BRIDGE; the last one out removes the bridge's shared pieces."""
+def release(bridge: str, owner: str, address: str | None = None) -> None:
+    """Release OWNER's leases on BRIDGE (ADDRESS when known, else any it holds); the last
+    one out removes the bridge's shared pieces."""
     store = lease.FileStore(bridge)
     if not store.base.exists():
         return
     emptied = False
     with store.lock() as lock:
-        store.release_owner(owner)
-        if not store.taken() and _remove_shared(bridge):
+        if address is not None:
+            store.release(int(ipaddress.IPv4Address(address)), owner)
+        else:
+            store.release_owner(owner)
+        if not store.any_taken() and _remove_shared(bridge):
             lock.discard()
             emptied = True
     if emptied:

@@ -7,14 +7,12 @@ profile path, checks who may have written it, and calls `parse()`.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from nsrun.errors import ProfileError, UsageError
 from nsrun.names import ifname_problem
@@ -42,8 +40,7 @@ MAX_FILE_BYTES = 64 * 1024
 MAX_RANGE = 65536
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to import
     name: str
     source: str
     mode: str
@@ -150,6 +147,8 @@ def _located(message: str, text: str) -> str:
 def validate(data: dict[str, Any], source: str, name: str) -> Profile:
     for key in data:
         if key not in KEYS:
+            import difflib
+
             hint = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
             more = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(KEYS)}"
             # A quoted TOML key may be empty or hold a newline: show such a key escaped.

@@ -17,11 +17,13 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsrun import execution, names, netns, state
 from nsrun.errors import NsrunError, UsageError
-from nsrun.profile import Profile
+
+if TYPE_CHECKING:
+    from nsrun.profile import Profile
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -112,6 +114,9 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
     child_pid = pid
     for sig in pending:
         os.kill(pid, sig)
+    if ephemeral:
+        # Load the teardown's modules now, on the other core, while the child sets up.
+        from nsrun import network  # noqa: F401
     report = _read_all(r)
     if relay is not None:
         try:
@@ -140,6 +145,10 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
             code = int(num)
     if ephemeral and prof is not None:
         try:
+            # Unmount first, with the standard library: the kernel then destroys the
+            # namespace and its veth while the engine's modules load for the rest.
+            netns.stop_processes(name, 5.0)
+            netns.delete(name)
             from nsrun import network
 
             network.down(name)
