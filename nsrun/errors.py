@@ -25,5 +25,6 @@ class ProfileError(UsageError):
         self.source = source
         self.key = key
         self.reason = reason
-        where = f"{source}: {key}" if key else source
+        shown = source if source.isprintable() else repr(source)  # one line, whatever the path
+        where = f"{shown}: {key}" if key else shown
         super().__init__(f"{where}: {reason}")

@@ -312,7 +312,7 @@ def test_filestore_behaves_like_memorystore(ops: list[tuple[str, int]]) -> None:
                     assert results[0] == results[1]
                 else:
                     for store in (files, mem):
-                        for a, who in store.taken().items():
+                        for a in store.taken():
                             store.release(a, owner)
                 assert files.taken() == mem.taken()
                 assert files.last_reserved() == mem.last_reserved()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nsrun import names, profile
@@ -590,3 +590,9 @@ def test_a_range_too_large_to_lease_from_is_refused() -> None:
     prof = profile.parse('mode = "nat"\nsubnet = "10.0.0.0/8"\nrange = "10.1.0.1-10.1.255.254"\n', "ok.toml", "ok")
     assert len(prof.pool()) == 65534
     profile.parse('mode = "nat"\nsubnet = "10.0.0.0/16"\n', "sixteen.toml", "sixteen")
+
+
+def test_a_path_with_a_newline_still_gives_one_line() -> None:
+    with pytest.raises(ProfileError) as exc:
+        profile.parse('mode = "bogus"\n', "/tmp/a\nb.toml", "x")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith("'/tmp/a\\nb.toml': mode:")
