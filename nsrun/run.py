@@ -202,6 +202,10 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
     ident = execution.resolve_user(user)
     rec = state.read_json(state.record_path(name)) or {}
     env = execution.command_env(name, rec.get("profile"), rec.get("address"))
+    if env.get("NOTIFY_SOCKET", "").startswith("@"):
+        # No supervisor stays behind to relay it (see supervise()); say so, once.
+        sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
+                         f"{name}; `nsrun -n {name} -- CMD` relays it\n")
     execution.enter_and_exec(name, argv, env, ident)
 
 

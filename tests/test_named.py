@@ -195,3 +195,10 @@ def test_state_is_root_only(lab, blue):
     leases = list((sd / "net" / "nsrun0" / "leases").iterdir())
     assert leases and all(mode(p) == 0o600 for p in leases)
     assert all(os.stat(p).st_uid == 0 for p in [sd, *leases])
+
+
+def test_exec_warns_that_an_abstract_notify_socket_is_out_of_reach(lab, blue):
+    r = lab.nsrun("exec", blue, "--", "true", env={"NOTIFY_SOCKET": "@nsrun-test-notify"})
+    assert r.returncode == 0
+    assert r.stderr.startswith("nsrun: warning: the abstract NOTIFY_SOCKET") and r.stderr.count("\n") == 1
+    assert f"nsrun -n {blue} -- CMD" in r.stderr
