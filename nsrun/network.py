@@ -11,6 +11,7 @@ profile with other namespaces still alive) is plain file and mount work.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -271,16 +272,20 @@ def _wire(rec: dict[str, Any], prof: Profile) -> None:
     store = lease.FileStore(prof.bridge)
     host_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with netlink.IPRoute() as ipr:
-            with store.lock():
-                if prof.mode == "nat":
-                    _ensure_nat_bridge(ipr, prof)
-                    addr = lease.allocate(store, prof.pool(), name)
-                    rec["address"] = str(ipaddress.IPv4Address(addr))
-                    _save(rec)
-                    fault.checkpoint("lease")
-                else:
-                    _ensure_lan_bridge(ipr, prof)
+        with netlink.IPRoute() as ipr, contextlib.ExitStack() as held:
+            # The bridge lock is held until this namespace holds a lease, so that no last
+            # namespace leaving can take the bridge's shared pieces away meanwhile. In nat
+            # mode that is at once; in bridge mode only once the probe inside has run.
+            held.enter_context(store.lock())
+            if prof.mode == "nat":
+                _ensure_nat_bridge(ipr, prof)
+                addr = lease.allocate(store, prof.pool(), name)
+                rec["address"] = str(ipaddress.IPv4Address(addr))
+                _save(rec)
+                held.close()
+                fault.checkpoint("lease")
+            else:
+                _ensure_lan_bridge(ipr, prof)
 
             def inside_create() -> None:
                 with netlink.IPRoute() as inner:
@@ -302,10 +307,10 @@ def _wire(rec: dict[str, Any], prof: Profile) -> None:
             fault.checkpoint("veth")
 
             if prof.mode == "bridge":
-                with store.lock():
-                    addr = netns.in_thread(lambda: _claim_on_lan(store, prof, name), enter=name)
-                    rec["address"] = str(ipaddress.IPv4Address(addr))
-                    _save(rec)
+                addr = netns.in_thread(lambda: _claim_on_lan(store, prof, name), enter=name)
+                rec["address"] = str(ipaddress.IPv4Address(addr))
+                _save(rec)
+                held.close()
                 fault.checkpoint("lease")
             netns.in_thread(lambda: _configure_inside(rec, prof), enter=name)
             fault.checkpoint("address")
