@@ -145,10 +145,6 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
             code = int(num)
     if ephemeral and prof is not None:
         try:
-            # Unmount first, with the standard library: the kernel then destroys the
-            # namespace and its veth while the engine's modules load for the rest.
-            netns.stop_processes(name, 5.0)
-            netns.delete(name)
             from nsrun import network
 
             network.down(name)
