@@ -288,6 +288,9 @@ def _wire(rec: dict[str, Any], prof: Profile) -> None:
                 _ensure_lan_bridge(ipr, prof)
 
             def inside_create() -> None:
+                # IPv4 only for now: eth0 gets no IPv6 (no router advertisement from the
+                # LAN may route around the profile's gateway); lo keeps ::1.
+                sysctl.write("net/ipv6/conf/default/disable_ipv6", "1")
                 with netlink.IPRoute() as inner:
                     peer: dict[str, Any] = {"ifname": veth, "net_ns_fd": host_fd}
                     extra: dict[str, Any] = {}

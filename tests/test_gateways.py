@@ -137,3 +137,15 @@ def test_profiles_list_and_show(lab):
     assert shown["dns"] == "'host'"
     r = lab.nsrun("profiles", "show", "nope")
     assert r.returncode == 2 and "unknown profile" in r.stderr
+
+
+def test_no_ipv6_on_the_lan_side_inside(lab):
+    # A router advertisement on the LAN must not give the namespace an IPv6 way out that
+    # bypasses the profile's gateway: eth0 has IPv6 off, lo keeps ::1.
+    r = lab.nsrun("-p", "gw1", "--", "sh", "-c",
+                  "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 /proc/sys/net/ipv6/conf/lo/disable_ipv6;"
+                  " ip -6 -j addr")
+    assert r.returncode == 0, r.stderr
+    eth0, lo, addrs = r.stdout.split("\n", 2)
+    assert (eth0, lo) == ("1", "0")
+    assert [(a["ifname"], [i["local"] for i in a["addr_info"]]) for a in json.loads(addrs)] == [("lo", ["::1"])]
