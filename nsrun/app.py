@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -174,7 +174,8 @@ def demo() -> None:
 
 
 # Typer may ship its own copy of click: take the exception classes from typer itself.
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_ClickException: Any = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 _SINGLE = {"-p": "--profile", "--profile": "--profile", "-u": "--user", "--user": "--user"}

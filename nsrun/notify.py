@@ -182,8 +182,8 @@ class Relay:
             pidfd = os.pidfd_open(pid)
             try:
                 while True:
-                    ready, _, _ = select.select([self.sock, pidfd], [], [])
-                    if self.sock in ready:
+                    ready, _, _ = select.select([self.sock.fileno(), pidfd], [], [])
+                    if self.sock.fileno() in ready:
                         self.relay_pending()
                     if pidfd in ready:
                         self.relay_pending()  # what CMD sent right before it ended

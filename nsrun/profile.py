@@ -357,8 +357,8 @@ def print_list() -> None:
         print(f"no profiles found (searched {', '.join(str(d) for d in search_path())})")
         return
     w = max(len(r[0]) for r in rows)
-    for name, mode, desc, path in rows:
-        print(f"{name:<{w}}  {mode:<8}  {desc}  [{path}]")
+    for name, mode, desc, where in rows:
+        print(f"{name:<{w}}  {mode:<8}  {desc}  [{where}]")
 
 
 def print_show(spec: str) -> None:

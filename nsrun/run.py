@@ -89,7 +89,7 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
     if os.environ.get("NOTIFY_SOCKET", "").startswith("@"):  # abstract: CMD cannot reach it
         from nsrun import notify
 
-        relay = notify.open_relay(ident and ident.uid, ident and ident.gid)
+        relay = notify.open_relay(ident.uid if ident else None, ident.gid if ident else None)
     pending: list[int] = []
     child_pid = 0
 

@@ -160,7 +160,7 @@ def now() -> float:
 
 
 def records() -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         names = sorted(os.listdir(ns_dir()))
     except FileNotFoundError:
