@@ -202,3 +202,16 @@ def test_exec_warns_that_an_abstract_notify_socket_is_out_of_reach(lab, blue):
     assert r.returncode == 0
     assert r.stderr.startswith("nsrun: warning: the abstract NOTIFY_SOCKET") and r.stderr.count("\n") == 1
     assert f"nsrun -n {blue} -- CMD" in r.stderr
+
+
+def test_shell_with_a_terminal(lab, blue):
+    import shlex
+    import shutil
+
+    if not shutil.which("script"):
+        pytest.skip("script(1) is not installed")
+    cmd = shlex.join(lab.nsrun_argv("shell", blue))
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], input='tty; echo "in=$NSRUN_NETNS"; exit 4\n',
+                       env={**lab.env, "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "/dev/pts/" in r.stdout and f"in={blue}" in r.stdout
