@@ -27,6 +27,7 @@ CLIENT = [sys.executable, "-m", "nsrun.lab", "client"]
 IS_ROOT = os.geteuid() == 0
 
 MACHINE_NETNS_FD = -1
+CREATED_RUN_NETNS = False
 lab_only = pytest.mark.skipif(not IS_ROOT, reason="integration tests need root")
 
 
@@ -38,7 +39,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from nsrun import kernel
 
-    global MACHINE_NETNS_FD
+    global MACHINE_NETNS_FD, CREATED_RUN_NETNS
+    CREATED_RUN_NETNS = not os.path.isdir("/run/netns")
     os.makedirs("/run/netns", mode=0o755, exist_ok=True)
     MACHINE_NETNS_FD = os.open("/run/netns", os.O_RDONLY | os.O_DIRECTORY)  # the machine's view
     kernel.unshare(kernel.CLONE_NEWNS)
@@ -47,6 +49,18 @@ def pytest_configure(config: pytest.Config) -> None:
     kernel.mount("nsrun-tests", "/run/netns", "tmpfs", 0)
     if os.path.isdir("/etc/netns"):
         kernel.mount("nsrun-tests", "/etc/netns", "tmpfs", 0)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave the machine's /run/netns as found: an empty directory made for the session goes."""
+    if CREATED_RUN_NETNS:
+        from nsrun import kernel
+
+        try:
+            kernel.umount2("/run/netns", kernel.MNT_DETACH)
+            os.rmdir("/run/netns")
+        except OSError:
+            pass
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
