@@ -205,3 +205,20 @@ def test_demo_leaves_nothing_behind():
     assert any("P1: nsrun -p gw1" in line and line.endswith("-> gw1") for line in lines), r.stdout
     assert any("P2: nsrun -p gw2" in line and line.endswith("-> gw2") for line in lines), r.stdout
     assert sorted(os.listdir("/run/netns")) == before
+
+
+def test_background_children_do_not_outlive_an_ephemeral_namespace(lab, tmp_path):
+    pidfile = tmp_path / "pid"
+    t0 = time.monotonic()
+    r = lab.nsrun("--", "sh", "-c", f"sleep 300 & echo $! > {pidfile}")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 5
+    pid = int(pidfile.read_text())
+    # The namespace's last process was stopped with it (gone, or a zombie its new parent
+    # has not reaped yet).
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            status = fh.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        status = "gone"
+    assert status in ("gone", "Z"), status
