@@ -6,7 +6,8 @@ What counts as left behind:
 - a host veth with nsrun's alias whose namespace has no record and is gone;
 - leases whose owner has no record;
 - a bridge, firewall rules and ip_forward that nsrun set up for a bridge no namespace uses;
-- a /etc/netns/NAME/resolv.conf nsrun wrote for a namespace that is gone.
+- a /etc/netns/NAME/resolv.conf nsrun wrote for a namespace that is gone;
+- a temporary file of the state directory whose writer died.
 Never touched: live runs (their supervisor lives or their lock is held), persistent
 namespaces that are up, anything without nsrun's names, alias, comment or record, and
 anything that may belong to another state directory (NSRUN_STATE_DIR): a namespace that
@@ -16,6 +17,7 @@ exists, its DNS file and veth, the rules of a bridge that exists.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from nsrun import dns, lease, names, netns, network, state
@@ -58,7 +60,25 @@ def plan() -> list[tuple[str, str, Any]]:
         if ent not in recs and not netns.exists(ent) and _ours_dns(ent):
             actions.append((f"/etc/netns/{ent}/resolv.conf", "its namespace is gone", ("dns", ent)))
     actions.extend(_host_links(set(recs)))
+    for path in _stale_temporaries():
+        actions.append((f"{path}", "a write cut short by a crash", ("tmp", path)))
     return actions
+
+
+def _stale_temporaries() -> list[str]:
+    """Files state.write_json was writing when its process died (`.NAME.PID.tmp`)."""
+    out = []
+    for d in [state.ns_dir(), *(state.net_dir(b) for b in _bridges())]:
+        try:
+            entries = os.listdir(d)
+        except OSError:
+            continue
+        for fn in entries:
+            parts = fn.rsplit(".", 2)
+            if fn.startswith(".") and len(parts) == 3 and parts[2] == "tmp" and parts[1].isdigit():
+                if state.process_start(int(parts[1])) is None:
+                    out.append(str(d / fn))
+    return out
 
 
 def _ip(addr: int) -> str:
@@ -129,17 +149,14 @@ def _shared_actions() -> list[tuple[str, str, Any]]:
 def apply(action: Any) -> None:
     kind = action[0]
     if kind == "teardown":
-        name = action[1]
-        with network.ns_lock(name) as lock:
-            rec = network.read_record(name)
-            if rec is not None:
-                network.teardown(name, rec)
-            lock.discard()
+        _reclaim(action[1], blocking=True)
     elif kind == "lease":
         _, bridge, addr, owner = action
         store = lease.FileStore(bridge)
         with store.lock():
             store.release(addr, owner)
+    elif kind == "tmp":
+        state.remove(Path(action[1]))
     elif kind == "dns":
         dns.remove(action[1])
     elif kind == "link":
@@ -180,12 +197,16 @@ def quick() -> None:
         rec = state.read_json(state.ns_dir() / fn)
         if rec is None or rec.get("persistent") or rec.get("owner_pid") is None or state.owner_alive(rec):
             continue
-        name = rec["name"]
         try:
-            with state.Lock(state.ns_dir() / f"{name}.lock", blocking=False) as lock:
-                rec = network.read_record(name)
-                if rec is not None:
-                    network.teardown(name, rec)
-                lock.discard()
-        except BlockingIOError:
+            _reclaim(rec["name"], blocking=False)
+        except BlockingIOError:  # someone is at it already
             continue
+
+
+def _reclaim(name: str, blocking: bool) -> None:
+    """Tear down whatever is left of NAME's record, under NAME's lock."""
+    with state.Lock(state.ns_dir() / f"{name}.lock", blocking=blocking) as lock:
+        rec = network.read_record(name)
+        if rec is not None:
+            network.teardown(name, rec)
+        lock.discard()

@@ -177,3 +177,20 @@ def test_gc_of_another_state_dir_leaves_this_ones_live_pieces_alone(lab):
     finally:
         shutil.rmtree(other, ignore_errors=True)
         assert lab.nsrun("down", name).returncode == 0
+
+
+def test_gc_removes_a_temporary_left_by_a_dead_writer(lab):
+    # What a SIGKILL between writing a record's temporary and renaming it leaves.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (lab.statedir / "ns").mkdir(parents=True, exist_ok=True)
+    tmp = lab.statedir / "ns" / f".nsrun-0badf00d.json.{dead.pid}.tmp"
+    tmp.write_text("{")
+    live = lab.statedir / "ns" / f".nsrun-0badf00d.json.{os.getpid()}.tmp"
+    live.write_text("{")  # a writer that is alive: not gc's to take
+    try:
+        gc = lab.nsrun("gc")
+        assert gc.returncode == 0 and str(tmp) in gc.stdout, gc.stdout
+        assert not tmp.exists() and live.exists()
+    finally:
+        live.unlink()
