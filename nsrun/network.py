@@ -18,7 +18,7 @@ import socket
 import time
 from typing import Any
 
-from nsrun import dns, fault, lease, names, netns, state, sysctl
+from nsrun import dns, fault, lease, names, netns, profile, state, sysctl
 from nsrun.errors import NsrunError, UsageError
 from nsrun.profile import Profile
 
@@ -219,11 +219,9 @@ def up(name: str, prof: Profile, *, persistent: bool, owner: dict[str, Any] | No
             if rec is None:
                 raise UsageError(f"namespace {name} exists and was not made by nsrun (use `nsrun exec {name}`)")
             if rec.get("state") == "up":
-                if rec.get("profile_source") != prof.source:
-                    raise UsageError(
-                        f"namespace {name} is up with profile {rec.get('profile')}, not {prof.name}; "
-                        f"`nsrun down {name}` first"
-                    )
+                error = profile.mismatch(name, rec, prof)
+                if error:
+                    raise error
                 return dict(rec, already=True)
         if rec is not None:  # a crashed earlier attempt: clear what it left
             teardown(name, rec)

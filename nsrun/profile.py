@@ -345,6 +345,14 @@ def available() -> list[tuple[str, Path]]:
     return sorted(seen.items())
 
 
+def mismatch(name: str, rec: dict[str, Any] | None, wanted: Profile) -> UsageError | None:
+    """The error for asking NAME, up per its record REC, to be of another profile."""
+    if rec is None or rec.get("profile_source") == wanted.source:
+        return None
+    return UsageError(f"namespace {name} is up with profile {rec.get('profile')}, not {wanted.name}; "
+                      f"`nsrun down {name}` first")
+
+
 def print_list() -> None:
     rows = []
     for name, path in available():

@@ -163,7 +163,7 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
 
 
 def run(argv: list[str], profile_spec: str | None, name: str | None, user: str | None) -> int:
-    from nsrun import privilege, profile
+    from nsrun import privilege
 
     privilege.require_root()
     if not argv:
@@ -171,18 +171,22 @@ def run(argv: list[str], profile_spec: str | None, name: str | None, user: str |
     if name is not None:
         names.check_name(name)
     ident = execution.resolve_user(user)
-    prof: Profile | None = None
-    if name is None or not netns.exists(name):
-        prof = profile.load(profile_spec)
-    elif profile_spec is not None:
-        rec = state.read_json(state.record_path(name))
-        wanted = profile.load(profile_spec)
-        if rec is not None and rec.get("profile_source") != wanted.source:
-            raise UsageError(
-                f"namespace {name} is up with profile {rec.get('profile')}, not {wanted.name}; "
-                f"`nsrun down {name}` first"
-            )
+    prof = _profile_for(name, profile_spec)
     return supervise(argv, prof, name, ident)
+
+
+def _profile_for(name: str | None, spec: str | None) -> Profile | None:
+    """The profile to create NAME with when it is missing (or ephemeral); None when NAME
+    exists, after checking that SPEC, if given, is the profile it is up with."""
+    from nsrun import profile
+
+    if name is None or not netns.exists(name):
+        return profile.load(spec)
+    if spec is not None:
+        error = profile.mismatch(name, state.read_json(state.record_path(name)), profile.load(spec))
+        if error:
+            raise error
+    return None
 
 
 def exec_in(name: str, argv: list[str], user: str | None) -> None:
@@ -209,20 +213,16 @@ def shell(name: str, profile_spec: str | None, user: str | None) -> None:
     """`nsrun shell NAME`: the user's shell inside NAME, creating NAME when missing."""
     import pwd
 
-    from nsrun import privilege, profile
+    from nsrun import privilege
 
     privilege.require_root()
     names.check_name(name)
     ident = execution.resolve_user(user)
-    if not netns.exists(name):
+    prof = _profile_for(name, profile_spec)
+    if prof is not None:
         from nsrun import network
 
-        network.up(name, profile.load(profile_spec), persistent=True)
-    elif profile_spec is not None:
-        rec = state.read_json(state.record_path(name))
-        wanted = profile.load(profile_spec)
-        if rec is not None and rec.get("profile_source") != wanted.source:
-            raise UsageError(f"namespace {name} is up with profile {rec.get('profile')}, not {wanted.name}")
+        network.up(name, prof, persistent=True)
     sh = os.environ.get("SHELL", "")
     if not sh and ident is not None:
         try:
