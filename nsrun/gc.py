@@ -49,7 +49,7 @@ def plan() -> list[tuple[str, str, Any]]:
         why = _stale(rec)
         if why:
             actions.append((f"namespace {name} and its pieces", why, ("teardown", name)))
-    for bridge in _bridges():
+    for bridge in network.net_bridges():
         store = lease.FileStore(bridge)
         for addr, owner in store.taken().items():
             if owner not in recs:  # a stale record's leases go with its teardown
@@ -68,7 +68,7 @@ def plan() -> list[tuple[str, str, Any]]:
 def _stale_temporaries() -> list[str]:
     """Files state.write_json was writing when its process died (`.NAME.PID.tmp`)."""
     out = []
-    for d in [state.ns_dir(), *(state.net_dir(b) for b in _bridges())]:
+    for d in [state.ns_dir(), *(state.net_dir(b) for b in network.net_bridges())]:
         try:
             entries = os.listdir(d)
         except OSError:
@@ -85,13 +85,6 @@ def _ip(addr: int) -> str:
     import ipaddress
 
     return str(ipaddress.IPv4Address(addr))
-
-
-def _bridges() -> list[str]:
-    try:
-        return sorted(os.listdir(state.root() / "net"))
-    except FileNotFoundError:
-        return []
 
 
 def _etc_netns() -> list[str]:
@@ -130,13 +123,13 @@ def _host_links(recs: set[str]) -> list[tuple[str, str, Any]]:
 def _shared_actions() -> list[tuple[str, str, Any]]:
     """Bridges nsrun set up that no lease uses, and orphan NAT rules (after the rest)."""
     out: list[tuple[str, str, Any]] = []
-    for bridge in _bridges():
-        if not lease.FileStore(bridge).taken():
+    known = network.net_bridges()
+    for bridge in known:
+        if not lease.FileStore(bridge).any_taken():
             out.append((f"bridge {bridge}'s shared pieces", "no namespace uses it", ("shared", bridge)))
-    known = set(_bridges())
     from nsrun import firewall, netlink
 
-    orphans = firewall.bridges_with_rules() - known
+    orphans = firewall.bridges_with_rules() - set(known)
     if orphans:
         with netlink.IPRoute() as ipr:
             # Rules for a bridge that exists may be another state directory's: keep them.

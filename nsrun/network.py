@@ -128,7 +128,7 @@ def _forwarding_restore() -> None:
     saved = state.read_json(path)
     if saved is None:
         return
-    for other in _net_bridges():
+    for other in net_bridges():
         rec = net_record(other)
         if rec and rec.get("mode") == "nat":
             return
@@ -138,7 +138,8 @@ def _forwarding_restore() -> None:
     state.remove(path)
 
 
-def _net_bridges() -> list[str]:
+def net_bridges() -> list[str]:
+    """The bridges this state directory has made or used."""
     try:
         return sorted(os.listdir(state.root() / "net"))
     except FileNotFoundError:
