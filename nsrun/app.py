@@ -1,4 +1,5 @@
-"""The typer application: one thin function per command; the work is in the domain modules."""
+"""The typer application: one thin function per command, over the command layer
+(nsrun.commands, which prints) and the domain modules."""
 
 from __future__ import annotations
 
@@ -53,40 +54,27 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @app.command()
 def up(name: str = typer.Argument(..., help="Namespace name: [A-Za-z0-9_.-], up to 64."),
-       profile: Optional[str] = ProfileOpt) -> None:
+       profile: Optional[str] = ProfileOpt) -> int:
     """Bring up persistent namespace NAME (visible to `ip netns`), wired per PROFILE.
 
     Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr
     """
-    from nsrun import network, privilege
-    from nsrun import profile as profiles
+    from nsrun import commands
 
-    privilege.require_root()
-    from nsrun.names import check_name
-
-    check_name(name)
-    prof = profiles.load(profile)
-    rec = network.up(name, prof, persistent=True)
-    where = f" {rec['address']}/{rec['prefixlen']} via {rec['gateway']}" if rec.get("address") else ""
-    if rec.get("already"):
-        typer.echo(f"{name} is already up (profile {rec['profile']}{',' + where if where else ''})")
-    else:
-        typer.echo(f"{name} is up: profile {rec['profile']}{where}")
+    return commands.up(name, profile)
 
 
 @app.command()
 def down(name: str = typer.Argument(...),
          refuse_busy: bool = typer.Option(False, "--refuse-busy", help="Fail (exit 1) instead of stopping processes still inside."),
-         grace: float = typer.Option(5.0, "--grace", help="Seconds between SIGTERM and SIGKILL for processes inside.")) -> None:
+         grace: float = typer.Option(5.0, "--grace", help="Seconds between SIGTERM and SIGKILL for processes inside.")) -> int:
     """Remove namespace NAME and all nsrun made for it; quietly succeeds if it is gone.
 
     Processes still inside get SIGTERM, then SIGKILL after --grace seconds.
     """
-    from nsrun import network, privilege
+    from nsrun import commands
 
-    privilege.require_root()
-    if network.down(name, grace=grace, refuse_busy=refuse_busy):
-        typer.echo(f"{name} is down")
+    return commands.down(name, grace, refuse_busy)
 
 
 @app.command("exec")
@@ -115,38 +103,36 @@ def shell(name: str = typer.Argument(...), profile: Optional[str] = ProfileOpt,
 
 
 @app.command("ls")
-def ls_(as_json: bool = typer.Option(False, "--json", help="A JSON list of objects.")) -> None:
+def ls_(as_json: bool = typer.Option(False, "--json", help="A JSON list of objects.")) -> int:
     """Namespaces: profile, kind, addresses, processes inside, traffic, age."""
-    from nsrun import listing
+    from nsrun import commands
 
-    listing.show(as_json)
+    return commands.ls(as_json)
 
 
 @app.command()
-def gc(dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; change nothing.")) -> None:
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; change nothing.")) -> int:
     """Reclaim what crashed runs left behind; never touches live runs or what nsrun did not make."""
-    from nsrun import gc as gc_mod
-    from nsrun import privilege
+    from nsrun import commands
 
-    privilege.require_root()
-    gc_mod.main(dry_run)
+    return commands.gc(dry_run)
 
 
 @profiles_app.callback()
 def profiles_list(ctx: typer.Context) -> None:
     """List profiles with mode and description; `profiles show NAME` prints one resolved."""
     if ctx.invoked_subcommand is None:
-        from nsrun import profile as profiles
+        from nsrun import commands
 
-        profiles.print_list()
+        commands.profiles_list()
 
 
 @profiles_app.command("show")
 def profiles_show(name: str = typer.Argument(..., help="Profile name or path.")) -> None:
     """Print profile NAME as it will be applied (defaults filled in), or its errors."""
-    from nsrun import profile as profiles
+    from nsrun import commands
 
-    profiles.print_show(name)
+    commands.profiles_show(name)
 
 
 @app.command()

@@ -1,14 +1,25 @@
 """Fault injection for the crash-safety tests: NSRUN_FAULT=STEP makes nsrun die by SIGKILL
-right after setup step STEP, as a crash or `kill -9` would."""
+right after setup step STEP, as a crash or `kill -9` would.
+
+The steps are the engine's: `record` (the record is written), each resource's STEP after
+it is made (nsrun.engine.resources), and `ready`.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-
-STEPS = ("record", "bridge", "firewall", "lease", "netns", "veth", "address", "dns", "ready")
+from typing import Any
 
 
 def checkpoint(step: str) -> None:
     if os.environ.get("NSRUN_FAULT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "STEPS":  # computed on use: the resources import this module
+        from nsrun.engine import resources
+
+        return ("record", *(r.STEP for r in resources.every()), "ready")
+    raise AttributeError(attr)

@@ -54,9 +54,10 @@ def _in_child(ns: str, func: Callable[[], None]) -> None:
 
 def _masquerade(out_if: str) -> Callable[[], None]:
     def apply() -> None:
-        from nsrun import firewall, sysctl
+        from nsrun import iptc as iptc_loader
+        from nsrun import sysctl
 
-        iptc = firewall.load()
+        iptc = iptc_loader.load()
         sysctl.write("net.ipv4.ip_forward", "1")
         rule = iptc.Rule()
         rule.out_interface = out_if

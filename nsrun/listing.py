@@ -10,14 +10,14 @@ from __future__ import annotations
 import array
 import fcntl
 import ipaddress
-import json
 import os
 import socket
 import struct
 import time
 from typing import Any
 
-from nsrun import kernel, netns, state
+from nsrun import kernel, netns
+from nsrun.engine import record
 
 SIOCGIFCONF = 0x8912
 SIOCGIFNETMASK = 0x891B
@@ -99,9 +99,9 @@ def _processes(pids: list[int]) -> list[dict[str, Any]]:
 
 
 def collect() -> list[dict[str, Any]]:
-    recs = {r["name"]: r for r in state.records()}
+    recs = record.all_ns()
     present = netns.names()
-    allnames = sorted(set(present) | {n for n, r in recs.items() if r.get("state") == "up"})
+    allnames = sorted(set(present) | {n for n, r in recs.items() if r.state == "up"})
     by_inode = netns.pids_by_inode()
     counters = _host_counters()
     unmanaged = [n for n in present if n not in recs]
@@ -112,24 +112,24 @@ def collect() -> list[dict[str, Any]]:
         ino = netns.inode(name) if name in present else None
         row: dict[str, Any] = {
             "name": name,
-            "profile": rec.get("profile") if rec else None,
+            "profile": rec.profile if rec else None,
             "managed": rec is not None,
-            "persistent": bool(rec.get("persistent")) if rec else True,
-            "kind": ("persistent" if rec.get("persistent") else "ephemeral") if rec else "unmanaged",
-            "state": (rec.get("state") if name in present else "missing") if rec else "up",
+            "persistent": rec.persistent if rec else True,
+            "kind": ("persistent" if rec.persistent else "ephemeral") if rec else "unmanaged",
+            "state": (rec.state if name in present else "missing") if rec else "up",
             "addresses": [],
-            "gateway": rec.get("gateway") if rec else None,
-            "bridge": rec.get("bridge") if rec else None,
+            "gateway": rec.gateway if rec else None,
+            "bridge": rec.bridge if rec else None,
             "processes": _processes(by_inode.get(ino, [])) if ino else [],
             "rx_bytes": None,
             "tx_bytes": None,
-            "created": rec.get("created") if rec else None,
+            "created": rec.created if rec else None,
         }
-        if rec and rec.get("address"):
-            row["addresses"] = [f"{rec['address']}/{rec.get('prefixlen')}"]
+        if rec and rec.address:
+            row["addresses"] = [f"{rec.address}/{rec.prefixlen}"]
         elif not rec:
             row["addresses"] = live_addrs.get(name, [])
-        veth = rec.get("veth") if rec else None
+        veth = rec.veth if rec else None
         if veth and veth in counters:
             host_rx, host_tx = counters[veth]
             row["rx_bytes"], row["tx_bytes"] = host_tx, host_rx  # as the namespace sees it
@@ -157,23 +157,17 @@ def _bytes(n: int | None) -> str:
     return f"{n}T"
 
 
-def show(as_json: bool) -> None:
-    rows = collect()
-    if as_json:
-        print(json.dumps(rows, indent=1))
-        return
-    if not rows:
-        print("no namespaces")
-        return
+def table(rows: list[dict[str, Any]]) -> str:
+    """ROWS as the text table of `nsrun ls`."""
     head = ("NAME", "PROFILE", "KIND", "ADDRESS", "GATEWAY", "BRIDGE", "RX", "TX", "AGE", "PROCESSES")
-    table = [head]
+    cells = [head]
     for r in rows:
         procs = ", ".join(f"{p['pid']} {p['command'][:30]}" for p in r["processes"][:3])
         if len(r["processes"]) > 3:
             procs += f" (+{len(r['processes']) - 3})"
-        table.append((r["name"], r["profile"] or "-", r["kind"], ",".join(r["addresses"]) or "-",
+        cells.append((r["name"], r["profile"] or "-", r["kind"], ",".join(r["addresses"]) or "-",
                       r["gateway"] or "-", r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(head) - 1)]
-    for row in table:
-        print("  ".join(f"{str(c):<{w}}" for c, w in zip(row[:-1], widths)) + "  " + str(row[-1]))
+    widths = [max(len(str(row[i])) for row in cells) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(f"{str(c):<{w}}" for c, w in zip(row[:-1], widths)) + "  " + str(row[-1])
+                     for row in cells)

@@ -12,10 +12,13 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nsrun.errors import ProfileError, UsageError
 from nsrun.names import ifname_problem
+
+if TYPE_CHECKING:
+    from nsrun.engine.record import NsRecord
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -345,34 +348,9 @@ def available() -> list[tuple[str, Path]]:
     return sorted(seen.items())
 
 
-def mismatch(name: str, rec: dict[str, Any] | None, wanted: Profile) -> UsageError | None:
+def mismatch(name: str, rec: NsRecord | None, wanted: Profile) -> UsageError | None:
     """The error for asking NAME, up per its record REC, to be of another profile."""
-    if rec is None or rec.get("profile_source") == wanted.source:
+    if rec is None or rec.profile_source == wanted.source:
         return None
-    return UsageError(f"namespace {name} is up with profile {rec.get('profile')}, not {wanted.name}; "
+    return UsageError(f"namespace {name} is up with profile {rec.profile}, not {wanted.name}; "
                       f"`nsrun down {name}` first")
-
-
-def print_list() -> None:
-    rows = []
-    for name, path in available():
-        try:
-            prof = parse(read_checked(path), str(path), name)
-            rows.append((name, prof.mode, prof.description, str(path)))
-        except UsageError as exc:
-            rows.append((name, "INVALID", str(exc), str(path)))
-    if not rows:
-        print(f"no profiles found (searched {', '.join(str(d) for d in search_path())})")
-        return
-    w = max(len(r[0]) for r in rows)
-    for name, mode, desc, where in rows:
-        print(f"{name:<{w}}  {mode:<8}  {desc}  [{where}]")
-
-
-def print_show(spec: str) -> None:
-    prof = load(spec)
-    for key, value in prof.resolved().items():
-        if value is None:
-            continue
-        shown = f"[{', '.join(repr(v) for v in value)}]" if isinstance(value, list) else repr(value) if isinstance(value, str) else str(value)
-        print(f"{key} = {shown}")

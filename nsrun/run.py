@@ -20,6 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from nsrun import execution, names, netns, state
+from nsrun.engine import record
 from nsrun.errors import NsrunError, UsageError
 
 if TYPE_CHECKING:
@@ -43,14 +44,15 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
         address = None
         profile_name = None
         if prof is not None:
-            from nsrun import gc, network
+            from nsrun import engine
+            from nsrun.engine import gc
 
             gc.quick()  # ephemeral namespaces whose nsrun was killed
-            rec = network.up(name, prof, persistent=persistent, owner=None if persistent else owner)
-            address, profile_name = rec.get("address"), rec.get("profile")
+            rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner)
+            address, profile_name = rec.address, rec.profile
         else:
-            rec = state.read_json(state.record_path(name)) or {}
-            address, profile_name = rec.get("address"), rec.get("profile")
+            found = record.read(name)
+            address, profile_name = (found.address, found.profile) if found else (None, None)
         os.write(report, f"up {json.dumps({'address': address})}\n".encode())
         env = execution.command_env(name, profile_name, address)
         if env.get("WATCHDOG_PID") == str(parent):  # systemd's watchdog is CMD's to serve
@@ -116,7 +118,7 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
         os.kill(pid, sig)
     if ephemeral:
         # Load the teardown's modules now, on the other core, while the child sets up.
-        from nsrun import network  # noqa: F401
+        from nsrun.engine import resources  # noqa: F401
     report = _read_all(r)
     if relay is not None:
         try:
@@ -145,9 +147,9 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
             code = int(num)
     if ephemeral and prof is not None:
         try:
-            from nsrun import network
+            from nsrun import engine
 
-            network.down(name)
+            engine.down(name)
         except NsrunError as exc:
             sys.stderr.write(f"nsrun: cleanup of {name} failed: {exc}\n")
             if code == 0:
@@ -183,7 +185,7 @@ def _profile_for(name: str | None, spec: str | None) -> Profile | None:
     if name is None or not netns.exists(name):
         return profile.load(spec)
     if spec is not None:
-        error = profile.mismatch(name, state.read_json(state.record_path(name)), profile.load(spec))
+        error = profile.mismatch(name, record.read(name), profile.load(spec))
         if error:
             raise error
     return None
@@ -200,8 +202,8 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
     if not netns.exists(name):
         raise UsageError(f"no namespace {name} (`nsrun ls` lists them; `nsrun up {name}` makes one)")
     ident = execution.resolve_user(user)
-    rec = state.read_json(state.record_path(name)) or {}
-    env = execution.command_env(name, rec.get("profile"), rec.get("address"))
+    rec = record.read(name)
+    env = execution.command_env(name, rec.profile if rec else None, rec.address if rec else None)
     if env.get("NOTIFY_SOCKET", "").startswith("@"):
         # No supervisor stays behind to relay it (see supervise()); say so, once.
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
@@ -220,9 +222,9 @@ def shell(name: str, profile_spec: str | None, user: str | None) -> None:
     ident = execution.resolve_user(user)
     prof = _profile_for(name, profile_spec)
     if prof is not None:
-        from nsrun import network
+        from nsrun import engine
 
-        network.up(name, prof, persistent=True)
+        engine.up(name, prof, persistent=True)
     sh = os.environ.get("SHELL", "")
     if not sh and ident is not None:
         try:

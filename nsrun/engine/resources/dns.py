@@ -1,11 +1,24 @@
 """DNS inside a namespace: /etc/netns/NAME/resolv.conf, bind-mounted over /etc/resolv.conf
-by whoever enters the namespace (nsrun, `ip netns exec`), as iproute2 does."""
+by whoever enters the namespace (nsrun, `ip netns exec`), as iproute2 does.
+
+The servers are the profile's, else the host's minus loopback stubs (unreachable from
+inside), else systemd-resolved's upstreams. The file's first line says nsrun wrote it: gc's
+orphans are such files of a namespace that has no record and is gone (one that exists may
+be another state directory's).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 from collections.abc import Iterable
+from functools import partial
+
+from nsrun import netns
+from nsrun.engine.context import Action, Scan, Setup
+from nsrun.engine.record import NsRecord
+
+STEP = "dns"
 
 ETC_NETNS = "/etc/netns"
 STUB_FALLBACK = "/run/systemd/resolve/resolv.conf"
@@ -74,7 +87,18 @@ def write(name: str, servers: Iterable[str] | None) -> bool:
     return True
 
 
-def remove(name: str) -> None:
+def create(s: Setup) -> None:
+    s.update(dns=True)  # before the file: a crash while it is written leaves a record of it
+    if not write(s.name, s.prof.dns):
+        s.update(dns=False)
+
+
+def remove(rec: NsRecord) -> None:
+    if rec.dns:
+        remove_files(rec.name)
+
+
+def remove_files(name: str) -> None:
     """Remove what write() made; the directories only when left empty. Idempotent."""
     d = dir_for(name)
     for fn in ("resolv.conf", ".resolv.conf.nsrun"):
@@ -87,3 +111,33 @@ def remove(name: str) -> None:
             os.rmdir(path)
         except OSError:
             break
+
+
+def orphans(scan: Scan) -> list[Action]:
+    try:
+        entries = sorted(os.listdir(ETC_NETNS))
+    except OSError:
+        return []
+    return [Action(f"{ETC_NETNS}/{ent}/resolv.conf", "its namespace is gone", partial(_remove_orphan, ent))
+            for ent in entries if ent not in scan.records and _left(ent)]
+
+
+def _left(name: str) -> bool:
+    """A file nsrun wrote for a namespace that is gone."""
+    if netns.exists(name):
+        return False
+    try:
+        with open(f"{dir_for(name)}/resolv.conf") as fh:
+            return fh.readline().startswith("# written by nsrun")
+    except OSError:
+        return False
+
+
+def _remove_orphan(name: str) -> None:
+    from nsrun.engine import record
+
+    with record.ns_lock(name) as lock:
+        if record.read(name) is None:
+            if _left(name):
+                remove_files(name)
+            lock.discard()

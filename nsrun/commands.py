@@ -1,0 +1,107 @@
+"""The command layer between the CLI parsers (nsrun.cli's fast path, nsrun.app's typer)
+and the engine: root checks, printing and exit codes live here, so that the engine and the
+domain modules can be driven from any Python process without a word on stdout.
+
+One function per command that prints; the run/exec/shell paths are nsrun.run's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def up(name: str, profile_spec: str | None) -> int:
+    from nsrun import engine, privilege
+    from nsrun import profile as profiles
+    from nsrun.names import check_name
+
+    privilege.require_root()
+    check_name(name)
+    prof = profiles.load(profile_spec)
+    rec, already = engine.up(name, prof, persistent=True)
+    where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
+    if already:
+        print(f"{name} is already up (profile {rec.profile}{',' + where if where else ''})")
+    else:
+        print(f"{name} is up: profile {rec.profile}{where}")
+    return 0
+
+
+def down(name: str, grace: float, refuse_busy: bool) -> int:
+    from nsrun import engine, privilege
+
+    privilege.require_root()
+    if engine.down(name, grace=grace, refuse_busy=refuse_busy):
+        print(f"{name} is down")
+    return 0
+
+
+def gc(dry_run: bool) -> int:
+    """Print each action before it is applied; a failing one is reported and gc goes on
+    (exit 1 at the end)."""
+    from nsrun import privilege
+    from nsrun.engine import gc as engine_gc
+    from nsrun.engine.context import Action
+
+    privilege.require_root()
+    verb = "would remove" if dry_run else "removing"
+    failed: list[str] = []
+
+    def on_action(action: Action) -> None:
+        print(f"{verb} {action.what} ({action.why})", flush=True)
+
+    def on_error(action: Action, exc: Exception) -> None:
+        failed.append(action.what)
+        sys.stderr.write(f"nsrun: removing {action.what} failed: {exc}\n")
+
+    if not engine_gc.run(dry_run, on_action, on_error):
+        print("nothing to reclaim")
+    return 1 if failed else 0
+
+
+def ls(as_json: bool) -> int:
+    from nsrun import listing
+
+    rows = listing.collect()
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print("no namespaces")
+    else:
+        print(listing.table(rows))
+    return 0
+
+
+def profiles_list() -> int:
+    from nsrun import profile as profiles
+    from nsrun.errors import UsageError
+
+    rows = []
+    for name, path in profiles.available():
+        try:
+            prof = profiles.parse(profiles.read_checked(path), str(path), name)
+            rows.append((name, prof.mode, prof.description, str(path)))
+        except UsageError as exc:
+            rows.append((name, "INVALID", str(exc), str(path)))
+    if not rows:
+        print(f"no profiles found (searched {', '.join(str(d) for d in profiles.search_path())})")
+        return 0
+    w = max(len(r[0]) for r in rows)
+    for name, mode, desc, where in rows:
+        print(f"{name:<{w}}  {mode:<8}  {desc}  [{where}]")
+    return 0
+
+
+def profiles_show(spec: str) -> int:
+    from nsrun import profile as profiles
+
+    for key, value in profiles.load(spec).resolved().items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            shown = f"[{', '.join(repr(v) for v in value)}]"
+        else:
+            shown = repr(value) if isinstance(value, str) else str(value)
+        print(f"{key} = {shown}")
+    return 0

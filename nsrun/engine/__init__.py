@@ -1,0 +1,136 @@
+"""The engine: bring a namespace up per its profile, take it down again, and (in `gc`)
+find what crashed runs left behind. Callable from any Python process, not only the CLI: it
+never prints, never forks, and reads the environment only through nsrun.state (where the
+state directory is) and nsrun.fault (the crash tests' injection).
+
+    nsrun/engine/__init__.py     up, down, teardown (this module)
+    nsrun/engine/record.py       the typed records: NsRecord (ns/NAME.json), NetRecord (net.json)
+    nsrun/engine/context.py      what resources are handed: Setup, Scan, Action
+    nsrun/engine/resources/      one module per kernel resource, and the list per mode
+    nsrun/engine/firewall/       the firewall seam and its backends
+    nsrun/engine/gc.py           gc: plan actions from the resources, act under the locks
+
+`up()` writes the record (intent) before the first host change, then walks the profile
+mode's resources in order, each recording its slice of the record before it acts; on any
+failure what was made is taken down again. `teardown()` walks the same list in reverse,
+after stopping what runs inside and unmounting the namespace (its links go with it), goes
+on past a step that fails, and keeps the record when one did, so that gc retries.
+
+Only what a step needs is imported: taking down a namespace whose bridge other namespaces
+still use is plain file and mount work (no pyroute2, no python-iptables).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from nsrun import fault, names, netns, state
+from nsrun.engine import record
+from nsrun.engine.record import NsRecord
+from nsrun.errors import NsrunError, UsageError
+
+if TYPE_CHECKING:
+    from nsrun.profile import Profile
+
+
+class Busy(NsrunError):
+    pass
+
+
+def up(name: str, prof: Profile, *, persistent: bool,
+       owner: dict[str, Any] | None = None) -> tuple[NsRecord, bool]:
+    """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
+    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor."""
+    from nsrun import profile
+    from nsrun.engine import resources
+    from nsrun.engine.context import Setup
+
+    names.check_name(name)
+    with record.ns_lock(name):
+        rec = record.read(name)
+        if netns.exists(name):
+            if rec is None:
+                raise UsageError(f"namespace {name} exists and was not made by nsrun (use `nsrun exec {name}`)")
+            if rec.state == "up":
+                error = profile.mismatch(name, rec, prof)
+                if error:
+                    raise error
+                return rec, True
+        if rec is not None:  # a crashed earlier attempt: clear what it left
+            teardown(rec)
+        owner = owner or {}
+        rec = NsRecord(
+            name=name, profile=prof.name, profile_source=prof.source, mode=prof.mode,
+            bridge=prof.bridge, veth=names.host_veth(name) if prof.wired else None,
+            persistent=persistent, created=state.now(), state="creating", address=None,
+            prefixlen=prof.subnet.prefixlen if prof.subnet else None,
+            gateway=str(prof.gateway) if prof.gateway else None, dns=False,
+            owner_pid=owner.get("owner_pid"), owner_start=owner.get("owner_start"),
+        )
+        record.save(rec)
+        fault.checkpoint("record")
+        steps = resources.for_mode(prof.mode)
+        s = Setup(rec, prof)
+        s.inside = [functools.partial(f, s) for r in steps if (f := getattr(r, "inside", None))]
+        try:
+            try:
+                for res in steps:
+                    res.create(s)
+                    fault.checkpoint(res.STEP)
+            finally:
+                s.close()
+            s.update(state="up")
+            fault.checkpoint("ready")
+        except BaseException:
+            try:
+                teardown(s.rec)
+            except NsrunError:
+                pass  # the record stays for gc; the first failure is the one to report
+            raise
+        return s.rec, False
+
+
+def down(name: str, *, grace: float = 5.0, refuse_busy: bool = False) -> bool:
+    """Take NAME down with all nsrun made for it. False when there was nothing to do."""
+    names.check_name(name)
+    with record.ns_lock(name) as lock:
+        rec = record.read(name)
+        if rec is None:
+            if netns.exists(name):
+                raise UsageError(f"namespace {name} was not made by nsrun; `ip netns del {name}` removes it")
+            lock.discard()
+            return False
+        if refuse_busy:
+            pids = netns.pids_in(name)
+            if pids:
+                raise Busy(f"namespace {name} still holds processes {', '.join(map(str, pids[:8]))}")
+        teardown(rec, grace=grace)
+        lock.discard()
+        return True
+
+
+def teardown(rec: NsRecord, grace: float = 5.0) -> None:
+    """Remove whatever exists of REC's pieces, in reverse order (NAME's lock held).
+
+    Every step is tried; when one fails, the record stays (gc retries) and NsrunError says
+    which failed."""
+    from nsrun.engine import resources
+
+    errors: list[str] = []
+    # What runs inside stops first, and the namespace goes before the rest is undone:
+    # its links go with it (see resources.veth).
+    netns.stop_processes(rec.name, grace)
+    try:
+        netns.delete(rec.name)
+    except OSError as exc:
+        errors.append(f"netns: {exc}")
+    for res in reversed(resources.for_mode(rec.mode)):
+        try:
+            res.remove(rec)
+        except Exception as exc:
+            errors.append(f"{res.STEP}: {exc}")
+    if errors:
+        raise NsrunError(f"taking {rec.name} down was incomplete ({'; '.join(errors)}); "
+                         "`nsrun gc` tries again")
+    record.remove(rec.name)

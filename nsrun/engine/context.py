@@ -1,0 +1,95 @@
+"""What the engine hands each resource: `Setup` while bringing a namespace up, `Scan` while
+gc looks for orphans, and the `Action` a resource returns for each orphan it finds.
+
+A resource is a plain module (see `nsrun.engine.resources`) with:
+
+    STEP: str                                   # its fault-injection step, after create
+    def create(s: Setup) -> None                # make it, recording its slice in s.rec
+    def remove(rec: NsRecord) -> None           # idempotent; from the record alone
+    def orphans(scan: Scan) -> list[Action]     # what crashed runs left of it (gc)
+
+and, when it must act inside the namespace as the namespace is made (a veth's peer made
+from inside costs nothing; moved in later it costs 20 ms), `def inside(s: Setup) -> None`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from nsrun.engine import record
+from nsrun.engine.record import NsRecord
+
+if TYPE_CHECKING:
+    from nsrun.profile import Profile
+
+
+class Action(NamedTuple):
+    """One thing gc would remove: WHAT, WHY it is left over, and how to APPLY the removal
+    (which re-checks, under the lock that guards it, that it is still left over)."""
+
+    what: str
+    why: str
+    apply: Callable[[], object]
+
+
+class Scan(NamedTuple):
+    """What gc knows when it asks a resource for orphans."""
+
+    records: dict[str, NsRecord]  # the namespace records, by name
+    bridges: list[str]  # the bridges this state directory has made or used
+
+
+class Resource(Protocol):
+    STEP: str
+
+    def create(self, s: Setup, /) -> None: ...
+
+    def remove(self, rec: NsRecord, /) -> None: ...
+
+    def orphans(self, scan: Scan, /) -> list[Action]: ...
+
+
+class Setup:
+    """One `up` in progress: the profile, the record as it grows, and what the resources
+    share while they are made (the host's netlink socket, the bridge lock)."""
+
+    def __init__(self, rec: NsRecord, prof: Profile) -> None:
+        self.rec = rec
+        self.prof = prof
+        self.name = rec.name
+        # Held from the bridge's check until this namespace holds a lease, so that no last
+        # namespace leaving can take the bridge's shared pieces away in between.
+        self.held = contextlib.ExitStack()
+        self.inside: list[Callable[[], None]] = []  # run in the namespace as it is made
+        self._stack = contextlib.ExitStack()
+        self._ipr: Any = None
+        self._host_fd = -1
+
+    def update(self, **changes: Any) -> None:
+        """Change the record and write it (before the host change it describes)."""
+        self.rec = self.rec._replace(**changes)
+        record.save(self.rec)
+
+    @property
+    def ipr(self) -> Any:
+        """A netlink socket in the host's namespace, opened on first use."""
+        if self._ipr is None:
+            from nsrun import netlink
+
+            self._ipr = self._stack.enter_context(netlink.IPRoute())
+        return self._ipr
+
+    @property
+    def host_fd(self) -> int:
+        """The host's network namespace, for links made from inside with a peer outside."""
+        if self._host_fd < 0:
+            self._host_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self._stack.callback(os.close, self._host_fd)
+        return self._host_fd
+
+    def close(self) -> None:
+        self.held.close()
+        self._stack.close()

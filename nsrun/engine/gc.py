@@ -1,0 +1,152 @@
+"""gc: reclaim what crashed runs left behind, from names and records alone.
+
+What counts as left behind:
+- a record whose run is over: an ephemeral namespace whose supervisor is dead, a setup
+  that died half-way (no one holds its lock), a persistent namespace whose mount is gone;
+- whatever a resource finds of itself with no live record (its `orphans`): a host veth
+  with nsrun's alias, a lease, a /etc/netns/NAME/resolv.conf, firewall rules, a bridge;
+- a temporary file of the state directory whose writer died.
+Never touched: live runs (their supervisor lives or their lock is held), persistent
+namespaces that are up, anything without nsrun's names, alias, comment or record, and
+anything that may belong to another state directory (NSRUN_STATE_DIR): a namespace that
+exists, its DNS file and veth, the rules of a bridge that exists.
+
+The work is a list of `Action(what, why, apply)`, planned in batches: the records first,
+then each resource in the reverse of the order they are made (so a bridge is judged after
+the leases on it went), then the temporaries. Each batch is planned after the one before
+was applied, and each action re-checks under the lock that guards it that what it removes
+is still left over: `nsrun down` or `up` may have run between planning and acting (a
+namespace whose mount is gone because `down` is half-way, then re-created, is not stale).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from functools import partial
+
+from nsrun import names, netns, state
+from nsrun.engine import record
+from nsrun.engine.context import Action, Scan
+from nsrun.engine.record import NsRecord
+
+
+def _stale(rec: NsRecord, locked: bool = False) -> str | None:
+    """Why REC's run is over, or None when it is live (or may be). LOCKED: the caller
+    holds REC's namespace lock (so no setup is in progress)."""
+    if rec.state == "up" and rec.persistent:
+        return None if netns.exists(rec.name) else "its namespace is gone"
+    if not rec.persistent and rec.owner_pid is not None:
+        if rec.owner_alive():
+            return None
+        return f"its nsrun process {rec.owner_pid} is gone"
+    if not locked:
+        # A setup in progress holds the namespace's lock.
+        try:
+            with record.ns_lock(rec.name, blocking=False):
+                pass
+        except BlockingIOError:
+            return None
+    return "its setup never finished"
+
+
+def scan() -> Scan:
+    return Scan(records=record.all_ns(), bridges=record.net_bridges())
+
+
+def _records(sc: Scan) -> list[Action]:
+    out = []
+    for name, rec in sc.records.items():
+        why = _stale(rec)
+        if why:
+            out.append(Action(f"namespace {name} and its pieces", why, partial(reclaim, rec)))
+    return out
+
+
+def reclaim(planned: NsRecord, blocking: bool = True) -> bool:
+    """Tear down PLANNED's namespace if, under its lock, its record is still the one planned
+    on and still stale. Whether it was torn down."""
+    from nsrun import engine
+
+    with record.ns_lock(planned.name, blocking=blocking) as lock:
+        rec = record.read(planned.name)
+        if rec is None:
+            lock.discard()
+            return False
+        if rec.created != planned.created or _stale(rec, locked=True) is None:
+            return False  # re-created or alive meanwhile: not ours to take
+        engine.teardown(rec)
+        lock.discard()
+        return True
+
+
+def _temporaries(sc: Scan) -> list[Action]:
+    """Files state.write_json was writing when its process died (`.NAME.PID.tmp`)."""
+    out = []
+    for d in [state.ns_dir(), *(state.net_dir(b) for b in sc.bridges)]:
+        try:
+            entries = os.listdir(d)
+        except OSError:
+            continue
+        for fn in entries:
+            parts = fn.rsplit(".", 2)
+            if fn.startswith(".") and len(parts) == 3 and parts[2] == "tmp" and parts[1].isdigit():
+                if state.process_start(int(parts[1])) is None:
+                    path = d / fn
+                    out.append(Action(str(path), "a write cut short by a crash", partial(state.remove, path)))
+    return out
+
+
+def planners() -> list[Callable[[Scan], list[Action]]]:
+    """The batches, in order: records, each resource's orphans in reverse, temporaries."""
+    from nsrun.engine import resources
+
+    return [_records, *(r.orphans for r in reversed(resources.every())), _temporaries]
+
+
+def plan() -> list[Action]:
+    """Everything gc would remove now, planned without acting (`gc --dry-run`)."""
+    sc = scan()
+    return [a for planner in planners() for a in planner(sc)]
+
+
+def batches() -> Iterator[list[Action]]:
+    """The batches of actions, each planned when the one before has been applied."""
+    for planner in planners():
+        yield planner(scan())
+
+
+def run(dry_run: bool, on_action: Callable[[Action], None],
+        on_error: Callable[[Action, Exception], None]) -> int:
+    """Plan and (unless DRY_RUN) apply, calling ON_ACTION before each action and ON_ERROR
+    for each that fails (gc goes on with the rest). How many actions were planned."""
+    count = 0
+    for batch in [plan()] if dry_run else batches():
+        for action in batch:
+            count += 1
+            on_action(action)
+            if not dry_run:
+                try:
+                    action.apply()
+                except Exception as exc:
+                    on_error(action, exc)
+    return count
+
+
+def quick() -> None:
+    """The cheap part of gc, run at the start of each run: ephemeral namespaces whose
+    nsrun process died. Only records are read; nothing is imported."""
+    try:
+        files = os.listdir(state.ns_dir())
+    except FileNotFoundError:
+        return
+    for fn in files:
+        if not (fn.endswith(".json") and names.is_ephemeral(fn[:-5])):
+            continue
+        rec = record.read(fn[:-5])
+        if rec is None or rec.persistent or rec.owner_pid is None or rec.owner_alive():
+            continue
+        try:
+            reclaim(rec, blocking=False)
+        except BlockingIOError:  # someone is at it already
+            continue

@@ -1,0 +1,163 @@
+"""The records: what nsrun made, written before the first host change it describes.
+
+Two kinds, each a typed, immutable record (a NamedTuple, so the supervisor pays no import
+for it) that owns every key of its JSON file:
+
+- `NsRecord`, a namespace's record (`ns/NAME.json`): the aggregate. Each resource owns its
+  slice (the bridge its `bridge`, the veth its `veth`, the lease its `address`...); teardown
+  and gc read nothing else to find the pieces again.
+- `NetRecord`, a bridge's shared state (`net/BRIDGE/net.json`): whether nsrun made the
+  bridge, which firewall backend made its rules, the rp_filter value to put back.
+
+Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
+same keys (`firewall` was then a boolean: true meant python-iptables). Where the files live
+is `nsrun.state`'s business; this module is the only one that reads their keys.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+from nsrun import state
+
+SCHEMA = 1
+
+
+def _str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class NsRecord(NamedTuple):
+    name: str
+    profile: str | None
+    profile_source: str | None
+    mode: str
+    bridge: str | None
+    veth: str | None
+    persistent: bool
+    created: float | None
+    state: str  # "creating" | "up"
+    address: str | None
+    prefixlen: int | None
+    gateway: str | None
+    dns: bool
+    owner_pid: int | None
+    owner_start: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **self._asdict()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NsRecord | None:
+        """The record in DATA (this schema or an older one); None when it is not one."""
+        name = _str(data, "name")
+        if name is None or (_int(data, "schema") or 0) > SCHEMA:
+            return None
+        created = data.get("created")
+        return cls(
+            name=name, profile=_str(data, "profile"), profile_source=_str(data, "profile_source"),
+            mode=_str(data, "mode") or "", bridge=_str(data, "bridge"), veth=_str(data, "veth"),
+            persistent=data.get("persistent") is True,
+            created=float(created) if isinstance(created, (int, float)) else None,
+            state=_str(data, "state") or "creating", address=_str(data, "address"),
+            prefixlen=_int(data, "prefixlen"), gateway=_str(data, "gateway"), dns=data.get("dns") is True,
+            owner_pid=_int(data, "owner_pid"), owner_start=_int(data, "owner_start"),
+        )
+
+    def owner(self) -> dict[str, Any]:
+        return {"owner_pid": self.owner_pid, "owner_start": self.owner_start}
+
+    def owner_alive(self) -> bool:
+        return state.owner_alive(self.owner())
+
+
+class NetRecord(NamedTuple):
+    mode: str  # "nat" | "bridge"
+    profile: str | None
+    subnet: str | None
+    gateway: str | None = None
+    created_bridge: bool = False
+    uplink: str | None = None
+    firewall: str | None = None  # the backend that holds the bridge's rules (nsrun.engine.firewall)
+    rp_filter_set: bool = False  # rp_filter has been judged (and loosened when it was strict)
+    rp_filter: str | None = None  # the value to put back, when nsrun loosened it
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"schema": SCHEMA, **self._asdict()}
+        del data["rp_filter_set"]
+        if not self.rp_filter_set:
+            del data["rp_filter"]  # schema 0: the key's absence meant "not judged yet"
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NetRecord | None:
+        if (_int(data, "schema") or 0) > SCHEMA:
+            return None
+        fw = data.get("firewall")
+        return cls(
+            mode=_str(data, "mode") or "", profile=_str(data, "profile"), subnet=_str(data, "subnet"),
+            gateway=_str(data, "gateway"), created_bridge=data.get("created_bridge") is True,
+            uplink=_str(data, "uplink"),
+            firewall=fw if isinstance(fw, str) else ("iptables" if fw is True else None),
+            rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
+        )
+
+
+# -- namespace records -------------------------------------------------------------------
+
+def read(name: str) -> NsRecord | None:
+    data = state.read_json(state.record_path(name))
+    return NsRecord.from_json(data) if data is not None else None
+
+
+def save(rec: NsRecord) -> None:
+    state.write_json(state.record_path(rec.name), rec.to_json())
+
+
+def remove(name: str) -> None:
+    state.remove(state.record_path(name))
+
+
+def all_ns() -> dict[str, NsRecord]:
+    """Every namespace record of this state directory, by name."""
+    out: dict[str, NsRecord] = {}
+    for data in state.records():
+        rec = NsRecord.from_json(data)
+        if rec is not None:
+            out[rec.name] = rec
+    return out
+
+
+def ns_lock(name: str, blocking: bool = True) -> state.Lock:
+    """Taken while NAME is brought up or down (and by gc before it acts on NAME)."""
+    return state.Lock(state.ns_dir() / f"{name}.lock", blocking=blocking)
+
+
+# -- bridge records ----------------------------------------------------------------------
+
+def read_net(bridge: str) -> NetRecord | None:
+    data = state.read_json(state.net_dir(bridge) / "net.json")
+    return NetRecord.from_json(data) if data is not None else None
+
+
+def save_net(bridge: str, net: NetRecord) -> None:
+    state.write_json(state.net_dir(bridge) / "net.json", net.to_json())
+
+
+def remove_net(bridge: str) -> None:
+    state.remove(state.net_dir(bridge) / "net.json")
+
+
+def net_bridges() -> list[str]:
+    """The bridges this state directory has made or used."""
+    try:
+        return sorted(os.listdir(state.root() / "net"))
+    except FileNotFoundError:
+        return []

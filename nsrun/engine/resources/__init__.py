@@ -1,0 +1,44 @@
+"""The kernel resources a namespace is made of, one module each, and the order per mode.
+
+Each module owns its slice of the namespace's record and three functions (create; remove,
+idempotent, from the record alone; orphans, gc's actions for what crashed runs left): see
+nsrun.engine.context for the interface. The engine walks `for_mode(mode)` to bring a
+namespace up and the same list in reverse to take it down; gc asks every module in
+`every()` (in reverse) for orphans; the fault-injection steps are the modules' STEPs.
+Adding a resource is a module plus an entry in MODES.
+
+    namespace  /run/netns/NAME                         (all modes)
+    bridge     the host bridge, rp_filter              (nat, bridge)
+    firewall   NAT rules (a backend), ip_forward       (nat)
+    lease      the address, from the bridge's pool     (nat, bridge)
+    veth       eth0 inside, nsrXXXX on the bridge      (nat, bridge)
+    address    eth0's address and default route       (nat, bridge)
+    dns        /etc/netns/NAME/resolv.conf             (nat, bridge)
+"""
+
+from __future__ import annotations
+
+from nsrun.engine.context import Resource
+from nsrun.engine.resources import address, bridge, dns, firewall, lease, namespace, veth
+
+MODES: dict[str, list[Resource]] = {
+    # nat: the lease is taken at once, under the bridge lock the bridge step holds.
+    "nat": [bridge, firewall, lease, namespace, veth, address, dns],
+    # bridge: the lease is taken from inside, after an ARP probe on the LAN.
+    "bridge": [bridge, namespace, veth, lease, address, dns],
+    "isolated": [namespace],
+}
+
+
+def every() -> list[Resource]:
+    """Every resource of every mode, each once, in the order of the modes' lists."""
+    out: list[Resource] = []
+    for steps in MODES.values():
+        out.extend(r for r in steps if r not in out)
+    return out
+
+
+def for_mode(mode: str) -> list[Resource]:
+    """MODE's resources in the order they are made (every one for an unknown mode: a
+    record that names none is taken down with all that may exist)."""
+    return list(MODES.get(mode) or every())

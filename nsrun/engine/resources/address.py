@@ -1,0 +1,42 @@
+"""The namespace's address and default route, inside: eth0 gets the leased address (see
+`lease`), the route goes to the profile's gateway, and in bridge mode a gratuitous ARP
+tells the LAN whose the address now is. Both go with the namespace: nothing to remove,
+no orphans on the host.
+"""
+
+from __future__ import annotations
+
+from nsrun import names, netns
+from nsrun.engine.context import Action, Scan, Setup
+from nsrun.engine.record import NsRecord
+
+STEP = "address"
+
+
+def create(s: Setup) -> None:
+    netns.in_thread(lambda: _configure(s), enter=s.name)
+
+
+def _configure(s: Setup) -> None:
+    from nsrun import arp, netlink
+
+    prof, address = s.prof, s.rec.address
+    assert prof.subnet is not None and address is not None
+    with netlink.IPRoute() as inner:
+        idx = netlink.index(inner, names.INNER_IFNAME)
+        inner.link("set", index=idx, state="up")
+        inner.addr("add", index=idx, address=address, prefixlen=prof.subnet.prefixlen)
+        inner.route("add", dst="0.0.0.0/0", gateway=str(prof.gateway), oif=idx)
+    if prof.mode == "bridge":
+        try:
+            arp.announce(names.INNER_IFNAME, address)
+        except OSError:
+            pass
+
+
+def remove(rec: NsRecord) -> None:
+    pass  # gone with the namespace
+
+
+def orphans(scan: Scan) -> list[Action]:
+    return []

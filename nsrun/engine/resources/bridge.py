@@ -1,0 +1,221 @@
+"""The host bridge a namespace's veth is plugged into, and its bridge-wide settings.
+
+nat mode: nsrun's own bridge carrying the gateway address, made when missing (after
+checking that the subnet overlaps no host route) and deleted with the last namespace.
+bridge mode: the host's LAN bridge, made from `uplink` only when asked and allowed (an
+uplink with an address would cut the host off); where rp_filter is strict, it is loosened
+on the bridge while nsrun uses it (replies through another gateway than the host's would
+be dropped), and put back after.
+
+What nsrun made or changed for a bridge is its `NetRecord` (net.json), written before the
+change, under the bridge lock. The step takes that lock and leaves it held (`Setup.held`)
+until the namespace holds a lease. Removal happens when no namespace holds a lease any more
+(`lease.unused`), so one removal path serves teardown and gc: a bridge nsrun made is kept
+if ports other than its uplink were plugged in meanwhile.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from functools import partial
+from typing import Any
+
+from nsrun import lease, names, state, sysctl
+from nsrun.engine import record
+from nsrun.engine.context import Action, Scan, Setup
+from nsrun.engine.record import NetRecord, NsRecord
+from nsrun.engine.resources.lease import unused
+from nsrun.errors import UsageError
+
+STEP = "bridge"
+
+
+def create(s: Setup) -> None:
+    prof = s.prof
+    assert prof.bridge is not None
+    s.held.enter_context(lease.FileStore(prof.bridge).lock())
+    if prof.mode == "nat":
+        _ensure_nat(s)
+    else:
+        _ensure_lan(s)
+
+
+def _in_use_elsewise(s: Setup, net: NetRecord | None) -> None:
+    if net is not None and net.mode != s.prof.mode:
+        raise UsageError(f"{s.prof.source}: bridge: {s.prof.bridge} is in use by nsrun in {net.mode} mode")
+
+
+def _ensure_nat(s: Setup) -> None:
+    from nsrun import netlink
+
+    prof, ipr = s.prof, s.ipr
+    assert prof.bridge and prof.subnet and prof.gateway
+    net = record.read_net(prof.bridge)
+    _in_use_elsewise(s, net)
+    if net is not None and net.subnet != str(prof.subnet):
+        raise UsageError(
+            f"{prof.source}: subnet: bridge {prof.bridge} already carries {net.subnet} "
+            f"(profile {net.profile}); one bridge serves one subnet"
+        )
+    if netlink.index(ipr, prof.bridge) is None:
+        _check_overlap(ipr, s)
+        record.save_net(prof.bridge, NetRecord(mode="nat", profile=prof.name, subnet=str(prof.subnet),
+                                               gateway=str(prof.gateway), created_bridge=True))
+        _make(ipr, prof.bridge, mtu=prof.mtu, address=(str(prof.gateway), prof.subnet.prefixlen))
+    elif net is None:
+        raise UsageError(
+            f"{prof.source}: bridge: {prof.bridge} exists and was not made by nsrun; "
+            "name another bridge for a nat profile, or use bridge mode"
+        )
+
+
+def _check_overlap(ipr: Any, s: Setup) -> None:
+    prof = s.prof
+    assert prof.subnet is not None
+    for route in ipr.get_routes(family=socket.AF_INET):
+        if route.get_attr("RTA_TABLE") not in (254, None):
+            continue
+        dst_len = route["dst_len"]
+        if dst_len == 0:
+            continue
+        dst = ipaddress.IPv4Network(f"{route.get_attr('RTA_DST')}/{dst_len}", strict=False)
+        if dst.overlaps(prof.subnet):
+            oif = route.get_attr("RTA_OIF")
+            links = ipr.get_links(oif) if oif else []
+            dev = links[0].get_attr("IFLA_IFNAME") if links else "?"
+            raise UsageError(
+                f"{prof.source}: subnet: {prof.subnet} overlaps the host route {dst} dev {dev}; "
+                "choose another subnet"
+            )
+
+
+def _make(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[str, int] | None = None,
+          uplink_idx: int | None = None) -> None:
+    """Create BRIDGE with nsrun's alias (and its address, or its uplink port), and set it up."""
+    from nsrun import netlink
+
+    ipr.link("add", ifname=bridge, kind="bridge")
+    idx = netlink.index(ipr, bridge)
+    ipr.link("set", index=idx, ifalias=names.IFALIAS_PREFIX + "bridge")
+    if mtu:
+        ipr.link("set", index=idx, mtu=mtu)
+    if address is not None:
+        ipr.addr("add", index=idx, address=address[0], prefixlen=address[1])
+    if uplink_idx is not None:
+        ipr.link("set", index=uplink_idx, master=idx)
+    ipr.link("set", index=idx, state="up")
+    if uplink_idx is not None:
+        ipr.link("set", index=uplink_idx, state="up")
+
+
+def _ensure_lan(s: Setup) -> None:
+    from nsrun import netlink
+
+    prof, ipr = s.prof, s.ipr
+    assert prof.bridge
+    bridge = prof.bridge
+    net = record.read_net(bridge)
+    _in_use_elsewise(s, net)
+    idx = netlink.index(ipr, bridge)
+    if idx is None:
+        if not prof.uplink:
+            raise UsageError(
+                f"{prof.source}: bridge: {bridge} does not exist; create it (with the host's "
+                "uplink enslaved) or set `uplink` so nsrun creates it"
+            )
+        up_idx = netlink.index(ipr, prof.uplink)
+        if up_idx is None:
+            raise UsageError(f"{prof.source}: uplink: {prof.uplink} does not exist")
+        held = [a for a in netlink.addresses(ipr, up_idx) if not a.startswith("fe80:")]
+        if held:
+            raise UsageError(
+                f"{prof.source}: uplink: {prof.uplink} carries {', '.join(held)}; enslaving it "
+                f"would cut the host off. Move its addresses and routes to {bridge} first "
+                f"(create {bridge}, enslave {prof.uplink}, move {', '.join(held)}), then drop `uplink`"
+            )
+        if net is None or not net.created_bridge:
+            net = NetRecord(mode="bridge", profile=prof.name, subnet=str(prof.subnet),
+                            created_bridge=True, uplink=prof.uplink)
+            record.save_net(bridge, net)
+        _make(ipr, bridge, uplink_idx=up_idx)
+    else:
+        kind = _link_kind(ipr, idx)
+        if kind != "bridge":
+            raise UsageError(f"{prof.source}: bridge: {bridge} is a {kind or 'non-bridge'} link, not a bridge")
+        if net is None:
+            net = NetRecord(mode="bridge", profile=prof.name, subnet=str(prof.subnet))
+            record.save_net(bridge, net)
+    # Strict reverse-path filtering on the bridge drops the replies a namespace gets through
+    # another gateway than the host's; loose mode keeps them. Only where it is strict.
+    if not net.rp_filter_set:
+        key = sysctl.iface_key(bridge, "rp_filter")
+        mine = sysctl.read(key)
+        effective = max(int(sysctl.read("net/ipv4/conf/all/rp_filter") or 0), int(mine or 0))
+        record.save_net(bridge, net._replace(rp_filter_set=True, rp_filter=mine if effective == 1 else None))
+        if effective == 1:
+            sysctl.write(key, "2")
+
+
+def _link_kind(ipr: Any, idx: int) -> str | None:
+    link = ipr.get_links(idx)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def remove(rec: NsRecord) -> None:
+    if rec.bridge:
+        remove_if_unused(rec.bridge)
+
+
+def remove_if_unused(bridge: str) -> None:
+    """Undo what nsrun made for BRIDGE, once no namespace holds a lease on it."""
+    base = state.net_dir(bridge)
+    with unused(bridge) as lock:
+        if lock is None:
+            return
+        net = record.read_net(bridge)
+        if net is not None:
+            if net.created_bridge and not _delete(bridge, net.uplink):
+                return  # something else was plugged into it meanwhile: keep it
+            if net.rp_filter is not None:
+                try:
+                    sysctl.write(sysctl.iface_key(bridge, "rp_filter"), net.rp_filter)
+                except OSError:  # the bridge is gone
+                    pass
+            record.remove_net(bridge)
+        for fn in ("last_reserved", ".last_reserved.tmp"):
+            state.remove(base / fn)
+        try:
+            os.rmdir(base / "leases")
+        except OSError:
+            pass
+        lock.discard()
+    try:
+        os.rmdir(base)
+    except OSError:
+        pass
+
+
+def _delete(bridge: str, uplink: str | None) -> bool:
+    """Delete a bridge nsrun created, unless ports other than its uplink remain."""
+    from nsrun import netlink
+
+    with netlink.IPRoute() as ipr:
+        idx = netlink.index(ipr, bridge)
+        if idx is None:
+            return True
+        ports = [lnk.get_attr("IFLA_IFNAME") for lnk in ipr.get_links()
+                 if lnk.get_attr("IFLA_MASTER") == idx]
+        if any(p != uplink for p in ports):
+            return False
+        ipr.link("del", index=idx)
+    return True
+
+
+def orphans(scan: Scan) -> list[Action]:
+    """Bridges nsrun set up that no lease uses."""
+    return [Action(f"bridge {bridge}'s shared pieces", "no namespace uses it",
+                   partial(remove_if_unused, bridge))
+            for bridge in scan.bridges if not lease.FileStore(bridge).any_taken()]

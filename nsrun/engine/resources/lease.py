@@ -1,0 +1,119 @@
+"""The address lease: one file per address handed out on a bridge (nsrun.lease holds the
+allocator and the store), taken under the bridge's lock.
+
+nat mode leases at once, under the lock the bridge step took; bridge mode leases from
+inside the namespace, taking only an address nothing on the LAN answers for (an ARP probe
+of `probe_ms`), and only then lets the bridge lock go. Removing the lease may leave the
+bridge unused: the firewall and bridge steps after it (`unused`) then take their shared
+pieces away. gc's orphans: leases whose namespace has no record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import time
+from collections.abc import Iterator
+from functools import partial
+
+from nsrun import lease, names, netns, state
+from nsrun.engine import record
+from nsrun.engine.context import Action, Scan, Setup
+from nsrun.engine.record import NsRecord
+
+STEP = "lease"
+
+
+def create(s: Setup) -> None:
+    prof = s.prof
+    assert prof.bridge is not None
+    store = lease.FileStore(prof.bridge)
+    if prof.mode == "nat":
+        addr = lease.allocate(store, prof.pool(), s.name)
+    else:
+        addr = netns.in_thread(lambda: _claim_on_lan(store, s), enter=s.name)
+    s.update(address=str(ipaddress.IPv4Address(addr)))
+    s.held.close()  # the bridge lock: this namespace holds a lease now
+
+
+def _claim_on_lan(store: lease.FileStore, s: Setup) -> int:
+    """Bridge mode, inside the namespace: lease an address nothing on the LAN answers for."""
+    from nsrun import arp, netlink
+
+    prof = s.prof
+    with netlink.IPRoute() as inner:
+        idx = netlink.index(inner, names.INNER_IFNAME)
+        inner.link("set", index=idx, state="up")
+    if prof.probe_ms > 0:
+        _wait_carrier()
+
+    def usable(a: int) -> bool:
+        if prof.probe_ms <= 0:
+            return True
+        return not arp.probe(names.INNER_IFNAME, str(ipaddress.IPv4Address(a)), prof.probe_ms)
+
+    return lease.allocate(store, prof.pool(), s.name, usable)
+
+
+def _wait_carrier() -> None:
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if _carrier():
+            return
+        time.sleep(0.002)
+
+
+def _carrier() -> bool:
+    # /sys is the host's here; ask the kernel through a socket in this thread's namespace.
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = struct.pack("16sH14x", names.INNER_IFNAME.encode(), 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), 0x8913, req))[1]  # SIOCGIFFLAGS
+    return bool(flags & 0x40)  # IFF_RUNNING: up with carrier
+
+
+def remove(rec: NsRecord) -> None:
+    """Release REC's lease (its address when recorded, else any its name holds)."""
+    if not rec.bridge:
+        return
+    store = lease.FileStore(rec.bridge)
+    if not store.base.exists():
+        return
+    with store.lock():
+        if rec.address is not None:
+            store.release(int(ipaddress.IPv4Address(rec.address)), rec.name)
+        else:
+            store.release_owner(rec.name)
+
+
+@contextlib.contextmanager
+def unused(bridge: str) -> Iterator[state.Lock | None]:
+    """BRIDGE's lock, yielded when no namespace holds a lease on it (None when one does, or
+    when nsrun has nothing of BRIDGE): for taking its shared pieces away."""
+    store = lease.FileStore(bridge)
+    if not store.base.exists():
+        yield None
+        return
+    with store.lock() as lock:
+        yield None if store.any_taken() else lock
+
+
+def orphans(scan: Scan) -> list[Action]:
+    out = []
+    for bridge in scan.bridges:
+        for addr, owner in lease.FileStore(bridge).taken().items():
+            if owner not in scan.records:  # a stale record's leases go with its teardown
+                ip = str(ipaddress.IPv4Address(addr))
+                out.append(Action(f"lease {bridge}/{ip}", f"owner {owner} is gone",
+                                  partial(_release_orphan, bridge, addr, owner)))
+    return out
+
+
+def _release_orphan(bridge: str, addr: int, owner: str) -> None:
+    store = lease.FileStore(bridge)
+    with store.lock():
+        if record.read(owner) is None:  # not an owner that came back meanwhile
+            store.release(addr, owner)
