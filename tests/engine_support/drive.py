@@ -1,0 +1,94 @@
+"""Drives the engine from a plain Python process (not the CLI): run inside a lab host by
+tests/test_engine.py, with NSRUN_STATE_DIR and NSRUN_PROFILE_PATH set. Writes what it saw,
+as JSON, to the file named by argv[1]; it must print nothing.
+
+argv[2] == "extra": the test-only resource (extra_resource) is added to nat mode's list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+from nsrun import engine, netns, profile
+from nsrun.engine import gc, record, resources
+from nsrun.errors import NsrunError
+
+
+def exists(ifname: str) -> bool:
+    try:
+        socket.if_nametoindex(ifname)
+        return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    out: dict[str, object] = {}
+    extra = None
+    if sys.argv[2] == "extra":
+        sys.path.insert(0, os.path.dirname(__file__))
+        import extra_resource as extra
+
+        resources.MODES["nat"].append(extra)  # the one list entry
+    if sys.argv[2] == "failing":
+        failing(profile.load("nat"), out)
+        with open(sys.argv[1], "w") as fh:
+            json.dump(out, fh)
+        return
+    prof = profile.load("nat")
+    rec, already = engine.up("drv", prof, persistent=True)
+    out["up"] = {"address": rec.address, "already": already, "state": rec.state,
+                 "netns": netns.exists("drv"), "veth": exists(rec.veth or "")}
+    _, out["again_already"] = engine.up("drv", prof, persistent=True)
+    out["plan_while_up"] = [a.what for a in gc.plan()]
+    if extra is not None:
+        out["extra_made"] = exists(extra.ifname("drv"))
+    out["down"] = engine.down("drv")
+    out["after_down"] = {"netns": netns.exists("drv"), "record": record.read("drv") is not None,
+                         "veth": exists(rec.veth or "")}
+    if extra is not None:
+        out["extra_after_down"] = exists(extra.ifname("drv"))
+        # A record lost after the resources were made (a crash between a step and its
+        # record, a wiped state directory): gc finds the extra bridge from its name alone.
+        engine.up("drv", prof, persistent=True)
+        netns.delete("drv")
+        record.remove("drv")
+        out["orphans"] = [a.what for a in gc.plan()]
+        seen: list[str] = []
+        failed: list[str] = []
+        gc.run(False, lambda a: seen.append(a.what), lambda a, e: failed.append(f"{a.what}: {e}"))
+        out["gc_applied"] = seen
+        out["gc_failed"] = failed
+        out["extra_after_gc"] = exists(extra.ifname("drv"))
+        out["plan_after_gc"] = [a.what for a in gc.plan()]
+    with open(sys.argv[1], "w") as fh:
+        json.dump(out, fh)
+
+
+def failing(prof: profile.Profile, out: dict[str, object]) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    import failing_resource
+
+    resources.MODES["nat"].append(failing_resource)
+    rec, _ = engine.up("drv", prof, persistent=True)
+    try:
+        engine.down("drv")
+        out["down_error"] = None
+    except NsrunError as exc:
+        out["down_error"] = str(exc)
+    out["after_down"] = {"netns": netns.exists("drv"), "record": record.read("drv") is not None,
+                         "veth": exists(rec.veth or ""), "dns": os.path.exists("/etc/netns/drv")}
+    seen: list[str] = []
+    failed: list[str] = []
+    gc.run(False, lambda a: seen.append(a.what), lambda a, e: failed.append(f"{a.what}: {e}"))
+    out["gc_applied"] = seen
+    out["gc_failed"] = failed
+    out["record_after_gc"] = record.read("drv") is not None
+    out["plan_after_gc"] = [a.what for a in gc.plan()]
+
+
+if __name__ == "__main__":
+    main()
