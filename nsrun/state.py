@@ -8,6 +8,9 @@ Layout under NSRUN_STATE_DIR (default /run/nsrun, mode 0700):
     net/BRIDGE/lock     taken while leases or shared pieces of BRIDGE change
     net/BRIDGE/leases/A one file per address handed out, holding the namespace's name
     forwarding.json     ip_forward as nsrun found it, to put back when the last NAT goes
+
+This module knows where the files are and how to write them safely; the keys of the two
+records are nsrun.engine.record's (NsRecord, NetRecord).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -67,6 +68,7 @@ class Setup:
         self._stack = contextlib.ExitStack()
         self._ipr: Any = None
         self._host_fd = -1
+        self._host_tid = threading.get_native_id()  # a thread in the host's namespace
 
     def update(self, **changes: Any) -> None:
         """Change the record and write it (before the host change it describes)."""
@@ -84,9 +86,10 @@ class Setup:
 
     @property
     def host_fd(self) -> int:
-        """The host's network namespace, for links made from inside with a peer outside."""
+        """The host's network namespace, for links made from inside with a peer outside
+        (from any thread: the one that began the setup is in the host's namespace)."""
         if self._host_fd < 0:
-            self._host_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self._host_fd = os.open(f"/proc/self/task/{self._host_tid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             self._stack.callback(os.close, self._host_fd)
         return self._host_fd
 
