@@ -66,6 +66,12 @@ def test_teardown_goes_on_past_a_failing_step_and_keeps_the_record_gc_past_a_fai
     assert seen["plan_after_gc"] == ["something that cannot go"]
 
 
+def test_the_last_two_teardowns_interleaved_leave_no_rules(lab, tmp_path):
+    seen = _drive(lab, tmp_path, "interleaved")
+    assert seen["rules_after_a"] == [] and seen["rules"] == [] and seen["net_bridges"] == []
+    # The lab fixture checks ip_forward and the rest of the host.
+
+
 def _wait_line(stream, needle: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     got = ""

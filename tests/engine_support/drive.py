@@ -33,6 +33,11 @@ def main() -> None:
         import extra_resource as extra
 
         resources.MODES["nat"].append(extra)  # the one list entry
+    if sys.argv[2] == "interleaved":
+        interleaved(profile.load("nat"), out)
+        with open(sys.argv[1], "w") as fh:
+            json.dump(out, fh)
+        return
     if sys.argv[2] == "failing":
         failing(profile.load("nat"), out)
         with open(sys.argv[1], "w") as fh:
@@ -66,6 +71,31 @@ def main() -> None:
         out["plan_after_gc"] = [a.what for a in gc.plan()]
     with open(sys.argv[1], "w") as fh:
         json.dump(out, fh)
+
+
+def interleaved(prof: profile.Profile, out: dict[str, object]) -> None:
+    """The last two namespaces of a bridge leave at once, their teardown steps interleaved:
+    A's firewall step runs while B still holds a lease, then A's bridge step after B's
+    lease went, before B's firewall step."""
+    from nsrun.engine.firewall import iptables
+    from nsrun.engine.resources import bridge, firewall, lease, veth
+
+    a, _ = engine.up("drv-a", prof, persistent=True)
+    b, _ = engine.up("drv-b", prof, persistent=True)
+    for rec in (a, b):
+        netns.delete(rec.name)
+        veth.remove(rec)
+    lease.remove(a)
+    firewall.remove(a)  # B holds a lease: nothing to do yet
+    lease.remove(b)
+    bridge.remove(a)  # the bridge is unused now
+    out["rules_after_a"] = sorted(iptables.bridges())
+    firewall.remove(b)
+    bridge.remove(b)
+    for rec in (a, b):
+        engine.teardown(rec)  # the rest (dns, veth, the records)
+    out["net_bridges"] = record.net_bridges()
+    out["rules"] = sorted(iptables.bridges())
 
 
 def failing(prof: profile.Profile, out: dict[str, object]) -> None:

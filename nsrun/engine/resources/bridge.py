@@ -11,7 +11,8 @@ What nsrun made or changed for a bridge is its `NetRecord` (net.json), written b
 change, under the bridge lock. The step takes that lock and leaves it held (`Setup.held`)
 until the namespace holds a lease. Removal happens when no namespace holds a lease any more
 (`lease.unused`), so one removal path serves teardown and gc: a bridge nsrun made is kept
-if ports other than its uplink were plugged in meanwhile.
+if ports other than its uplink were plugged in meanwhile. Its record goes last: NAT rules
+still recorded in it (the last namespaces' steps interleaved) are removed first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nsrun import lease, names, state, sysctl
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
+from nsrun.engine.resources import firewall
 from nsrun.engine.resources.lease import unused
 from nsrun.errors import UsageError
 
@@ -179,6 +181,10 @@ def remove_if_unused(bridge: str) -> None:
         if net is not None:
             if net.created_bridge and not _delete(bridge, net.uplink):
                 return  # something else was plugged into it meanwhile: keep it
+            if net.firewall is not None:
+                # Its rules outlive this record by no moment: the firewall step of the
+                # namespace that left last may have run while another still held a lease.
+                firewall.retire(bridge, net)
             if net.rp_filter is not None:
                 try:
                     sysctl.write(sysctl.iface_key(bridge, "rp_filter"), net.rp_filter)

@@ -18,7 +18,7 @@ from pathlib import Path
 from nsrun import state, sysctl
 from nsrun.engine import firewall, record
 from nsrun.engine.context import Action, Scan, Setup
-from nsrun.engine.record import NsRecord
+from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources.lease import unused
 
 STEP = "firewall"
@@ -74,14 +74,19 @@ def remove_if_unused(bridge: str) -> None:
         if lock is None:
             return
         net = record.read_net(bridge)
-        if net is None or net.mode != "nat":
-            return
-        # No backend recorded: a crash may have cut the step short after ip_forward or
-        # some rules; the backend it would have used removes whatever exists of them.
-        firewall.backend(net.firewall or firewall.choose()).remove(bridge)
-        if net.firewall is not None:
-            record.save_net(bridge, net._replace(firewall=None))
-        _forwarding_restore()
+        if net is not None and net.mode == "nat":
+            retire(bridge, net)
+
+
+def retire(bridge: str, net: NetRecord) -> None:
+    """Remove BRIDGE's rules and put ip_forward back (BRIDGE's lock held, no lease on it).
+
+    With no backend recorded, a crash may have cut the step short after ip_forward or some
+    rules: the backend it would have used removes whatever exists of them."""
+    firewall.backend(net.firewall or firewall.choose()).remove(bridge)
+    if net.firewall is not None:
+        record.save_net(bridge, net._replace(firewall=None))
+    _forwarding_restore()
 
 
 def orphans(scan: Scan) -> list[Action]:
