@@ -27,23 +27,22 @@ def exists(ifname: str) -> bool:
 
 def main() -> None:
     out: dict[str, object] = {}
+    prof = profile.load("nat")
+    if sys.argv[2] in ("interleaved", "failing"):
+        {"interleaved": interleaved, "failing": failing}[sys.argv[2]](prof, out)
+    else:
+        plain(prof, out)
+    with open(sys.argv[1], "w") as fh:
+        json.dump(out, fh)
+
+
+def plain(prof: profile.Profile, out: dict[str, object]) -> None:
     extra = None
     if sys.argv[2] == "extra":
         sys.path.insert(0, os.path.dirname(__file__))
         import extra_resource as extra
 
         resources.MODES["nat"].append(extra)  # the one list entry
-    if sys.argv[2] == "interleaved":
-        interleaved(profile.load("nat"), out)
-        with open(sys.argv[1], "w") as fh:
-            json.dump(out, fh)
-        return
-    if sys.argv[2] == "failing":
-        failing(profile.load("nat"), out)
-        with open(sys.argv[1], "w") as fh:
-            json.dump(out, fh)
-        return
-    prof = profile.load("nat")
     rec, already = engine.up("drv", prof, persistent=True)
     out["up"] = {"address": rec.address, "already": already, "state": rec.state,
                  "netns": netns.exists("drv"), "veth": exists(rec.veth or "")}
