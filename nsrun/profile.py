@@ -36,6 +36,13 @@ MODE_KEYS = {
     "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "mtu", "probe_ms"},
     "isolated": set(),
 }
+# Ranges no namespace can live in: the kernel refuses or special-cases their addresses.
+UNUSABLE_SUBNETS = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "'this network' (0.0.0.0/8)"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "loopback (127.0.0.0/8)"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "multicast (224.0.0.0/4)"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "reserved (240.0.0.0/4, the broadcast address included)"),
+)
 MAX_FILE_BYTES = 64 * 1024
 MAX_RANGE = 65536
 
@@ -190,6 +197,10 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
         subnet = ipaddress.IPv4Network(raw.strip(), strict=True)
     except ValueError as exc:
         raise ProfileError(source, "subnet", f"{raw!r} is not an IPv4 network ({exc})") from None
+    for unusable, what in UNUSABLE_SUBNETS:
+        if subnet.overlaps(unusable):
+            raise ProfileError(source, "subnet", f"{subnet} overlaps {what}; use a private range "
+                               "such as 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
     if subnet.prefixlen > 30:
         raise ProfileError(source, "subnet", f"{subnet} is too small: a /30 or larger leaves room for a gateway and a lease")
 
