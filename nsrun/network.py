@@ -382,6 +382,8 @@ class Busy(NsrunError):
 def down(name: str, *, grace: float = 5.0, refuse_busy: bool = False) -> bool:
     """Take NAME down with all nsrun made for it. False when there was nothing to do."""
     names.check_name(name)
+    if read_record(name) is None and not netns.exists(name):
+        return False  # nothing to take down (and no lock file to write, on a full disk too)
     with ns_lock(name) as lock:
         rec = read_record(name)
         if rec is None:

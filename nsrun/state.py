@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nsrun.errors import NsrunError
+
 DEFAULT_STATE_DIR = "/run/nsrun"
 
 
@@ -34,6 +36,8 @@ def ensure_dir(path: Path) -> Path:
     except FileNotFoundError:
         ensure_dir(path.parent)
         return ensure_dir(path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     return path
 
 
@@ -69,6 +73,8 @@ class Lock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:  # its directory was just removed by a last holder
                 continue
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -97,16 +103,40 @@ class Lock:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace PATH atomically: a reader sees the old file or the new one, never half."""
+    write_text(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace PATH atomically with TEXT, through a temporary `.NAME.PID.tmp` (which gc
+    reclaims if this process dies mid-write). The temporary is created afresh (O_EXCL) and
+    never through a symbolic link; os.replace swaps the name, never following one at PATH."""
     ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    remove(tmp)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            write_all(fd, text.encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:  # e.g. data that is not JSON: leave no half-written temporary behind
+    except OSError as exc:
+        remove(tmp)
+        raise write_error(path, exc) from None
+    except BaseException:
         remove(tmp)
         raise
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_error(path: Path, exc: OSError) -> NsrunError:
+    """A failed write to the state directory as one line (a full or read-only file system)."""
+    return NsrunError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
