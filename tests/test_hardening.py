@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
+from conftest import CLIENT
 from nsrun import kernel
 
 
@@ -45,3 +47,60 @@ def test_full_state_directory_fails_cleanly_and_leaks_nothing(lab):
         assert failures >= 3  # the limits above did cut runs short at several points
     finally:
         kernel.umount2(statedir, kernel.MNT_DETACH)
+
+
+def _bad_state_dirs(base: str) -> list[tuple[str, str]]:
+    """(NSRUN_STATE_DIR, expected fragment of the one-line refusal), each made under BASE."""
+    os.makedirs(base, mode=0o755)
+    link = f"{base}/dangling"
+    os.symlink(f"{base}/nowhere", link)
+    loop = f"{base}/loop"
+    os.symlink(loop, loop)
+    afile = f"{base}/file"
+    open(afile, "w").close()
+    theirs = f"{base}/theirs"
+    os.mkdir(theirs, 0o777)
+    os.chmod(theirs, 0o777)
+    os.chown(theirs, 65534, 65534)  # an attacker's 0777 directory
+    open_to_all = f"{base}/open"
+    os.mkdir(open_to_all)
+    os.chmod(open_to_all, 0o777)
+    return [
+        ("relative/state", "must be an absolute path"),
+        (f"{base}/nonexistent/deep/x", "does not exist"),
+        (link, "symbolic link"),
+        (loop, "symbolic link"),
+        ("/proc/self", "symbolic link"),
+        (afile, "not a directory"),
+        (theirs, "owned by root and writable by no one else"),
+        (open_to_all, "owned by root and writable by no one else"),
+    ]
+
+
+def test_unsafe_state_directories_are_refused(lab, tmp_path):
+    """Item 11 and the Low NSRUN_STATE_DIR cases: no RecursionError, no hang, nothing created
+    deep down, and no write into a directory someone else could have planted links in."""
+    base = str(tmp_path / "states")
+    for value, fragment in _bad_state_dirs(base):
+        for args in (["gc"], ["up", "st", "-p", "isolated"], ["--", "true"]):
+            r = lab.nsrun(*args, env={"NSRUN_STATE_DIR": value}, timeout=20)
+            assert r.returncode == 2, (value, args, r.returncode, r.stderr)
+            assert fragment in r.stderr and len(r.stderr.splitlines()) == 1, (value, r.stderr)
+    assert not os.path.exists(f"{base}/nonexistent")
+    assert os.listdir(f"{base}/theirs") == [] and os.listdir(f"{base}/open") == []
+
+
+def test_nsrun_refuses_to_act_on_the_hosts_state_from_inside_a_namespace(lab):
+    """Item 5: gc or down run from inside a namespace would act on that namespace's network
+    with the host's records; they are refused (exit 2), and the namespace is untouched."""
+    assert lab.nsrun("up", "inner", "-p", "nat").returncode == 0
+    try:
+        before = lab.snapshot()
+        for args in (["gc"], ["down", "inner"], ["up", "other", "-p", "nat"], ["--", "true"]):
+            r = lab.nsrun("exec", "inner", "--", sys.executable, "-m", "nsrun", *args)
+            assert r.returncode == 2, (args, r.returncode, r.stderr)
+            assert "belongs to another network namespace" in r.stderr, r.stderr
+        assert lab.snapshot() == before
+        assert lab.nsrun("exec", "inner", "--", *CLIENT).stdout.strip()  # still wired
+    finally:
+        assert lab.nsrun("down", "inner").returncode == 0
