@@ -18,6 +18,7 @@ Three kinds of test:
 from __future__ import annotations
 
 import array
+import errno
 import json
 import os
 import re
@@ -781,6 +782,22 @@ def test_abstract_notify_socket_is_relayed(lab):
         {"data": "FDSTORE=1\nFDNAME=pipe", "fds": ["through the relay"], "pid": int(pid), "uid": 65534,
          "gid": 65534},
     ], err
+
+
+@needs_system_python
+def test_relay_directory_stays_roots(lab):
+    """CMD's user can send to the relay's socket but put nothing beside it: a directory it
+    made there used to keep the relay's directory from being removed (issue 15, Low)."""
+    abstract = f"nsrun-test-dir-{lab.lab.id}-{os.getpid()}"
+    prog = ("import os; d = os.path.dirname(os.environ['NOTIFY_SOCKET']); print(d)\n"
+            "try:\n    os.mkdir(d + '/planted'); print('planted')\nexcept OSError as e: print(e.errno)")
+    r = lab.nsrun("-p", "isolated", "-u", "nobody", "--", SYSTEM_PYTHON, "-c", prog,
+                  env={"NOTIFY_SOCKET": f"@{abstract}"})
+    assert r.returncode == 0, r.stderr
+    where, outcome = r.stdout.split()
+    assert where.startswith("/run/nsrun-notify.")
+    assert outcome == str(errno.EACCES)
+    assert not os.path.exists(where)
 
 
 def test_abstract_notify_socket_nobody_listens(lab):
