@@ -317,6 +317,30 @@ def test_cli_environment_is_carried_into_the_unit(tmp_path):
     assert env["NSRUN_PROFILE_PATH"] == str(PROFILES) and env["NSRUN_STATE_DIR"] == "/run/x y"
 
 
+def test_cli_relative_environment_is_made_absolute_or_refused(tmp_path):
+    """systemd starts services in /: a relative NSRUN_PROFILE_PATH would name other directories
+    there (made absolute), and a relative NSRUN_STATE_DIR is refused, as nsrun refuses it."""
+    sub = tmp_path / "profiles"
+    sub.mkdir()
+    write_profile(sub, "mine", 'mode = "isolated"\n')
+    r = cli("unit", "job", "-p", "mine", "--", "/bin/true", cwd=tmp_path,
+            env={"NSRUN_PROFILE_PATH": f"profiles:{PROFILES}"})
+    assert r.returncode == 0, r.stderr
+    assert unit_environment(r.stdout)["NSRUN_PROFILE_PATH"] == f"{sub}:{PROFILES}"
+    r = cli("unit", *WEB, env={"NSRUN_STATE_DIR": "run/state"})
+    assert r.returncode == 2 and "NSRUN_STATE_DIR must be an absolute path" in r.stderr, r.stderr
+
+
+def test_install_never_replaces_a_unit_nsrun_did_not_write(tmp_path):
+    """Issue 15 item 13: `unit --install` replaced any nsrun-NAME.service, an admin's too."""
+    theirs = tmp_path / "nsrun-web.service"
+    theirs.write_text("[Service]\nExecStart=/usr/bin/their-own\n")
+    r = cli("unit", "--install", *WEB, env={unit.SYSTEMD_DIR_ENV: str(tmp_path)})
+    assert r.returncode == 2 and "was not written by `nsrun unit`" in r.stderr, r.stderr
+    assert theirs.read_text() == "[Service]\nExecStart=/usr/bin/their-own\n"
+    assert sorted(os.listdir(tmp_path)) == ["nsrun-web.service"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["bad/name", "-p", "gw1", "--", "/bin/true"], "invalid service name 'bad/name'"),
     (["web", "-p", "gw1"], "missing command"),
