@@ -104,3 +104,35 @@ def test_nsrun_refuses_to_act_on_the_hosts_state_from_inside_a_namespace(lab):
         assert lab.nsrun("exec", "inner", "--", *CLIENT).stdout.strip()  # still wired
     finally:
         assert lab.nsrun("down", "inner").returncode == 0
+
+
+def test_sudo_callers_profile_paths_are_read_with_their_rights(lab, tmp_path):
+    """Item 13: under sudo, `-p /root-only/file` told the caller whether the file exists and
+    showed parts of it in the error; it is opened with the caller's rights now."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    secret = private / "secret.toml"
+    secret.write_text('mode = "nat"\nsubnet = "s3cr3t-value"\n')
+    os.chmod(secret, 0o644)
+    sudo = {"SUDO_UID": "65534", "SUDO_GID": "65534", "SUDO_USER": "nobody"}
+    for spec in (str(secret), str(private / "absent.toml")):
+        for args in (["profiles", "show", spec], ["-p", spec, "--", "true"], ["up", "x", "-p", spec]):
+            r = lab.nsrun(*args, env=sudo)
+            assert r.returncode == 2, (args, r.stderr)
+            assert "Permission denied" in r.stderr and "s3cr3t" not in r.stderr, r.stderr
+    # Root itself, and a file the caller may read, work as before.
+    assert "s3cr3t-value" in lab.nsrun("profiles", "show", str(secret)).stderr
+    import shutil
+    import tempfile
+
+    public = tempfile.mkdtemp(prefix="nsrun-test-")  # pytest's own tmp_path is 0700
+    try:
+        os.chmod(public, 0o755)
+        shared = os.path.join(public, "shared.toml")
+        with open(shared, "w") as fh:
+            fh.write('mode = "isolated"\n')
+        os.chmod(shared, 0o644)
+        r = lab.nsrun("-p", shared, "--", "true", env=sudo)
+        assert r.returncode == 0, r.stderr
+    finally:
+        shutil.rmtree(public)
