@@ -103,13 +103,29 @@ class FileStore:
             return False
 
     def reserve(self, addr: int, owner: str) -> bool:
+        """Claim ADDR for OWNER. The lease appears whole or not at all: the owner's name is
+        written to a private temporary first and then linked into place (link fails when the
+        address is taken, as O_EXCL would), so a full disk cannot leave a lease with no owner."""
         state.ensure_dir(self.dir)
+        # Beside leases/, named as state.write_text names its temporaries, so that gc
+        # reclaims one whose writer died (the bridge lock makes the pid unique here).
+        tmp = self.base / f".lease.{os.getpid()}.tmp"
+        state.remove(tmp)
         try:
-            fd = os.open(self._path(addr), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                state.write_all(fd, owner.encode())
+            finally:
+                os.close(fd)
+            os.link(tmp, self._path(addr))
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):
+                return False
+            raise state.write_error(self._path(addr), exc) from None
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as fh:
-            fh.write(owner)
+        finally:
+            state.remove(tmp)
         return True
 
     def release(self, addr: int, owner: str) -> None:
@@ -133,9 +149,7 @@ class FileStore:
             return None
 
     def set_last_reserved(self, addr: int) -> None:
-        tmp = self.base / ".last_reserved.tmp"
-        tmp.write_text(str(ipaddress.IPv4Address(addr)))
-        os.replace(tmp, self.base / "last_reserved")
+        state.write_text(self.base / "last_reserved", str(ipaddress.IPv4Address(addr)))
 
 
 class MemoryStore:

@@ -16,6 +16,9 @@ IFNAME_MAX = 15  # bytes, IFNAMSIZ - 1
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1))
 # Linux refuses '/', ':' and white space in interface names, and '.'/'..' alone.
 _IFNAME_BAD = re.compile(r"[\s/:]")
+# Names dev_valid_name() passes but link creation refuses (EINVAL): the directories of
+# /proc/sys/net/ipv4/conf that are not interfaces.
+RESERVED_IFNAMES = ("all", "default")
 
 EPHEMERAL_PREFIX = "nsrun-"
 HOST_VETH_PREFIX = "nsr"
@@ -46,6 +49,12 @@ def ifname_problem(ifname: str) -> str | None:
         return f"is {size} bytes long; interface names have at most {IFNAME_MAX}"
     if ifname in (".", "..") or _IFNAME_BAD.search(ifname):
         return "is not a valid interface name (no '/', ':' or white space)"
+    # '%' makes the kernel treat the name as a pattern: "br%d" creates br0 (or br1...), a link
+    # nsrun would never find again; any other '%' is refused (EINVAL).
+    if "%" in ifname:
+        return "contains '%', which the kernel takes as a pattern for a name of its own choosing"
+    if ifname in RESERVED_IFNAMES:
+        return f"is reserved by the kernel (net.ipv4.conf.{ifname} is not an interface)"
     # NUL would cut the name short in the kernel (another interface than the one checked),
     # other control characters garble output, and lone surrogates cannot be encoded.
     if not ifname.isprintable():

@@ -5,7 +5,7 @@ systemd hands a service NOTIFY_SOCKET, the address where it takes `READY=1`, `ST
 which CMD shares with the host: nsrun passes it through untouched. An abstract one
 (`@name`) lives in the network namespace that bound it, so CMD, inside another, cannot
 reach it. For those the supervisor (which stays in the host's namespace) binds a path
-socket that only CMD's user can reach, gives CMD that path as NOTIFY_SOCKET, and sends
+socket that only CMD's user can send to (in a directory of root's), gives CMD that path as NOTIFY_SOCKET, and sends
 each datagram on to the abstract address with the sender's own credentials (pid, uid,
 gid, as root may) and any file descriptors it carries. systemd therefore sees what it
 would have seen without nsrun in between: the message comes from CMD (so `Type=notify`
@@ -111,8 +111,10 @@ class Relay:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.bind(self.path)
             os.chmod(self.path, 0o600)
-            os.chown(self.path, uid, gid)
-            os.chown(self.dir, uid, gid)  # last: only CMD's user (and root) can reach it
+            os.chown(self.path, uid, gid)  # only CMD's user (and root) can send to it
+            # The directory stays root's: others may pass through it, nobody but root may
+            # put anything in it (CMD's user could otherwise make it impossible to remove).
+            os.chmod(self.dir, 0o711)
         except OSError as exc:
             self.close()
             raise NsrunError(f"cannot make the relay for NOTIFY_SOCKET {target} in {root}: "

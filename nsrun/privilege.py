@@ -29,3 +29,6 @@ def require_root() -> None:
                if not caps & (1 << bit)]
     if missing:
         raise UsageError(f"running as root without {' and '.join(missing)}; nsrun needs both")
+    from nsrun import state
+
+    state.check_root()

@@ -39,6 +39,13 @@ MODE_KEYS = {
     "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "mtu", "probe_ms"},
     "isolated": set(),
 }
+# Ranges no namespace can live in: the kernel refuses or special-cases their addresses.
+UNUSABLE_SUBNETS = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "'this network' (0.0.0.0/8)"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "loopback (127.0.0.0/8)"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "multicast (224.0.0.0/4)"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "reserved (240.0.0.0/4, the broadcast address included)"),
+)
 MAX_FILE_BYTES = 64 * 1024
 MAX_RANGE = 65536
 
@@ -193,6 +200,10 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
         subnet = ipaddress.IPv4Network(raw.strip(), strict=True)
     except ValueError as exc:
         raise ProfileError(source, "subnet", f"{raw!r} is not an IPv4 network ({exc})") from None
+    for unusable, what in UNUSABLE_SUBNETS:
+        if subnet.overlaps(unusable):
+            raise ProfileError(source, "subnet", f"{subnet} overlaps {what}; use a private range "
+                               "such as 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
     if subnet.prefixlen > 30:
         raise ProfileError(source, "subnet", f"{subnet} is too small: a /30 or larger leaves room for a gateway and a lease")
 
@@ -295,14 +306,15 @@ def find(spec: str) -> Path:
     )
 
 
-def read_checked(path: Path) -> str:
+def read_checked(path: Path, as_caller: bool = False) -> str:
     """Read PATH, refusing (when running as root) files a non-root user could have written.
 
     The checks are made on the open file, so the file cannot be swapped between check and use.
+    AS_CALLER: open it with the sudo caller's rights (see _open_as_caller).
     """
     source = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = _open_as_caller(path) if as_caller else os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise UsageError(f"{source}: no such profile file") from None
     except OSError as exc:
@@ -328,11 +340,36 @@ def read_checked(path: Path) -> str:
         raise ProfileError(source, None, f"is not UTF-8 text (byte {exc.start})") from None
 
 
+def _open_as_caller(path: Path) -> int:
+    """Open PATH, a profile path given on the command line, with the rights of the user who
+    ran `sudo nsrun` (SUDO_UID): root would otherwise read any file for them, and the errors
+    about it (does it exist? what is on line 3?) would show them what they may not read.
+    Root and non-sudo callers open it as themselves. The effective ids are switched and put
+    back around the one open() (the real and saved uid stay root's)."""
+    from nsrun import execution
+
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    caller = execution.resolve_user(None) if os.geteuid() == 0 else None
+    if caller is None:
+        return os.open(path, flags)
+    saved_groups = os.getgroups()
+    os.setgroups(list(caller.groups))
+    os.setegid(caller.gid)
+    os.seteuid(caller.uid)
+    try:
+        return os.open(path, flags)
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(saved_groups)
+
+
 def load(spec: str | None) -> Profile:
     spec = spec or DEFAULT_PROFILE
     path = find(spec)
-    name = path.stem if is_path_spec(spec) else spec
-    return parse(read_checked(path), str(path), name)
+    by_path = is_path_spec(spec)
+    name = path.stem if by_path else spec
+    return parse(read_checked(path, as_caller=by_path), str(path), name)
 
 
 def available() -> list[tuple[str, Path]]:

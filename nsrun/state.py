@@ -1,6 +1,7 @@
 """The state directory: records, locks and atomic files, all root-only.
 
-Layout under NSRUN_STATE_DIR (default /run/nsrun, mode 0700):
+Layout under NSRUN_STATE_DIR (default /run/nsrun, mode 0700, root's alone, and tied to the
+network namespace that first used it: see check_root):
 
     ns/NAME.json        a namespace's record, written *before* its first host change
     ns/NAME.lock        taken while NAME is brought up or down
@@ -15,18 +16,118 @@ records are nsrun.engine.record's (NsRecord, NetRecord).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
+
+from nsrun.errors import NsrunError, UsageError
 
 DEFAULT_STATE_DIR = "/run/nsrun"
 
 
 def root() -> Path:
     return Path(os.environ.get("NSRUN_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def check_root() -> Path:
+    """The state directory, made safe to write into as root, or UsageError (exit 2).
+
+    It must be an absolute path whose parent exists (nsrun creates the last component only,
+    mode 0700), a real directory (not a symbolic link), owned by root and writable by no one
+    else: whoever can write into it could plant links that root then writes through. And it
+    belongs to the network namespace that first used it (recorded in `netns`): its records
+    describe links and rules there, so nsrun refuses to act on them from another namespace
+    (`nsrun exec X -- nsrun gc` would otherwise reclaim the host's pieces from inside X).
+    """
+    raw = os.environ.get("NSRUN_STATE_DIR") or DEFAULT_STATE_DIR
+    shown = raw if raw.isprintable() else repr(raw)
+    if not os.path.isabs(raw):
+        raise UsageError(f"NSRUN_STATE_DIR must be an absolute path, not {shown}")
+    path = Path(raw)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise UsageError(f"NSRUN_STATE_DIR: {path.parent} does not exist (nsrun creates only {path.name})") from None
+    except OSError as exc:
+        raise UsageError(f"NSRUN_STATE_DIR: cannot create {shown}: {exc.strerror}") from None
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"state directory {shown} is a symbolic link; nsrun writes only into a real directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"state directory {shown} is not a directory")
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(f"state directory {shown} must be owned by root and writable by no one else "
+                         f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+    _check_netns(path, shown)
+    return path
+
+
+def _netns_id(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+NETNS_XATTR = "trusted.nsrun.netns"
+
+
+def _check_netns(path: Path, shown: str) -> None:
+    """The namespace is recorded on the directory itself (an extended attribute: no file to
+    leave behind); on a file system without them, in a file `netns` inside."""
+    here = _netns_id(os.stat("/proc/self/ns/net"))
+    try:
+        recorded: str | None = os.getxattr(path, NETNS_XATTR, follow_symlinks=False).decode()
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return _check_netns_file(path, shown, here)
+        recorded = None  # ENODATA: first use
+    if recorded == here:
+        return
+    _refuse_if_alive(recorded, shown)
+    os.setxattr(path, NETNS_XATTR, here.encode(), follow_symlinks=False)
+
+
+def _check_netns_file(path: Path, shown: str, here: str) -> None:
+    try:
+        recorded: str | None = (path / "netns").read_text().strip()
+    except FileNotFoundError:
+        recorded = None
+    if recorded != here:
+        _refuse_if_alive(recorded, shown)
+        write_text(path / "netns", here + "\n")
+
+
+def _refuse_if_alive(recorded: str | None, shown: str) -> None:
+    # A namespace that is gone took all the directory describes with it: adopt the directory.
+    if recorded is not None and _netns_alive(recorded):
+        raise UsageError(f"state directory {shown} belongs to another network namespace than this "
+                         "process's: run nsrun from that one (e.g. the host's), not from inside a namespace")
+
+
+def _netns_alive(ident: str) -> bool:
+    """Whether a network namespace (dev:ino) still exists: a process is in it or a mount
+    under /run/netns holds it."""
+    candidates = [f"/run/netns/{n}" for n in _listdir("/run/netns")]
+    candidates += [f"/proc/{p}/ns/net" for p in _listdir("/proc") if p.isdigit()]
+    for c in candidates:
+        try:
+            if _netns_id(os.stat(c)) == ident:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def ensure_dir(path: Path) -> Path:
@@ -37,6 +138,8 @@ def ensure_dir(path: Path) -> Path:
     except FileNotFoundError:
         ensure_dir(path.parent)
         return ensure_dir(path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     return path
 
 
@@ -72,6 +175,8 @@ class Lock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:  # its directory was just removed by a last holder
                 continue
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -100,16 +205,40 @@ class Lock:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace PATH atomically: a reader sees the old file or the new one, never half."""
+    write_text(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace PATH atomically with TEXT, through a temporary `.NAME.PID.tmp` (which gc
+    reclaims if this process dies mid-write). The temporary is created afresh (O_EXCL) and
+    never through a symbolic link; os.replace swaps the name, never following one at PATH."""
     ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    remove(tmp)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            write_all(fd, text.encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:  # e.g. data that is not JSON: leave no half-written temporary behind
+    except OSError as exc:
+        remove(tmp)
+        raise write_error(path, exc) from None
+    except BaseException:
         remove(tmp)
         raise
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_error(path: Path, exc: OSError) -> NsrunError:
+    """A failed write to the state directory as one line (a full or read-only file system)."""
+    return NsrunError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ IS_ROOT = os.geteuid() == 0
 
 MACHINE_NETNS_FD = -1
 CREATED_RUN_NETNS = False
+CREATED_ETC_NETNS = False
 lab_only = pytest.mark.skipif(not IS_ROOT, reason="integration tests need root")
 
 
@@ -39,28 +40,33 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from nsrun import kernel
 
-    global MACHINE_NETNS_FD, CREATED_RUN_NETNS
+    global MACHINE_NETNS_FD, CREATED_RUN_NETNS, CREATED_ETC_NETNS
     CREATED_RUN_NETNS = not os.path.isdir("/run/netns")
+    CREATED_ETC_NETNS = not os.path.isdir("/etc/netns")
     os.makedirs("/run/netns", mode=0o755, exist_ok=True)
     MACHINE_NETNS_FD = os.open("/run/netns", os.O_RDONLY | os.O_DIRECTORY)  # the machine's view
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
     os.makedirs("/run/netns", mode=0o755, exist_ok=True)
     kernel.mount("nsrun-tests", "/run/netns", "tmpfs", 0)
-    if os.path.isdir("/etc/netns"):
-        kernel.mount("nsrun-tests", "/etc/netns", "tmpfs", 0)
+    # A private /etc/netns too, made for the session when the machine has none: then no other
+    # test session's DNS files (nor the machine's) show in this one's snapshots.
+    os.makedirs("/etc/netns", mode=0o755, exist_ok=True)
+    kernel.mount("nsrun-tests", "/etc/netns", "tmpfs", 0)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Leave the machine's /run/netns as found: an empty directory made for the session goes."""
-    if CREATED_RUN_NETNS:
-        from nsrun import kernel
+    """Leave the machine's /run/netns and /etc/netns as found: empty directories made for the
+    session go."""
+    from nsrun import kernel
 
-        try:
-            kernel.umount2("/run/netns", kernel.MNT_DETACH)
-            os.rmdir("/run/netns")
-        except OSError:
-            pass
+    for made, path in ((CREATED_RUN_NETNS, "/run/netns"), (CREATED_ETC_NETNS, "/etc/netns")):
+        if made:
+            try:
+                kernel.umount2(path, kernel.MNT_DETACH)
+                os.rmdir(path)
+            except OSError:
+                pass
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -141,6 +141,14 @@ CASES: list[tuple[str, str | None, str]] = [
     ('mode = "nat"\nsubnet = "10.0.0.0/31"\n', "subnet", "is too small"),
     ('mode = "nat"\nsubnet = "10.0.0.1/32"\n', "subnet", "is too small"),
     ('mode = "nat"\nsubnet = "10.0.0.1"\n', "subnet", "is too small"),
+    ('mode = "nat"\nsubnet = "224.0.0.0/24"\n', "subnet", "overlaps multicast"),
+    ('mode = "nat"\nsubnet = "0.0.0.0/24"\n', "subnet", "overlaps 'this network'"),
+    ('mode = "nat"\nsubnet = "127.0.0.0/24"\n', "subnet", "overlaps loopback"),
+    ('mode = "nat"\nsubnet = "255.255.255.0/24"\n', "subnet", "overlaps reserved"),
+    ('mode = "nat"\nsubnet = "0.0.0.0/0"\n', "subnet", "overlaps 'this network'"),
+    ('mode = "nat"\nbridge = "br%d"\nsubnet = "10.0.0.0/24"\n', "bridge", "pattern"),
+    ('mode = "nat"\nbridge = "all"\nsubnet = "10.0.0.0/24"\n', "bridge", "reserved"),
+    ('mode = "bridge"\nbridge = "br0"\nuplink = "default"\nsubnet = "192.168.1.0/24"\ngateway = "192.168.1.1"\n', "uplink", "reserved"),
     (NAT + 'gateway = "10.252.0.1"\n', "gateway", "10.252.0.1 is outside the subnet 10.251.0.0/24"),
     (NAT + 'gateway = "10.251.0.0"\n', "gateway", "network or broadcast address"),
     (NAT + 'gateway = "10.251.0.255"\n', "gateway", "network or broadcast address"),
@@ -332,6 +340,7 @@ def assert_valid_profile(prof: Profile) -> None:
     assert prof.uplink is None or (names.ifname_problem(prof.uplink) is None and prof.uplink != prof.bridge)
     net = prof.subnet
     assert net.prefixlen <= 30
+    assert not any(net.overlaps(u) for u, _ in profile.UNUSABLE_SUBNETS)
     assert prof.gateway in net and prof.gateway not in (net.network_address, net.broadcast_address)
     assert prof.first <= prof.last and prof.first in net and prof.last in net
     assert prof.dns is None or (prof.dns and all(s.isprintable() and " " not in s for s in prof.dns))
@@ -390,7 +399,10 @@ def test_parse_text_near_valid_profiles(lines: list[str]) -> None:
 def valid_profile_dicts(draw: st.DrawFn) -> dict[str, Any]:
     mode = draw(st.sampled_from(["nat", "bridge"]))
     prefix = draw(st.integers(20, 30))  # small enough that pool() stays cheap
-    net = ipaddress.IPv4Network((draw(st.integers(0, 2**32 - 1)) >> (32 - prefix) << (32 - prefix), prefix))
+    # Anywhere but the unusable ranges (0/8, 127/8, 224/4 and up: refused, tested apart).
+    first_octet = draw(st.one_of(st.integers(1, 126), st.integers(128, 223)))
+    addr = first_octet << 24 | draw(st.integers(0, 2**24 - 1))
+    net = ipaddress.IPv4Network((addr >> (32 - prefix) << (32 - prefix), prefix))
     hosts = (int(net.network_address) + 1, int(net.broadcast_address) - 1)
     host = st.integers(*hosts).map(lambda a: str(ipaddress.IPv4Address(a)))
     data: dict[str, Any] = {"mode": mode, "subnet": str(net)}

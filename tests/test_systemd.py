@@ -18,6 +18,7 @@ Three kinds of test:
 from __future__ import annotations
 
 import array
+import errno
 import json
 import os
 import re
@@ -314,6 +315,30 @@ def test_cli_environment_is_carried_into_the_unit(tmp_path):
     assert r.returncode == 0, r.stderr
     env = unit_environment(r.stdout)
     assert env["NSRUN_PROFILE_PATH"] == str(PROFILES) and env["NSRUN_STATE_DIR"] == "/run/x y"
+
+
+def test_cli_relative_environment_is_made_absolute_or_refused(tmp_path):
+    """systemd starts services in /: a relative NSRUN_PROFILE_PATH would name other directories
+    there (made absolute), and a relative NSRUN_STATE_DIR is refused, as nsrun refuses it."""
+    sub = tmp_path / "profiles"
+    sub.mkdir()
+    write_profile(sub, "mine", 'mode = "isolated"\n')
+    r = cli("unit", "job", "-p", "mine", "--", "/bin/true", cwd=tmp_path,
+            env={"NSRUN_PROFILE_PATH": f"profiles:{PROFILES}"})
+    assert r.returncode == 0, r.stderr
+    assert unit_environment(r.stdout)["NSRUN_PROFILE_PATH"] == f"{sub}:{PROFILES}"
+    r = cli("unit", *WEB, env={"NSRUN_STATE_DIR": "run/state"})
+    assert r.returncode == 2 and "NSRUN_STATE_DIR must be an absolute path" in r.stderr, r.stderr
+
+
+def test_install_never_replaces_a_unit_nsrun_did_not_write(tmp_path):
+    """Issue 15 item 13: `unit --install` replaced any nsrun-NAME.service, an admin's too."""
+    theirs = tmp_path / "nsrun-web.service"
+    theirs.write_text("[Service]\nExecStart=/usr/bin/their-own\n")
+    r = cli("unit", "--install", *WEB, env={unit.SYSTEMD_DIR_ENV: str(tmp_path)})
+    assert r.returncode == 2 and "was not written by `nsrun unit`" in r.stderr, r.stderr
+    assert theirs.read_text() == "[Service]\nExecStart=/usr/bin/their-own\n"
+    assert sorted(os.listdir(tmp_path)) == ["nsrun-web.service"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -781,6 +806,22 @@ def test_abstract_notify_socket_is_relayed(lab):
         {"data": "FDSTORE=1\nFDNAME=pipe", "fds": ["through the relay"], "pid": int(pid), "uid": 65534,
          "gid": 65534},
     ], err
+
+
+@needs_system_python
+def test_relay_directory_stays_roots(lab):
+    """CMD's user can send to the relay's socket but put nothing beside it: a directory it
+    made there used to keep the relay's directory from being removed (issue 15, Low)."""
+    abstract = f"nsrun-test-dir-{lab.lab.id}-{os.getpid()}"
+    prog = ("import os; d = os.path.dirname(os.environ['NOTIFY_SOCKET']); print(d)\n"
+            "try:\n    os.mkdir(d + '/planted'); print('planted')\nexcept OSError as e: print(e.errno)")
+    r = lab.nsrun("-p", "isolated", "-u", "nobody", "--", SYSTEM_PYTHON, "-c", prog,
+                  env={"NOTIFY_SOCKET": f"@{abstract}"})
+    assert r.returncode == 0, r.stderr
+    where, outcome = r.stdout.split()
+    assert where.startswith("/run/nsrun-notify.")
+    assert outcome == str(errno.EACCES)
+    assert not os.path.exists(where)
 
 
 def test_abstract_notify_socket_nobody_listens(lab):

@@ -94,6 +94,8 @@ def up(name: str, prof: Profile, *, persistent: bool,
 def down(name: str, *, grace: float = 5.0, refuse_busy: bool = False) -> bool:
     """Take NAME down with all nsrun made for it. False when there was nothing to do."""
     names.check_name(name)
+    if record.read(name) is None and not netns.exists(name):
+        return False  # nothing to take down (and no lock file to write, on a full disk too)
     with record.ns_lock(name) as lock:
         rec = record.read(name)
         if rec is None:
