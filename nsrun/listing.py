@@ -99,12 +99,18 @@ def _processes(pids: list[int]) -> list[dict[str, Any]]:
 
 
 def collect() -> list[dict[str, Any]]:
-    recs = {r["name"]: r for r in state.records()}
+    """One row per namespace. Without read access to the state directory (not root), the
+    rows have no records: kind, profile and "managed" are unknown (None)."""
+    try:
+        recs = {r["name"]: r for r in state.records()}
+        known = True
+    except PermissionError:
+        recs, known = {}, False
     present = netns.names()
     allnames = sorted(set(present) | {n for n, r in recs.items() if r.get("state") == "up"})
     by_inode = netns.pids_by_inode()
     counters = _host_counters()
-    unmanaged = [n for n in present if n not in recs]
+    unmanaged = [n for n in present if n not in recs] if known else list(present)
     live_addrs = _addresses_of(unmanaged)
     rows = []
     for name in allnames:
@@ -113,9 +119,10 @@ def collect() -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "name": name,
             "profile": rec.get("profile") if rec else None,
-            "managed": rec is not None,
-            "persistent": bool(rec.get("persistent")) if rec else True,
-            "kind": ("persistent" if rec.get("persistent") else "ephemeral") if rec else "unmanaged",
+            "managed": rec is not None if known else None,
+            "persistent": bool(rec.get("persistent")) if rec else (True if known else None),
+            "kind": (("persistent" if rec.get("persistent") else "ephemeral") if rec else
+                     "unmanaged" if known else None),
             "state": (rec.get("state") if name in present else "missing") if rec else "up",
             "addresses": [],
             "gateway": rec.get("gateway") if rec else None,
@@ -157,8 +164,32 @@ def _bytes(n: int | None) -> str:
     return f"{n}T"
 
 
+def cell(value: object) -> str:
+    """VALUE for one table cell, on one line: control characters (a newline in a command
+    line, an escape sequence) are shown escaped, as \\n or \\x1b."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in "\n\t\r":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}[ch])
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
 def show(as_json: bool) -> None:
+    import sys
+
     rows = collect()
+    if rows and rows[0]["managed"] is None or not rows and not _state_readable():
+        sys.stderr.write("nsrun: note: not root: nsrun's records are not readable, so only the names in "
+                         f"{netns.NETNS_DIR} are shown, without profiles or other users' processes "
+                         "(sudo nsrun ls shows all)\n")
     if as_json:
         print(json.dumps(rows, indent=1))
         return
@@ -171,9 +202,18 @@ def show(as_json: bool) -> None:
         procs = ", ".join(f"{p['pid']} {p['command'][:30]}" for p in r["processes"][:3])
         if len(r["processes"]) > 3:
             procs += f" (+{len(r['processes']) - 3})"
-        table.append((r["name"], r["profile"] or "-", r["kind"], ",".join(r["addresses"]) or "-",
+        table.append((r["name"], r["profile"] or "-", r["kind"] or "?", ",".join(r["addresses"]) or "-",
                       r["gateway"] or "-", r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(head) - 1)]
+    table = [tuple(cell(c) for c in row) for row in table]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
     for row in table:
-        print("  ".join(f"{str(c):<{w}}" for c, w in zip(row[:-1], widths)) + "  " + str(row[-1]))
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row[:-1], widths)) + "  " + row[-1])
+
+
+def _state_readable() -> bool:
+    try:
+        state.records()
+        return True
+    except PermissionError:
+        return False
