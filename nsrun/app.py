@@ -129,14 +129,16 @@ def exec_(name: str = NameArg,
 
 @app.command()
 def shell(name: str = NameArg, profile: Optional[str] = ProfileOpt,
-          user: Optional[str] = UserOpt) -> None:
-    """An interactive $SHELL inside NAME, created (per PROFILE) when missing.
+          user: Optional[str] = UserOpt,
+          keep: bool = typer.Option(False, "--keep", help="Keep a namespace that shell creates after the shell exits.")) -> int:
+    """An interactive $SHELL inside NAME; a missing NAME is created (per PROFILE) and removed
+    when the shell exits, unless --keep. An existing NAME is left as it was.
 
     NSRUN_NETNS is set inside, for the prompt: PS1="[$NSRUN_NETNS] $PS1".
     """
     from nsrun import run
 
-    run.shell(name, profile, user)
+    return run.shell(name, profile, user, keep)
 
 
 @app.command("ls")

@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args:  # a short usage, not the whole help (`nsrun --help`)
             sys.stderr.write(SHORT_USAGE)
             return 2
+        if args[0] == "ls" and args[1:] in ([], ["--json"]):  # no typer: fast, and for any user
+            from nsrun import listing
+
+            listing.show(as_json=bool(args[1:]))
+            return 0
         if args[0] == "__complete":
             return complete(args[1] if len(args) > 1 else "")
         if args[0].startswith("-") and _wants_help(args):

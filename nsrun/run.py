@@ -209,8 +209,12 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
     execution.enter_and_exec(name, argv, env, ident)
 
 
-def shell(name: str, profile_spec: str | None, user: str | None) -> None:
-    """`nsrun shell NAME`: the user's shell inside NAME, creating NAME when missing."""
+def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = False) -> int:
+    """`nsrun shell NAME`: the user's shell inside NAME. An existing NAME is entered and left
+    as it was. A missing NAME is created (per PROFILE) and, unless KEEP, removed again when
+    the shell exits: the shell then runs under the supervisor (supervise()), which waits for
+    it, and NAME is taken down after. Says on stderr what it created and whether it stays.
+    The shell's exit status."""
     import pwd
 
     from nsrun import privilege
@@ -219,14 +223,30 @@ def shell(name: str, profile_spec: str | None, user: str | None) -> None:
     names.check_name(name)
     ident = execution.resolve_user(user)
     prof = _profile_for(name, profile_spec)
-    if prof is not None:
-        from nsrun import network
-
-        network.up(name, prof, persistent=True)
     sh = os.environ.get("SHELL", "")
     if not sh and ident is not None:
         try:
             sh = pwd.getpwuid(ident.uid).pw_shell
         except KeyError:
             pass
-    exec_in(name, [sh or "/bin/sh"], user)
+    argv = [sh or "/bin/sh"]
+    if prof is None:  # NAME exists: enter it, change nothing
+        exec_in(name, argv, user)
+        return 1  # not reached: exec_in execs or raises
+    from nsrun import network
+
+    if keep:
+        network.up(name, prof, persistent=True)
+        sys.stderr.write(f"nsrun: created namespace {name} (profile {prof.name}); it stays after the "
+                         f"shell exits (`nsrun down {name}` removes it)\n")
+        exec_in(name, argv, user)
+        return 1  # not reached
+    sys.stderr.write(f"nsrun: creating namespace {name} (profile {prof.name}); it is removed when the "
+                     f"shell exits (--keep keeps it)\n")
+    try:
+        code = supervise(argv, prof, name, ident)
+    finally:
+        if netns.exists(name) or state.read_json(state.record_path(name)) is not None:
+            network.down(name)
+            sys.stderr.write(f"nsrun: removed namespace {name}\n")
+    return code
