@@ -215,10 +215,10 @@ def show(as_json: bool) -> None:
         table.append((r["name"], r["profile"] or "-", r["kind"] or "?", ",".join(r["addresses"]) or "-",
                       r["gateway"] or "-", r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))
-    table = [tuple(cell(c) for c in row) for row in table]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
-    for row in table:
-        print("  ".join(f"{c:<{w}}" for c, w in zip(row[:-1], widths)) + "  " + row[-1])
+    cells = [tuple(cell(c) for c in row) for row in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head) - 1)]
+    for line in cells:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(line[:-1], widths)) + "  " + line[-1])
 
 
 def _state_readable() -> bool:
