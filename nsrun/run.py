@@ -52,7 +52,7 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             rec = state.read_json(state.record_path(name)) or {}
             address, profile_name = rec.get("address"), rec.get("profile")
         os.write(report, f"up {json.dumps({'address': address})}\n".encode())
-        env = execution.command_env(name, profile_name, address)
+        env = execution.command_env(name, profile_name, address, ident)
         if env.get("WATCHDOG_PID") == str(parent):  # systemd's watchdog is CMD's to serve
             env["WATCHDOG_PID"] = str(os.getpid())
         execution.enter_and_exec(name, argv, env, ident, report_fd=report, parent_pid=parent)
@@ -201,7 +201,7 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
         raise UsageError(f"no namespace {name} (`nsrun ls` lists them; `nsrun up {name}` makes one)")
     ident = execution.resolve_user(user)
     rec = state.read_json(state.record_path(name)) or {}
-    env = execution.command_env(name, rec.get("profile"), rec.get("address"))
+    env = execution.command_env(name, rec.get("profile"), rec.get("address"), ident)
     if env.get("NOTIFY_SOCKET", "").startswith("@"):
         # No supervisor stays behind to relay it (see supervise()); say so, once.
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
