@@ -14,7 +14,7 @@ SUBCOMMANDS = ("up", "down", "exec", "shell", "ls", "gc", "profiles", "unit", "d
 RUN_USAGE = "usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]  (nsrun --help for more)"
 SHORT_USAGE = f"""\
 usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]
-       nsrun {{{'|'.join(SUBCOMMANDS)}}} ...
+       nsrun COMMAND ...   (COMMAND: {', '.join(SUBCOMMANDS)})
 Run CMD in a network namespace wired per PROFILE (default: nat). `nsrun --help` for more.
 """
 HELP_OPTIONS = ("-h", "--help")

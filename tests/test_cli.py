@@ -41,6 +41,7 @@ def test_bare_nsrun_prints_a_short_usage_and_exits_2(capsys):
     assert "nsrun: Usage:" not in err and "Usage:" not in err
     assert len(err.splitlines()) <= 4, err
     assert "nsrun --help" in err
+    assert not re.search(r"[{}]", err)
 
 
 @pytest.mark.parametrize("args", [["-p", "nat", "--help"], ["-n", "x", "-h"], ["-u", "nobody", "-p", "gw1", "--help"]])
@@ -163,7 +164,7 @@ def _nobody_argv(lab, *args: str) -> list[str]:
                           "--clear-groups", "--inh-caps=-all", *lab.nsrun_argv(*args)[2:]])
 
 
-def test_ls_as_non_root_with_a_state_directory(lab):
+def test_ls_as_non_root_with_a_state_directory(lab, public_nsrun):
     """A state directory exists (root-only, as nsrun makes it): ls as another user lists the
     namespaces of /run/netns, says what it cannot show, and is no internal error."""
     up = lab.nsrun("up", "lsnr", "-p", "isolated")
@@ -171,7 +172,7 @@ def test_ls_as_non_root_with_a_state_directory(lab):
     try:
         assert os.stat(lab.statedir).st_mode & 0o077 == 0
         for args in (("ls",), ("ls", "--json")):
-            r = subprocess.run(_nobody_argv(lab, *args), env=lab.env, capture_output=True, text=True,
+            r = subprocess.run(_nobody_argv(lab, *args), env={**lab.env, **public_nsrun}, capture_output=True, text=True,
                                timeout=60, cwd="/")
             assert r.returncode == 0, r.stderr
             assert "internal error" not in r.stderr and "Traceback" not in r.stderr
