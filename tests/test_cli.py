@@ -267,8 +267,10 @@ def test_fish_completion_lists_profiles_and_namespaces(lab, tmp_path):
 
     assert set(cli.SUBCOMMANDS) <= set(complete("nsrun "))
     assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun -p "))
+    assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun up blue --profile "))
     assert lab.lab.host in complete("nsrun exec ")
     assert lab.lab.host in complete("nsrun --name ")
+    assert "--keep" in complete("nsrun shell x --")
 
 
 def test_install_script_installs_the_completions():
