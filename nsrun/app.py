@@ -21,6 +21,12 @@ HELP = """Run programs in Linux network namespaces: `ip netns exec` with batteri
       executable; 2 for nsrun's usage and profile errors; 1 for other nsrun failures.
 
 \b
+Options of the run form (before `--`):
+  -p, --profile PROFILE  Profile name (on NSRUN_PROFILE_PATH) or path to a .toml file
+  -n, --name NAME        Run in namespace NAME (created when missing, then kept)
+  -u, --user USER        Run CMD as USER (default: the sudo caller; `root` keeps root)
+
+\b
 Examples:
   sudo nsrun -- curl https://example.org           # through NAT, as the sudo user
   sudo nsrun -p gw1 -- firefox                     # out through LAN gateway gw1
@@ -28,6 +34,24 @@ Examples:
   sudo nsrun up blue -p gw2 && sudo nsrun shell blue
   sudo nsrun ls --json
 """
+
+def _plain_metavars() -> None:
+    """Typer (0.2x) writes a required argument as `{NAME}` in usage lines, which reads like
+    a shell brace expansion: show it as NAME, as the rest of nsrun's help does."""
+    from typer.core import TyperArgument
+
+    original = TyperArgument.make_metavar
+
+    def make_metavar(self: Any, *args: Any, **kwargs: Any) -> str:
+        var: str = original(self, *args, **kwargs)
+        if var.startswith("{") and var.endswith("}"):
+            var = var[1:-1]
+        return var
+
+    TyperArgument.make_metavar = make_metavar  # type: ignore[method-assign]
+
+
+_plain_metavars()
 
 app = typer.Typer(help=HELP, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -37,6 +61,7 @@ profiles_app = typer.Typer(help="The profiles found on the profile path, validat
 app.add_typer(profiles_app, name="profiles")
 
 ProfileOpt = typer.Option(None, "-p", "--profile", help="Profile name (on NSRUN_PROFILE_PATH) or path to a .toml file.")
+NameArg = typer.Argument(..., metavar="NAME", help="Namespace name: [A-Za-z0-9_.-], up to 64.")
 UserOpt = typer.Option(None, "-u", "--user", help="Run as USER (default: the sudo caller; `root` keeps root).")
 
 
@@ -53,7 +78,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 @app.command()
-def up(name: str = typer.Argument(..., help="Namespace name: [A-Za-z0-9_.-], up to 64."),
+def up(name: str = NameArg,
        profile: Optional[str] = ProfileOpt) -> int:
     """Bring up persistent namespace NAME (visible to `ip netns`), wired per PROFILE.
 
@@ -65,7 +90,7 @@ def up(name: str = typer.Argument(..., help="Namespace name: [A-Za-z0-9_.-], up 
 
 
 @app.command()
-def down(name: str = typer.Argument(...),
+def down(name: str = NameArg,
          refuse_busy: bool = typer.Option(False, "--refuse-busy", help="Fail (exit 1) instead of stopping processes still inside."),
          grace: float = typer.Option(5.0, "--grace", help="Seconds between SIGTERM and SIGKILL for processes inside.")) -> int:
     """Remove namespace NAME and all nsrun made for it; quietly succeeds if it is gone.
@@ -78,7 +103,7 @@ def down(name: str = typer.Argument(...),
 
 
 @app.command("exec")
-def exec_(name: str = typer.Argument(...),
+def exec_(name: str = NameArg,
           cmd: list[str] = typer.Argument(None, metavar="-- CMD [ARG...]"),
           user: Optional[str] = UserOpt) -> None:
     """Run CMD in existing namespace NAME (nsrun's or `ip netns add`'s), like `ip netns exec`.
@@ -91,15 +116,17 @@ def exec_(name: str = typer.Argument(...),
 
 
 @app.command()
-def shell(name: str = typer.Argument(...), profile: Optional[str] = ProfileOpt,
-          user: Optional[str] = UserOpt) -> None:
-    """An interactive $SHELL inside NAME, created (per PROFILE) when missing.
+def shell(name: str = NameArg, profile: Optional[str] = ProfileOpt,
+          user: Optional[str] = UserOpt,
+          keep: bool = typer.Option(False, "--keep", help="Keep a namespace that shell creates after the shell exits.")) -> int:
+    """An interactive $SHELL inside NAME; a missing NAME is created (per PROFILE) and removed
+    when the shell exits, unless --keep. An existing NAME is left as it was.
 
     NSRUN_NETNS is set inside, for the prompt: PS1="[$NSRUN_NETNS] $PS1".
     """
     from nsrun import run
 
-    run.shell(name, profile, user)
+    return run.shell(name, profile, user, keep)
 
 
 @app.command("ls")
@@ -128,7 +155,7 @@ def profiles_list(ctx: typer.Context) -> None:
 
 
 @profiles_app.command("show")
-def profiles_show(name: str = typer.Argument(..., help="Profile name or path.")) -> None:
+def profiles_show(name: str = typer.Argument(..., metavar="PROFILE", help="Profile name or path.")) -> None:
     """Print profile NAME as it will be applied (defaults filled in), or its errors."""
     from nsrun import commands
 
@@ -136,7 +163,7 @@ def profiles_show(name: str = typer.Argument(..., help="Profile name or path."))
 
 
 @app.command()
-def unit(name: str = typer.Argument(..., help="Service name: the unit is nsrun-NAME.service."),
+def unit(name: str = typer.Argument(..., metavar="NAME", help="Service name: the unit is nsrun-NAME.service."),
          cmd: list[str] = typer.Argument(None, metavar="-- CMD [ARG...]"),
          profile: Optional[str] = ProfileOpt, user: Optional[str] = UserOpt,
          install: bool = typer.Option(False, "--install", help="Write /etc/systemd/system/nsrun-NAME.service.")) -> None:

@@ -12,6 +12,12 @@ from nsrun.errors import NsrunError, UsageError
 
 SUBCOMMANDS = ("up", "down", "exec", "shell", "ls", "gc", "profiles", "unit", "demo")
 RUN_USAGE = "usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]  (nsrun --help for more)"
+SHORT_USAGE = f"""\
+usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]
+       nsrun COMMAND ...   (COMMAND: {', '.join(SUBCOMMANDS)})
+Run CMD in a network namespace wired per PROFILE (default: nat). `nsrun --help` for more.
+"""
+HELP_OPTIONS = ("-h", "--help")
 _OPTS = {"-p": "profile", "--profile": "profile", "-n": "name", "--name": "name",
          "-u": "user", "--user": "user"}
 
@@ -44,8 +50,48 @@ def parse_run(args: list[str]) -> tuple[dict[str, str], list[str]]:
             continue
         if arg.startswith("-"):
             raise UsageError(f"unknown option {arg!r}; {RUN_USAGE}")
+        hint = suggest(arg, SUBCOMMANDS) if i == 0 else None
+        if hint:
+            raise UsageError(f"unknown command {arg!r}; did you mean `nsrun {hint}`? (nsrun --help for more)")
         raise UsageError(f"unknown command {arg!r}, or missing `--` before the command; {RUN_USAGE}")
     raise UsageError(f"missing `-- CMD`; {RUN_USAGE}")
+
+
+def suggest(word: str, choices: tuple[str, ...] | list[str]) -> str | None:
+    """The choice WORD most likely misspells, or None (for "did you mean")."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def complete(what: str) -> int:
+    """`nsrun __complete profiles|namespaces`: names for the shell completion scripts, one
+    a line. Only reads directories (no root needed, nothing imported beyond the stdlib)."""
+    if what == "profiles":
+        from nsrun import profile
+
+        names = [name for name, _ in profile.available()]
+    elif what == "namespaces":
+        from nsrun import netns
+
+        names = netns.names()
+    elif what == "commands":
+        names = list(SUBCOMMANDS)
+    else:
+        return 2
+    sys.stdout.write("".join(f"{n}\n" for n in names if n.isprintable()))
+    return 0
+
+
+def _wants_help(args: list[str]) -> bool:
+    """-h/--help among the run form's options (before `--`): `nsrun -p nat --help`."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg in HELP_OPTIONS:
+            return True
+    return False
 
 
 def _fast_exec(args: list[str]) -> list[str] | None:
@@ -71,7 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args and args[0] == "exec" and _fast_exec(args) is not None:
             return 0
-        if not args or args[0] in SUBCOMMANDS or args[0] in ("-h", "--help", "--version"):
+        if not args:  # a short usage, not the whole help (`nsrun --help`)
+            sys.stderr.write(SHORT_USAGE)
+            return 2
+        if args[0] == "ls" and args[1:] in ([], ["--json"]):  # no typer: fast, and for any user
+            from nsrun import commands
+
+            return commands.ls(as_json=bool(args[1:]))
+        if args[0] == "__complete":
+            return complete(args[1] if len(args) > 1 else "")
+        if args[0].startswith("-") and _wants_help(args):
+            args = ["--help"]
+        if args[0] in SUBCOMMANDS or args[0] in ("-h", "--help", "--version"):
             from nsrun import app
 
             return app.main(args)

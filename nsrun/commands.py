@@ -61,9 +61,13 @@ def gc(dry_run: bool) -> int:
 
 
 def ls(as_json: bool) -> int:
-    from nsrun import listing
+    from nsrun import listing, netns
 
     rows = listing.collect()
+    if rows and rows[0]["managed"] is None or not rows and not listing.readable():
+        sys.stderr.write("nsrun: note: not root: nsrun's records are not readable, so only the names in "
+                         f"{netns.NETNS_DIR} are shown, without profiles or other users' processes "
+                         "(sudo nsrun ls shows all)\n")
     if as_json:
         print(json.dumps(rows, indent=1))
     elif not rows:

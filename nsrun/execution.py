@@ -143,8 +143,15 @@ def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Ident
         os._exit(status)
 
 
-def command_env(name: str, profile: str | None, address: str | None) -> dict[str, str]:
+def command_env(name: str, profile: str | None, address: str | None,
+                ident: Identity | None = None) -> dict[str, str]:
+    """CMD's environment: nsrun's own, its NSRUN_* variables, and for a CMD that runs as a
+    user (IDENT), that user's desktop session where sudo stripped it (nsrun.desktop)."""
     env = dict(os.environ)
+    if ident is not None:
+        from nsrun import desktop
+
+        desktop.apply(env, ident.uid)
     env["NSRUN_NETNS"] = name
     env["NSRUN_PROFILE"] = profile or ""
     env["NSRUN_ADDRESS"] = address or ""

@@ -16,7 +16,7 @@ import struct
 import time
 from typing import Any
 
-from nsrun import kernel, netns
+from nsrun import kernel, netns, state
 from nsrun.engine import record
 
 SIOCGIFCONF = 0x8912
@@ -81,30 +81,45 @@ def _host_counters() -> dict[str, tuple[int, int]]:
 
 
 def _processes(pids: list[int]) -> list[dict[str, Any]]:
-    import psutil
+    """pid, command line and user of each of PIDS, read from /proc (no psutil: `ls` runs
+    on the standard library alone, for any user); those gone meanwhile are left out."""
+    import pwd
 
     procs = []
     for pid in sorted(pids):
         try:
-            p = psutil.Process(pid)
-            with p.oneshot():
-                cmd = p.cmdline()
-                procs.append({"pid": pid, "command": " ".join(cmd) if cmd else f"[{p.name()}]",
-                              "user": p.username()})
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+            if argv and argv[-1] == b"":
+                argv.pop()
+            if argv:
+                command = " ".join(a.decode(errors="replace") for a in argv)
+            else:  # a kernel thread, or a zombie
+                with open(f"/proc/{pid}/comm", "rb") as fh:
+                    command = f"[{fh.read().decode(errors='replace').strip()}]"
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
             continue
+        try:
+            user: str | None = pwd.getpwuid(uid).pw_name
         except KeyError:  # a uid with no name
-            procs.append({"pid": pid, "command": "?", "user": None})
+            user = None
+        procs.append({"pid": pid, "command": command, "user": user})
     return procs
 
 
 def collect() -> list[dict[str, Any]]:
-    recs = record.all_ns()
+    """One row per namespace. Without read access to the state directory (not root), the
+    rows have no records: kind, profile and "managed" are unknown (None)."""
+    try:
+        recs, known = record.all_ns(), True
+    except PermissionError:
+        recs, known = {}, False
     present = netns.names()
     allnames = sorted(set(present) | {n for n, r in recs.items() if r.state == "up"})
     by_inode = netns.pids_by_inode()
     counters = _host_counters()
-    unmanaged = [n for n in present if n not in recs]
+    unmanaged = [n for n in present if n not in recs] if known else list(present)
     live_addrs = _addresses_of(unmanaged)
     rows = []
     for name in allnames:
@@ -113,9 +128,10 @@ def collect() -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "name": name,
             "profile": rec.profile if rec else None,
-            "managed": rec is not None,
-            "persistent": rec.persistent if rec else True,
-            "kind": ("persistent" if rec.persistent else "ephemeral") if rec else "unmanaged",
+            "managed": rec is not None if known else None,
+            "persistent": rec.persistent if rec else (True if known else None),
+            "kind": (("persistent" if rec.persistent else "ephemeral") if rec else
+                     "unmanaged" if known else None),
             "state": (rec.state if name in present else "missing") if rec else "up",
             "addresses": [],
             "gateway": rec.gateway if rec else None,
@@ -157,17 +173,45 @@ def _bytes(n: int | None) -> str:
     return f"{n}T"
 
 
+def cell(value: object) -> str:
+    """VALUE for one table cell, on one line: control characters (a newline in a command
+    line, an escape sequence) are shown escaped, as \\n or \\x1b."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in "\n\t\r":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}[ch])
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def readable() -> bool:
+    """Whether this process may read nsrun's records (root may; others see names only)."""
+    try:
+        state.records()
+        return True
+    except PermissionError:
+        return False
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """ROWS as the text table of `nsrun ls`."""
+    """ROWS as the text table of `nsrun ls`, one line per row whatever the cells hold."""
     head = ("NAME", "PROFILE", "KIND", "ADDRESS", "GATEWAY", "BRIDGE", "RX", "TX", "AGE", "PROCESSES")
     cells = [head]
     for r in rows:
         procs = ", ".join(f"{p['pid']} {p['command'][:30]}" for p in r["processes"][:3])
         if len(r["processes"]) > 3:
             procs += f" (+{len(r['processes']) - 3})"
-        cells.append((r["name"], r["profile"] or "-", r["kind"], ",".join(r["addresses"]) or "-",
+        cells.append((r["name"], r["profile"] or "-", r["kind"] or "?", ",".join(r["addresses"]) or "-",
                       r["gateway"] or "-", r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))
-    widths = [max(len(str(row[i])) for row in cells) for i in range(len(head) - 1)]
-    return "\n".join("  ".join(f"{str(c):<{w}}" for c, w in zip(row[:-1], widths)) + "  " + str(row[-1])
-                     for row in cells)
+    shown = [tuple(cell(c) for c in row) for row in cells]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(f"{c:<{w}}" for c, w in zip(row[:-1], widths)) + "  " + row[-1]
+                     for row in shown)

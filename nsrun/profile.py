@@ -300,19 +300,24 @@ def find(spec: str) -> Path:
         candidate = d / f"{spec}.toml"
         if candidate.exists():
             return candidate
+    import difflib
+
+    close = difflib.get_close_matches(spec, [n for n, _ in available()], n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
     raise UsageError(
-        f"unknown profile {spec!r} (searched {', '.join(str(d) for d in dirs)}; "
+        f"unknown profile {spec!r} ({hint}searched {', '.join(str(d) for d in dirs)}; "
         "`nsrun profiles` lists them)"
     )
 
 
-def read_checked(path: Path, as_caller: bool = False) -> str:
+def read_checked(path: Path, source: str | None = None, as_caller: bool = False) -> str:
     """Read PATH, refusing (when running as root) files a non-root user could have written.
+    Errors name SOURCE (default: PATH), e.g. the path as the user wrote it.
 
     The checks are made on the open file, so the file cannot be swapped between check and use.
     AS_CALLER: open it with the sudo caller's rights (see _open_as_caller).
     """
-    source = str(path)
+    source = str(path) if source is None else source
     try:
         fd = _open_as_caller(path) if as_caller else os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -367,9 +372,15 @@ def _open_as_caller(path: Path) -> int:
 def load(spec: str | None) -> Profile:
     spec = spec or DEFAULT_PROFILE
     path = find(spec)
-    by_path = is_path_spec(spec)
-    name = path.stem if by_path else spec
-    return parse(read_checked(path, as_caller=by_path), str(path), name)
+    name = path.stem if is_path_spec(spec) else spec
+    if not is_path_spec(spec):
+        return parse(read_checked(path), str(path), name)
+    # Errors name the path as given (`./x.toml`, not `x.toml`); the profile's source, which
+    # records compare, stays the path as before.
+    try:
+        return parse(read_checked(path, spec, as_caller=True), str(path), name)
+    except ProfileError as exc:
+        raise ProfileError(spec, exc.key, exc.reason) from None
 
 
 def available() -> list[tuple[str, Path]]:

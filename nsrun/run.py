@@ -54,7 +54,7 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             found = record.read(name)
             address, profile_name = (found.address, found.profile) if found else (None, None)
         os.write(report, f"up {json.dumps({'address': address})}\n".encode())
-        env = execution.command_env(name, profile_name, address)
+        env = execution.command_env(name, profile_name, address, ident)
         if env.get("WATCHDOG_PID") == str(parent):  # systemd's watchdog is CMD's to serve
             env["WATCHDOG_PID"] = str(os.getpid())
         execution.enter_and_exec(name, argv, env, ident, report_fd=report, parent_pid=parent)
@@ -203,7 +203,7 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
         raise UsageError(f"no namespace {name} (`nsrun ls` lists them; `nsrun up {name}` makes one)")
     ident = execution.resolve_user(user)
     rec = record.read(name)
-    env = execution.command_env(name, rec.profile if rec else None, rec.address if rec else None)
+    env = execution.command_env(name, rec.profile if rec else None, rec.address if rec else None, ident)
     if env.get("NOTIFY_SOCKET", "").startswith("@"):
         # No supervisor stays behind to relay it (see supervise()); say so, once.
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
@@ -211,8 +211,12 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
     execution.enter_and_exec(name, argv, env, ident)
 
 
-def shell(name: str, profile_spec: str | None, user: str | None) -> None:
-    """`nsrun shell NAME`: the user's shell inside NAME, creating NAME when missing."""
+def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = False) -> int:
+    """`nsrun shell NAME`: the user's shell inside NAME. An existing NAME is entered and left
+    as it was. A missing NAME is created (per PROFILE) and, unless KEEP, removed again when
+    the shell exits: the shell then runs under the supervisor (supervise()), which waits for
+    it, and NAME is taken down after. Says on stderr what it created and whether it stays.
+    The shell's exit status."""
     import pwd
 
     from nsrun import privilege
@@ -221,14 +225,30 @@ def shell(name: str, profile_spec: str | None, user: str | None) -> None:
     names.check_name(name)
     ident = execution.resolve_user(user)
     prof = _profile_for(name, profile_spec)
-    if prof is not None:
-        from nsrun import engine
-
-        engine.up(name, prof, persistent=True)
     sh = os.environ.get("SHELL", "")
     if not sh and ident is not None:
         try:
             sh = pwd.getpwuid(ident.uid).pw_shell
         except KeyError:
             pass
-    exec_in(name, [sh or "/bin/sh"], user)
+    argv = [sh or "/bin/sh"]
+    if prof is None:  # NAME exists: enter it, change nothing
+        exec_in(name, argv, user)
+        return 1  # not reached: exec_in execs or raises
+    from nsrun import engine
+
+    if keep:
+        engine.up(name, prof, persistent=True)
+        sys.stderr.write(f"nsrun: created namespace {name} (profile {prof.name}); it stays after the "
+                         f"shell exits (`nsrun down {name}` removes it)\n")
+        exec_in(name, argv, user)
+        return 1  # not reached
+    sys.stderr.write(f"nsrun: creating namespace {name} (profile {prof.name}); it is removed when the "
+                     f"shell exits (--keep keeps it)\n")
+    try:
+        code = supervise(argv, prof, name, ident)
+    finally:
+        if netns.exists(name) or record.read(name) is not None:
+            engine.down(name)
+            sys.stderr.write(f"nsrun: removed namespace {name}\n")
+    return code

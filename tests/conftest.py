@@ -169,6 +169,27 @@ def snapshot(r: LabRunner) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="session")
+def public_nsrun() -> Iterator[dict[str, str]]:
+    """Environment for running this checkout's nsrun as another user: a world-readable copy
+    of the package on PYTHONPATH. The checkout itself may be unreadable to that user (a
+    clone under /root, mode 0700), and an installed nsrun may be another version."""
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="nsrun-public-")
+    try:
+        os.chmod(top, 0o755)
+        shutil.copytree(REPO / "nsrun", Path(top) / "nsrun", ignore=shutil.ignore_patterns("__pycache__"))
+        for dirpath, dirnames, filenames in os.walk(top):
+            for d in dirnames:
+                os.chmod(os.path.join(dirpath, d), 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+        yield {"PYTHONPATH": top, "PYTHONDONTWRITEBYTECODE": "1"}
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 @pytest.fixture
 def lab(lab_session: Any) -> Iterator[LabRunner]:
     """The lab, with a fresh nsrun state dir; fails the test if the lab host changed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 import time
 
 from conftest import CLIENT, PROFILES, write_profile
@@ -107,10 +108,14 @@ def test_strict_rp_filter_on_the_bridge_is_loosened_only_while_needed(lab):
     original = lab.host("cat", key).stdout.strip()
     lab.host("sh", "-c", f"echo 1 > {key}")
     try:
-        p = lab.popen("-p", "gw1", "--", "sh", "-c", f"sleep 1; {' '.join(CLIENT)}")
-        time.sleep(0.6)
-        assert lab.host("cat", key).stdout.strip() == "2"
-        out, err = p.communicate(timeout=30)
+        # CMD says when it runs (set-up done, however loaded the machine), then waits for a line.
+        p = lab.popen("-p", "gw1", "--", "sh", "-c", f"echo running; read x; {' '.join(CLIENT)}",
+                      stdin=subprocess.PIPE)
+        try:
+            assert p.stdout.readline() == "running\n"
+            assert lab.host("cat", key).stdout.strip() == "2"
+        finally:
+            out, err = p.communicate("go\n", timeout=60)
         assert p.returncode == 0 and out.strip() == labmod.GW1_UP, err
         assert lab.host("cat", key).stdout.strip() == "1"
     finally:

@@ -87,15 +87,41 @@ def test_shell_reads_stdin_and_passes_exit_status(lab, blue):
     assert r.stdout.strip() == blue
 
 
-def test_shell_creates_a_missing_namespace(lab):
+def test_shell_keeps_a_namespace_it_created_with_keep(lab):
     name = f"shelly-{lab.lab.id}"
     try:
-        r = lab.nsrun("shell", name, "-p", "isolated", input="echo $NSRUN_NETNS $NSRUN_PROFILE")
+        r = lab.nsrun("shell", name, "-p", "isolated", "--keep", input="echo $NSRUN_NETNS $NSRUN_PROFILE")
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == [name, "isolated"]
         assert os.path.exists(f"/run/netns/{name}")
+        assert r.stderr == (f"nsrun: created namespace {name} (profile isolated); it stays after the shell "
+                            f"exits (`nsrun down {name}` removes it)\n")
     finally:
         assert lab.nsrun("down", name).returncode == 0
+
+
+@pytest.mark.parametrize("profile", ["nat", "gw1", "isolated"])
+def test_shell_removes_a_namespace_it_created(lab, profile):
+    """Issue 12, acceptance 6: nothing is left after the shell exits (for nat: the bridge,
+    NAT rules and ip_forward go too), and stderr says what was made and that it goes."""
+    name = f"shelly-{lab.lab.id}"
+    before = lab.snapshot()
+    r = lab.nsrun("shell", name, "-p", profile,
+                  input="echo $NSRUN_NETNS $NSRUN_PROFILE; test -e /run/netns/$NSRUN_NETNS && echo there; exit 5")
+    assert r.returncode == 5, r.stderr
+    assert r.stdout.split() == [name, profile, "there"]
+    assert r.stderr == (f"nsrun: creating namespace {name} (profile {profile}); it is removed when the shell "
+                        f"exits (--keep keeps it)\nnsrun: removed namespace {name}\n"), r.stderr
+    assert not os.path.exists(f"/run/netns/{name}")
+    assert lab.snapshot() == before
+
+
+def test_shell_leaves_an_existing_namespace_as_it_was(lab, blue):
+    before = lab.snapshot()
+    r = lab.nsrun("shell", blue, input="exit 0")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert os.path.exists(f"/run/netns/{blue}")
+    assert lab.snapshot() == before
 
 
 def test_foreign_namespace_is_listed_unmanaged_and_enterable(lab):
@@ -215,3 +241,22 @@ def test_shell_with_a_terminal(lab, blue):
                        env={**lab.env, "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 4, r.stdout + r.stderr
     assert "/dev/pts/" in r.stdout and f"in={blue}" in r.stdout
+
+
+def test_shell_on_a_terminal_removes_what_it_created(lab):
+    """As a user types it: a pty, an interactive bash; the namespace goes when bash exits."""
+    import shlex
+    import shutil
+
+    if not shutil.which("script"):
+        pytest.skip("script(1) is not installed")
+    name = f"ttyshell-{lab.lab.id}"
+    before = lab.snapshot()
+    cmd = shlex.join(lab.nsrun_argv("shell", name, "-p", "nat"))
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], input='tty; echo "in=$NSRUN_NETNS"; exit 4\n',
+                       env={**lab.env, "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "/dev/pts/" in r.stdout and f"in={name}" in r.stdout
+    assert f"removed namespace {name}" in r.stdout  # script(1) puts stderr on the pty too
+    assert not os.path.exists(f"/run/netns/{name}")
+    assert lab.snapshot() == before

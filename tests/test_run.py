@@ -151,12 +151,12 @@ def _one_line_error(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
     return r.stderr
 
 
-def test_non_root_is_refused(lab):
+def test_non_root_is_refused(lab, public_nsrun):
     who = _other_user()
     r = subprocess.run(lab.host_argv(["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}",
                                       "--clear-groups", "--inh-caps=-all",
                                       *lab.nsrun_argv("--", "true")[2:]]),
-                       env=lab.env, capture_output=True, text=True, timeout=30)
+                       env={**lab.env, **public_nsrun}, capture_output=True, text=True, timeout=30, cwd="/")
     assert "root" in _one_line_error(r)
 
 

@@ -602,8 +602,10 @@ def test_template_start_and_stop_do_what_up_and_down_do(lab, tmp_path):
 TERM_PROG = r"""
 import os, signal, sys, time
 def term(signum, frame):
-    print("got SIGTERM as uid %d" % os.getuid(), flush=True)
-    sys.exit(0)
+    # os.write, not print: the signal may come while print("ready") still holds stdout's
+    # buffer (a loaded machine), and print would then raise "reentrant call".
+    os.write(1, b"got SIGTERM as uid %d\n" % os.getuid())
+    os._exit(0)
 signal.signal(signal.SIGTERM, term)
 print("ready", os.getpid(), os.environ["NSRUN_NETNS"], os.environ.get("NOTIFY_SOCKET", "-"),
       "$HOME stays", flush=True)

@@ -1,0 +1,52 @@
+#!/bin/sh
+# Install nsrun from this checkout, as root, on Debian 12 (or a Debian-like system):
+#   - the Debian packages a fresh machine lacks: Python with its venv module and headers,
+#     a C compiler (python-iptables builds a small C extension), iproute2, iptables,
+#     nftables, util-linux (nsenter, setpriv, unshare);
+#   - a virtual environment, /opt/nsrun (NSRUN_VENV overrides): Debian's python3 refuses
+#     `pip install` outside one (PEP 668);
+#   - nsrun on PATH (a symbolic link /usr/local/bin/nsrun), and completion for bash, zsh
+#     and fish under /usr/local/share.
+# `./install.sh --test` also installs the test extras (pytest, hypothesis, mypy) into the
+# virtual environment; then `/opt/nsrun/bin/python -m pytest -q` runs the tests.
+# Running it again updates the installation from the checkout. .ci/run uses it too.
+set -eu
+cd "$(dirname "$0")"
+venv=${NSRUN_VENV:-/opt/nsrun}
+extras=
+case "${1:-}" in
+    --test) extras='[test]' ;;
+    '') ;;
+    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+esac
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run it as root (sudo ./install.sh)" >&2
+    exit 2
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+packages="python3 python3-venv python3-dev gcc libc6-dev iproute2 iptables nftables util-linux procps"
+missing=
+for pkg in $packages; do
+    dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' ||
+        missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    echo "install.sh: installing Debian packages:$missing"
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# The python3 on PATH (Debian's /usr/bin/python3 on a fresh machine).
+if [ ! -x "$venv/bin/python" ]; then
+    echo "install.sh: creating the virtual environment $venv"
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check ".$extras"
+ln -sfn "$venv/bin/nsrun" /usr/local/bin/nsrun
+
+install -D -m 0644 completions/nsrun.bash /usr/local/share/bash-completion/completions/nsrun
+install -D -m 0644 completions/_nsrun /usr/local/share/zsh/site-functions/_nsrun
+install -D -m 0644 completions/nsrun.fish /usr/local/share/fish/vendor_completions.d/nsrun.fish
+echo "install.sh: nsrun $("$venv/bin/python" -c 'import nsrun; print(nsrun.__version__)') is /usr/local/bin/nsrun -> $venv/bin/nsrun"

@@ -1,0 +1,281 @@
+"""Issue 12, point 9: the command line's smaller frictions, each checked.
+
+Most run nsrun's entry point in-process (nothing here reaches the network code); `ls` as a
+non-root user and the completion scripts' dynamic parts run nsrun inside the lab host.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PROFILES, REPO, write_profile
+from nsrun import cli, commands, listing, netns, unit
+from nsrun import profile as profiles
+from nsrun.errors import UsageError
+
+COMPLETIONS = REPO / "completions"
+
+
+@pytest.fixture(autouse=True)
+def _profile_path(monkeypatch):
+    monkeypatch.setenv("NSRUN_PROFILE_PATH", str(PROFILES))
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bare_nsrun_prints_a_short_usage_and_exits_2(capsys):
+    code, out, err = run_main(capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]\n"), err
+    assert "nsrun: Usage:" not in err and "Usage:" not in err
+    assert len(err.splitlines()) <= 4, err
+    assert "nsrun --help" in err
+    assert not re.search(r"[{}]", err)
+
+
+@pytest.mark.parametrize("args", [["-p", "nat", "--help"], ["-n", "x", "-h"], ["-u", "nobody", "-p", "gw1", "--help"]])
+def test_help_after_run_options_shows_the_help(capsys, args):
+    code, out, err = run_main(capsys, *args)
+    assert (code, err) == (0, ""), err
+    assert out.startswith("Usage: nsrun")
+    assert "-p, --profile PROFILE" in out
+
+
+def test_help_after_double_dash_belongs_to_cmd():
+    # `nsrun -- CMD --help` passes --help to CMD: the parser leaves it in CMD.
+    assert cli.parse_run(["-p", "nat", "--", "curl", "--help"]) == ({"profile": "nat"}, ["curl", "--help"])
+    assert not cli._wants_help(["-p", "nat", "--", "curl", "--help"])
+
+
+def test_top_level_help_lists_the_run_options(capsys):
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0
+    for opt in ("-p, --profile PROFILE", "-n, --name NAME", "-u, --user USER"):
+        assert opt in out, out
+
+
+@pytest.mark.parametrize("sub", ["up", "down", "exec", "shell", "unit", "ls", "gc", "demo", "profiles", "profiles show"])
+def test_usage_lines_name_arguments_plainly(capsys, sub):
+    code, out, _ = run_main(capsys, *sub.split(), "--help")
+    assert code == 0
+    usage = [line for line in out.splitlines() if line.startswith("Usage:")]
+    assert usage and not re.search(r"[{}]", usage[0]), usage
+    if sub in ("up", "down", "exec", "shell", "unit"):
+        assert " NAME" in usage[0]
+
+
+@pytest.mark.parametrize("typo,meant", [("upp", "up"), ("dwon", "down"), ("profile", "profiles"), ("shel", "shell")])
+def test_a_mistyped_subcommand_gets_a_suggestion(capsys, typo, meant):
+    code, out, err = run_main(capsys, typo)
+    assert code == 2 and out == ""
+    assert f"did you mean `nsrun {meant}`?" in err, err
+    assert err.count("\n") == 1
+
+
+def test_no_suggestion_for_a_word_like_no_subcommand(capsys):
+    code, _, err = run_main(capsys, "curl")
+    assert code == 2 and "did you mean" not in err and "missing `--`" in err
+
+
+def test_a_mistyped_profile_gets_a_suggestion():
+    with pytest.raises(UsageError) as info:
+        profiles.load("gw3")
+    assert "did you mean 'gw1'?" in str(info.value) or "did you mean 'gw2'?" in str(info.value)
+    with pytest.raises(UsageError) as info:
+        profiles.load("natt")
+    assert "did you mean 'nat'?" in str(info.value)
+    with pytest.raises(UsageError) as info:
+        profiles.load("zzzzzz")
+    assert "did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["./nsrun-missing.toml", "sub/../nsrun-missing.toml", "./sub//x.toml"])
+def test_a_missing_profile_path_is_named_as_given(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as info:
+        profiles.load(spec)
+    assert str(info.value) == f"{spec}: no such profile file"
+
+
+def test_a_bad_profile_path_is_named_as_given_and_its_source_stays(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_profile(tmp_path, "bad", 'mode = "nope"\n')
+    with pytest.raises(UsageError) as info:
+        profiles.load("./bad.toml")
+    assert str(info.value).startswith("./bad.toml: mode:"), str(info.value)
+    write_profile(tmp_path, "good", 'mode = "isolated"\n')
+    # Records compare a profile's source: it does not depend on how the path was spelled.
+    assert profiles.load("./good.toml").source == profiles.load("good.toml").source
+
+
+def test_ls_table_shows_control_characters_escaped(monkeypatch, capsys):
+    rows = [{"name": "a", "profile": "nat", "kind": "persistent", "managed": True, "addresses": ["10.0.0.2/24"],
+             "gateway": "10.0.0.1", "bridge": "nsrun0", "rx_bytes": 1, "tx_bytes": 2, "created": None,
+             "processes": [{"pid": 7, "command": "sh -c echo\nevil\x1b[2J", "user": "root"}]},
+            {"name": "b", "profile": None, "kind": "unmanaged", "managed": False, "addresses": [],
+             "gateway": None, "bridge": None, "rx_bytes": None, "tx_bytes": None, "created": None,
+             "processes": []}]
+    monkeypatch.setattr(listing, "collect", lambda: rows)
+    commands.ls(False)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 3, out  # the header and one line per namespace
+    assert "sh -c echo\\nevil\\x1b[2J" in lines[1]
+    assert "\x1b" not in out
+    assert lines[2].startswith("b ")
+
+
+def test_cell_escapes_only_what_is_not_printable():
+    assert listing.cell("plain é 中") == "plain é 中"
+    assert listing.cell("a\nb\tc\rd\x00e\x7f\u2028") == "a\\nb\\tc\\rd\\x00e\\x7f\\u2028"
+    assert listing.cell(None) == "None"
+
+
+def test_unit_without_user_says_root_by_default(capsys):
+    code, out, err = run_main(capsys, "unit", "web", "--", "/bin/true")
+    assert code == 0, err
+    assert "given with -u: root" not in out
+    assert "runs CMD as root, as no -u was given." in out
+    code, out, _ = run_main(capsys, "unit", "web", "-u", "nobody", "--", "/bin/true")
+    assert code == 0 and "runs CMD as the user given with -u: nobody." in out
+
+
+def test_render_says_how_the_user_was_chosen():
+    text = unit.render("w", ["/usr/bin/nsrun"], "nat", "root", ["/bin/true"], user_given=False)
+    assert "as no -u was given" in text and "given with -u" not in text
+
+
+# -- non-root ls -------------------------------------------------------------------------------
+
+def _nobody_argv(lab, *args: str) -> list[str]:
+    who = pwd.getpwnam("nobody")
+    return lab.host_argv(["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}",
+                          "--clear-groups", "--inh-caps=-all", *lab.nsrun_argv(*args)[2:]])
+
+
+def test_ls_as_non_root_with_a_state_directory(lab, public_nsrun):
+    """A state directory exists (root-only, as nsrun makes it): ls as another user lists the
+    namespaces of /run/netns, says what it cannot show, and is no internal error."""
+    up = lab.nsrun("up", "lsnr", "-p", "isolated")
+    assert up.returncode == 0, up.stderr
+    try:
+        assert os.stat(lab.statedir).st_mode & 0o077 == 0
+        for args in (("ls",), ("ls", "--json")):
+            r = subprocess.run(_nobody_argv(lab, *args), env={**lab.env, **public_nsrun}, capture_output=True, text=True,
+                               timeout=60, cwd="/")
+            assert r.returncode == 0, r.stderr
+            assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+            assert r.stderr.startswith("nsrun: note: not root") and r.stderr.count("\n") == 1, r.stderr
+            assert "lsnr" in r.stdout and lab.lab.host in r.stdout
+        import json
+
+        rows = {row["name"]: row for row in json.loads(r.stdout)}
+        assert rows["lsnr"]["managed"] is None and rows["lsnr"]["kind"] is None
+    finally:
+        assert lab.nsrun("down", "lsnr").returncode == 0
+
+
+# -- completion ---------------------------------------------------------------------------------
+
+def test_complete_lists_profiles_and_namespaces(capsys, tmp_path, monkeypatch):
+    code, out, _ = run_main(capsys, "__complete", "profiles")
+    assert code == 0 and out.split() == ["gw1", "gw2", "isolated", "nat"]
+    (tmp_path / "blue").touch()
+    (tmp_path / "red").touch()
+    (tmp_path / "bad\nname").touch()
+    monkeypatch.setattr(netns, "NETNS_DIR", str(tmp_path))
+    code, out, _ = run_main(capsys, "__complete", "namespaces")
+    assert code == 0 and out == "blue\nred\n"
+    code, out, _ = run_main(capsys, "__complete", "commands")
+    assert out.split() == list(cli.SUBCOMMANDS)
+
+
+def test_completion_scripts_know_every_subcommand():
+    for script in ("nsrun.bash", "_nsrun", "nsrun.fish"):
+        text = (COMPLETIONS / script).read_text()
+        for sub in cli.SUBCOMMANDS:
+            assert re.search(rf"\b{sub}\b", text), (script, sub)
+        for opt in ("--profile", "--name", "--user", "--keep", "--json", "--dry-run", "--install"):
+            spelled = f"-l {opt[2:]}" if script.endswith(".fish") else opt
+            assert spelled in text, (script, opt)
+
+
+@pytest.mark.parametrize("shell,script", [("bash", "nsrun.bash"), ("zsh", "_nsrun"), ("fish", "nsrun.fish")])
+def test_completion_script_is_valid(shell, script):
+    if not shutil.which(shell):
+        if os.environ.get("CI"):
+            pytest.fail(f"{shell} is missing (.ci/run installs it)")
+        pytest.skip(f"{shell} is not installed")
+    r = subprocess.run([shell, "-n", str(COMPLETIONS / script)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+
+
+def _wrapper(tmp_path: Path, lab) -> dict[str, str]:
+    """PATH with an `nsrun` that is this checkout's, run inside the lab host."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nsrun").write_text("#!/bin/sh\nexec " + " ".join(lab.nsrun_argv()) + ' "$@"\n')
+    os.chmod(bindir / "nsrun", 0o755)
+    return {**lab.env, "PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def test_bash_completion_lists_profiles_namespaces_and_commands(lab, tmp_path):
+    env = _wrapper(tmp_path, lab)
+    script = COMPLETIONS / "nsrun.bash"
+
+    def complete(line: str) -> list[str]:
+        prog = (f'source "{script}"; COMP_LINE="{line}"; read -ra COMP_WORDS <<< "$COMP_LINE"; '
+                '[[ $COMP_LINE == *" " ]] && COMP_WORDS+=(""); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); '
+                '_nsrun; printf "%s\\n" "${COMPREPLY[@]}"')
+        r = subprocess.run(["bash", "-c", prog], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    assert complete("nsrun ") == list(cli.SUBCOMMANDS)
+    assert complete("nsrun d") == ["down", "demo"]
+    assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun -p "))
+    assert complete("nsrun up blue -p g") == ["gw1", "gw2"]
+    assert lab.lab.host in complete("nsrun exec ")
+    assert lab.lab.host in complete("nsrun -n ")
+    assert "--keep" in complete("nsrun shell x --")
+    assert complete("nsrun profiles show n") == ["nat"]
+
+
+def test_fish_completion_lists_profiles_and_namespaces(lab, tmp_path):
+    if not shutil.which("fish"):
+        if os.environ.get("CI"):
+            pytest.fail("fish is missing (.ci/run installs it)")
+        pytest.skip("fish is not installed")
+    env = _wrapper(tmp_path, lab)
+
+    def complete(line: str) -> list[str]:
+        r = subprocess.run(["fish", "--no-config", "-c", f'source {COMPLETIONS / "nsrun.fish"}; complete -C "{line}"'],
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return [line.split("\t")[0] for line in r.stdout.splitlines()]
+
+    assert set(cli.SUBCOMMANDS) <= set(complete("nsrun "))
+    assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun -p "))
+    assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun up blue --profile "))
+    assert lab.lab.host in complete("nsrun exec ")
+    assert lab.lab.host in complete("nsrun --name ")
+    assert "--keep" in complete("nsrun shell x --")
+
+
+def test_install_script_installs_the_completions():
+    text = (REPO / "install.sh").read_text()
+    for script in ("nsrun.bash", "_nsrun", "nsrun.fish"):
+        assert f"completions/{script}" in text
+    r = subprocess.run(["sh", "-n", str(REPO / "install.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
