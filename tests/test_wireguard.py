@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +34,30 @@ VPNLAB = str(Path(__file__).resolve().parent / "vpnlab.py")
 CLIENT_ADDR, CLIENT_ADDR6 = "10.77.0.2", "fd77::2"
 
 
-@pytest.fixture(scope="module")
-def wg_sockets() -> Iterator[None]:
-    """A private /run/wireguard for the session's mount namespace: UAPI sockets of the lab's
-    wireguard-go processes never appear on the machine."""
-    made = not os.path.isdir("/run/wireguard")
-    os.makedirs("/run/wireguard", mode=0o700, exist_ok=True)
-    kernel.mount("nsrun-tests-wg", "/run/wireguard", "tmpfs", 0)
+@contextmanager
+def _private_dir(path: str, mode: int) -> Iterator[None]:
+    """PATH as a tmpfs of the session's mount namespace only; an empty directory made for
+    it goes again afterwards."""
+    made = not os.path.isdir(path)
+    os.makedirs(path, mode=mode, exist_ok=True)
+    kernel.mount("nsrun-tests-wg", path, "tmpfs", 0)
     try:
         yield
     finally:
-        kernel.umount2("/run/wireguard", kernel.MNT_DETACH)
+        kernel.umount2(path, kernel.MNT_DETACH)
         if made:
             try:
-                os.rmdir("/run/wireguard")
+                os.rmdir(path)
             except OSError:
                 pass
+
+
+@pytest.fixture(scope="module")
+def wg_sockets() -> Iterator[None]:
+    """A private /run/wireguard: the UAPI sockets of the lab's wireguard-go processes never
+    appear on the machine."""
+    with _private_dir("/run/wireguard", 0o700):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +185,10 @@ def _capture(lab: Any) -> subprocess.Popen[str]:
     proc = subprocess.Popen(lab.host_argv(["tcpdump", "-n", "-l", "-i", "eth0", "-e"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    line = proc.stderr.readline()  # "listening on eth0 ..." once the capture runs
-    assert "listening on" in line, line
+    seen = []
+    while not seen or "listening on" not in seen[-1]:  # printed once the capture runs
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen)
     return proc
 
 
