@@ -162,6 +162,14 @@ def _split_endpoint(text: str) -> tuple[str, int]:
 
 
 def _shown(text: str) -> str:
+    """TEXT for an error message; a value that looks like a key (pasted into the wrong
+    field) is never echoed."""
+    for word in text.replace(",", " ").split():
+        try:
+            Key.from_base64(word)
+            return "(a value that looks like a key)"
+        except ValueError:
+            pass
     return text if text.isprintable() and len(text) <= 80 else repr(text[:80])
 
 
