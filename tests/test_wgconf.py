@@ -274,3 +274,66 @@ def test_a_good_file_loads_and_others_are_one_line(tmp_path: Path) -> None:
     os.chmod(binary, 0o600)
     with pytest.raises(UsageError, match="is not UTF-8"):
         wgconf.load(binary, fake_resolver)
+
+
+# -- the profile schema: mode = "wireguard" -------------------------------------------------
+
+def test_profile_wireguard_mode() -> None:
+    from nsrun import profile
+
+    prof = profile.parse('mode = "wireguard"\nwireguard = "/etc/nsrun/wg/w.conf"\ndescription = "vpn"\n',
+                         "/p/w.toml", "w")
+    assert (prof.mode, prof.wireguard, prof.wired, prof.pool()) == ("wireguard", "/etc/nsrun/wg/w.conf", False, [])
+    assert prof.resolved() == {"name": "w", "source": "/p/w.toml", "description": "vpn", "mode": "wireguard",
+                               "wireguard": "/etc/nsrun/wg/w.conf"}
+
+
+@pytest.mark.parametrize("text, want", [
+    ('mode = "wireguard"\n', "/p/w.toml: wireguard: is required in wireguard mode"),
+    ('mode = "wireguard"\nwireguard = "wg/w.conf"\n', "/p/w.toml: wireguard: 'wg/w.conf' is not an absolute path"),
+    ('mode = "wireguard"\nwireguard = 5\n', "/p/w.toml: wireguard: must be a string, not int"),
+    ('mode = "wireguard"\nwireguard = "/w.conf"\nsubnet = "10.0.0.0/24"\n', "/p/w.toml: subnet: is not used in wireguard mode"),
+    ('mode = "nat"\nsubnet = "10.0.0.0/24"\nwireguard = "/w.conf"\n', "/p/w.toml: wireguard: is not used in nat mode"),
+])
+def test_profile_wireguard_refusals(text: str, want: str) -> None:
+    from nsrun import profile
+
+    with pytest.raises(ProfileError) as info:
+        profile.parse(text, "/p/w.toml", "w")
+    assert str(info.value).startswith(want), str(info.value)
+
+
+def test_profiles_show_summarises_the_file_without_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from nsrun import profile
+
+    conf = write(tmp_path / "w.conf", GOOD, 0o600)
+    write(tmp_path / "w.toml", f'mode = "wireguard"\nwireguard = "{conf}"\n', 0o644)
+    monkeypatch.setenv("NSRUN_PROFILE_PATH", str(tmp_path))
+    profile.print_show("w")
+    out = capsys.readouterr().out
+    assert f"wireguard = '{conf}'" in out
+    assert "# wireguard address = 10.2.0.2/32, fd00:2::2/128, 10.3.0.2/32" in out
+    assert "endpoint vpn.example.net:51820, allowed 0.0.0.0/0, ::/0, keepalive 25, preshared key" in out
+    for key in (PRIV, PUB, PSK, PUB2):
+        assert key not in out and base64.b64decode(key).hex() not in out
+    os.chmod(conf, 0o644)
+    profile.print_show("w")
+    assert "# wireguard file INVALID: " in capsys.readouterr().out
+
+
+def test_the_engine_refuses_a_wireguard_profile_until_it_is_wired() -> None:
+    from nsrun import network, profile
+
+    prof = profile.parse('mode = "wireguard"\nwireguard = "/w.conf"\n', "/p/w.toml", "w")
+    with pytest.raises(UsageError, match="not wired"):
+        network.up("w", prof, persistent=True)
+
+
+def test_profile_wireguard_key_is_listed_in_wireguard_mode() -> None:
+    from nsrun import profile
+
+    with pytest.raises(ProfileError, match=r"zzz: unknown key; known keys: .*probe_ms, wireguard$"):
+        profile.parse('mode = "wireguard"\nzzz = 1\n', "/p/w.toml", "w")
+    with pytest.raises(ProfileError, match=r"wireguardd: unknown key \(did you mean 'wireguard'\?\)"):
+        profile.parse('mode = "wireguard"\nwireguardd = "/w.conf"\n', "/p/w.toml", "w")
