@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nsrun import dns, names, netns, state, sysctl
+from nsrun import dns, fault, names, netns, state, sysctl
 from nsrun.errors import NsrunError, UsageError
 from nsrun.wgconf import WgConfig
 
@@ -50,6 +50,8 @@ START_TIMEOUT = 5.0
 STOP_GRACE = 2.0
 # A nsrun-named tun still in the host's namespace after this long is a crashed setup's.
 SETUP_GRACE = 60.0
+# Fault-injection points of create() (NSRUN_FAULT=STEP, see nsrun/fault.py).
+WG_STEPS = ("wg-record", "wg-started", "wg-configured", "wg-moved", "wg-inside", "wg-dns")
 
 
 class WgRecord(NamedTuple):
@@ -305,23 +307,29 @@ def create(name: str, conf: WgConfig, *, impl: str = "auto", root: Path | None =
                 _remove_unlocked(name, root)
             rec = WgRecord(name=name, ifname=ifname, impl=impl, dns=bool(conf.dns))
             _save(rec, root)  # the intent, before the first change
+            fault.checkpoint("wg-record")
             try:
                 with netlink.IPRoute() as ipr:
                     if netlink.index(ipr, ifname) is not None:
                         _delete_host_link(ipr, ifname)  # a crashed setup's, by its derived name
                     if impl == "userspace":
                         rec = _start_userspace(rec, root, program)
+                        fault.checkpoint("wg-started")
                         _uapi(socket_path(ifname), uapi_config(conf))
                     else:
                         _kernel_create(ipr, ifname, conf)
+                    fault.checkpoint("wg-configured")
                     idx = netlink.index(ipr, ifname)
                     if idx is None:
                         raise NsrunError(f"the WireGuard interface {ifname} did not appear")
                     ipr.link("set", index=idx, ifalias=names.ifalias(name))
                     ipr.link("set", index=idx, net_ns_fd=ns_fd)
+                fault.checkpoint("wg-moved")
                 netns.in_thread(lambda: _configure_inside(ifname, conf), enter=name)
+                fault.checkpoint("wg-inside")
                 if conf.dns:
                     _write_dns(name, conf)
+                fault.checkpoint("wg-dns")
                 rec = rec._replace(state="up")
                 _save(rec, root)
                 return rec
@@ -469,6 +477,9 @@ def orphans(root: Path | None = None) -> list[tuple[str, str, tuple[Any, ...]]]:
             if not netns.exists(rec.name):
                 out.append((f"WireGuard interface {rec.ifname} of {rec.name}", "its namespace is gone",
                             ("record", rec.name)))
+            elif rec.state != "up" and not _setup_running(rec.name, root):
+                out.append((f"WireGuard interface {rec.ifname} of {rec.name}", "its setup never finished",
+                            ("record", rec.name)))
     here = os.stat("/proc/self/ns/net").st_ino
     aliases: dict[str, str | None] = {}
     with netlink.IPRoute() as ipr:
@@ -489,9 +500,8 @@ def orphans(root: Path | None = None) -> list[tuple[str, str, tuple[Any, ...]]]:
         if ifname not in aliases:
             continue  # its tun was moved: it serves a namespace that exists (it exits with it)
         owner = owner_of[ifname]
-        if owner is not None and netns.exists(owner):
-            if start is None or _age(start) < SETUP_GRACE:
-                continue
+        if (owner is None or netns.exists(owner)) and (start is None or _age(start) < SETUP_GRACE):
+            continue  # perhaps another state directory's setup in progress
         out.append((f"wireguard-go {pid} ({ifname})", "a setup that died before the move",
                     ("process", pid, start, ifname)))
     for ifname, owner in aliases.items():
@@ -509,6 +519,15 @@ def orphans(root: Path | None = None) -> list[tuple[str, str, tuple[Any, ...]]]:
             if not _uapi_ready(path):
                 out.append((path, "no wireguard-go listens on it", ("socket", path)))
     return out
+
+
+def _setup_running(name: str, root: Path | None) -> bool:
+    """Does a create() or remove() of NAME hold its lock now?"""
+    try:
+        with state.Lock(_dir(root) / f"{name}.lock", blocking=False):
+            return False
+    except BlockingIOError:
+        return True
 
 
 def _age(start_ticks: int) -> float:

@@ -231,6 +231,20 @@ def client6(host: str, port: int) -> int:
         return 1
 
 
+def leak() -> None:
+    """Traffic that must not leave a tunnelled namespace in the clear: a UDP datagram
+    upstream, a TCP connection attempt to the LAN's gateway (whatever the outcome)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(b"x", ("198.51.100.254", 53))
+        except OSError:
+            pass
+    try:
+        socket.create_connection((labmod.GW2_LAN, 80), timeout=1.0).close()
+    except OSError:
+        pass
+
+
 def main(argv: list[str]) -> int:
     """Driver for the tests, run inside the lab host: create|remove|status|orphans."""
     from nsrun import wgconf, wireguard
@@ -259,6 +273,8 @@ def main(argv: list[str]) -> int:
                 s.recv(64)
         elif cmd == "client6" and len(args) == 2:
             return client6(args[0], int(args[1]))
+        elif cmd == "leak" and not args:
+            leak()
         elif cmd == "server" and not args:
             print(labmod.client())
         else:
