@@ -167,6 +167,13 @@ def test_remove_leaves_the_lab_host_as_before(lab, provider, tmp_path):
         t.up()
         resolv = Path(f"/etc/netns/{t.name}/resolv.conf").read_text()
         assert "nameserver 10.77.0.1" in resolv.splitlines()
+        # Inside, resolv.conf is the config's, and a lookup reaches the provider's server
+        # through the tunnel (it sees the tunnel address).
+        r = lab.nsrun("exec", t.name, "--", "cat", "/etc/resolv.conf")
+        assert [x for x in r.stdout.splitlines() if x.startswith("nameserver")] == ["nameserver 10.77.0.1"]
+        r = lab.nsrun("exec", t.name, "--", sys.executable, VPNLAB, "resolve", "probe.example")
+        assert r.returncode == 0 and "no address" in r.stdout, r.stderr
+        assert f"{CLIENT_ADDR} probe.example" in Path(provider.dns_log).read_text().splitlines()
         assert_no_key_in([lab.statedir, Path("/etc/netns") / t.name], t.private)
         r = drive(lab, "remove", t.name)
         assert (r.returncode, r.stdout.strip()) == (0, "true"), r.stderr

@@ -69,6 +69,8 @@ class Provider:
         self.private, self.public = genkey()
         self.proc: subprocess.Popen[bytes] | None = None
         self.v6server: subprocess.Popen[bytes] | None = None
+        self.dns_server: subprocess.Popen[bytes] | None = None
+        self.dns_log = ""
         self.tmp = tempfile.mkdtemp(prefix="nsrun-vpnlab-")
         self.peers: dict[str, list[str]] = {}
         self.forward_before = ""
@@ -108,6 +110,10 @@ class Provider:
             ["nsenter", f"--net={netns.path(up)}", sys.executable, __file__, "serve6", str(V6_PORT)],
             stdin=subprocess.DEVNULL)
         self.start_peer()
+        self.dns_log = os.path.join(self.tmp, "dns.log")
+        self.dns_server = subprocess.Popen(
+            ["nsenter", f"--net={netns.path(self.ns)}", sys.executable, __file__, "dns-serve", TUN_SERVER,
+             self.dns_log], stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while in_ns(self.ns, sys.executable, __file__, "probe6", PROVIDER6_UP, str(V6_PORT), check=False).returncode:
             if self.v6server.poll() is not None or time.monotonic() > deadline:
@@ -180,14 +186,15 @@ class Provider:
 
     def destroy(self) -> None:
         self.stop_peer()
-        if self.v6server is not None:
-            self.v6server.terminate()
-            try:
-                self.v6server.wait(5)
-            except subprocess.TimeoutExpired:
-                self.v6server.kill()
-                self.v6server.wait()
-            self.v6server = None
+        for server in (self.v6server, self.dns_server):
+            if server is not None:
+                server.terminate()
+                try:
+                    server.wait(5)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+        self.v6server = self.dns_server = None
         up = self.lab.up
         if netns.exists(up):
             in_ns(up, "ip", "link", "del", "to-vpn", check=False)
@@ -229,6 +236,26 @@ def client6(host: str, port: int) -> int:
     except OSError as exc:
         print(f"connection failed: {exc}", file=sys.stderr)
         return 1
+
+
+def dns_serve(address: str, log: str) -> None:
+    """A name server that answers every query NXDOMAIN and logs "SOURCE NAME" per query."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((address, 53))
+        while True:
+            query, peer = s.recvfrom(4096)
+            labels, i = [], 12
+            while i < len(query) and query[i]:
+                labels.append(query[i + 1:i + 1 + query[i]].decode(errors="replace"))
+                i += 1 + query[i]
+            end = i + 5  # the zero byte, QTYPE and QCLASS
+            with open(log, "a") as fh:
+                fh.write(f"{peer[0]} {'.'.join(labels)}\n")
+            # Same id and question; QR, RD, RA set, rcode 3; one question, nothing else.
+            s.sendto(query[:2] + b"\x81\x83\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:end], peer)
 
 
 def leak() -> None:
@@ -275,6 +302,13 @@ def main(argv: list[str]) -> int:
             return client6(args[0], int(args[1]))
         elif cmd == "leak" and not args:
             leak()
+        elif cmd == "dns-serve" and len(args) == 2:
+            dns_serve(args[0], args[1])
+        elif cmd == "resolve" and len(args) == 1:
+            try:
+                socket.getaddrinfo(args[0], 80)
+            except socket.gaierror as exc:
+                print(f"no address: {exc}")
         elif cmd == "server" and not args:
             print(labmod.client())
         else:
