@@ -4,6 +4,7 @@ resolver is a fake, so no name is ever looked up)."""
 from __future__ import annotations
 
 import base64
+import json
 import ipaddress
 import os
 import pickle
@@ -337,3 +338,43 @@ def test_profile_wireguard_key_is_listed_in_wireguard_mode() -> None:
         profile.parse('mode = "wireguard"\nzzz = 1\n', "/p/w.toml", "w")
     with pytest.raises(ProfileError, match=r"wireguardd: unknown key \(did you mean 'wireguard'\?\)"):
         profile.parse('mode = "wireguard"\nwireguardd = "/w.conf"\n', "/p/w.toml", "w")
+
+
+# -- nsrun.wireguard's pure parts --------------------------------------------------------------
+
+@PROPS
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-", min_size=1, max_size=64))
+def test_wg_ifname_is_a_valid_derived_ifname(name: str) -> None:
+    from nsrun import names
+
+    ifname = names.wg_ifname(name)
+    assert names.ifname_problem(ifname) is None and len(ifname) == 14
+    assert names.is_wg_ifname(ifname) and not names.is_host_veth(ifname)
+    assert not names.is_wg_ifname(names.host_veth(name))
+
+
+def test_uapi_request_carries_hex_keys_and_every_peer_setting() -> None:
+    from nsrun import wireguard
+
+    c = parse(GOOD)
+    req = wireguard.uapi_config(c)
+    assert req.endswith("\n\n") and req.count("\n\n") == 1
+    lines = req.splitlines()
+    assert lines[:2] == ["set=1", f"private_key={base64.b64decode(PRIV).hex()}"]
+    assert "replace_peers=true" in lines
+    i = lines.index(f"public_key={base64.b64decode(PUB).hex()}")
+    assert lines[i + 1:i + 7] == [f"preshared_key={base64.b64decode(PSK).hex()}", "endpoint=192.0.2.1:51820",
+                                  "persistent_keepalive_interval=25", "replace_allowed_ips=true",
+                                  "allowed_ip=0.0.0.0/0", "allowed_ip=::/0"]
+    j = lines.index(f"public_key={base64.b64decode(PUB2).hex()}")
+    assert "endpoint=[2001:db8::7]:4500" in lines[j:] and "allowed_ip=10.9.0.0/16" in lines[j:]
+    assert not any(k in req for k in (PRIV, PUB, PSK, PUB2))  # hex only, never base64
+
+
+def test_wg_record_round_trip_and_refuses_a_foreign_ifname() -> None:
+    from nsrun import names, wireguard
+
+    rec = wireguard.WgRecord(name="a", ifname=names.wg_ifname("a"), impl="userspace", pid=5, start=7)
+    assert wireguard.WgRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    assert wireguard.WgRecord.from_json(dict(rec.to_json(), ifname="eth0")) is None
+    assert wireguard.WgRecord.from_json({"name": "a"}) is None

@@ -199,6 +199,7 @@ def _capture(lab: Any) -> subprocess.Popen[str]:
     return proc
 
 
+@pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump (Debian package)")
 def test_kill_switch_nothing_leaves_in_the_clear(lab, tunnel):
     tunnel.up()
     r = lab.nsrun("exec", tunnel.name, "--", *CLIENT)
