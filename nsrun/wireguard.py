@@ -322,7 +322,10 @@ def create(name: str, conf: WgConfig, *, impl: str = "auto", root: Path | None =
                     idx = netlink.index(ipr, ifname)
                     if idx is None:
                         raise NsrunError(f"the WireGuard interface {ifname} did not appear")
-                    ipr.link("set", index=idx, ifalias=names.ifalias(name))
+                    # The MTU is set here, where wireguard-go still sees the change; it moves
+                    # with the interface.
+                    ipr.link("set", index=idx, ifalias=names.ifalias(name),
+                             **({"mtu": conf.mtu} if conf.mtu is not None else {}))
                     ipr.link("set", index=idx, net_ns_fd=ns_fd)
                 fault.checkpoint("wg-moved")
                 netns.in_thread(lambda: _configure_inside(ifname, conf), enter=name)
@@ -357,7 +360,7 @@ def _write_dns(name: str, conf: WgConfig) -> None:
 
 def _configure_inside(ifname: str, conf: WgConfig) -> None:
     """In the target namespace: IPv6 off on the interface unless the config has a v6
-    address; addresses, MTU, up; the default routes through the tunnel."""
+    address; addresses, up; the default routes through the tunnel."""
     from nsrun import netlink
 
     v6 = conf.has_v6
@@ -373,8 +376,6 @@ def _configure_inside(ifname: str, conf: WgConfig) -> None:
         idx = netlink.index(ipr, ifname)
         if idx is None:
             raise NsrunError(f"the WireGuard interface {ifname} did not arrive in the namespace")
-        if conf.mtu is not None:
-            ipr.link("set", index=idx, mtu=conf.mtu)
         for a in conf.addresses:
             ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
         ipr.link("set", index=idx, state="up")

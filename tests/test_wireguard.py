@@ -87,13 +87,14 @@ def wg_processes() -> list[str]:
 
 
 class Tunnel:
-    def __init__(self, lab: Any, provider: Any, tmp: Path, v6: bool = False, dns: str | None = None) -> None:
+    def __init__(self, lab: Any, provider: Any, tmp: Path, v6: bool = False, dns: str | None = None,
+                 mtu: int | None = None) -> None:
         self.lab, self.provider = lab, provider
         self.name = f"wg-{lab.lab.id}"
         self.ifname = names.wg_ifname(self.name)
         self.private, self.public = provider.add_client(CLIENT_ADDR, CLIENT_ADDR6 if v6 else None)
         self.conf = provider.client_config(tmp, self.private, CLIENT_ADDR,
-                                           address6=CLIENT_ADDR6 if v6 else None, dns=dns)
+                                           address6=CLIENT_ADDR6 if v6 else None, dns=dns, mtu=mtu)
 
     def up(self) -> dict[str, Any]:
         r = self.lab.nsrun("up", self.name, "-p", "isolated")
@@ -162,9 +163,11 @@ def test_client_egresses_through_the_provider_only(lab, tunnel):
 
 def test_remove_leaves_the_lab_host_as_before(lab, provider, tmp_path):
     # The lab fixture compares the lab host before and after (links, routes, state files...).
-    t = Tunnel(lab, provider, tmp_path, dns="10.77.0.1")
+    t = Tunnel(lab, provider, tmp_path, dns="10.77.0.1", mtu=1380)
     try:
         t.up()
+        [wg] = [x for x in json.loads(inside(t.name, "ip", "-j", "link", "show").stdout) if x["ifname"] == t.ifname]
+        assert wg["mtu"] == 1380
         resolv = Path(f"/etc/netns/{t.name}/resolv.conf").read_text()
         assert "nameserver 10.77.0.1" in resolv.splitlines()
         # Inside, resolv.conf is the config's, and a lookup reaches the provider's server
