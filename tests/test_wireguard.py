@@ -192,7 +192,8 @@ def test_remove_leaves_the_lab_host_as_before(lab, provider, tmp_path):
 
 
 def _capture(lab: Any) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(lab.host_argv(["tcpdump", "-n", "-l", "-i", "eth0", "-e"]),
+    # Frames the lab host sends out of its uplink (-Q out): whatever leaves it, from any source.
+    proc = subprocess.Popen(lab.host_argv(["tcpdump", "-n", "-l", "-i", "eth0", "-e", "-Q", "out"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = []
@@ -203,11 +204,15 @@ def _capture(lab: Any) -> subprocess.Popen[str]:
 
 
 @pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump (Debian package)")
-def test_kill_switch_nothing_leaves_in_the_clear(lab, tunnel):
+@pytest.mark.parametrize("how", ["peer-removed", "provider-stopped"])
+def test_kill_switch_nothing_leaves_in_the_clear(lab, tunnel, how):
     tunnel.up()
     r = lab.nsrun("exec", tunnel.name, "--", *CLIENT)
     assert r.returncode == 0, r.stderr
-    tunnel.provider.drop_client(tunnel.public)  # the provider no longer answers this peer
+    if how == "peer-removed":
+        tunnel.provider.drop_client(tunnel.public)  # the provider no longer answers this peer
+    else:
+        tunnel.provider.stop_peer()  # the provider's WireGuard is gone altogether
     cap = _capture(lab)
     try:
         r = lab.nsrun("exec", tunnel.name, "--", *CLIENT)
@@ -219,6 +224,8 @@ def test_kill_switch_nothing_leaves_in_the_clear(lab, tunnel):
     finally:
         cap.terminate()
         out, _ = cap.communicate(timeout=10)
+        if how == "provider-stopped":
+            tunnel.provider.start_peer()
     frames = [line for line in out.splitlines() if line.strip()]
     assert [f for f in frames if "ethertype ARP" not in f], "the capture saw nothing: the client never tried"
     leaks = _leaks(frames)
@@ -235,8 +242,8 @@ def test_kill_switch_nothing_leaves_in_the_clear(lab, tunnel):
 
 
 def _leaks(frames: list[str]) -> list[str]:
-    """Frames of a capture on the lab host's uplink other than ARP and WireGuard's UDP from
-    the lab host to the provider's endpoint."""
+    """Frames leaving by the lab host's uplink other than ARP and WireGuard's UDP from the
+    lab host to the provider's endpoint."""
     endpoint = re.compile(r"ethertype IPv4 .*: 192\.168\.1\.10\.\d+ > 192\.0\.2\.1\.51820: UDP")
     return [f for f in frames if f.strip() and "ethertype ARP" not in f and not endpoint.search(f)]
 
