@@ -107,7 +107,16 @@ def socket_path(ifname: str) -> str:
 
 
 def kernel_available() -> bool:
-    return os.path.isdir("/sys/module/wireguard")
+    """The kernel has WireGuard: loaded or built in, or a module it can load on demand."""
+    if os.path.isdir("/sys/module/wireguard"):
+        return True
+    try:
+        with open(f"/lib/modules/{os.uname().release}/modules.dep", "rb") as fh:
+            return any(line.split(b":", 1)[0].endswith((b"/wireguard.ko", b"/wireguard.ko.xz",
+                                                        b"/wireguard.ko.zst", b"/wireguard.ko.gz"))
+                       for line in fh)
+    except OSError:
+        return False
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -259,7 +268,7 @@ def uapi_config(conf: WgConfig) -> str:
 def _kernel_create(ipr: Any, ifname: str, conf: WgConfig) -> None:
     import base64
 
-    from pyroute2 import WireGuard
+    from pyroute2.netlink.generic.wireguard import WireGuard
 
     ipr.link("add", ifname=ifname, kind="wireguard")
 
@@ -596,7 +605,7 @@ def status(name: str, root: Path | None = None) -> dict[str, Any] | None:
                 peer["latest_handshake"] = (secs + nsecs / 1e9) if (secs or nsecs) else None
     else:  # kernel: read over generic netlink inside the namespace (untested here)
         def read() -> list[Any]:
-            from pyroute2 import WireGuard
+            from pyroute2.netlink.generic.wireguard import WireGuard
 
             with WireGuard() as wg:
                 return list(wg.info(rec.ifname))
