@@ -100,7 +100,8 @@ def profiles_list() -> int:
 def profiles_show(spec: str) -> int:
     from nsrun import profile as profiles
 
-    for key, value in profiles.load(spec).resolved().items():
+    prof = profiles.load(spec)
+    for key, value in prof.resolved().items():
         if value is None:
             continue
         if isinstance(value, list):
@@ -108,4 +109,30 @@ def profiles_show(spec: str) -> int:
         else:
             shown = repr(value) if isinstance(value, str) else str(value)
         print(f"{key} = {shown}")
+    if prof.mode == "wireguard" and prof.wireguard:
+        _print_wireguard(prof.wireguard)
     return 0
+
+
+def _print_wireguard(path: str) -> None:
+    """The wg file's checked contents, without keys, as comments; endpoints as written (not
+    looked up: showing a profile sends nothing anywhere)."""
+    from nsrun import wgconf
+    from nsrun.errors import UsageError
+
+    try:
+        conf = wgconf.parse(wgconf.read_checked(path), path, lambda host, port: (host, port))
+    except UsageError as exc:
+        print(f"# wireguard file INVALID: {exc}")
+        return
+    print(f"# wireguard address = {', '.join(str(a) for a in conf.addresses)}")
+    if conf.dns:
+        print(f"# wireguard dns = {', '.join(conf.dns + conf.search)}")
+    if conf.mtu:
+        print(f"# wireguard mtu = {conf.mtu}")
+    for peer in conf.peers:
+        allowed = ", ".join(str(n) for n in peer.allowed_ips) or "none"
+        print(f"# wireguard peer: endpoint {peer.endpoint_text or 'none'}, allowed {allowed}"
+              f"{', keepalive ' + str(peer.keepalive) if peer.keepalive else ''}"
+              f"{', preshared key' if peer.preshared_key else ''}")
+

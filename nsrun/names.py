@@ -22,6 +22,7 @@ RESERVED_IFNAMES = ("all", "default")
 
 EPHEMERAL_PREFIX = "nsrun-"
 HOST_VETH_PREFIX = "nsr"
+WG_PREFIX = "nswg"
 INNER_IFNAME = "eth0"
 IFALIAS_PREFIX = "nsrun:"
 
@@ -92,3 +93,19 @@ def is_host_veth(ifname: str) -> bool:
 def ifalias(name: str) -> str:
     """The alias set on the host veth, so `ip link` and `gc` can tell whose it is."""
     return IFALIAS_PREFIX + name
+
+
+def wg_ifname(name: str) -> str:
+    """NAME's WireGuard interface: 'nswg' + 10 hex digits (14 bytes). It keeps this name in
+    the namespace, since userspace WireGuard names its configuration socket after it."""
+    import hashlib
+
+    return WG_PREFIX + hashlib.blake2s(name.encode(), digest_size=5).hexdigest()
+
+
+def is_wg_ifname(ifname: str) -> bool:
+    return (
+        ifname.startswith(WG_PREFIX)
+        and len(ifname) == len(WG_PREFIX) + 10
+        and all(c in "0123456789abcdef" for c in ifname[len(WG_PREFIX):])
+    )

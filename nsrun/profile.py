@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODES = ("nat", "bridge", "isolated")
+MODES = ("nat", "bridge", "isolated", "wireguard")
 DEFAULT_PROFILE = "nat"
 DEFAULT_NAT_BRIDGE = "nsrun0"
 DEFAULT_PROBE_MS = 50
@@ -33,11 +33,14 @@ KEYS = (
     "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
     "mtu", "probe_ms",
 )
+# Keys of one mode only, listed among the known keys when that mode is chosen.
+WIREGUARD_KEYS = ("wireguard",)
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
     "nat": {"bridge", "subnet", "range", "gateway", "dns", "mtu"},
     "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "mtu", "probe_ms"},
     "isolated": set(),
+    "wireguard": {"wireguard"},
 }
 # Ranges no namespace can live in: the kernel refuses or special-cases their addresses.
 UNUSABLE_SUBNETS = (
@@ -64,10 +67,12 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
     dns: tuple[str, ...] | None = None  # None: the host's resolvers
     mtu: int | None = None
     probe_ms: int = 0
+    wireguard: str | None = None  # wireguard mode: the wg-quick file (read when used: it holds keys)
 
     @property
     def wired(self) -> bool:
-        return self.mode != "isolated"
+        """On a bridge by a veth pair (nat, bridge); isolated and wireguard are not."""
+        return self.mode in ("nat", "bridge")
 
     def pool(self) -> list[int]:
         """The addresses (as integers) this profile may hand out, in order."""
@@ -81,6 +86,8 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
         """The profile as it will be applied, defaults filled in (for `profiles show`)."""
         out: dict[str, Any] = {"name": self.name, "source": self.source,
                                "description": self.description, "mode": self.mode}
+        if self.mode == "wireguard":
+            out["wireguard"] = self.wireguard
         if self.wired:
             out.update(
                 bridge=self.bridge,
@@ -131,6 +138,19 @@ def _host_address(source: str, key: str, text: Any, net: ipaddress.IPv4Network) 
     return addr
 
 
+def _wg_path(source: str, value: Any) -> str:
+    """The `wireguard` key: an absolute path to a wg-quick file (its contents are checked
+    when the profile is used, by nsrun.wgconf: it holds a private key)."""
+    if value is None:
+        raise ProfileError(source, "wireguard", "is required in wireguard mode: the path of a wg-quick "
+                           "configuration, such as /etc/nsrun/wg/NAME.conf")
+    if not isinstance(value, str):
+        raise _type_error(source, "wireguard", "a string", value)
+    if not value.startswith("/") or not value.isprintable() or "\x00" in value:
+        raise ProfileError(source, "wireguard", f"{value!r} is not an absolute path")
+    return value
+
+
 def parse(text: str, source: str, name: str) -> Profile:
     """Validate TOML TEXT as a profile; raise ProfileError naming SOURCE, key and reason."""
     try:
@@ -156,11 +176,12 @@ def _located(message: str, text: str) -> str:
 
 def validate(data: dict[str, Any], source: str, name: str) -> Profile:
     for key in data:
-        if key not in KEYS:
+        if key not in KEYS and key not in WIREGUARD_KEYS:
             import difflib
 
-            hint = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
-            more = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(KEYS)}"
+            listed = KEYS + WIREGUARD_KEYS if data.get("mode") == "wireguard" else KEYS
+            hint = difflib.get_close_matches(key, KEYS + WIREGUARD_KEYS, n=1, cutoff=0.6)
+            more = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(listed)}"
             # A quoted TOML key may be empty or hold a newline: show such a key escaped.
             shown = key if key.isprintable() and key.strip() == key != "" else repr(key)
             raise ProfileError(source, shown, f"unknown key{more}")
@@ -178,6 +199,9 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
             raise ProfileError(source, key, f"is not used in {mode} mode")
     if mode == "isolated":
         return Profile(name=name, source=source, mode=mode, description=description)
+    if mode == "wireguard":
+        return Profile(name=name, source=source, mode=mode, description=description,
+                       wireguard=_wg_path(source, data.get("wireguard")))
 
     if "bridge" in data:
         bridge = _ifname(source, "bridge", data["bridge"])

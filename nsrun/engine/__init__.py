@@ -47,6 +47,8 @@ def up(name: str, prof: Profile, *, persistent: bool,
     from nsrun.engine.context import Setup
 
     names.check_name(name)
+    if prof.mode == "wireguard":  # nsrun.wireguard exists; wiring it in is the engine's next step
+        raise UsageError(f"{prof.source}: mode: wireguard profiles are not wired into `up`/runs yet")
     with record.ns_lock(name):
         rec = record.read(name)
         if netns.exists(name):
