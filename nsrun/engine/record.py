@@ -85,6 +85,7 @@ class NetRecord(NamedTuple):
     gateway: str | None = None
     created_bridge: bool = False
     uplink: str | None = None
+    uplink_up: bool | None = None  # whether the uplink was up when nsrun enslaved it (it had no master)
     firewall: str | None = None  # the backend that holds the bridge's rules (nsrun.engine.firewall)
     rp_filter_set: bool = False  # rp_filter has been judged (and loosened when it was strict)
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
@@ -105,6 +106,7 @@ class NetRecord(NamedTuple):
             mode=_str(data, "mode") or "", profile=_str(data, "profile"), subnet=_str(data, "subnet"),
             gateway=_str(data, "gateway"), created_bridge=data.get("created_bridge") is True,
             uplink=_str(data, "uplink"),
+            uplink_up=data.get("uplink_up") if isinstance(data.get("uplink_up"), bool) else None,
             firewall=fw if isinstance(fw, str) else ("iptables" if fw is True else None),
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
         )
