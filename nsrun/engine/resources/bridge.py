@@ -141,6 +141,8 @@ def _ensure_lan(s: Setup) -> None:
                 f"would cut the host off. Move its addresses and routes to {bridge} first "
                 f"(create {bridge}, enslave {prof.uplink}, move {', '.join(held)}), then drop `uplink`"
             )
+        if _link_kind(ipr, up_idx) == "bridge":
+            raise UsageError(f"{prof.source}: uplink: {prof.uplink} is a bridge; name it as `bridge` instead")
         if net is None or not net.created_bridge:
             net = NetRecord(mode="bridge", profile=prof.name, subnet=str(prof.subnet),
                             created_bridge=True, uplink=prof.uplink, uplink_up=uplink_up)
@@ -166,8 +168,8 @@ def _ensure_lan(s: Setup) -> None:
 
 def _check_uplink(ipr: Any, s: Setup, idx: int) -> bool:
     """Refuse an uplink that belongs to something already (a bridge, bond, team or VRF:
-    any master), or that is a bridge itself: taking it would cut off whatever uses it, and
-    nsrun could not put it back as it was. Whether it is up (to put back after)."""
+    any master): taking it would cut off whatever uses it, and nsrun could not put it back
+    as it was. Whether it is up (to put back after)."""
     prof = s.prof
     link = ipr.get_links(idx)[0]
     master = link.get_attr("IFLA_MASTER")
@@ -179,9 +181,6 @@ def _check_uplink(ipr: Any, s: Setup, idx: int) -> bool:
             f"{prof.source}: uplink: {prof.uplink} is a port of {mname} (a {mkind}); nsrun never "
             f"takes a link from its master. Name {mname} as `bridge`, or another uplink"
         )
-    kind = _link_kind(ipr, idx)
-    if kind == "bridge":
-        raise UsageError(f"{prof.source}: uplink: {prof.uplink} is a bridge; name it as `bridge` instead")
     return bool(link["flags"] & 1)  # IFF_UP
 
 
