@@ -71,7 +71,7 @@ def _with_resolv_conf(lab, text: str, tmp_path: Path, *args: str, sockets: Path 
     conf.write_text(text)
     inner = [sys.executable, "-m", "nsrun", *args]
     if sockets is not None:
-        inner = [sys.executable, DNSLAB, "sockets", str(sockets), "--", *inner]
+        inner = ["env", f"SOCKETS_LOG={sockets}", sys.executable, DNSLAB, "sockets", str(sockets), "--", *inner]
     argv = ["unshare", "-m", "--propagation", "slave", "sh", "-c",
             'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(conf), *lab.host_argv(inner)]
     return subprocess.run(argv, env=lab.env, capture_output=True, text=True, timeout=90, cwd=REPO)
@@ -160,7 +160,7 @@ def test_bridge_mode_without_dns_behind_a_stub_says_so(lab, tmp_path):
     assert (r.returncode, r.stderr) == (0, "")
 
 
-LEAK = ("getent hosts probe.example; echo '#'; "
+LEAK = ("getent hosts probe.example; echo '#'; cat \"$SOCKETS_LOG\"; echo '#'; "
         f"{sys.executable} -c \"import socket\n"
         "for p in ('/run/nscd/socket', '/var/run/nscd/socket', '/run/systemd/resolve/io.systemd.Resolve'):\n"
         "    s = socket.socket(socket.AF_UNIX)\n"
@@ -175,8 +175,9 @@ def test_lookups_reach_neither_nscd_nor_resolved_but_the_profiles_server(lab, up
     r = _with_resolv_conf(lab, f"nameserver {UPSTREAM}\n", tmp_path, "-p", str(prof), "--", "sh", "-c", LEAK,
                           sockets=log)
     assert r.returncode == 0, r.stdout + r.stderr
-    found, connects, stubfile = r.stdout.split("#\n")
+    found, after_getent, connects, stubfile = r.stdout.split("#\n")
     assert found.split() == ["192.0.2.80", "probe.example"]
+    assert after_getent == ""  # getent's lookup reached neither listener
     assert connects.split() == ["/run/nscd/socket", "False", "/var/run/nscd/socket", "False",
                                 "/run/systemd/resolve/io.systemd.Resolve", "False"]
     assert log.read_text() == ""  # neither listener saw a connection
@@ -193,8 +194,9 @@ def test_host_resolver_true_keeps_the_hosts_sockets(lab, upstream, tmp_path):
     r = _with_resolv_conf(lab, f"nameserver {UPSTREAM}\n", tmp_path, "-p", str(prof), "--", "sh", "-c", LEAK,
                           sockets=log)
     assert r.returncode == 0, r.stdout + r.stderr
-    found, connects, stubfile = r.stdout.split("#\n")
+    found, after_getent, connects, stubfile = r.stdout.split("#\n")
     assert found.split() == ["192.0.2.80", "probe.example"]  # nscd's listener answers nothing: glibc fell back
+    assert "nscd" in after_getent.split()  # getent did ask nscd's socket first
     assert connects.split()[1::2] == ["True", "True", "True"]
     assert "nscd" in log.read_text().split() and "resolved" in log.read_text().split()
     assert "the host's resolved stub file" in stubfile
