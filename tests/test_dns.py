@@ -155,6 +155,11 @@ def test_bridge_mode_without_dns_behind_a_stub_says_so(lab, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("\n") == 1
     assert "has no resolver of its own" in r.stderr and "set `dns` in profile lan" in r.stderr
+    r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "up", "nsrlan", "-p", str(prof))
+    try:
+        assert r.returncode == 0 and r.stderr.count("\n") == 1 and "set `dns` in profile lan" in r.stderr, r.stderr
+    finally:
+        assert lab.nsrun("down", "nsrlan").returncode == 0
     # With the host naming a real resolver, nothing is said.
     r = _with_resolv_conf(lab, f"nameserver {UPSTREAM}\n", tmp_path, "-p", str(prof), "--", "true")
     assert (r.returncode, r.stderr) == (0, "")
