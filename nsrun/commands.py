@@ -25,6 +25,11 @@ def up(name: str, profile_spec: str | None) -> int:
         print(f"{name} is already up (profile {rec.profile}{',' + where if where else ''})")
     else:
         print(f"{name} is up: profile {rec.profile}{where}")
+    from nsrun import hostresolver
+
+    missing = hostresolver.no_resolver(rec)
+    if missing:
+        sys.stderr.write(f"nsrun: warning: {missing}\n")
     return 0
 
 

@@ -81,6 +81,9 @@ def private_mounts(name: str) -> None:
         kernel.mount(name, "/sys", "sysfs", flags)
     except OSError as exc:
         _warn(f"mount of /sys failed: {exc.strerror}")
+    from nsrun import hostresolver  # before the /etc/netns binds, which may land on its files
+
+    hostresolver.hide(name)
     etc = f"/etc/netns/{name}"
     try:
         entries = sorted(os.listdir(etc))

@@ -31,14 +31,15 @@ DEFAULT_NAT_BRIDGE = "nsrun0"
 DEFAULT_PROBE_MS = 50
 KEYS = (
     "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
-    "mtu", "probe_ms",
+    "search", "host_resolver", "mtu", "probe_ms",
 )
 # Keys of one mode only, listed among the known keys when that mode is chosen.
 WIREGUARD_KEYS = ("wireguard",)
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
-    "nat": {"bridge", "subnet", "range", "gateway", "dns", "mtu"},
-    "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "mtu", "probe_ms"},
+    "nat": {"bridge", "subnet", "range", "gateway", "dns", "search", "host_resolver", "mtu"},
+    "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "search", "host_resolver",
+               "mtu", "probe_ms"},
     "isolated": set(),
     "wireguard": {"wireguard"},
 }
@@ -50,6 +51,7 @@ UNUSABLE_SUBNETS = (
     (ipaddress.IPv4Network("240.0.0.0/4"), "reserved (240.0.0.0/4, the broadcast address included)"),
 )
 MAX_FILE_BYTES = 64 * 1024
+MAX_SEARCH = 32  # domains on the `search` line (glibc reads any number; 6 before 2.26)
 MAX_RANGE = 65536
 
 
@@ -65,6 +67,8 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
     last: ipaddress.IPv4Address | None = None
     gateway: ipaddress.IPv4Address | None = None
     dns: tuple[str, ...] | None = None  # None: the host's resolvers
+    search: tuple[str, ...] | None = None  # None: the host's search line; () none at all
+    host_resolver: bool = False  # CMD may use the host's nscd and systemd-resolved sockets
     mtu: int | None = None
     probe_ms: int = 0
     wireguard: str | None = None  # wireguard mode: the wg-quick file (read when used: it holds keys)
@@ -96,6 +100,9 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
                 gateway=str(self.gateway),
                 dns=list(self.dns) if self.dns is not None else "host",
             )
+            if self.search is not None:
+                out["search"] = list(self.search)
+            out["host_resolver"] = self.host_resolver
             if self.mode == "bridge":
                 out["uplink"] = self.uplink
                 out["probe_ms"] = self.probe_ms
@@ -283,6 +290,10 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
             servers.append(server)
         dns = tuple(servers)
 
+    search = _search(source, data["search"]) if "search" in data else None
+    host_resolver = data.get("host_resolver", False)
+    if not isinstance(host_resolver, bool):
+        raise _type_error(source, "host_resolver", "true or false", host_resolver)
     mtu = _int(source, "mtu", data["mtu"], 68, 65535) if "mtu" in data else None
     probe_ms = DEFAULT_PROBE_MS if mode == "bridge" else 0
     if "probe_ms" in data:
@@ -290,8 +301,31 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
     return Profile(
         name=name, source=source, mode=mode, description=description, bridge=bridge,
         uplink=uplink, subnet=subnet, first=first, last=last, gateway=gateway, dns=dns,
-        mtu=mtu, probe_ms=probe_ms,
+        search=search, host_resolver=host_resolver, mtu=mtu, probe_ms=probe_ms,
     )
+
+
+def _search(source: str, raw: Any) -> tuple[str, ...]:
+    """The `search` key: domains for resolv.conf's search line, in place of the host's
+    (an empty list: no search line). Each must be a domain name: it is written into a
+    line of resolv.conf, so nothing else (spaces, newlines, '#') may pass."""
+    if not isinstance(raw, list):
+        raise ProfileError(source, "search", "must be a list of domains, such as [\"lan\", \"example.org\"]")
+    if len(raw) > MAX_SEARCH:
+        raise ProfileError(source, "search", f"holds {len(raw)} domains; at most {MAX_SEARCH}")
+    out = []
+    for item in raw:
+        if not isinstance(item, str):
+            raise _type_error(source, "search", "a list of strings", item)
+        name = item.strip()
+        labels = (name[:-1] if name.endswith(".") else name).split(".")
+        if len(name) > 253 or not all(
+                0 < len(lab) <= 63 and not lab.startswith("-") and not lab.endswith("-")
+                and all(c.isascii() and (c.isalnum() or c in "-_") for c in lab) for lab in labels):
+            raise ProfileError(source, "search", f"{item!r} is not a domain name")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 # -- finding and reading files ---------------------------------------------------------

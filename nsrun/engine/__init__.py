@@ -69,6 +69,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
             prefixlen=prof.subnet.prefixlen if prof.subnet else None,
             gateway=str(prof.gateway) if prof.gateway else None, dns=False,
             owner_pid=owner.get("owner_pid"), owner_start=owner.get("owner_start"),
+            host_resolver=prof.host_resolver,
         )
         record.save(rec)
         fault.checkpoint("record")

@@ -7,7 +7,8 @@ for it) that owns every key of its JSON file:
   slice (the bridge its `bridge`, the veth its `veth`, the lease its `address`...); teardown
   and gc read nothing else to find the pieces again.
 - `NetRecord`, a bridge's shared state (`net/BRIDGE/net.json`): whether nsrun made the
-  bridge, which firewall backend made its rules, the rp_filter value to put back.
+  bridge, which firewall backend made its rules, the rp_filter value to put back, the uplink's
+  state to put back, the loopback stub its DNS is forwarded to.
 
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
 same keys (`firewall` was then a boolean: true meant python-iptables). Where the files live
@@ -50,6 +51,7 @@ class NsRecord(NamedTuple):
     dns: bool
     owner_pid: int | None
     owner_start: int | None
+    host_resolver: bool = False  # the profile lets CMD use the host's nscd/resolved sockets
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **self._asdict()}
@@ -69,6 +71,7 @@ class NsRecord(NamedTuple):
             state=_str(data, "state") or "creating", address=_str(data, "address"),
             prefixlen=_int(data, "prefixlen"), gateway=_str(data, "gateway"), dns=data.get("dns") is True,
             owner_pid=_int(data, "owner_pid"), owner_start=_int(data, "owner_start"),
+            host_resolver=data.get("host_resolver") is True,
         )
 
     def owner(self) -> dict[str, Any]:
@@ -85,7 +88,9 @@ class NetRecord(NamedTuple):
     gateway: str | None = None
     created_bridge: bool = False
     uplink: str | None = None
+    uplink_up: bool | None = None  # whether the uplink was up when nsrun enslaved it (it had no master)
     firewall: str | None = None  # the backend that holds the bridge's rules (nsrun.engine.firewall)
+    dns_forward: str | None = None  # the host's loopback stub that the gateway's port 53 is forwarded to
     rp_filter_set: bool = False  # rp_filter has been judged (and loosened when it was strict)
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
 
@@ -105,7 +110,9 @@ class NetRecord(NamedTuple):
             mode=_str(data, "mode") or "", profile=_str(data, "profile"), subnet=_str(data, "subnet"),
             gateway=_str(data, "gateway"), created_bridge=data.get("created_bridge") is True,
             uplink=_str(data, "uplink"),
+            uplink_up=data.get("uplink_up") if isinstance(data.get("uplink_up"), bool) else None,
             firewall=fw if isinstance(fw, str) else ("iptables" if fw is True else None),
+            dns_forward=_str(data, "dns_forward"),
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
         )
 

@@ -1,4 +1,5 @@
-"""The iptables firewall backend: NAT rules through python-iptables (legacy x_tables),
+"""The iptables firewall backend: NAT rules (and the DNS forward to a loopback stub) through
+python-iptables (legacy x_tables),
 imported only when a rule must change (see nsrun.engine.firewall for the interface).
 
 Every rule carries the comment `nsrun:BRIDGE:TAG`, so it can be found and removed again from
@@ -88,12 +89,84 @@ def ensure_nat(bridge: str, subnet: str, tag: str) -> None:
             table.autocommit = True
 
 
+LOOPBACK = "127.0.0.0/8"
+LOCAL_SOURCE = "127.0.0.1"
+
+
+def _dns_rules(bridge: str, gateway: str, stub: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The DNS forward's rules, each chain's in top-to-bottom order."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for proto in ("udp", "tcp"):
+        out.append(("nat", "PREROUTING", {"in_interface": bridge, "dst": gateway, "protocol": proto,
+                                          "dport": "53", "target": "DNAT", "to_destination": f"{stub}:53"}))
+        out.append(("nat", "INPUT", {"in_interface": bridge, "dst": stub, "protocol": proto, "dport": "53",
+                                     "target": "SNAT", "to_source": LOCAL_SOURCE}))
+    out += [
+        ("filter", "INPUT", {"in_interface": bridge, "src": LOOPBACK, "target": "DROP"}),
+        ("filter", "INPUT", {"in_interface": bridge, "dst": LOOPBACK, "ctstate": "!DNAT", "target": "DROP"}),
+        ("filter", "INPUT", {"in_interface": bridge, "dst": stub, "protocol": "udp", "dport": "53",
+                             "ctstate": "DNAT", "target": "ACCEPT"}),
+        ("filter", "INPUT", {"in_interface": bridge, "dst": stub, "protocol": "tcp", "dport": "53",
+                             "ctstate": "DNAT", "target": "ACCEPT"}),
+        ("filter", "FORWARD", {"in_interface": bridge, "src": LOOPBACK, "target": "DROP"}),
+    ]
+    return out
+
+
+def _build(iptc: Any, spec: dict[str, Any], wanted: str) -> Any:
+    rule = iptc.Rule()
+    for attr in ("src", "dst", "in_interface", "out_interface", "protocol"):
+        if attr in spec:
+            setattr(rule, attr, spec[attr])
+    if "dport" in spec:
+        m = rule.create_match(spec["protocol"])
+        m.dport = spec["dport"]
+    if "ctstate" in spec:
+        m = rule.create_match("conntrack")
+        m.ctstate = spec["ctstate"]
+    m = rule.create_match("comment")
+    m.comment = wanted
+    target = rule.create_target(spec["target"])
+    if "to_destination" in spec:
+        target.to_destination = spec["to_destination"]
+    if "to_source" in spec:
+        target.to_source = spec["to_source"]
+    return rule
+
+
+def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None:
+    """DNS to GATEWAY:53 arriving on BRIDGE goes to STUB:53 (see nsrun.engine.firewall);
+    loopback sources and destinations other than through it are dropped on BRIDGE."""
+    iptc = load()
+    wanted = comment(bridge, tag)
+    by_chain: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for table_name, chain_name, spec in _dns_rules(bridge, gateway, stub):
+        by_chain.setdefault((table_name, chain_name), []).append(spec)
+    with _XtablesLock():
+        for (table_name, chain_name), specs in by_chain.items():
+            table = iptc.Table(table_name)
+            table.autocommit = False
+            table.refresh()
+            chain = iptc.Chain(table, chain_name)
+            present = [r for r in chain.rules if _comment(r) == wanted]
+            for spec in reversed(specs):  # each inserted first: they end up in SPECS' order
+                rule = _build(iptc, spec, wanted)
+                if not any(r == rule for r in present):
+                    chain.insert_rule(rule)
+            table.commit()
+            table.autocommit = True
+
+
+CHAINS = (("nat", "POSTROUTING"), ("nat", "PREROUTING"), ("nat", "INPUT"), ("filter", "FORWARD"),
+          ("filter", "INPUT"))
+
+
 def remove(bridge: str | None) -> int:
     """Remove nsrun's rules for BRIDGE (every bridge when None). Returns how many went."""
     iptc = load()
     gone = 0
     with _XtablesLock():
-        for table_name, chain_name in (("nat", "POSTROUTING"), ("filter", "FORWARD")):
+        for table_name, chain_name in CHAINS:
             table = iptc.Table(table_name)
             table.autocommit = False
             table.refresh()
@@ -111,7 +184,7 @@ def bridges() -> set[str]:
     iptc = load()
     out: set[str] = set()
     with _XtablesLock():
-        for table_name, chain_name in (("nat", "POSTROUTING"), ("filter", "FORWARD")):
+        for table_name, chain_name in CHAINS:
             table = iptc.Table(table_name)
             table.refresh()
             for r in iptc.Chain(table, chain_name).rules:

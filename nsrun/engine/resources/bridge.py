@@ -2,8 +2,11 @@
 
 nat mode: nsrun's own bridge carrying the gateway address, made when missing (after
 checking that the subnet overlaps no host route) and deleted with the last namespace.
-bridge mode: the host's LAN bridge, made from `uplink` only when asked and allowed (an
-uplink with an address would cut the host off); where rp_filter is strict, it is loosened
+bridge mode: the host's LAN bridge, made from `uplink` only when asked and allowed: an
+uplink with an address would cut the host off, and one that already has a master (a port
+of a bridge, bond, team or VRF) would be taken from it, so both are refused before any
+change; the uplink's master (none) and state are recorded and put back when the bridge
+goes. Where rp_filter is strict, it is loosened
 on the bridge while nsrun uses it (replies through another gateway than the host's would
 be dropped), and put back after.
 
@@ -130,6 +133,7 @@ def _ensure_lan(s: Setup) -> None:
         up_idx = netlink.index(ipr, prof.uplink)
         if up_idx is None:
             raise UsageError(f"{prof.source}: uplink: {prof.uplink} does not exist")
+        uplink_up = _check_uplink(ipr, s, up_idx)
         held = [a for a in netlink.addresses(ipr, up_idx) if not a.startswith("fe80:")]
         if held:
             raise UsageError(
@@ -137,9 +141,11 @@ def _ensure_lan(s: Setup) -> None:
                 f"would cut the host off. Move its addresses and routes to {bridge} first "
                 f"(create {bridge}, enslave {prof.uplink}, move {', '.join(held)}), then drop `uplink`"
             )
+        if _link_kind(ipr, up_idx) == "bridge":
+            raise UsageError(f"{prof.source}: uplink: {prof.uplink} is a bridge; name it as `bridge` instead")
         if net is None or not net.created_bridge:
             net = NetRecord(mode="bridge", profile=prof.name, subnet=str(prof.subnet),
-                            created_bridge=True, uplink=prof.uplink)
+                            created_bridge=True, uplink=prof.uplink, uplink_up=uplink_up)
             record.save_net(bridge, net)
         _make(ipr, bridge, uplink_idx=up_idx)
     else:
@@ -158,6 +164,24 @@ def _ensure_lan(s: Setup) -> None:
         record.save_net(bridge, net._replace(rp_filter_set=True, rp_filter=mine if effective == 1 else None))
         if effective == 1:
             sysctl.write(key, "2")
+
+
+def _check_uplink(ipr: Any, s: Setup, idx: int) -> bool:
+    """Refuse an uplink that belongs to something already (a bridge, bond, team or VRF:
+    any master): taking it would cut off whatever uses it, and nsrun could not put it back
+    as it was. Whether it is up (to put back after)."""
+    prof = s.prof
+    link = ipr.get_links(idx)[0]
+    master = link.get_attr("IFLA_MASTER")
+    if master:
+        found = ipr.get_links(master)
+        mname = found[0].get_attr("IFLA_IFNAME") if found else f"link {master}"
+        mkind = (_link_kind(ipr, master) if found else None) or "master"
+        raise UsageError(
+            f"{prof.source}: uplink: {prof.uplink} is a port of {mname} (a {mkind}); nsrun never "
+            f"takes a link from its master. Name {mname} as `bridge`, or another uplink"
+        )
+    return bool(link["flags"] & 1)  # IFF_UP
 
 
 def _link_kind(ipr: Any, idx: int) -> str | None:
@@ -179,7 +203,7 @@ def remove_if_unused(bridge: str) -> None:
             return
         net = record.read_net(bridge)
         if net is not None:
-            if net.created_bridge and not _delete(bridge, net.uplink):
+            if net.created_bridge and not _delete(bridge, net.uplink, net.uplink_up):
                 return  # something else was plugged into it meanwhile: keep it
             if net.firewall is not None:
                 # Its rules outlive this record by no moment: the firewall step of the
@@ -204,19 +228,22 @@ def remove_if_unused(bridge: str) -> None:
         pass
 
 
-def _delete(bridge: str, uplink: str | None) -> bool:
-    """Delete a bridge nsrun created, unless ports other than its uplink remain."""
+def _delete(bridge: str, uplink: str | None, uplink_up: bool | None = None) -> bool:
+    """Delete a bridge nsrun created, unless ports other than its uplink remain; the uplink
+    is released (no master, as nsrun found it) and, if it was down then, set down again."""
     from nsrun import netlink
 
     with netlink.IPRoute() as ipr:
         idx = netlink.index(ipr, bridge)
         if idx is None:
             return True
-        ports = [lnk.get_attr("IFLA_IFNAME") for lnk in ipr.get_links()
-                 if lnk.get_attr("IFLA_MASTER") == idx]
+        ports = {lnk.get_attr("IFLA_IFNAME"): lnk["index"] for lnk in ipr.get_links()
+                 if lnk.get_attr("IFLA_MASTER") == idx}
         if any(p != uplink for p in ports):
             return False
         ipr.link("del", index=idx)
+        if uplink in ports and uplink_up is False:
+            ipr.link("set", index=ports[uplink], state="down")
     return True
 
 

@@ -2,9 +2,16 @@
 by whoever enters the namespace (nsrun, `ip netns exec`), as iproute2 does.
 
 The servers are the profile's, else the host's minus loopback stubs (unreachable from
-inside), else systemd-resolved's upstreams. The file's first line says nsrun wrote it: gc's
-orphans are such files of a namespace that has no record and is gone (one that exists may
-be another state directory's).
+inside), else systemd-resolved's upstreams, else (nat mode, the host names only a loopback
+stub such as 127.0.0.53) the bridge's own address, which nsrun forwards to the stub: see
+`stub()` and nsrun.engine.resources.firewall. The host's `search`/`domain` and `options`
+lines are kept, so short names resolve inside as outside, unless the profile sets `search`
+(an empty list: no search line). Bridge mode gets no forwarding (the namespace's gateway is
+a LAN router, not this host): there the profile must name `dns`, and entering such a
+namespace says so (nsrun.hostresolver).
+
+The file's first line says nsrun wrote it: gc's orphans are such files of a namespace that
+has no record and is gone (one that exists may be another state directory's).
 """
 
 from __future__ import annotations
@@ -61,17 +68,54 @@ def host_config() -> tuple[list[str], list[str]]:
     return real, other
 
 
+def stub() -> str | None:
+    """The host's loopback stub resolver (an IPv4 127.x nameserver) when the host has no
+    resolver a namespace could reach: what nat mode forwards to. None otherwise."""
+    real, _ = host_config()
+    if real:
+        return None
+    servers, _ = _parse("/etc/resolv.conf")
+    for server in servers:
+        try:
+            addr = ipaddress.ip_address(server)
+        except ValueError:
+            continue
+        if addr.version == 4 and addr.is_loopback:
+            return str(addr)
+    return None
+
+
+def content(servers: Iterable[str] | None, search: Iterable[str] | None = None,
+            forwarder: str | None = None, host_lines: bool = True) -> tuple[list[str], list[str]]:
+    """(nameservers, other lines) for a namespace: SERVERS, else the host's, else FORWARDER
+    (the bridge address nsrun forwards to the host's stub); with HOST_LINES, the host's
+    search/domain and options lines, its search/domain replaced by SEARCH when given."""
+    real, other = host_config()
+    if servers is not None:
+        chosen = list(servers)
+    else:
+        chosen = real or ([forwarder] if forwarder else [])
+    if not host_lines:
+        other = []
+    if search is not None:
+        domains = list(search)
+        other = [line for line in other if line.split()[0] not in ("search", "domain")]
+        if domains:
+            other.insert(0, "search " + " ".join(domains))
+    return chosen, other
+
+
 def dir_for(name: str) -> str:
     return f"{ETC_NETNS}/{name}"
 
 
-def write(name: str, servers: Iterable[str] | None) -> bool:
-    """Write NAME's resolv.conf (SERVERS, or the host's when None). False: nothing to write."""
-    other: list[str] = []
-    if servers is None:
-        chosen, other = host_config()
-    else:
-        chosen = list(servers)
+def write(name: str, servers: Iterable[str] | None, search: Iterable[str] | None = None,
+          forwarder: str | None = None, host_lines: bool | None = None) -> bool:
+    """Write NAME's resolv.conf (see content(); HOST_LINES defaults to: only with the
+    host's servers, as before for callers that name their own). False: nothing to write."""
+    if host_lines is None:
+        host_lines = servers is None
+    chosen, other = content(servers, search, forwarder, host_lines)
     if not chosen:
         return False
     d = dir_for(name)
@@ -88,8 +132,16 @@ def write(name: str, servers: Iterable[str] | None) -> bool:
 
 
 def create(s: Setup) -> None:
+    from nsrun.engine import record
+
+    prof = s.prof
+    forwarder = None
+    if prof.mode == "nat" and prof.dns is None and prof.bridge:
+        net = record.read_net(prof.bridge)
+        if net is not None and net.dns_forward:  # the firewall step forwards it to the stub
+            forwarder = net.gateway or (str(prof.gateway) if prof.gateway else None)
     s.update(dns=True)  # before the file: a crash while it is written leaves a record of it
-    if not write(s.name, s.prof.dns):
+    if not write(s.name, prof.dns, prof.search, forwarder, host_lines=True):
         s.update(dns=False)
 
 

@@ -1,5 +1,6 @@
 """NAT for a nat-mode bridge: the firewall rules (through a backend of
-nsrun.engine.firewall) and ip_forward.
+nsrun.engine.firewall) and ip_forward; and, when the host's only resolver is a loopback
+stub, DNS from the bridge's address forwarded to that stub.
 
 Made once per bridge, under the bridge lock the bridge step holds: the backend's name is
 written to the bridge's `NetRecord` after its rules are in, so the next namespace on the
@@ -8,6 +9,25 @@ is turned on when it was off, and what it was is kept in `forwarding.json` to be
 once no NAT bridge of nsrun's is left. gc's orphans: rules of a bridge no namespace uses,
 and rules whose bridge is gone with no state left (a crash between the rules and the
 record; rules of a bridge that exists may be another state directory's: kept).
+
+DNS behind a loopback stub (`nameserver 127.0.0.53`, and no /run/systemd/resolve/resolv.conf
+naming real upstreams): the stub is unreachable from a namespace, so its resolv.conf names
+the bridge's address (the namespace's gateway) and queries to its port 53 are rewritten to
+the stub (`ensure_dns_forward`: a DNAT to STUB:53, the source rewritten to 127.0.0.1 as the
+query is delivered, and `route_localnet` on the bridge so that the kernel routes a packet
+from the bridge to a loopback address at all). Why this and not a forwarder process: the
+rules keep no process alive (nothing to supervise, restart or find again after a crash: the
+rules are found by the bridge's name like the NAT rules, and go with them), they work for
+`up`'s persistent namespaces with no daemon, and they cost nothing per query. The source
+rewrite is needed because stubs answer local clients only (unbound's default access
+control, systemd-resolved's check that a stub query comes from a loopback address).
+route_localnet has a cost: a host with it on accepts packets to and from 127.0.0.0/8 on the
+bridge, which would let a namespace reach services that listen on the host's loopback only.
+So it is set on nsrun's own bridge only, and the backend drops every packet that arrives on
+the bridge from a loopback source, or for a loopback destination other than through the
+DNAT (which only ever leads to STUB, port 53). systemd-resolved's own stub may still refuse
+queries that did not arrive on the loopback interface; where resolved runs, though, its
+upstreams in /run/systemd/resolve/resolv.conf are written instead and nothing is forwarded.
 """
 
 from __future__ import annotations
@@ -33,7 +53,19 @@ def create(s: Setup) -> None:
         _forwarding_on()
         name = firewall.choose()
         firewall.backend(name).ensure_nat(prof.bridge, str(prof.subnet), prof.name)
-        record.save_net(prof.bridge, net._replace(firewall=name))
+        net = net._replace(firewall=name)
+        record.save_net(prof.bridge, net)
+    if prof.dns is None and net.dns_forward is None and net.gateway:
+        from nsrun.engine.resources import dns
+
+        stub = dns.stub()
+        if stub is not None:
+            net = net._replace(dns_forward=stub)
+            record.save_net(prof.bridge, net)  # before the rules: retire() finds them
+            # The drops are in before route_localnet lets loopback packets through at all.
+            firewall.backend(net.firewall or firewall.choose()).ensure_dns_forward(
+                prof.bridge, net.gateway, stub, prof.name)
+            sysctl.write(sysctl.iface_key(prof.bridge, "route_localnet"), "1")
 
 
 def _forwarding_path() -> Path:
@@ -84,8 +116,15 @@ def retire(bridge: str, net: NetRecord) -> None:
     With no backend recorded, a crash may have cut the step short after ip_forward or some
     rules: the backend it would have used removes whatever exists of them."""
     firewall.backend(net.firewall or firewall.choose()).remove(bridge)
-    if net.firewall is not None:
-        record.save_net(bridge, net._replace(firewall=None))
+    if net.dns_forward is not None:
+        # The bridge is nsrun's (nat mode): its value is a new link's, the default's.
+        try:
+            sysctl.write(sysctl.iface_key(bridge, "route_localnet"),
+                         sysctl.read("net/ipv4/conf/default/route_localnet") or "0")
+        except OSError:  # the bridge is gone
+            pass
+    if net.firewall is not None or net.dns_forward is not None:
+        record.save_net(bridge, net._replace(firewall=None, dns_forward=None))
     _forwarding_restore()
 
 

@@ -1,0 +1,273 @@
+"""Issue 12, points 4 and 5: DNS that resolves behind a host's loopback stub and keeps the
+host's search line, and DNS that cannot leak past the namespace through the host's nscd
+or systemd-resolved sockets.
+
+The host's resolver set-up lives in mount namespaces of the tests' own (a file bound over
+/etc/resolv.conf; a private /run with nscd's and resolved's sockets: tests/dnslab.py), and
+the resolvers are tiny responders in the lab: a stub on the lab host's 127.0.0.53 that,
+like systemd-resolved's and unbound's, answers loopback clients only, and a LAN-side
+resolver in the upstream namespace (198.51.100.254) that logs who asked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_profile
+from nsrun import lab as labmod
+from nsrun import profile
+from nsrun.engine.resources import dns
+
+DNSLAB = str(Path(__file__).resolve().parent / "dnslab.py")
+STUB = "127.0.0.53"
+UPSTREAM = labmod.SERVER  # the lab resolver, in the upstream namespace
+
+
+class Responder:
+    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
+        self.proc, self.log = proc, log
+
+    def queries(self) -> list[tuple[str, str]]:
+        text = self.log.read_text() if self.log.exists() else ""
+        return [tuple(line.split()) for line in text.splitlines()]  # type: ignore[misc]
+
+
+def _responder(ns: str, addr: str, log: Path, *args: str) -> Iterator[Responder]:
+    proc = subprocess.Popen([sys.executable, DNSLAB, "serve", f"/run/netns/{ns}", addr, str(log), *args],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        yield Responder(proc, log)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def stub(lab, tmp_path) -> Iterator[Responder]:
+    """The host's loopback stub: on the lab host's 127.0.0.53, for loopback clients only."""
+    yield from _responder(lab.lab.host, STUB, tmp_path / "stub.log", "--loopback-only",
+                          "probe.example=192.0.2.77", "short.lab.example=192.0.2.78")
+
+
+@pytest.fixture
+def upstream(lab, tmp_path) -> Iterator[Responder]:
+    yield from _responder(lab.lab.up, UPSTREAM, tmp_path / "upstream.log",
+                          "probe.example=192.0.2.80", "short.lab.example=192.0.2.81",
+                          "short.other.example=192.0.2.82")
+
+
+def _with_resolv_conf(lab, text: str, tmp_path: Path, *args: str, sockets: Path | None = None,
+                      ) -> subprocess.CompletedProcess[str]:
+    """nsrun ARGS in the lab host, in a mount namespace whose /etc/resolv.conf holds TEXT
+    (and, with SOCKETS, a private /run with listeners at nscd's and resolved's sockets)."""
+    conf = tmp_path / "host-resolv.conf"
+    conf.write_text(text)
+    inner = [sys.executable, "-m", "nsrun", *args]
+    if sockets is not None:
+        inner = ["env", f"SOCKETS_LOG={sockets}", sys.executable, DNSLAB, "sockets", str(sockets), "--", *inner]
+    argv = ["unshare", "-m", "--propagation", "slave", "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(conf), *lab.host_argv(inner)]
+    return subprocess.run(argv, env=lab.env, capture_output=True, text=True, timeout=90, cwd=REPO)
+
+
+STUB_ONLY = "# the host's stub\nsearch lab.example\noptions edns0 timeout:2\nnameserver 127.0.0.53\n"
+SHOW = "cat /etc/resolv.conf; echo '#'; getent hosts probe.example; echo '#'; getent hosts short"
+
+
+def test_nat_resolves_through_the_hosts_loopback_stub(lab, stub, tmp_path):
+    r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "-p", "nat", "--", "sh", "-c", SHOW)
+    assert r.returncode == 0, r.stdout + r.stderr
+    resolv, probe, short = r.stdout.split("#\n")
+    lines = resolv.splitlines()
+    # The bridge's address (the namespace's gateway), forwarded to the stub; the host's
+    # search and options lines kept.
+    assert [x for x in lines if x.startswith("nameserver")] == ["nameserver 10.251.0.1"]
+    assert "search lab.example" in lines and "options edns0 timeout:2" in lines
+    assert probe.split() == ["192.0.2.77", "probe.example"]
+    assert short.split() == ["192.0.2.78", "short.lab.example"]  # through the kept search line
+    # The stub saw the queries as from a local client (the forward rewrites the source).
+    senders = {s for s, _ in stub.queries()}
+    assert senders == {"127.0.0.1"}, stub.queries()
+    assert r.stderr == ""
+
+
+def test_the_stub_forward_reaches_nothing_else_on_the_hosts_loopback(lab, stub, tmp_path):
+    # A second loopback service on the lab host, for the namespace to try and reach.
+    other = subprocess.Popen(lab.host_argv([sys.executable, "-c",
+                             "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+                             "s.bind(('127.0.0.1', 8053)); s.listen(); print('ready', flush=True); c, a = s.accept();"
+                             "print('reached', a, flush=True)"]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline() == "ready\n"
+        # Inside, as root: a route to 127.0.0.0/8 through the gateway, then try the service
+        # and the stub directly, not through the forward.
+        probe = ("for k in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$k/route_localnet; done; "
+                 "ip route add 127.0.0.1 via 10.251.0.1 dev eth0 table 100 && "
+                 "ip rule add pref 10 to 127.0.0.1 lookup 100 && ip rule del pref 0 && "
+                 "ip rule add pref 100 lookup local && ip route get 127.0.0.1; "
+                 f"{sys.executable} -c \"import socket; s = socket.socket(); s.settimeout(2);"
+                 "print('connect', s.connect_ex(('127.0.0.1', 8053)))\"; "
+                 "getent hosts probe.example; echo status $?")
+        r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "-u", "root", "-p", "nat", "--", "sh", "-c", probe)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "dev eth0" in r.stdout  # the packets did go out to the bridge
+        assert "connect 0" not in r.stdout
+        assert "status 0" in r.stdout  # the forward itself still works
+    finally:
+        other.kill()
+        out, _ = other.communicate()
+    assert "reached" not in out
+
+
+def test_a_profiles_dns_keeps_the_hosts_search_line_unless_it_sets_search(lab, upstream, tmp_path):
+    prof = write_profile(tmp_path, "natdns", 'mode = "nat"\nbridge = "nsrtest5"\nsubnet = "10.251.9.0/24"\n'
+                         f'dns = ["{UPSTREAM}"]\n')
+    r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "-p", str(prof), "--", "sh", "-c", SHOW)
+    assert r.returncode == 0, r.stdout + r.stderr
+    resolv, probe, short = r.stdout.split("#\n")
+    assert [x for x in resolv.splitlines() if x.startswith("nameserver")] == [f"nameserver {UPSTREAM}"]
+    assert "search lab.example" in resolv.splitlines()
+    assert short.split() == ["192.0.2.81", "short.lab.example"]
+    # The query came through the namespace's NAT and the lab host's gateway gw2.
+    assert (labmod.GW2_UP, "short.lab.example") in upstream.queries()
+    # With its own `search`, the profile's domains replace the host's.
+    prof = write_profile(tmp_path, "natsearch", 'mode = "nat"\nbridge = "nsrtest5"\nsubnet = "10.251.9.0/24"\n'
+                         f'dns = ["{UPSTREAM}"]\nsearch = ["other.example"]\n')
+    r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "-p", str(prof), "--", "sh", "-c", SHOW)
+    assert r.returncode == 0, r.stdout + r.stderr
+    resolv, probe, short = r.stdout.split("#\n")
+    assert "search other.example" in resolv.splitlines() and "lab.example" not in resolv
+    assert "options edns0 timeout:2" in resolv.splitlines()
+    assert short.split() == ["192.0.2.82", "short.other.example"]
+
+
+def test_bridge_mode_without_dns_behind_a_stub_says_so(lab, tmp_path):
+    prof = write_profile(tmp_path, "lan", 'mode = "bridge"\nbridge = "br0"\nsubnet = "192.168.1.0/24"\n'
+                         'range = "192.168.1.120-192.168.1.129"\ngateway = "192.168.1.1"\nprobe_ms = 0\n')
+    r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "-p", str(prof), "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("\n") == 1
+    assert "has no resolver of its own" in r.stderr and "set `dns` in profile lan" in r.stderr
+    r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "up", "nsrlan", "-p", str(prof))
+    try:
+        assert r.returncode == 0 and r.stderr.count("\n") == 1 and "set `dns` in profile lan" in r.stderr, r.stderr
+    finally:
+        assert lab.nsrun("down", "nsrlan").returncode == 0
+    # With the host naming a real resolver, nothing is said.
+    r = _with_resolv_conf(lab, f"nameserver {UPSTREAM}\n", tmp_path, "-p", str(prof), "--", "true")
+    assert (r.returncode, r.stderr) == (0, "")
+
+
+LEAK = ("getent hosts probe.example; echo '#'; cat \"$SOCKETS_LOG\"; echo '#'; "
+        f"{sys.executable} -c \"import socket\n"
+        "for p in ('/run/nscd/socket', '/var/run/nscd/socket', '/run/systemd/resolve/io.systemd.Resolve'):\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    print(p, s.connect_ex(p) == 0)\n\"; echo '#'; cat /run/systemd/resolve/stub-resolv.conf")
+
+
+def test_lookups_reach_neither_nscd_nor_resolved_but_the_profiles_server(lab, upstream, tmp_path):
+    log = tmp_path / "sockets.log"
+    log.touch()
+    prof = write_profile(tmp_path, "natdns", 'mode = "nat"\nbridge = "nsrtest5"\nsubnet = "10.251.9.0/24"\n'
+                         f'dns = ["{UPSTREAM}"]\n')
+    r = _with_resolv_conf(lab, f"nameserver {UPSTREAM}\n", tmp_path, "-p", str(prof), "--", "sh", "-c", LEAK,
+                          sockets=log)
+    assert r.returncode == 0, r.stdout + r.stderr
+    found, after_getent, connects, stubfile = r.stdout.split("#\n")
+    assert found.split() == ["192.0.2.80", "probe.example"]
+    assert after_getent == ""  # getent's lookup reached neither listener
+    assert connects.split() == ["/run/nscd/socket", "False", "/var/run/nscd/socket", "False",
+                                "/run/systemd/resolve/io.systemd.Resolve", "False"]
+    assert log.read_text() == ""  # neither listener saw a connection
+    assert (labmod.GW2_UP, "probe.example") in upstream.queries()  # through the namespace's NAT
+    assert "the host's resolved stub file" not in stubfile and f"nameserver {UPSTREAM}" in stubfile
+
+
+def test_host_resolver_true_keeps_the_hosts_sockets(lab, upstream, tmp_path):
+    # The control: the listeners do see what reaches them, and the profile key turns the mask off.
+    log = tmp_path / "sockets.log"
+    log.touch()
+    prof = write_profile(tmp_path, "nathost", 'mode = "nat"\nbridge = "nsrtest5"\nsubnet = "10.251.9.0/24"\n'
+                         f'dns = ["{UPSTREAM}"]\nhost_resolver = true\n')
+    r = _with_resolv_conf(lab, f"nameserver {UPSTREAM}\n", tmp_path, "-p", str(prof), "--", "sh", "-c", LEAK,
+                          sockets=log)
+    assert r.returncode == 0, r.stdout + r.stderr
+    found, after_getent, connects, stubfile = r.stdout.split("#\n")
+    assert found.split() == ["192.0.2.80", "probe.example"]  # nscd's listener answers nothing: glibc fell back
+    assert "nscd" in after_getent.split()  # getent did ask nscd's socket first
+    assert connects.split()[1::2] == ["True", "True", "True"]
+    assert "nscd" in log.read_text().split() and "resolved" in log.read_text().split()
+    assert "the host's resolved stub file" in stubfile
+
+
+# -- what the resolv.conf holds (no network) ---------------------------------------------
+
+REAL_PARSE = dns._parse
+
+
+def _content(monkeypatch, tmp_path, host: str, fallback: str | None, *args, **kw):
+    etc = tmp_path / "resolv.conf"
+    etc.write_text(host)
+    fb = tmp_path / "fallback.conf"
+    if fallback is not None:
+        fb.write_text(fallback)
+    monkeypatch.setattr(dns, "_parse", lambda p: REAL_PARSE(str(etc) if p == "/etc/resolv.conf" else str(fb)))
+    monkeypatch.setattr(dns, "STUB_FALLBACK", str(fb))
+    return dns.content(*args, **kw), dns.stub()
+
+
+def test_content_keeps_search_and_options_and_forwards_only_a_lone_stub(monkeypatch, tmp_path):
+    (servers, other), stub = _content(monkeypatch, tmp_path, STUB_ONLY, None, None, None, "10.251.0.1")
+    assert servers == ["10.251.0.1"] and stub == STUB
+    assert other == ["search lab.example", "options edns0 timeout:2"]
+    # resolved's real upstreams win over forwarding.
+    (servers, other), stub = _content(monkeypatch, tmp_path, STUB_ONLY, "nameserver 192.0.2.1\n", None, None,
+                                      "10.251.0.1")
+    assert servers == ["192.0.2.1"] and stub is None
+    # The profile's servers keep the host's lines; its search replaces the host's search/domain.
+    (servers, other), _ = _content(monkeypatch, tmp_path, "domain a.example\noptions rotate\nnameserver 192.0.2.9\n",
+                                   None, ["192.0.2.53"], ("b.example", "c.example"))
+    assert servers == ["192.0.2.53"] and other == ["search b.example c.example", "options rotate"]
+    (servers, other), _ = _content(monkeypatch, tmp_path, STUB_ONLY, None, ["192.0.2.53"], ())
+    assert other == ["options edns0 timeout:2"]
+    # An IPv6 loopback stub is not forwarded (the forward is IPv4).
+    assert _content(monkeypatch, tmp_path, "nameserver ::1\n", None, None)[1] is None
+
+
+NAT = 'mode = "nat"\nsubnet = "10.1.0.0/24"\n'
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('search = "lab"', "must be a list of domains"),
+    ('search = [1]', "must be a list of strings, not int"),
+    ('search = ["a b"]', "'a b' is not a domain name"),
+    ('search = [""]', "'' is not a domain name"),
+    ('search = ["a..b"]', "is not a domain name"),
+    ('search = ["-a.b"]', "is not a domain name"),
+    ('search = ["a#b"]', "is not a domain name"),
+    ('search = ["' + "x" * 64 + '"]', "is not a domain name"),
+    ("search = [" + ", ".join(f'"d{i}"' for i in range(40)) + "]", "at most 32"),
+    ("host_resolver = 1", "must be true or false, not int"),
+])
+def test_search_and_host_resolver_are_validated(text, reason):
+    with pytest.raises(profile.ProfileError) as exc:
+        profile.parse(NAT + text + "\n", "p.toml", "p")
+    assert reason in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_search_and_host_resolver_are_read():
+    prof = profile.parse(NAT + 'search = ["lab.example", "corp."]\nhost_resolver = true\n', "p.toml", "p")
+    assert prof.search == ("lab.example", "corp.") and prof.host_resolver
+    assert prof.resolved()["search"] == ["lab.example", "corp."] and prof.resolved()["host_resolver"] is True
+    plain = profile.parse(NAT, "p.toml", "p")
+    assert plain.search is None and plain.host_resolver is False and "search" not in plain.resolved()
+    assert profile.parse(NAT + "search = []\n", "p.toml", "p").search == ()
+    with pytest.raises(profile.ProfileError):
+        profile.parse('mode = "isolated"\nsearch = ["a"]\n', "p.toml", "p")
