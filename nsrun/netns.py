@@ -144,20 +144,54 @@ def pids_in(name: str) -> list[int]:
     return pids_by_inode().get(ino, [])
 
 
-def stop_processes(name: str, grace: float) -> None:
-    """TERM the processes inside NAME, then KILL those still there after GRACE seconds."""
-    pids = pids_in(name)
+def _kill_each(ino: int, sig: int) -> int:
+    """Signal each process in the namespace with inode INO the moment the scan finds it
+    (not after the scan: a forking process would be gone by then). How many were found."""
+    found = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry.name}/ns/net").st_ino != ino:
+                continue
+            found += 1
+            os.kill(int(entry.name), sig)
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def stop_processes(name: str, grace: float, kill_timeout: float = 5.0) -> bool:
+    """TERM the processes inside NAME; after GRACE seconds KILL every one still there.
+
+    The KILL is atomic for the processes of a run's cgroup (nsrun.cgroup: `cgroup.kill`
+    reaches those forked meanwhile too); for the rest, and where there is no cgroup, scans
+    that kill each process as they find it repeat until one finds none (or KILL_TIMEOUT
+    passes, for a process stuck in the kernel). True when the namespace holds none.
+    """
+    ino = inode(name)
+    if ino is None:
+        return True
+    pids = pids_by_inode().get(ino, [])
     if not pids:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
+        return True
+    from nsrun import cgroup
+
+    groups = cgroup.of_namespace(name, pids)
+    if grace > 0:
+        _kill_each(ino, signal.SIGTERM)
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            pids = pids_in(name)
-            if not pids:
-                return
+            if ino not in pids_by_inode():
+                break
             time.sleep(0.02)
+    for group in groups:
+        cgroup.kill(group, kill_timeout)
+    deadline = time.monotonic() + kill_timeout
+    while _kill_each(ino, signal.SIGKILL):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    for group in groups:
+        cgroup.remove(group)
+    return True
