@@ -178,26 +178,15 @@ class _Wait:
         self._reap()
 
     def _reap(self) -> None:
-        flags = os.WNOHANG | (os.WUNTRACED if self.pty is not None else 0)
         while True:
             try:
-                pid, status = os.waitpid(self.pid, flags)
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
             except InterruptedError:
                 continue
             except ChildProcessError:
                 return
-            if pid == 0:
-                return
-            if os.WIFSTOPPED(status):
-                sig = os.WSTOPSIG(status)
-                if self.pty is not None and sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
-                    self.pty.suspend(sig)  # returns once nsrun is continued
-                    try:
-                        os.killpg(self.pid, signal.SIGCONT)
-                    except OSError:
-                        pass
-                continue
-            self.status = status
+            if pid:
+                self.status = status
             return
 
 

@@ -7,10 +7,14 @@ standard descriptors is a terminal, CMD gets the slave of a fresh pty, in a new 
 of which it is the leader (execution.detach), and the supervisor relays: the user's
 keys to the pty, its output to the user's terminal (put in raw mode meanwhile, so ^C and
 ^Z are bytes that the pty's own line discipline turns into signals for CMD's process
-group), and the window size, at start and on every SIGWINCH. When CMD is stopped from
-its pty (^Z), the supervisor gives the terminal back and stops itself likewise, so the
-shell's job control works; when continued, it takes the terminal again and continues
-CMD. Only descriptors that are terminals are replaced; pipes and files pass through.
+group), and the window size, at start and on every SIGWINCH. Only descriptors that are
+terminals are replaced; pipes and files pass through.
+
+Job control: an interactive shell as CMD (`nsrun shell`) has it inside its pty as usual.
+^Z does not suspend a plain CMD, though: as its session's leader, whose parent (nsrun)
+is in another session, CMD's process group is orphaned, and the kernel discards the
+terminal's stop signals for it. sudo interposes a monitor process in the pty's session
+for that; nsrun does not (yet).
 
 Standard library only; imported by the supervisor only when a pty is needed.
 """
@@ -21,7 +25,6 @@ import errno
 import fcntl
 import grp
 import os
-import signal
 import termios
 import tty
 from typing import Any
@@ -163,16 +166,6 @@ class Pty:
             except OSError:  # the user's terminal is gone: drop the output
                 break
         return True
-
-    def suspend(self, sig: int) -> None:
-        """CMD was stopped by SIG from its terminal: give the user's terminal back and stop
-        nsrun with the same signal (its shell sees the job stop); take it again once
-        continued."""
-        self.give_back()
-        os.kill(os.getpid(), sig if sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
-                else signal.SIGSTOP)
-        self.take()
-        self.resize()
 
     def close(self) -> None:
         """CMD ended: copy what is left of its output, give the terminal back."""

@@ -391,3 +391,73 @@ def test_run_cgroup_is_removed(lab):
     lines = [line for line in r.stdout.splitlines() if line.startswith("0::")]
     assert lines and lines[0].endswith(f"/{cgroup.PREFIX}{netns_name}"), r.stdout
     assert not os.path.exists(os.path.join(mnt, lines[0][3:].lstrip("/")))
+
+
+# -- the child -> supervisor pipe protocol (nsrun.report) -------------------------------------
+
+def test_report_protocol_round_trip():
+    """Issue 10: the pipe protocol is written and read in one module."""
+    from nsrun import report
+
+    def sent(*writes: tuple[str, tuple[object, ...]]) -> report.Report:
+        r, w = os.pipe()
+        for kind, args in writes:
+            getattr(report, kind)(w, *args)
+        os.close(w)
+        data = b""
+        while chunk := os.read(r, 4096):
+            data += chunk
+        os.close(r)
+        return report.parse(data)
+
+    ok = sent(("up", ("10.251.0.7",)))
+    assert (ok.started, ok.address, ok.failure, ok.exec_failure, ok.cmd_ran) == (True, "10.251.0.7", None, None, True)
+    missing = sent(("up", (None,)), ("exec_failed", (127, "nope: not found")))
+    assert (missing.cmd_ran, missing.exec_failure) == (False, (127, "nope: not found"))
+    failed = sent(("error", (2, "bad\nprofile: two lines")))
+    assert (failed.started, failed.failure) == (False, (2, "bad profile: two lines"))
+    assert not report.parse(b"").started
+
+
+def test_cgroup_of_a_killed_supervisor_is_reclaimed(lab):
+    """The supervisor is SIGKILLed; CMD ignores the parent-death SIGTERM. The next run's
+    quick reclaim kills CMD through the run's cgroup and removes the cgroup."""
+    from nsrun import cgroup
+
+    if cgroup.mountpoint() is None:
+        pytest.skip("no cgroup v2 here")
+    prog = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print(os.environ['NSRUN_NETNS'], open('/proc/self/cgroup').read().split('::')[-1].strip(), "
+            "os.getpid(), flush=True); time.sleep(120)")
+    p = subprocess.Popen(lab.nsrun_argv("-p", "isolated", "--", "python3", "-c", prog), env=lab.env,
+                         stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    try:
+        netns_name, group, pid = p.stdout.readline().split()
+        path = os.path.join(cgroup.mountpoint(), group.lstrip("/"))
+        assert group.endswith(f"/{cgroup.PREFIX}{netns_name}") and os.path.isdir(path)
+        p.kill()  # the supervisor alone
+        p.wait()
+        time.sleep(0.3)
+        assert os.path.exists(f"/proc/{pid}")  # CMD ignored its parent-death signal
+        assert lab.nsrun("-p", "isolated", "--", "true").returncode == 0  # reclaims the dead run
+        assert not os.path.exists(path)
+        assert not os.path.exists(f"/run/netns/{netns_name}")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_cgroup_leftovers_are_listed_for_gc(lab):
+    """A run cgroup whose namespace is gone and that holds no process (its supervisor
+    crashed and CMD ended) is what gc removes (cgroup.leftovers)."""
+    from nsrun import cgroup
+
+    path = cgroup.create("nsrun-deadbeef")
+    if path is None:
+        pytest.skip("cgroup v2 is not writable here")
+    try:
+        assert path in cgroup.leftovers(set())
+        assert path not in cgroup.leftovers({"nsrun-deadbeef"})
+    finally:
+        assert cgroup.remove(path)
