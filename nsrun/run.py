@@ -119,7 +119,7 @@ class _Wait:
         self.detached = detached
         self.data = bytearray()
         self.status: int | None = None
-        self.passed: set[int] = set()  # the signals passed on to the child
+        self.received: set[int] = set()  # the signals nsrun got (its group's ^C included)
 
     def run(self) -> tuple[int, bytes]:
         """Until the child ends: its wait status and what it reported."""
@@ -167,10 +167,11 @@ class _Wait:
     def _signals(self) -> None:
         while (info := kernel.read_siginfo(self.sigfd)) is not None:
             signo, code, sender = info
+            if signo not in (signal.SIGCHLD, signal.SIGWINCH):
+                self.received.add(signo)
             if signo == signal.SIGWINCH and self.pty is not None:
                 self.pty.resize()  # the kernel tells CMD's process group
             elif passed_on(signo, code, sender, self.name, self.detached):
-                self.passed.add(signo)
                 try:
                     os.kill(self.pid, signo)
                 except ProcessLookupError:
@@ -248,8 +249,8 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
     rep = report.parse(data)
     code = os.waitstatus_to_exitcode(status)
     # End by CMD's signal; or by the one nsrun was stopped with during setup (systemd's
-    # SIGTERM), not by a setup that crashed.
-    died_of = -code if code < 0 and (rep.cmd_ran or -code in waiting.passed) else None
+    # SIGTERM, a ^C), not by a setup that crashed.
+    died_of = -code if code < 0 and (rep.cmd_ran or -code in waiting.received) else None
     code = 128 - code if code < 0 else code
     if rep.exec_failure is not None:
         code, msg = rep.exec_failure
