@@ -57,12 +57,28 @@ def of_pid(pid: int | str) -> str | None:
     return None
 
 
-def create(name: str) -> str | None:
-    """Make the cgroup for NAME's run under this process's cgroup: its path, or None."""
+def _base() -> str | None:
+    """Where this process makes run cgroups: its own cgroup, or the parent of the run
+    cgroup it is in (the setup child of a run reclaims dead runs from inside its own)."""
     mnt, own = mountpoint(), of_pid("self")
     if mnt is None or own is None or own.endswith(" (deleted)"):
         return None
-    path = os.path.join(mnt, own.lstrip("/"), PREFIX + name)
+    head, _, last = own.rpartition("/")
+    if last.startswith(PREFIX):
+        own = head
+    return os.path.join(mnt, own.lstrip("/"))
+
+
+def path_for(name: str) -> str | None:
+    base = _base()
+    return None if base is None else os.path.join(base, PREFIX + name)
+
+
+def create(name: str) -> str | None:
+    """Make the cgroup for NAME's run under this process's cgroup: its path, or None."""
+    path = path_for(name)
+    if path is None:
+        return None
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:
@@ -119,6 +135,18 @@ def remove(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def reclaim(name: str) -> None:
+    """Kill what is left in NAME's run cgroup where this process would have made it, and
+    remove it: after a crash its supervisor could not. On a host without systemd (nothing
+    else would ever remove it), from the same unit (ExecStopPost=), or from the next run
+    of the same session, that is where it is; elsewhere systemd removes it with the unit
+    or session scope, and gc's walk (`leftovers`) finds the rest."""
+    path = path_for(name)
+    if path is not None and os.path.isdir(path):
+        kill(path)
+        remove(path)
 
 
 def of_namespace(name: str, pids: list[int]) -> set[str]:

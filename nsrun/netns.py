@@ -185,8 +185,11 @@ def stop_processes(name: str, grace: float, kill_timeout: float = 5.0) -> bool:
     passes, for a process stuck in the kernel): a best effort against a process that
     forks in a loop, where cgroup.kill is exact. True when the namespace looks empty.
     """
+    from nsrun import cgroup
+
     ino = inode(name)
     if ino is None:
+        cgroup.reclaim(name)
         return True
     scan = _Scanner(ino)
     for _ in range(FIRST_SCANS):  # one full scan, then quick ones: a forking process
@@ -194,9 +197,8 @@ def stop_processes(name: str, grace: float, kill_timeout: float = 5.0) -> bool:
         if pids:
             break
     else:
+        cgroup.reclaim(name)
         return True
-    from nsrun import cgroup
-
     groups = cgroup.of_namespace(name, pids)
     if grace > 0:
         scan.signal_all(signal.SIGTERM)
@@ -218,4 +220,5 @@ def stop_processes(name: str, grace: float, kill_timeout: float = 5.0) -> bool:
             empty += 1
     for group in groups:
         cgroup.remove(group)
+    cgroup.reclaim(name)
     return True

@@ -3,9 +3,9 @@
 The supervising process never imports the engine (pyroute2, python-iptables), so it stays
 small for as long as CMD runs. It forks a child that brings the namespace up (importing
 what it needs), then enters it and becomes CMD by exec, which frees all of that. The
-child reports through a close-on-exec pipe (nsrun.report). An ephemeral run's child
-first moves into a cgroup of the run's own (nsrun.cgroup), so that teardown can kill all
-CMD left behind at once. After CMD ends, the supervisor takes an ephemeral namespace down.
+child reports through a close-on-exec pipe (nsrun.report). Once an ephemeral namespace
+is up (its record written), the child moves into a cgroup of the run's own
+(nsrun.cgroup), so that teardown can kill all CMD left behind at once. After CMD ends, the supervisor takes an ephemeral namespace down.
 
 Signals, as sudo handles them. The supervisor blocks every catchable signal but those
 that stop or continue it (TSTP, TTIN, TTOU, CONT keep their default action: ^Z stops
@@ -59,10 +59,6 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
     code = 1
     try:
         execution.reset_signals()  # the setup dies of what is passed on to it, as CMD would
-        if group is not None:
-            from nsrun import cgroup
-
-            cgroup.enter(group)
         kernel.set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != parent:
             os._exit(1)
@@ -74,6 +70,12 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             gc.quick()  # ephemeral namespaces whose nsrun was killed
             rec = network.up(name, prof, persistent=persistent, owner=None if persistent else owner)
             address, profile_name = rec.get("address"), rec.get("profile")
+            if group is not None:
+                # Only now, the record written: whoever reclaims this run finds the cgroup too.
+                from nsrun import cgroup
+
+                if cgroup.create(name) == group:
+                    cgroup.enter(group)
         else:
             rec = state.read_json(state.record_path(name)) or {}
             address, profile_name = rec.get("address"), rec.get("profile")
@@ -214,11 +216,11 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
         from nsrun import notify
 
         relay = notify.open_relay(ident.uid if ident else None, ident.gid if ident else None)
-    group = None
+    group = None  # the run's cgroup, made by the child (nsrun.cgroup)
     if ephemeral and prof is not None:
         from nsrun import cgroup
 
-        group = cgroup.create(name)
+        group = cgroup.path_for(name)
     session = (pty.slave if pty is not None else None, ttys) if detached else None
     signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED)  # for good: see end_by
     sigfd = kernel.signalfd(SUPERVISED)
