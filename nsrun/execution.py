@@ -3,6 +3,17 @@
 Entering means: setns into /run/netns/NAME; a private mount namespace (/ made a slave, so
 nothing mounted here reaches the host); a fresh /sys that describes the namespace; and the
 files of /etc/netns/NAME bind-mounted over their /etc counterparts (resolv.conf).
+
+Right before exec, CMD gets what a program started by a shell gets: default signal
+dispositions (Python ignores SIGPIPE and SIGXFSZ and handles SIGINT; a CMD left with
+those would print "Broken pipe" errors or not die of the signal) and an empty signal mask
+(the supervisor blocks the signals it relays). A signal that was already ignored when
+nsrun started (`nohup`, a shell's background job) stays ignored, as it would without nsrun.
+
+When CMD runs as a user other than root, it must not keep root's terminal: with it, CMD
+could push input into root's shell (TIOCSTI) once nsrun returns. It then starts a new
+session (`detach`), on a pty of its own when the supervisor relays one (nsrun.terminal),
+and no terminal descriptor of the caller's is left open in it.
 Standard library only: this is the hot path of `nsrun exec`.
 """
 
@@ -13,7 +24,8 @@ import os
 import pwd
 import signal
 import sys
-from nsrun import kernel, netns
+
+from nsrun import kernel, netns, report
 from nsrun.errors import UsageError
 
 EXIT_NOT_EXECUTABLE = 126
@@ -110,21 +122,73 @@ def become(ident: Identity | None, env: dict[str, str]) -> None:
             env["HOME"] = ident.home
 
 
+def reset_signals() -> None:
+    """Default dispositions for every signal Python or nsrun changed, and an empty mask."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        current = signal.getsignal(sig)
+        if current == signal.SIG_DFL:
+            continue
+        if current == signal.SIG_IGN and sig not in (signal.SIGPIPE, signal.SIGXFSZ):
+            continue  # ignored by whoever started nsrun (Python ignores PIPE and XFSZ itself)
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def terminal_fds(fds: tuple[int, ...] = (0, 1, 2)) -> tuple[int, ...]:
+    """Those of FDS that are terminals."""
+    return tuple(fd for fd in fds if os.isatty(fd))
+
+
+def has_controlling_terminal() -> bool:
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
+        return True
+    except OSError:
+        return False
+
+
+def detach(tty: int | None, onto: tuple[int, ...]) -> None:
+    """A new session for CMD, with TTY (a pty slave) as its controlling terminal on the
+    descriptors ONTO when given; every other terminal descriptor is closed."""
+    import fcntl
+    import termios
+
+    os.setsid()
+    if tty is not None:
+        fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
+        for fd in onto:
+            os.dup2(tty, fd)
+    keep = set(onto) if tty is not None else set()
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd not in keep and os.isatty(fd):  # the slave's own descriptor, the caller's terminals
+            os.close(fd)
+
+
 def exec_error_status(err: int) -> int:
     return EXIT_NOT_FOUND if err in (errno.ENOENT, errno.ENOTDIR) else EXIT_NOT_EXECUTABLE
 
 
 def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Identity | None,
-                   report_fd: int | None = None, parent_pid: int | None = None) -> None:
-    """Become CMD inside NAME. Never returns: on failure, reports and exits 126/127/1."""
+                   report_fd: int | None = None, parent_pid: int | None = None,
+                   session: tuple[int | None, tuple[int, ...]] | None = None) -> None:
+    """Become CMD inside NAME. Never returns: on failure, reports and exits 126/127/1.
+    SESSION (tty, onto): start a new session first, see `detach`."""
     try:
         netns.enter(name)
         private_mounts(name)
+        if session is not None:
+            detach(*session)
         become(ident, env)
     except OSError as exc:
         msg = f"cannot enter namespace {name}: {exc.strerror or exc}"
         if report_fd is not None:
-            os.write(report_fd, f"error 1 {msg}\n".encode())
+            report.error(report_fd, 1, msg)
         else:
             os.write(2, f"nsrun: {msg}\n".encode())
         os._exit(1)
@@ -134,13 +198,14 @@ def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Ident
         if os.getppid() != parent_pid:
             os._exit(1)
     sys.stdout.flush()
+    reset_signals()
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as exc:
         status = exec_error_status(exc.errno or 0)
         what = "not found" if status == EXIT_NOT_FOUND else f"cannot execute: {exc.strerror}"
         if report_fd is not None:
-            os.write(report_fd, f"exec {status} {argv[0]}: {what}\n".encode())
+            report.exec_failed(report_fd, status, f"{argv[0]}: {what}")
         else:
             os.write(2, f"nsrun: {argv[0]}: {what}\n".encode())
         os._exit(status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -51,3 +52,40 @@ def umount2(target: str, flags: int) -> None:
 
 def set_parent_death_signal(sig: int) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+# -- signalfd: signals as readable records with their sender (siginfo) ---------------------
+# Python's signal module gives a handler no siginfo; sigwaitinfo gives it but cannot be
+# multiplexed with file descriptors. A signalfd is both: the supervisor selects on it with
+# CMD's pty and the NOTIFY_SOCKET relay. The signals must be blocked (pthread_sigmask).
+
+SFD_CLOEXEC = 0o2000000
+SFD_NONBLOCK = 0o4000
+SIGINFO_SIZE = 128  # struct signalfd_siginfo
+_SIGSET_BYTES = 128  # glibc's sigset_t; the kernel reads the first 8 bytes
+_libc.signalfd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+
+
+def signalfd(signals: set[int] | frozenset[int]) -> int:
+    """A non-blocking, close-on-exec signalfd for SIGNALS (which the caller blocks)."""
+    mask = 0
+    for sig in signals:
+        mask |= 1 << (int(sig) - 1)
+    buf = ctypes.create_string_buffer(mask.to_bytes(8, "little"), _SIGSET_BYTES)
+    fd = _libc.signalfd(-1, buf, SFD_CLOEXEC | SFD_NONBLOCK)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"signalfd: {os.strerror(err)}")
+    return int(fd)
+
+
+def read_siginfo(fd: int) -> tuple[int, int, int] | None:
+    """(signo, si_code, si_pid) of the next signal on signalfd FD; None when none is pending."""
+    try:
+        data = os.read(fd, SIGINFO_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    if len(data) < 16:
+        return None
+    signo, _errno, code, pid = struct.unpack_from("<IiiI", data)
+    return signo, code, pid

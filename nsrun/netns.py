@@ -18,6 +18,8 @@ from typing import TypeVar
 from nsrun import kernel
 
 NETNS_DIR = "/run/netns"
+FIRST_SCANS = 4  # scans that find no process before a namespace counts as empty at once
+EMPTY_SCANS = 50  # the same, once processes were found and killed
 T = TypeVar("T")
 
 
@@ -144,20 +146,79 @@ def pids_in(name: str) -> list[int]:
     return pids_by_inode().get(ino, [])
 
 
-def stop_processes(name: str, grace: float) -> None:
-    """TERM the processes inside NAME, then KILL those still there after GRACE seconds."""
-    pids = pids_in(name)
-    if not pids:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
+class _Scanner:
+    """Finds the processes of the namespace with inode INO, and signals each the moment it
+    is found. A process seen outside is not looked at again, so rescans after the first
+    cost a listing of /proc and a look at the new pids only: fast enough to catch up with
+    a process that forks and exits in a loop, which a full scan (a listing, then one stat
+    per pid) keeps missing. (A pid comes back as another process only once the kernel's
+    pids wrap around, far beyond the few seconds a scanner lives.)"""
+
+    def __init__(self, ino: int) -> None:
+        self.ino = ino
+        self.outside: set[str] = set()
+
+    def signal_all(self, sig: int) -> list[int]:
+        """Signal each process found inside (0: none); the pids found."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry in self.outside or not entry.isdigit():
+                continue
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
+                if os.stat(f"/proc/{entry}/ns/net").st_ino != self.ino:
+                    self.outside.add(entry)
+                    continue
+                found.append(int(entry))
+                os.kill(int(entry), sig)
+            except OSError:  # gone, or a zombie (thousands, under an init slow to reap them)
+                self.outside.add(entry)
+                continue
+        return found
+
+
+def stop_processes(name: str, grace: float, kill_timeout: float = 5.0) -> bool:
+    """TERM the processes inside NAME; after GRACE seconds KILL every one still there.
+
+    The KILL is atomic for the processes of a run's cgroup (nsrun.cgroup: `cgroup.kill`
+    reaches those forked meanwhile too). For the rest, and where there is no cgroup v2,
+    scans kill what they find until enough consecutive rescans find none (or KILL_TIMEOUT
+    passes, for a process stuck in the kernel): a best effort against a process that
+    forks in a loop, where cgroup.kill is exact. True when the namespace looks empty.
+    """
+    from nsrun import cgroup
+
+    ino = inode(name)
+    if ino is None:
+        cgroup.reclaim(name)
+        return True
+    scan = _Scanner(ino)
+    for _ in range(FIRST_SCANS):  # one full scan, then quick ones: a forking process
+        pids = scan.signal_all(0)
+        if pids:
+            break
+    else:
+        cgroup.reclaim(name)
+        return True
+    groups = cgroup.of_namespace(name, pids)
+    if grace > 0:
+        scan.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            pids = pids_in(name)
-            if not pids:
-                return
+            if not scan.signal_all(0):
+                break
             time.sleep(0.02)
+    for group in groups:
+        cgroup.kill(group, kill_timeout)
+    deadline = time.monotonic() + kill_timeout
+    empty = 0
+    while empty < EMPTY_SCANS:
+        if scan.signal_all(signal.SIGKILL):
+            empty = 0
+            if time.monotonic() >= deadline:
+                return False
+        else:
+            empty += 1
+    for group in groups:
+        cgroup.remove(group)
+    cgroup.reclaim(name)
+    return True

@@ -3,41 +3,63 @@
 The supervising process never imports the engine (pyroute2, python-iptables), so it stays
 small for as long as CMD runs. It forks a child that brings the namespace up (importing
 what it needs), then enters it and becomes CMD by exec, which frees all of that. The
-child reports through a close-on-exec pipe: `up ...` once the namespace is ready, `exec
-STATUS ...` if CMD could not be executed, `error CODE ...` if setup failed; end of file
-after `up` means CMD is running. The supervisor forwards SIGINT, SIGTERM, SIGHUP and
-SIGQUIT to CMD, waits, and takes an ephemeral namespace down again. An abstract
-NOTIFY_SOCKET, which CMD could not reach from its namespace, is relayed while it waits
-(nsrun.notify, imported only then).
+child reports through a close-on-exec pipe (nsrun.report). Once an ephemeral namespace
+is up (its record written), the child moves into a cgroup of the run's own
+(nsrun.cgroup), so that teardown can kill all CMD left behind at once. After CMD ends, the supervisor takes an ephemeral namespace down.
+
+Signals, as sudo handles them. The supervisor blocks every catchable signal but those
+that stop or continue it (TSTP, TTIN, TTOU, CONT keep their default action: ^Z stops
+nsrun with CMD, and its shell sees the job stop) and reads them from a signalfd, whose
+records name the sender. A signal sent by a process (`kill`, systemd) is passed on to
+CMD, unless the sender is inside the run's namespace (CMD itself or its children: what
+they send to nsrun's process group has reached CMD already). A signal the kernel sent
+(a terminal's ^C, ^\, hangup, window change) is not passed on when CMD shares nsrun's
+process group: the terminal signalled CMD's group, which is nsrun's, so CMD has it
+already and a second copy would interrupt its cleanup. When CMD runs in a session of its
+own (another user than root: see execution.detach), the terminal's INT, QUIT and HUP
+are passed on, and with a pty (nsrun.terminal) a window change resizes CMD's terminal.
+Signals the kernel sends nsrun alone (PIPE, XFSZ...) concern nsrun only. No signal ends
+the supervisor before the namespace is down.
+
+When CMD died of a signal, nsrun ends by that signal too, after cleaning up (reset to
+the default action, unblocked, sent to itself, with no core file), so its shell sees
+128+N and systemd a main process killed by SIGTERM, which it counts as a clean stop.
+
+An abstract NOTIFY_SOCKET, which CMD could not reach from its namespace, is relayed
+while it waits (nsrun.notify, imported only then).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import select
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from nsrun import execution, names, netns, state
+from nsrun import execution, kernel, names, netns, report, state
 from nsrun.engine import record
 from nsrun.errors import NsrunError, UsageError
 
 if TYPE_CHECKING:
+    from nsrun.notify import Relay
     from nsrun.profile import Profile
+    from nsrun.terminal import Pty
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# Stop or continue the supervisor itself: never blocked, never passed on.
+STOPPERS = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT})
+# What a terminal sends its session's foreground process group.
+TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
+SUPERVISED = frozenset(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP} - STOPPERS)
 
 
 def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, Any],
-           argv: list[str], ident: execution.Identity | None, report: int, parent: int) -> None:
+           argv: list[str], ident: execution.Identity | None, report_fd: int, parent: int,
+           session: tuple[int | None, tuple[int, ...]] | None, group: str | None) -> None:
     """In the forked child: set up (when PROF is given), then become CMD. Never returns."""
     code = 1
     try:
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
-        from nsrun import kernel
-
+        execution.reset_signals()  # the setup dies of what is passed on to it, as CMD would
         kernel.set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != parent:
             os._exit(1)
@@ -50,101 +72,193 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             gc.quick()  # ephemeral namespaces whose nsrun was killed
             rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner)
             address, profile_name = rec.address, rec.profile
+            if group is not None:
+                # Only now, the record written: whoever reclaims this run finds the cgroup too.
+                from nsrun import cgroup
+
+                if cgroup.create(name) == group:
+                    cgroup.enter(group)
         else:
             found = record.read(name)
             address, profile_name = (found.address, found.profile) if found else (None, None)
-        os.write(report, f"up {json.dumps({'address': address})}\n".encode())
+        report.up(report_fd, address)
         env = execution.command_env(name, profile_name, address, ident)
         if env.get("WATCHDOG_PID") == str(parent):  # systemd's watchdog is CMD's to serve
             env["WATCHDOG_PID"] = str(os.getpid())
-        execution.enter_and_exec(name, argv, env, ident, report_fd=report, parent_pid=parent)
+        execution.enter_and_exec(name, argv, env, ident, report_fd=report_fd, parent_pid=parent,
+                                 session=session)
     except NsrunError as exc:
         code = exc.exit_code
-        os.write(report, f"error {code} {exc}\n".encode())
+        report.error(report_fd, code, str(exc))
     except BaseException as exc:  # never a traceback across the pipe
-        os.write(report, f"error 1 {type(exc).__name__}: {exc}\n".encode())
+        report.error(report_fd, 1, f"{type(exc).__name__}: {exc}")
     os._exit(code)
 
 
-def _read_all(fd: int) -> str:
-    chunks = []
-    while True:
+def _sender_inside(pid: int, name: str) -> bool:
+    """PID lives in namespace NAME (CMD or one of its processes)."""
+    ino = netns.inode(name)
+    try:
+        return ino is not None and os.stat(f"/proc/{pid}/ns/net").st_ino == ino
+    except OSError:
+        return False
+
+
+def passed_on(signo: int, code: int, sender: int, name: str, detached: bool) -> bool:
+    """Whether the supervisor passes signal SIGNO (with siginfo CODE and SENDER) on to CMD."""
+    if signo == signal.SIGCHLD:
+        return False
+    if code <= 0:  # SI_USER, SI_QUEUE, SI_TKILL...: sent by a process
+        return not _sender_inside(sender, name)
+    return detached and signo in TERMINAL  # sent by the kernel (SI_KERNEL): a terminal's
+
+
+class _Wait:
+    """The supervisor's loop: the child's report, signals, CMD's pty, the NOTIFY relay."""
+
+    def __init__(self, pid: int, name: str, report_fd: int, sigfd: int, pty: Pty | None,
+                 relay: Relay | None, detached: bool) -> None:
+        self.pid, self.name, self.sigfd, self.pty, self.relay = pid, name, sigfd, pty, relay
+        self.report_fd: int | None = report_fd
+        self.detached = detached
+        self.data = bytearray()
+        self.status: int | None = None
+        self.received: set[int] = set()  # the signals nsrun got (its group's ^C included)
+
+    def run(self) -> tuple[int, bytes]:
+        """Until the child ends: its wait status and what it reported."""
+        while self.status is None:
+            readers = [self.sigfd]
+            if self.report_fd is not None:
+                readers.append(self.report_fd)
+            if self.relay is not None and self.relay.sock is not None:
+                readers.append(self.relay.sock.fileno())
+            writers: list[int] = []
+            if self.pty is not None:
+                readers += self.pty.readers()
+                writers = self.pty.writers()
+            try:
+                readable, writable, _ = select.select(readers, writers, [])
+            except InterruptedError:
+                continue
+            if self.report_fd is not None and self.report_fd in readable:
+                self._read_report()
+            if self.relay is not None and self.relay.sock is not None and \
+                    self.relay.sock.fileno() in readable:
+                self.relay.relay_pending()
+            if self.pty is not None:
+                self.pty.transfer(readable, writable)
+            if self.sigfd in readable:
+                self._signals()
+        if self.relay is not None:
+            self.relay.relay_pending()  # what CMD sent right before it ended
+        while self.report_fd is not None:
+            self._read_report()
+        return self.status, bytes(self.data)
+
+    def _read_report(self) -> None:
+        assert self.report_fd is not None
         try:
-            data = os.read(fd, 65536)
+            chunk = os.read(self.report_fd, 65536)
         except InterruptedError:
-            continue
-        if not data:
-            break
-        chunks.append(data)
-    os.close(fd)
-    return b"".join(chunks).decode(errors="replace")
+            return
+        if chunk:
+            self.data += chunk
+        else:
+            os.close(self.report_fd)
+            self.report_fd = None
+
+    def _signals(self) -> None:
+        while (info := kernel.read_siginfo(self.sigfd)) is not None:
+            signo, code, sender = info
+            if signo not in (signal.SIGCHLD, signal.SIGWINCH):
+                self.received.add(signo)
+            if signo == signal.SIGWINCH and self.pty is not None:
+                self.pty.resize()  # the kernel tells CMD's process group
+            elif passed_on(signo, code, sender, self.name, self.detached):
+                try:
+                    os.kill(self.pid, signo)
+                except ProcessLookupError:
+                    pass
+        self._reap()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return
+            if pid:
+                self.status = status
+            return
 
 
 def supervise(argv: list[str], prof: Profile | None, name: str | None,
-              ident: execution.Identity | None) -> int:
-    """Run ARGV in NAME (ephemeral when None; created per PROF when missing). CMD's status."""
+              ident: execution.Identity | None) -> tuple[int, int | None]:
+    """Run ARGV in NAME (ephemeral when None; created per PROF when missing).
+
+    Returns nsrun's exit status and, when CMD died of a signal, that signal (which the
+    caller should end by: `end_by`)."""
     ephemeral = name is None
     if name is None:
         name = names.ephemeral_name()
     owner = state.me()
-    relay = None
+    detached = ident is not None  # another user than root: a session (and terminal) of its own
+    ttys = execution.terminal_fds() if detached else ()
+    pty: Pty | None = None
+    if ttys:
+        from nsrun import terminal
+
+        assert ident is not None
+        pty = terminal.Pty(ttys, ident.uid, ident.gid)
+    relay: Relay | None = None
     if os.environ.get("NOTIFY_SOCKET", "").startswith("@"):  # abstract: CMD cannot reach it
         from nsrun import notify
 
         relay = notify.open_relay(ident.uid if ident else None, ident.gid if ident else None)
-    pending: list[int] = []
-    child_pid = 0
+    group = None  # the run's cgroup, made by the child (nsrun.cgroup)
+    if ephemeral and prof is not None:
+        from nsrun import cgroup
 
-    def forward(signum: int, _frame: object) -> None:
-        if child_pid:
-            try:
-                os.kill(child_pid, signum)
-            except ProcessLookupError:
-                pass
-        else:
-            pending.append(signum)
-
-    old = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+        group = cgroup.path_for(name)
+    session = (pty.slave if pty is not None else None, ttys) if detached else None
+    signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED)  # for good: see end_by
+    sigfd = kernel.signalfd(SUPERVISED)
     r, w = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        _child(name, prof, not ephemeral, owner, argv, ident, w, owner["owner_pid"])
+        os.close(sigfd)
+        if pty is not None:
+            os.close(pty.master)
+        _child(name, prof, not ephemeral, owner, argv, ident, w, owner["owner_pid"], session, group)
     os.close(w)
-    child_pid = pid
-    for sig in pending:
-        os.kill(pid, sig)
-    if ephemeral:
-        # Load the teardown's modules now, on the other core, while the child sets up.
-        from nsrun.engine import resources  # noqa: F401
-    report = _read_all(r)
-    if relay is not None:
-        try:
-            status = relay.wait(pid)  # relays notifications until CMD ends
-        finally:
+    try:
+        if pty is not None:
+            pty.started()
+        if ephemeral:
+            # Load the teardown's modules now, on the other core, while the child sets up.
+            from nsrun.engine import resources  # noqa: F401
+        waiting = _Wait(pid, name, r, sigfd, pty, relay, detached)
+        status, data = waiting.run()
+    finally:
+        if pty is not None:
+            pty.close()
+        if relay is not None:
             relay.close()
-    else:
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-    started = report.startswith("up ")
-    failure: NsrunError | None = None
+    rep = report.parse(data)
     code = os.waitstatus_to_exitcode(status)
+    # End by CMD's signal; or by the one nsrun was stopped with during setup (systemd's
+    # SIGTERM, a ^C), not by a setup that crashed.
+    died_of = -code if code < 0 and (rep.cmd_ran or -code in waiting.received) else None
     code = 128 - code if code < 0 else code
-    for line in report.splitlines():
-        kind, _, rest = line.partition(" ")
-        if kind == "error":
-            num, _, msg = rest.partition(" ")
-            failure = UsageError(msg) if num == "2" else NsrunError(msg)
-        elif kind == "exec":
-            num, _, msg = rest.partition(" ")
-            sys.stderr.write(f"nsrun: {msg}\n")
-            code = int(num)
+    if rep.exec_failure is not None:
+        code, msg = rep.exec_failure
+        sys.stderr.write(f"nsrun: {msg}\n")
     if ephemeral and prof is not None:
         try:
             from nsrun import engine
@@ -154,14 +268,38 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
             sys.stderr.write(f"nsrun: cleanup of {name} failed: {exc}\n")
             if code == 0:
                 code = 1
-    for sig, handler in old.items():
-        signal.signal(sig, handler)
-    if failure is not None:
-        raise failure
-    if not started and not failure:
+            died_of = None
+        if group is not None:
+            from nsrun import cgroup
+
+            cgroup.kill(group)  # what left the namespace but not the run (a root CMD may)
+            cgroup.remove(group)
+    os.close(sigfd)  # what arrives from now on stays blocked, and goes with nsrun
+    if rep.failure is not None:
+        num, msg = rep.failure
+        raise UsageError(msg) if num == 2 else NsrunError(msg)
+    if not rep.started:
         # The child died before reporting (a signal during setup).
-        return code if code else 1
-    return code
+        return (code if code else 1), died_of
+    return code, died_of
+
+
+def end_by(signum: int) -> None:
+    """End this process by SIGNUM, as CMD ended (no core file); returns if SIGNUM does not
+    end a process by default (CHLD, WINCH, URG)."""
+    import resource
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    except (OSError, ValueError):
+        pass
+    if signum != signal.SIGKILL:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    os.kill(os.getpid(), signum)
 
 
 def run(argv: list[str], profile_spec: str | None, name: str | None, user: str | None) -> int:
@@ -174,7 +312,10 @@ def run(argv: list[str], profile_spec: str | None, name: str | None, user: str |
         names.check_name(name)
     ident = execution.resolve_user(user)
     prof = _profile_for(name, profile_spec)
-    return supervise(argv, prof, name, ident)
+    code, died_of = supervise(argv, prof, name, ident)
+    if died_of is not None:
+        end_by(died_of)
+    return code
 
 
 def _profile_for(name: str | None, spec: str | None) -> Profile | None:
@@ -192,7 +333,9 @@ def _profile_for(name: str | None, spec: str | None) -> Profile | None:
 
 
 def exec_in(name: str, argv: list[str], user: str | None) -> None:
-    """`nsrun exec NAME -- CMD`: become CMD inside NAME; no supervisor is left behind."""
+    """`nsrun exec NAME -- CMD`: become CMD inside NAME; no supervisor is left behind,
+    unless CMD runs as another user than root while nsrun has a terminal: then a
+    supervisor stays to give CMD a session and pty of its own (see supervise)."""
     from nsrun import privilege
 
     privilege.require_root()
@@ -202,6 +345,15 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
     if not netns.exists(name):
         raise UsageError(f"no namespace {name} (`nsrun ls` lists them; `nsrun up {name}` makes one)")
     ident = execution.resolve_user(user)
+    if ident is not None and (execution.terminal_fds() or execution.has_controlling_terminal()):
+        # CMD must not get root's terminal (see execution.detach), and a new session or a
+        # relayed pty needs a process that stays: the supervisor, without teardown.
+        code, died_of = supervise(argv, None, name, ident)
+        if died_of is not None:
+            end_by(died_of)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     rec = record.read(name)
     env = execution.command_env(name, rec.profile if rec else None, rec.address if rec else None, ident)
     if env.get("NOTIFY_SOCKET", "").startswith("@"):
@@ -246,9 +398,11 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
     sys.stderr.write(f"nsrun: creating namespace {name} (profile {prof.name}); it is removed when the "
                      f"shell exits (--keep keeps it)\n")
     try:
-        code = supervise(argv, prof, name, ident)
+        code, died_of = supervise(argv, prof, name, ident)
     finally:
         if netns.exists(name) or record.read(name) is not None:
             engine.down(name)
             sys.stderr.write(f"nsrun: removed namespace {name}\n")
+    if died_of is not None:
+        end_by(died_of)
     return code

@@ -684,6 +684,31 @@ def test_stop_reaches_cmd_and_nsrun_cleans_up(lab, notify):
 
 
 @needs_system_python
+@pytest.mark.parametrize("notify", [None, "@nsrun-test-stop-term"], ids=["plain", "relay"])
+def test_stop_of_a_cmd_that_dies_of_sigterm_is_a_clean_stop(lab, notify):
+    """Issue 12 acceptance 3, as far as it goes without a booted systemd here (this machine
+    has none, and the suite starts units only as systemd would, see the tests above): with
+    KillMode=mixed, systemd's SIGTERM reaches nsrun alone; CMD dies of it; nsrun takes the
+    namespace down and then ends by SIGTERM itself, which systemd counts as a clean stop
+    (Result=success, inactive), where an exit status of 143 is a failure."""
+    prog = ("import os, time; print('ready', os.getpid(), os.environ['NSRUN_NETNS'], flush=True); "
+            "time.sleep(120)")
+    argv, _, env = _generated(lab, SYSTEM_PYTHON, "-c", prog)
+    proc = _start_as_systemd_would(lab, argv, {**env, **({"NOTIFY_SOCKET": notify} if notify else {})})
+    try:
+        _, pid, netns_name = _readline(proc).split()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGTERM  # killed by the signal, not `exit 143`
+    assert _gone(int(pid))
+    assert not os.path.exists(f"/run/netns/{netns_name}")
+
+
+@needs_system_python
 def test_final_sigkill_is_reclaimed_by_exec_stop_post(lab):
     """CMD ignores SIGTERM until TimeoutStopSec=: systemd SIGKILLs every process of the
     unit, nsrun included, then runs ExecStopPost=, which takes the namespace down."""
