@@ -21,6 +21,8 @@ def up(name: str, profile_spec: str | None) -> int:
     prof = profiles.load(profile_spec)
     rec, already = engine.up(name, prof, persistent=True)
     where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
+    if rec.wireguard:
+        where = f" through WireGuard ({rec.wireguard})"
     if already:
         print(f"{name} is already up (profile {rec.profile}{',' + where if where else ''})")
     else:

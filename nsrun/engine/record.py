@@ -4,7 +4,8 @@ Two kinds, each a typed, immutable record (a NamedTuple, so the supervisor pays 
 for it) that owns every key of its JSON file:
 
 - `NsRecord`, a namespace's record (`ns/NAME.json`): the aggregate. Each resource owns its
-  slice (the bridge its `bridge`, the veth its `veth`, the lease its `address`...); teardown
+  slice (the bridge its `bridge`, the veth its `veth`, the lease its `address`, WireGuard its
+  `wireguard`/`wg_pid`/`wg_start`, the router its `routes`...); teardown
   and gc read nothing else to find the pieces again.
 - `NetRecord`, a bridge's shared state (`net/BRIDGE/net.json`): whether nsrun made the
   bridge, which firewall backend made its rules, the rp_filter value to put back.
@@ -34,6 +35,11 @@ def _int(data: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key)
+    return value if isinstance(value, list) else []
+
+
 class NsRecord(NamedTuple):
     name: str
     profile: str | None
@@ -50,9 +56,18 @@ class NsRecord(NamedTuple):
     dns: bool
     owner_pid: int | None
     owner_start: int | None
+    # wireguard mode (nsrun.engine.resources.wireguard): the implementation, and the
+    # userspace daemon's pid and start time. Never a key.
+    wireguard: str | None = None  # "kernel" | "userspace"
+    wg_pid: int | None = None
+    wg_start: int | None = None
+    # router profiles (nsrun.engine.resources.router): the host routes made via `address`.
+    routes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, **self._asdict()}
+        data = {"schema": SCHEMA, **self._asdict()}
+        data["routes"] = list(self.routes)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NsRecord | None:
@@ -69,6 +84,8 @@ class NsRecord(NamedTuple):
             state=_str(data, "state") or "creating", address=_str(data, "address"),
             prefixlen=_int(data, "prefixlen"), gateway=_str(data, "gateway"), dns=data.get("dns") is True,
             owner_pid=_int(data, "owner_pid"), owner_start=_int(data, "owner_start"),
+            wireguard=_str(data, "wireguard"), wg_pid=_int(data, "wg_pid"), wg_start=_int(data, "wg_start"),
+            routes=tuple(r for r in _list(data, "routes") if isinstance(r, str)),
         )
 
     def owner(self) -> dict[str, Any]:

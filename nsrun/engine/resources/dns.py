@@ -65,13 +65,16 @@ def dir_for(name: str) -> str:
     return f"{ETC_NETNS}/{name}"
 
 
-def write(name: str, servers: Iterable[str] | None) -> bool:
-    """Write NAME's resolv.conf (SERVERS, or the host's when None). False: nothing to write."""
+def write(name: str, servers: Iterable[str] | None, search: Iterable[str] = ()) -> bool:
+    """Write NAME's resolv.conf (SERVERS and SEARCH domains, or the host's when SERVERS is
+    None). False: nothing to write."""
     other: list[str] = []
     if servers is None:
         chosen, other = host_config()
     else:
         chosen = list(servers)
+        domains = " ".join(search)
+        other = [f"search {domains}"] if domains else []
     if not chosen:
         return False
     d = dir_for(name)
