@@ -108,6 +108,8 @@ def profiles_show(spec: str) -> int:
             continue
         if isinstance(value, list):
             shown = f"[{', '.join(repr(v) for v in value)}]"
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"  # as TOML has it
         else:
             shown = repr(value) if isinstance(value, str) else str(value)
         print(f"{key} = {shown}")

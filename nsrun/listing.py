@@ -234,7 +234,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         if len(r["processes"]) > 3:
             procs += f" (+{len(r['processes']) - 3})"
         cells.append((r["name"], r["profile"] or "-", r["kind"] or "?", ",".join(r["addresses"]) or "-",
-                      _tunnel(r["wireguard"]) if r["wireguard"] else r["gateway"] or "-",
+                      _tunnel(r["wireguard"]) if r.get("wireguard") else r["gateway"] or "-",
                       r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))
     shown = [tuple(cell(c) for c in row) for row in cells]

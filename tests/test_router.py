@@ -90,7 +90,7 @@ def test_forward_and_routes_are_made_and_removed_with_the_namespace(lab, tmp_pat
         r = lab.host(sys.executable, VPNLAB, "ping", "10.8.0.2", "1", check=False)
         assert r.returncode == 0, r.stdout + r.stderr
         r = lab.nsrun("profiles", "show", str(prof))
-        assert "forward = True" in r.stdout and "routes = ['10.8.0.0/24']" in r.stdout, r.stdout
+        assert "forward = true" in r.stdout and "routes = ['10.8.0.0/24']" in r.stdout, r.stdout
     finally:
         assert lab.nsrun("down", "rt1").returncode == 0
     assert not [x for x in host_routes(lab) if x["dst"] == "10.8.0.0/24"]

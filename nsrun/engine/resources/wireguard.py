@@ -98,7 +98,9 @@ def remove(rec: NsRecord) -> None:
     if rec.mode not in ("wireguard", "") and rec.wireguard is None:
         return
     ifname = names.wg_ifname(rec.name)
-    procs = {(pid, start) for pid, start, _ in wireguard.processes(ifname)}
+    # Daemons serving the derived name here, in the host's namespace (where they were started;
+    # one elsewhere serves some other host's namespace of the same name).
+    procs = {(pid, start) for pid, start, _ in wireguard.processes(ifname) if wireguard.in_this_namespace(pid)}
     if rec.wg_pid is not None and wireguard.alive(rec.wg_pid, rec.wg_start):
         procs.add((rec.wg_pid, rec.wg_start))
     for pid, start in procs:
