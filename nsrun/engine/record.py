@@ -11,7 +11,9 @@ for it) that owns every key of its JSON file:
   bridge, which firewall backend made its rules, the rp_filter value to put back.
 
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
-same keys (`firewall` was then a boolean: true meant python-iptables). Where the files live
+same keys (`firewall` was then a boolean: true meant python-iptables). Keys added within
+schema 1 (`wireguard`, `wg_pid`, `wg_start`, `routes`) have defaults: a file without them
+reads as a namespace without WireGuard or routes. Where the files live
 is `nsrun.state`'s business; this module is the only one that reads their keys.
 """
 
