@@ -31,10 +31,32 @@ VPNLAB = str(Path(__file__).resolve().parent / "vpnlab.py")
 CLIENT_ADDR, CLIENT_ADDR6 = "10.77.0.2", "fd77::2"
 
 
+def _mounted_elsewhere(path: str) -> bool:
+    """Whether a mount namespace other than this process's has a mount on PATH (another test
+    session's private tmpfs: removing the directory would detach it)."""
+    mine = os.stat("/proc/self/ns/mnt").st_ino
+    seen = {mine}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as fh:
+                if any(line.split()[4] == path for line in fh):
+                    return True
+        except (OSError, IndexError):
+            continue
+    return False
+
+
 @contextmanager
 def _private_dir(path: str, mode: int) -> Iterator[None]:
-    """PATH as a tmpfs of the session's mount namespace only; an empty directory made for
-    it goes again afterwards."""
+    """PATH as a tmpfs of the session's mount namespace only. The directory, when a test
+    session made it (MODE, empty), goes again afterwards, by whichever session is the last
+    to use it: test sessions run side by side, and removing the directory while another
+    session's tmpfs sits on it would detach that (its wireguard-go would then write to the
+    machine's /run)."""
     made = not os.path.isdir(path)
     os.makedirs(path, mode=mode, exist_ok=True)
     kernel.mount("nsrun-tests-wg", path, "tmpfs", 0)
@@ -42,11 +64,12 @@ def _private_dir(path: str, mode: int) -> Iterator[None]:
         yield
     finally:
         kernel.umount2(path, kernel.MNT_DETACH)
-        if made:
-            try:
+        try:
+            ours = made or (os.stat(path).st_mode & 0o777 == mode and not os.listdir(path))
+            if ours and not _mounted_elsewhere(path):
                 os.rmdir(path)
-            except OSError:
-                pass
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="module")
