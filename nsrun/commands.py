@@ -21,6 +21,8 @@ def up(name: str, profile_spec: str | None) -> int:
     prof = profiles.load(profile_spec)
     rec, already = engine.up(name, prof, persistent=True)
     where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
+    if rec.wireguard:
+        where = f" through WireGuard ({rec.wireguard})"
     if already:
         print(f"{name} is already up (profile {rec.profile}{',' + where if where else ''})")
     else:
@@ -111,6 +113,8 @@ def profiles_show(spec: str) -> int:
             continue
         if isinstance(value, list):
             shown = f"[{', '.join(repr(v) for v in value)}]"
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"  # as TOML has it
         else:
             shown = repr(value) if isinstance(value, str) else str(value)
         print(f"{key} = {shown}")

@@ -1,8 +1,9 @@
 """Fault injection for the crash-safety tests: NSRUN_FAULT=STEP makes nsrun die by SIGKILL
 right after setup step STEP, as a crash or `kill -9` would.
 
-The steps are the engine's: `record` (the record is written), each resource's STEP after
-it is made (nsrun.engine.resources), and `ready`.
+The steps are the engine's: `record` (the record is written), each resource's SUBSTEPS
+(points inside its create, if it has any) and STEP after it is made (nsrun.engine.resources),
+and `ready`. `steps(mode)` lists those a profile of MODE passes through.
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ def checkpoint(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def __getattr__(attr: str) -> Any:
-    if attr == "STEPS":  # computed on use: the resources import this module
-        from nsrun.engine import resources
+def steps(mode: str | None = None) -> tuple[str, ...]:
+    """The steps of MODE's setup in order (of every mode's, when None)."""
+    from nsrun.engine import resources  # here: the resources import this module
 
-        return ("record", *(r.STEP for r in resources.every()), "ready")
+    out: list[str] = ["record"]
+    for r in resources.every() if mode is None else resources.for_mode(mode):
+        out.extend(getattr(r, "SUBSTEPS", ()))
+        out.append(r.STEP)
+    return (*out, "ready")
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "STEPS":  # computed on use
+        return steps()
     raise AttributeError(attr)

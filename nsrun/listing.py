@@ -120,7 +120,10 @@ def collect() -> list[dict[str, Any]]:
     by_inode = netns.pids_by_inode()
     counters = _host_counters()
     unmanaged = [n for n in present if n not in recs] if known else list(present)
-    live_addrs = _addresses_of(unmanaged)
+    # Addresses read live: namespaces nsrun did not make, and WireGuard ones (the tunnel's
+    # addresses are the configuration's, which nsrun does not record: it holds a key).
+    tunnelled = [n for n in present if n in recs and recs[n].wireguard is not None]
+    live_addrs = _addresses_of(unmanaged + tunnelled)
     rows = []
     for name in allnames:
         rec = recs.get(name)
@@ -140,11 +143,20 @@ def collect() -> list[dict[str, Any]]:
             "rx_bytes": None,
             "tx_bytes": None,
             "created": rec.created if rec else None,
+            "wireguard": None,  # a WireGuard namespace's tunnel: nsrun.wireguard.status
         }
         if rec and rec.address:
             row["addresses"] = [f"{rec.address}/{rec.prefixlen}"]
-        elif not rec:
+        else:
             row["addresses"] = live_addrs.get(name, [])
+        if rec and rec.wireguard is not None:
+            from nsrun import wireguard
+
+            wg = wireguard.status(name, rec.wireguard) if name in present else None
+            row["wireguard"] = wg
+            if wg is not None and wg["peers"]:
+                row["rx_bytes"] = sum(p["rx_bytes"] or 0 for p in wg["peers"])
+                row["tx_bytes"] = sum(p["tx_bytes"] or 0 for p in wg["peers"])
         veth = rec.veth if rec else None
         if veth and veth in counters:
             host_rx, host_tx = counters[veth]
@@ -191,6 +203,19 @@ def cell(value: object) -> str:
     return "".join(out)
 
 
+def _tunnel(wg: dict[str, Any]) -> str:
+    """The GATEWAY cell of a WireGuard namespace: its peers' endpoints, the implementation and
+    the latest handshake, e.g. `wg 192.0.2.1:51820 (userspace, handshake 12s ago)`."""
+    impl = wg["impl"]
+    if wg["state"] != "up":
+        return f"wg ({impl}, down)"
+    peers = wg["peers"]
+    endpoints = ",".join(p["endpoint"] or "?" for p in peers) or "-"
+    latest = max((p["latest_handshake"] or 0 for p in peers), default=0)
+    seen = f"handshake {_age(latest)} ago" if latest else "no handshake yet"
+    return f"wg {endpoints} ({impl}, {seen})"
+
+
 def readable() -> bool:
     """Whether this process may read nsrun's records (root may; others see names only)."""
     try:
@@ -209,7 +234,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         if len(r["processes"]) > 3:
             procs += f" (+{len(r['processes']) - 3})"
         cells.append((r["name"], r["profile"] or "-", r["kind"] or "?", ",".join(r["addresses"]) or "-",
-                      r["gateway"] or "-", r["bridge"] or "-", _bytes(r["rx_bytes"]),
+                      _tunnel(r["wireguard"]) if r.get("wireguard") else r["gateway"] or "-",
+                      r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))
     shown = [tuple(cell(c) for c in row) for row in cells]
     widths = [max(len(row[i]) for row in shown) for i in range(len(head) - 1)]

@@ -31,15 +31,16 @@ DEFAULT_NAT_BRIDGE = "nsrun0"
 DEFAULT_PROBE_MS = 50
 KEYS = (
     "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
-    "search", "host_resolver", "mtu", "probe_ms",
+    "search", "host_resolver", "mtu", "probe_ms", "forward", "routes",
 )
 # Keys of one mode only, listed among the known keys when that mode is chosen.
 WIREGUARD_KEYS = ("wireguard",)
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
-    "nat": {"bridge", "subnet", "range", "gateway", "dns", "search", "host_resolver", "mtu"},
+    "nat": {"bridge", "subnet", "range", "gateway", "dns", "search", "host_resolver", "mtu", "forward",
+            "routes"},
     "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "search", "host_resolver",
-               "mtu", "probe_ms"},
+               "mtu", "probe_ms", "forward", "routes"},
     "isolated": set(),
     "wireguard": {"wireguard"},
 }
@@ -72,6 +73,8 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
     mtu: int | None = None
     probe_ms: int = 0
     wireguard: str | None = None  # wireguard mode: the wg-quick file (read when used: it holds keys)
+    forward: bool = False  # nat, bridge: ip_forward on inside (a router namespace)
+    routes: tuple[ipaddress.IPv4Network, ...] = ()  # nat, bridge: host routes via the namespace
 
     @property
     def wired(self) -> bool:
@@ -107,6 +110,8 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
                 out["uplink"] = self.uplink
                 out["probe_ms"] = self.probe_ms
             out["mtu"] = self.mtu
+            out["forward"] = self.forward
+            out["routes"] = [str(r) for r in self.routes]
         return out
 
 
@@ -298,10 +303,15 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
     probe_ms = DEFAULT_PROBE_MS if mode == "bridge" else 0
     if "probe_ms" in data:
         probe_ms = _int(source, "probe_ms", data["probe_ms"], 0, 10000)
+    forward = data.get("forward", False)
+    if not isinstance(forward, bool):
+        raise _type_error(source, "forward", "true or false", forward)
+    routes = _routes(source, data["routes"], subnet) if "routes" in data else ()
     return Profile(
         name=name, source=source, mode=mode, description=description, bridge=bridge,
         uplink=uplink, subnet=subnet, first=first, last=last, gateway=gateway, dns=dns,
-        search=search, host_resolver=host_resolver, mtu=mtu, probe_ms=probe_ms,
+        search=search, host_resolver=host_resolver, mtu=mtu, probe_ms=probe_ms, forward=forward,
+        routes=routes,
     )
 
 
@@ -325,6 +335,35 @@ def _search(source: str, raw: Any) -> tuple[str, ...]:
             raise ProfileError(source, "search", f"{item!r} is not a domain name")
         if name not in out:
             out.append(name)
+    return tuple(out)
+
+
+def _routes(source: str, raw: Any, subnet: ipaddress.IPv4Network) -> tuple[ipaddress.IPv4Network, ...]:
+    """The `routes` key: subnets the host reaches through the namespace (behind a tunnel in
+    it, say). Not the profile's own subnet, not a default route, no overlaps among them;
+    overlaps with the host's routes are checked when the namespace is made."""
+    if not isinstance(raw, list):
+        raise ProfileError(source, "routes", "must be a list of IPv4 networks such as ['10.8.0.0/24']")
+    out: list[ipaddress.IPv4Network] = []
+    for item in raw:
+        if not isinstance(item, str):
+            raise _type_error(source, "routes", "a list of strings", item)
+        try:
+            net = ipaddress.IPv4Network(item.strip(), strict=True)
+        except ValueError as exc:
+            raise ProfileError(source, "routes", f"{item!r} is not an IPv4 network ({exc})") from None
+        if net.prefixlen == 0:
+            raise ProfileError(source, "routes", f"{net} is a default route: the host's own traffic would "
+                               "leave through the namespace; list the subnets behind it")
+        for unusable, what in UNUSABLE_SUBNETS:
+            if net.overlaps(unusable):
+                raise ProfileError(source, "routes", f"{net} overlaps {what}")
+        if net.overlaps(subnet):
+            raise ProfileError(source, "routes", f"{net} overlaps the profile's subnet {subnet}")
+        for other in out:
+            if net.overlaps(other):
+                raise ProfileError(source, "routes", f"{net} overlaps {other}, listed before it")
+        out.append(net)
     return tuple(out)
 
 

@@ -592,7 +592,7 @@ def test_find_refuses_odd_profile_names(spec: str, tmp_path: Path, monkeypatch: 
 def test_validate_rejects_key_near_match_only_when_close() -> None:
     exc = error_of(NAT + "zzz = 1\n")
     assert re.search(r"known keys: description, mode, bridge, uplink, subnet, range, gateway, dns, search, "
-                     r"host_resolver, mtu, probe_ms$",
+                     r"host_resolver, mtu, probe_ms, forward, routes$",
                      str(exc))
 
 
@@ -609,3 +609,38 @@ def test_a_path_with_a_newline_still_gives_one_line() -> None:
     with pytest.raises(ProfileError) as exc:
         profile.parse('mode = "bogus"\n', "/tmp/a\nb.toml", "x")
     assert "\n" not in str(exc.value) and str(exc.value).startswith("'/tmp/a\\nb.toml': mode:")
+
+
+# -- router keys: forward, routes (issue 14) -------------------------------------------------
+
+def test_router_keys() -> None:
+    prof = profile.parse('mode = "nat"\nsubnet = "10.252.0.0/24"\nforward = true\nroutes = ["10.8.0.0/24", "10.9.0.0/16"]\n',
+                         SRC, "t")
+    assert prof.forward is True
+    assert [str(r) for r in prof.routes] == ["10.8.0.0/24", "10.9.0.0/16"]
+    assert prof.resolved()["routes"] == ["10.8.0.0/24", "10.9.0.0/16"] and prof.resolved()["forward"] is True
+    plain = profile.parse('mode = "bridge"\nbridge = "br0"\nsubnet = "192.168.1.0/24"\ngateway = "192.168.1.1"\n', SRC, "t")
+    assert (plain.forward, plain.routes) == (False, ())
+
+
+@pytest.mark.parametrize("extra, want", [
+    ('forward = "yes"', "forward: must be true or false, not str"),
+    ('routes = "10.8.0.0/24"', "routes: must be a list of IPv4 networks"),
+    ('routes = [5]', "routes: must be a list of strings, not int"),
+    ('routes = ["10.8.0.1/24"]', "routes: '10.8.0.1/24' is not an IPv4 network (10.8.0.1/24 has host bits set)"),
+    ('routes = ["0.0.0.0/0"]', "routes: 0.0.0.0/0 is a default route"),
+    ('routes = ["10.252.0.128/25"]', "routes: 10.252.0.128/25 overlaps the profile's subnet 10.252.0.0/24"),
+    ('routes = ["10.8.0.0/16", "10.8.1.0/24"]', "routes: 10.8.1.0/24 overlaps 10.8.0.0/16, listed before it"),
+    ('routes = ["127.1.0.0/16"]', "routes: 127.1.0.0/16 overlaps loopback"),
+])
+def test_router_keys_refused(extra: str, want: str) -> None:
+    with pytest.raises(ProfileError) as info:
+        profile.parse(f'mode = "nat"\nsubnet = "10.252.0.0/24"\n{extra}\n', SRC, "t")
+    assert str(info.value).startswith(f"{SRC}: {want}"), str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["isolated", "wireguard"])
+def test_router_keys_only_in_wired_modes(mode: str) -> None:
+    with pytest.raises(ProfileError, match="forward: is not used in"):
+        profile.parse(f'mode = "{mode}"\nwireguard = "/w.conf"\nforward = true\n'.replace(
+            'wireguard = "/w.conf"\n', 'wireguard = "/w.conf"\n' if mode == "wireguard" else ""), SRC, "t")

@@ -306,12 +306,12 @@ def test_profile_wireguard_refusals(text: str, want: str) -> None:
 
 def test_profiles_show_summarises_the_file_without_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from nsrun import profile
+    from nsrun import commands
 
     conf = write(tmp_path / "w.conf", GOOD, 0o600)
     write(tmp_path / "w.toml", f'mode = "wireguard"\nwireguard = "{conf}"\n', 0o644)
     monkeypatch.setenv("NSRUN_PROFILE_PATH", str(tmp_path))
-    profile.print_show("w")
+    commands.profiles_show("w")
     out = capsys.readouterr().out
     assert f"wireguard = '{conf}'" in out
     assert "# wireguard address = 10.2.0.2/32, fd00:2::2/128, 10.3.0.2/32" in out
@@ -319,22 +319,14 @@ def test_profiles_show_summarises_the_file_without_keys(tmp_path: Path, monkeypa
     for key in (PRIV, PUB, PSK, PUB2):
         assert key not in out and base64.b64decode(key).hex() not in out
     os.chmod(conf, 0o644)
-    profile.print_show("w")
+    commands.profiles_show("w")
     assert "# wireguard file INVALID: " in capsys.readouterr().out
-
-
-def test_the_engine_refuses_a_wireguard_profile_until_it_is_wired() -> None:
-    from nsrun import network, profile
-
-    prof = profile.parse('mode = "wireguard"\nwireguard = "/w.conf"\n', "/p/w.toml", "w")
-    with pytest.raises(UsageError, match="not wired"):
-        network.up("w", prof, persistent=True)
 
 
 def test_profile_wireguard_key_is_listed_in_wireguard_mode() -> None:
     from nsrun import profile
 
-    with pytest.raises(ProfileError, match=r"zzz: unknown key; known keys: .*probe_ms, wireguard$"):
+    with pytest.raises(ProfileError, match=r"zzz: unknown key; known keys: .*probe_ms, forward, routes, wireguard$"):
         profile.parse('mode = "wireguard"\nzzz = 1\n', "/p/w.toml", "w")
     with pytest.raises(ProfileError, match=r"wireguardd: unknown key \(did you mean 'wireguard'\?\)"):
         profile.parse('mode = "wireguard"\nwireguardd = "/w.conf"\n', "/p/w.toml", "w")
@@ -371,10 +363,13 @@ def test_uapi_request_carries_hex_keys_and_every_peer_setting() -> None:
     assert not any(k in req for k in (PRIV, PUB, PSK, PUB2))  # hex only, never base64
 
 
-def test_wg_record_round_trip_and_refuses_a_foreign_ifname() -> None:
-    from nsrun import names, wireguard
+def test_the_records_wireguard_slice_round_trips_and_holds_no_key() -> None:
+    from nsrun.engine.record import NsRecord
 
-    rec = wireguard.WgRecord(name="a", ifname=names.wg_ifname("a"), impl="userspace", pid=5, start=7)
-    assert wireguard.WgRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
-    assert wireguard.WgRecord.from_json(dict(rec.to_json(), ifname="eth0")) is None
-    assert wireguard.WgRecord.from_json({"name": "a"}) is None
+    rec = NsRecord(name="a", profile="wg", profile_source="/p/wg.toml", mode="wireguard", bridge=None,
+                   veth=None, persistent=True, created=1.0, state="up", address=None, prefixlen=None,
+                   gateway=None, dns=True, owner_pid=None, owner_start=None,
+                   wireguard="userspace", wg_pid=5, wg_start=7)
+    data = json.loads(json.dumps(rec.to_json()))
+    assert NsRecord.from_json(data) == rec
+    assert {k for k in data if "key" in k} == set()

@@ -1,10 +1,7 @@
-"""Issue 14: a WireGuard interface as a namespace's only way out (nsrun/wireguard.py), in the
-lab with a VPN provider (tests/vpnlab.py) reached through gw2. Userspace WireGuard
-(wireguard-go) only: this machine's kernel has no WireGuard module.
-
-The module works in its caller's network namespace, so the tests drive it from inside the
-lab host (`tests/vpnlab.py create|remove|status|...` under `nsenter --net`), into a named
-namespace that `nsrun up NAME -p isolated` made.
+"""Issue 14: `mode = "wireguard"` profiles, a WireGuard interface as a namespace's only way
+out, through the CLI (`nsrun -p WG -- CMD`, `up`, `ls`, `down`, `gc`) in the lab with a VPN
+provider (tests/vpnlab.py) reached through gw2. Userspace WireGuard (wireguard-go) only:
+this machine's kernel has no WireGuard module, so the kernel branch is not exercised here.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ import pytest
 
 from conftest import CLIENT
 from nsrun import kernel, names
-from nsrun import lab as labmod
+from nsrun.fault import steps
 
 pytestmark = pytest.mark.skipif(not shutil.which("wireguard-go") or not shutil.which("wg"),
                                 reason="needs wireguard-go and wireguard-tools (Debian packages)")
@@ -34,10 +31,32 @@ VPNLAB = str(Path(__file__).resolve().parent / "vpnlab.py")
 CLIENT_ADDR, CLIENT_ADDR6 = "10.77.0.2", "fd77::2"
 
 
+def _mounted_elsewhere(path: str) -> bool:
+    """Whether a mount namespace other than this process's has a mount on PATH (another test
+    session's private tmpfs: removing the directory would detach it)."""
+    mine = os.stat("/proc/self/ns/mnt").st_ino
+    seen = {mine}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as fh:
+                if any(line.split()[4] == path for line in fh):
+                    return True
+        except (OSError, IndexError):
+            continue
+    return False
+
+
 @contextmanager
 def _private_dir(path: str, mode: int) -> Iterator[None]:
-    """PATH as a tmpfs of the session's mount namespace only; an empty directory made for
-    it goes again afterwards."""
+    """PATH as a tmpfs of the session's mount namespace only. The directory, when a test
+    session made it (MODE, empty), goes again afterwards, by whichever session is the last
+    to use it: test sessions run side by side, and removing the directory while another
+    session's tmpfs sits on it would detach that (its wireguard-go would then write to the
+    machine's /run)."""
     made = not os.path.isdir(path)
     os.makedirs(path, mode=mode, exist_ok=True)
     kernel.mount("nsrun-tests-wg", path, "tmpfs", 0)
@@ -45,11 +64,12 @@ def _private_dir(path: str, mode: int) -> Iterator[None]:
         yield
     finally:
         kernel.umount2(path, kernel.MNT_DETACH)
-        if made:
-            try:
+        try:
+            ours = made or (os.stat(path).st_mode & 0o777 == mode and not os.listdir(path))
+            if ours and not _mounted_elsewhere(path):
                 os.rmdir(path)
-            except OSError:
-                pass
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +91,33 @@ def provider(lab_session: Any, wg_sockets: None) -> Iterator[Any]:
         prov.destroy()
 
 
-def drive(lab: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(lab.host_argv([sys.executable, VPNLAB, *args]), env=lab.env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def inside(name: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["nsenter", f"--net=/run/netns/{name}", *argv], capture_output=True,
                           text=True, check=check, timeout=30)
 
 
-def wg_processes() -> list[str]:
-    out = subprocess.run(["pgrep", "-a", "-x", "wireguard-go"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if re.search(r"\bnswg[0-9a-f]{10}\b", line)]
+def wg_processes(lab: Any) -> list[int]:
+    """The wireguard-go processes in the lab host's network namespace (whatever they serve)."""
+    ino = os.stat(f"/run/netns/{lab.lab.host}").st_ino
+    out = []
+    for pid in subprocess.run(["pgrep", "-x", "wireguard-go"], capture_output=True, text=True).stdout.split():
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == ino:
+                out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+def wg_profile(directory: Path, conf: Path, name: str = "wg") -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(f'description = "through the lab\'s VPN provider"\nmode = "wireguard"\nwireguard = "{conf}"\n')
+    os.chmod(path, 0o644)
+    return path
+
+
+def record_of(lab: Any, name: str) -> dict[str, Any]:
+    return json.loads((lab.statedir / "ns" / f"{name}.json").read_text())  # type: ignore[no-any-return]
 
 
 class Tunnel:
@@ -95,18 +129,14 @@ class Tunnel:
         self.private, self.public = provider.add_client(CLIENT_ADDR, CLIENT_ADDR6 if v6 else None)
         self.conf = provider.client_config(tmp, self.private, CLIENT_ADDR,
                                            address6=CLIENT_ADDR6 if v6 else None, dns=dns, mtu=mtu)
+        self.profile = wg_profile(tmp, self.conf)
 
-    def up(self) -> dict[str, Any]:
-        r = self.lab.nsrun("up", self.name, "-p", "isolated")
-        assert r.returncode == 0, r.stderr
-        r = drive(self.lab, "create", self.name, str(self.conf))
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)  # type: ignore[no-any-return]
+    def up(self, **env: str) -> subprocess.CompletedProcess[str]:
+        return self.lab.nsrun("up", self.name, "-p", str(self.profile), env=env)  # type: ignore[no-any-return]
 
     def down(self) -> None:
-        r = drive(self.lab, "remove", self.name)
+        r = self.lab.nsrun("down", self.name)
         assert r.returncode == 0, r.stderr
-        self.lab.nsrun("down", self.name)
         self.provider.drop_client(self.public)
 
 
@@ -120,75 +150,17 @@ def tunnel(lab: Any, provider: Any, tmp_path: Path) -> Iterator[Tunnel]:
 
 
 def assert_no_key_in(paths: list[Path], *keys: str) -> None:
+    import base64
+
     for root in paths:
         if not root.exists():
             continue
         for p in [root] if root.is_file() else [q for q in root.rglob("*") if q.is_file()]:
             data = p.read_bytes()
             for key in keys:
-                raw = __import__("base64").b64decode(key)
-                assert key.encode() not in data and raw.hex().encode() not in data, f"key material in {p}"
-
-
-def test_client_egresses_through_the_provider_only(lab, tunnel):
-    rec = tunnel.up()
-    assert rec["impl"] == "userspace" and rec["ifname"] == tunnel.ifname and rec["state"] == "up"
-    # The server upstream sees the provider's address: the traffic went through the tunnel.
-    r = lab.nsrun("exec", tunnel.name, "--", *CLIENT)
-    assert (r.returncode, r.stdout.strip()) == (0, "192.0.2.1"), r.stderr
-    # Inside: lo and the WireGuard interface, nothing else; the default route is the tunnel.
-    links = json.loads(inside(tunnel.name, "ip", "-j", "link", "show").stdout)
-    assert sorted(link["ifname"] for link in links) == sorted(["lo", tunnel.ifname])
-    routes = json.loads(inside(tunnel.name, "ip", "-j", "-4", "route", "show").stdout)
-    assert [(x["dst"], x["dev"]) for x in routes if x["dst"] == "default"] == [("default", tunnel.ifname)]
-    # No IPv6 in the config: no v6 route at all, and no v6 address on the interface.
-    assert json.loads(inside(tunnel.name, "ip", "-j", "-6", "route", "show").stdout or "[]") == []
-    assert inside(tunnel.name, "cat", f"/proc/sys/net/ipv6/conf/{tunnel.ifname}/disable_ipv6").stdout.strip() == "1"
-    # The lab host holds no trace of the interface: it was moved, and its UDP stays here.
-    host_links = [link["ifname"] for link in lab.host_json("ip", "-j", "link", "show")]
-    assert tunnel.ifname not in host_links
-    # Status: endpoint, a handshake, counters; never a key.
-    r = drive(lab, "status", tunnel.name)
-    assert r.returncode == 0, r.stderr
-    st = json.loads(r.stdout)
-    assert st["impl"] == "userspace" and st["state"] == "up"
-    [peer] = st["peers"]
-    assert peer["endpoint"] == "192.0.2.1:51820"
-    assert peer["latest_handshake"] and abs(peer["latest_handshake"] - time.time()) < 120
-    assert peer["rx_bytes"] > 0 and peer["tx_bytes"] > 0
-    assert tunnel.private not in r.stdout and tunnel.provider.public not in r.stdout
-    assert_no_key_in([lab.statedir, Path("/etc/netns") / tunnel.name], tunnel.private)
-    assert len(wg_processes()) == 1
-
-
-def test_remove_leaves_the_lab_host_as_before(lab, provider, tmp_path):
-    # The lab fixture compares the lab host before and after (links, routes, state files...).
-    t = Tunnel(lab, provider, tmp_path, dns="10.77.0.1", mtu=1380)
-    try:
-        t.up()
-        [wg] = [x for x in json.loads(inside(t.name, "ip", "-j", "link", "show").stdout) if x["ifname"] == t.ifname]
-        assert wg["mtu"] == 1380
-        resolv = Path(f"/etc/netns/{t.name}/resolv.conf").read_text()
-        assert "nameserver 10.77.0.1" in resolv.splitlines()
-        # Inside, resolv.conf is the config's, and a lookup reaches the provider's server
-        # through the tunnel (it sees the tunnel address).
-        r = lab.nsrun("exec", t.name, "--", "cat", "/etc/resolv.conf")
-        assert [x for x in r.stdout.splitlines() if x.startswith("nameserver")] == ["nameserver 10.77.0.1"]
-        r = lab.nsrun("exec", t.name, "--", sys.executable, VPNLAB, "resolve", "probe.example")
-        assert r.returncode == 0 and "no address" in r.stdout, r.stderr
-        assert f"{CLIENT_ADDR} probe.example" in Path(provider.dns_log).read_text().splitlines()
-        assert_no_key_in([lab.statedir, Path("/etc/netns") / t.name], t.private)
-        r = drive(lab, "remove", t.name)
-        assert (r.returncode, r.stdout.strip()) == (0, "true"), r.stderr
-        assert wg_processes() == []
-        assert not os.path.exists(f"/run/wireguard/{t.ifname}.sock")
-        assert not Path(f"/etc/netns/{t.name}").exists()
-        assert inside(t.name, "ip", "-j", "link", "show").stdout.count('"ifname"') == 1  # lo alone
-        r = drive(lab, "remove", t.name)  # idempotent
-        assert (r.returncode, r.stdout.strip()) == (0, "false"), r.stderr
-        assert_no_key_in([lab.statedir], t.private)
-    finally:
-        t.down()
+                raw = base64.b64decode(key)
+                assert key.encode() not in data and raw.hex().encode() not in data and raw not in data, \
+                    f"key material in {p}"
 
 
 def _capture(lab: Any) -> subprocess.Popen[str]:
@@ -203,10 +175,119 @@ def _capture(lab: Any) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump (Debian package)")
+def _stop_capture(cap: subprocess.Popen[str]) -> list[str]:
+    cap.terminate()
+    out, _ = cap.communicate(timeout=10)
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _leaks(frames: list[str]) -> list[str]:
+    """Frames leaving by the lab host's uplink other than ARP, the lab host's own IGMP
+    membership reports (its bridge's, not a program's), and WireGuard's UDP from the lab host
+    to the provider's endpoint."""
+    endpoint = re.compile(r"ethertype IPv4 .*: 192\.168\.1\.10\.\d+ > 192\.0\.2\.1\.51820: UDP")
+    igmp = re.compile(r"ethertype IPv4 .*: 192\.168\.1\.10 > 224\.0\.0\.22: igmp ")
+    return [f for f in frames if f.strip() and "ethertype ARP" not in f and not endpoint.search(f)
+            and not igmp.search(f)]
+
+
+needs_tcpdump = pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump (Debian package)")
+
+
+# -- acceptance 1 and 4: a run through the tunnel, and nothing left after it ------------------
+
+@needs_tcpdump
+def test_a_run_egresses_through_the_provider_only_and_leaves_nothing(lab, provider, tmp_path):
+    private, public = provider.add_client(CLIENT_ADDR)
+    conf = provider.client_config(tmp_path, private, CLIENT_ADDR, dns="10.77.0.1")
+    prof = wg_profile(tmp_path, conf)
+    script = ("ip -j link show; echo ---; cat /etc/resolv.conf; echo ---; "
+              f"{' '.join(CLIENT)}; echo ---; {sys.executable} {VPNLAB} resolve probe.example")
+    log_before = Path(provider.dns_log).read_text().splitlines() if os.path.exists(provider.dns_log) else []
+    cap = _capture(lab)
+    try:
+        r = lab.nsrun("-p", str(prof), "--", "sh", "-c", script)
+    finally:
+        frames = _stop_capture(cap)
+        provider.drop_client(public)
+    assert r.returncode == 0, r.stderr
+    links, resolv, seen, lookup = r.stdout.split("---\n")
+    # Inside: lo and the WireGuard interface, nothing else.
+    ifnames = sorted(link["ifname"] for link in json.loads(links))
+    assert len(ifnames) == 2 and ifnames[0] == "lo" and names.is_wg_ifname(ifnames[1]), ifnames
+    # resolv.conf is the config's; the lookup reached the provider's server through the tunnel
+    # (it saw the tunnel address), and nothing but WireGuard's UDP left the lab host.
+    assert [x for x in resolv.splitlines() if x.startswith("nameserver")] == ["nameserver 10.77.0.1"]
+    assert "no address" in lookup
+    new = Path(provider.dns_log).read_text().splitlines()[len(log_before):]
+    assert new and all(line == f"{CLIENT_ADDR} probe.example" for line in new), new
+    # The server upstream sees the provider's address: the traffic went through the tunnel.
+    assert seen.strip() == "192.0.2.1"
+    assert [f for f in frames if "51820: UDP" in f], "no WireGuard traffic seen"
+    leaks = _leaks(frames)
+    assert not leaks, "\n".join(leaks[:10])
+    # After the run: no daemon, no socket, no record, no key anywhere nsrun writes.
+    assert wg_processes(lab) == []
+    assert not [f for f in os.listdir("/run/wireguard") if f.startswith(names.WG_PREFIX)]
+    assert not list((lab.statedir / "ns").glob("*.json"))
+    assert_no_key_in([lab.statedir, Path("/etc/netns")], private)
+    # The lab fixture checks the lab host is exactly as before (links, routes, rules...).
+
+
+def test_up_ls_down_through_the_cli(lab, provider, tmp_path):
+    t = Tunnel(lab, provider, tmp_path, dns="10.77.0.1", mtu=1380)
+    try:
+        r = t.up()
+        assert r.returncode == 0 and "through WireGuard (userspace)" in r.stdout, r.stdout + r.stderr
+        rec = record_of(lab, t.name)
+        assert rec["wireguard"] == "userspace" and rec["wg_pid"] in wg_processes(lab)
+        assert wg_processes(lab) == [rec["wg_pid"]]
+        r = lab.nsrun("exec", t.name, "--", *CLIENT)
+        assert (r.returncode, r.stdout.strip()) == (0, "192.0.2.1"), r.stderr
+        # Inside: lo and the tunnel; the default route is the tunnel; no v6 at all.
+        links = json.loads(inside(t.name, "ip", "-j", "link", "show").stdout)
+        assert sorted(link["ifname"] for link in links) == sorted(["lo", t.ifname])
+        assert [x["mtu"] for x in links if x["ifname"] == t.ifname] == [1380]
+        routes = json.loads(inside(t.name, "ip", "-j", "-4", "route", "show").stdout)
+        assert [(x["dst"], x["dev"]) for x in routes if x["dst"] == "default"] == [("default", t.ifname)]
+        assert json.loads(inside(t.name, "ip", "-j", "-6", "route", "show").stdout or "[]") == []
+        assert inside(t.name, "cat", f"/proc/sys/net/ipv6/conf/{t.ifname}/disable_ipv6").stdout.strip() == "1"
+        # The lab host holds no trace of the interface: it was moved, and its UDP stays here.
+        assert t.ifname not in [link["ifname"] for link in lab.host_json("ip", "-j", "link", "show")]
+        # ls: the endpoint, a recent handshake, counters, the implementation; never a key.
+        r = lab.nsrun("ls", "--json")
+        assert r.returncode == 0, r.stderr
+        [row] = [x for x in json.loads(r.stdout) if x["name"] == t.name]
+        wg = row["wireguard"]
+        assert (wg["impl"], wg["ifname"], wg["state"]) == ("userspace", t.ifname, "up")
+        [peer] = wg["peers"]
+        assert peer["endpoint"] == "192.0.2.1:51820"
+        assert peer["latest_handshake"] and abs(peer["latest_handshake"] - time.time()) < 120
+        assert peer["rx_bytes"] > 0 and peer["tx_bytes"] > 0
+        assert (row["rx_bytes"], row["tx_bytes"]) == (peer["rx_bytes"], peer["tx_bytes"])
+        assert row["addresses"] == [f"{CLIENT_ADDR}/32"] and row["profile"] == "wg"
+        r2 = lab.nsrun("ls")
+        [line] = [x for x in r2.stdout.splitlines() if x.startswith(t.name)]
+        assert "wg 192.0.2.1:51820 (userspace, handshake " in line, line
+        for out in (r.stdout, r2.stdout):
+            assert t.private not in out and provider.public not in out
+        assert_no_key_in([lab.statedir, Path("/etc/netns") / t.name], t.private)
+        assert lab.nsrun("up", t.name, "-p", str(t.profile)).stdout.startswith(f"{t.name} is already up")
+    finally:
+        t.down()
+    assert wg_processes(lab) == []
+    assert not os.path.exists(f"/run/wireguard/{t.ifname}.sock")
+    assert not Path(f"/etc/netns/{t.name}").exists()
+    r = lab.nsrun("down", t.name)  # idempotent
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+
+
+# -- acceptance 2: the kill switch --------------------------------------------------------------
+
+@needs_tcpdump
 @pytest.mark.parametrize("how", ["peer-removed", "provider-stopped"])
 def test_kill_switch_nothing_leaves_in_the_clear(lab, tunnel, how):
-    tunnel.up()
+    assert tunnel.up().returncode == 0
     r = lab.nsrun("exec", tunnel.name, "--", *CLIENT)
     assert r.returncode == 0, r.stderr
     if how == "peer-removed":
@@ -217,16 +298,14 @@ def test_kill_switch_nothing_leaves_in_the_clear(lab, tunnel, how):
     try:
         r = lab.nsrun("exec", tunnel.name, "--", *CLIENT)
         assert r.returncode != 0 and "connection failed" in r.stderr
-        # Also a UDP datagram upstream and a connection to the LAN's gateway: not in the clear.
+        # Also a UDP datagram upstream (v4 and v6) and a connection to the LAN's gateway.
         r = lab.nsrun("exec", tunnel.name, "--", sys.executable, VPNLAB, "leak")
         assert r.returncode == 0, r.stderr
         time.sleep(1.0)
     finally:
-        cap.terminate()
-        out, _ = cap.communicate(timeout=10)
+        frames = _stop_capture(cap)
         if how == "provider-stopped":
             tunnel.provider.start_peer()
-    frames = [line for line in out.splitlines() if line.strip()]
     assert [f for f in frames if "ethertype ARP" not in f], "the capture saw nothing: the client never tried"
     leaks = _leaks(frames)
     assert not leaks, "\n".join(leaks[:10])
@@ -236,24 +315,18 @@ def test_kill_switch_nothing_leaves_in_the_clear(lab, tunnel, how):
         lab.host(sys.executable, VPNLAB, "leak")
         time.sleep(0.5)
     finally:
-        cap.terminate()
-        out, _ = cap.communicate(timeout=10)
-    assert len(_leaks(out.splitlines())) >= 2, out
+        frames = _stop_capture(cap)
+    assert len(_leaks(frames)) >= 2, frames
 
 
-def _leaks(frames: list[str]) -> list[str]:
-    """Frames leaving by the lab host's uplink other than ARP and WireGuard's UDP from the
-    lab host to the provider's endpoint."""
-    endpoint = re.compile(r"ethertype IPv4 .*: 192\.168\.1\.10\.\d+ > 192\.0\.2\.1\.51820: UDP")
-    return [f for f in frames if f.strip() and "ethertype ARP" not in f and not endpoint.search(f)]
-
+# -- acceptance 3: IPv6 -------------------------------------------------------------------------
 
 def test_ipv6_through_the_tunnel_when_configured(lab, provider, tmp_path):
     from vpnlab import PROVIDER6, PROVIDER6_UP, V6_PORT
 
     t = Tunnel(lab, provider, tmp_path, v6=True)
     try:
-        t.up()
+        assert t.up().returncode == 0
         r = lab.nsrun("exec", t.name, "--", sys.executable, VPNLAB, "client6", PROVIDER6_UP, str(V6_PORT))
         assert (r.returncode, r.stdout.strip()) == (0, PROVIDER6), r.stderr
         routes = json.loads(inside(t.name, "ip", "-j", "-6", "route", "show").stdout)
@@ -264,42 +337,97 @@ def test_ipv6_through_the_tunnel_when_configured(lab, provider, tmp_path):
         t.down()
 
 
-def test_gc_finds_a_killed_wireguard_go_and_its_socket(lab, tunnel):
-    rec = tunnel.up()
-    os.kill(rec["pid"], 9)  # a crash: the socket stays, the tun goes with the process
+# -- acceptance 4: crashes, then gc -------------------------------------------------------------
+
+@pytest.mark.parametrize("step", steps("wireguard"))
+def test_up_killed_at_each_setup_step_then_gc_restores_the_host(lab, provider, tmp_path, step):
+    t = Tunnel(lab, provider, tmp_path, dns="10.77.0.1")
+    try:
+        r = t.up(NSRUN_FAULT=step)
+        assert r.returncode == -9, r.stderr
+        if step == "ready":  # the setup had finished: up, and it stays until `down`
+            gc = lab.nsrun("gc")
+            assert "nothing to reclaim" in gc.stdout, gc.stdout
+            r = lab.nsrun("exec", t.name, "--", *CLIENT)
+            assert (r.returncode, r.stdout.strip()) == (0, "192.0.2.1"), r.stderr
+            return
+        if step in ("wg-started", "wg-configured"):
+            assert len(wg_processes(lab)) == 1  # the daemon outlived nsrun, its tun still here
+        gc = lab.nsrun("gc")
+        assert gc.returncode == 0 and f"removing namespace {t.name}" in gc.stdout, gc.stdout + gc.stderr
+        assert wg_processes(lab) == []
+        assert not os.path.exists(f"/run/wireguard/{t.ifname}.sock")
+        assert not Path(f"/etc/netns/{t.name}").exists() and not Path(f"/run/netns/{t.name}").exists()
+        assert t.ifname not in [link["ifname"] for link in lab.host_json("ip", "-j", "link", "show")]
+        again = lab.nsrun("gc")
+        assert "nothing to reclaim" in again.stdout, again.stdout
+        assert_no_key_in([lab.statedir], t.private)
+    finally:
+        t.down()
+
+
+@pytest.mark.parametrize("step", ["wg-started", "wg-moved", "wireguard"])
+def test_a_run_whose_setup_is_killed_is_cleaned_up_by_its_supervisor(lab, provider, tmp_path, step):
+    t = Tunnel(lab, provider, tmp_path)
+    try:
+        r = lab.nsrun("-p", str(t.profile), "--", "true", env={"NSRUN_FAULT": step})
+        assert r.returncode == 128 + 9, r.stderr
+        assert wg_processes(lab) == []
+        gc = lab.nsrun("gc")
+        assert "nothing to reclaim" in gc.stdout, gc.stdout
+    finally:
+        t.provider.drop_client(t.public)
+
+
+def test_down_after_the_daemon_was_killed_removes_its_socket(lab, tunnel):
+    assert tunnel.up().returncode == 0
+    pid = record_of(lab, tunnel.name)["wg_pid"]
+    os.kill(pid, 9)  # a crash of wireguard-go: its socket stays, its tun goes with it
     deadline = time.monotonic() + 5
-    while wg_processes() and time.monotonic() < deadline:
+    while wg_processes(lab) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert os.path.exists(f"/run/wireguard/{tunnel.ifname}.sock")
-    r = drive(lab, "status", tunnel.name)
-    assert json.loads(r.stdout)["state"] == "down"
-    lab.nsrun("down", tunnel.name)  # the namespace goes: its record is an orphan now
-    r = drive(lab, "orphans")
-    assert r.returncode == 0, r.stderr
-    assert [why for _, why in json.loads(r.stdout)] == ["its namespace is gone"]
-    r = drive(lab, "gc")
-    assert r.returncode == 0, r.stderr
+    [row] = [x for x in json.loads(lab.nsrun("ls", "--json").stdout) if x["name"] == tunnel.name]
+    assert row["wireguard"]["state"] == "down"
+    assert "wg (userspace, down)" in lab.nsrun("ls").stdout
+    r = lab.nsrun("exec", tunnel.name, "--", *CLIENT)
+    assert r.returncode != 0  # no way out at all
+    assert lab.nsrun("down", tunnel.name).returncode == 0
     assert not os.path.exists(f"/run/wireguard/{tunnel.ifname}.sock")
-    assert json.loads(drive(lab, "orphans").stdout) == []
 
 
-def test_create_into_a_missing_namespace_changes_nothing(lab, provider, tmp_path):
-    t = Tunnel(lab, provider, tmp_path)
+def test_gc_reclaims_a_wireguard_go_no_record_accounts_for(lab, provider, tmp_path):
+    """A daemon serving an nsrun-named tun still in the lab host, with no record (what a
+    setup of another state directory in progress looks like, or a crash before the record
+    of a lost state directory): left alone while young, reclaimed once older than a setup
+    could be (the grace is shortened here); its socket too."""
+    ifname = names.wg_ifname(f"lost-{lab.lab.id}")
+    r = subprocess.run(lab.host_argv(["wireguard-go", ifname]), env={"PATH": os.environ["PATH"]},
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    [pid] = wg_processes(lab)
     try:
-        r = drive(lab, "create", t.name, str(t.conf))
-        assert r.returncode == 2 and "does not exist" in r.stderr
-        assert wg_processes() == [] and not Path("/run/netns", t.name).exists()
+        gc = lab.nsrun("gc")
+        assert "nothing to reclaim" in gc.stdout, gc.stdout  # young: perhaps a setup in progress
+        r = subprocess.run(lab.host_argv([sys.executable, VPNLAB, "gc", "0"]), env=lab.env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.splitlines() == [f"wireguard-go {pid} ({ifname})"], r.stdout + r.stderr
+        assert wg_processes(lab) == []
+        assert not os.path.exists(f"/run/wireguard/{ifname}.sock")
+        assert ifname not in [link["ifname"] for link in lab.host_json("ip", "-j", "link", "show")]
     finally:
-        provider.drop_client(t.public)
+        if wg_processes(lab):
+            os.kill(pid, 9)
 
 
-def test_refused_configs_change_nothing(lab, provider, tmp_path):
+# -- acceptance 6: refused configurations change nothing ----------------------------------------
+
+def test_refused_configs_exit_2_naming_file_and_key_before_any_change(lab, provider, tmp_path):
     t = Tunnel(lab, provider, tmp_path)
     try:
-        r = lab.nsrun("up", t.name, "-p", "isolated")
-        assert r.returncode == 0, r.stderr
         text = t.conf.read_text()
         bad = tmp_path / "bad.conf"
+        prof = wg_profile(tmp_path, bad, "bad")
         cases = {
             "world": (text, 0o644, "group or others may read"),
             "key": (text.replace(t.private, t.private[:-2] + "!="), 0o600, "PrivateKey: is not a WireGuard key"),
@@ -307,77 +435,23 @@ def test_refused_configs_change_nothing(lab, provider, tmp_path):
             "endpoint": (text.replace("192.0.2.1:51820", "no-such-host.invalid:51820"), 0o600,
                          "Endpoint: no-such-host.invalid does not resolve"),
         }
+        # The lab host has no resolver; one on its refused port 53 answers at once.
+        resolv = tmp_path / "resolv.conf"
+        resolv.write_text("nameserver 127.0.0.1\n")
         for case, (body, mode, want) in cases.items():
             bad.write_text(body)
             os.chmod(bad, mode)
-            # The lab host has no resolver; one on its refused port 53 answers at once.
-            resolv = tmp_path / "resolv.conf"
-            resolv.write_text("nameserver 127.0.0.1\n")
-            r = subprocess.run(lab.host_argv(["unshare", "-m", "--propagation", "slave", "sh", "-c",
-                                              f"mount --bind {resolv} /etc/resolv.conf && "
-                                              f"exec {sys.executable} {VPNLAB} create {t.name} {bad}"]),
-                               env=lab.env, capture_output=True, text=True, timeout=60)
-            assert r.returncode == 2, (case, r.stderr)
-            lines = r.stderr.strip().splitlines()
-            assert len(lines) == 1 and str(bad) in lines[0] and want in lines[0], (case, r.stderr)
-            assert t.private not in r.stderr
-            assert wg_processes() == []
-            assert inside(t.name, "ip", "-j", "link", "show").stdout.count('"ifname"') == 1
+            for args in (["up", t.name, "-p", str(prof)], ["-p", str(prof), "--", "true"]):
+                nsrun = " ".join(lab.nsrun_argv(*args)[2:])  # inside the lab host already
+                r = subprocess.run(lab.host_argv(["unshare", "-m", "--propagation", "slave", "sh", "-c",
+                                                  f"mount --bind {resolv} /etc/resolv.conf && exec {nsrun}"]),
+                                   env=lab.env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                assert r.returncode == 2, (case, args, r.stderr)
+                lines = r.stderr.strip().splitlines()
+                assert len(lines) == 1 and str(bad) in lines[0] and want in lines[0], (case, r.stderr)
+                assert t.private not in r.stderr
+                assert wg_processes(lab) == []
+                assert not Path(f"/run/netns/{t.name}").exists()
+                assert not list((lab.statedir / "ns").glob("*.json")) if (lab.statedir / "ns").exists() else True
     finally:
-        lab.nsrun("down", t.name)
-        provider.drop_client(t.public)
-
-
-@pytest.mark.parametrize("step", ["wg-record", "wg-started", "wg-configured", "wg-moved", "wg-inside", "wg-dns"])
-def test_gc_after_a_crash_at_each_setup_step(lab, provider, tmp_path, step):
-    from nsrun.wireguard import WG_STEPS
-
-    assert step in WG_STEPS
-    t = Tunnel(lab, provider, tmp_path, dns="10.77.0.1")
-    try:
-        assert lab.nsrun("up", t.name, "-p", "isolated").returncode == 0
-        r = subprocess.run(lab.host_argv([sys.executable, VPNLAB, "create", t.name, str(t.conf)]),
-                           env={**lab.env, "NSRUN_FAULT": step}, capture_output=True, text=True, timeout=60)
-        assert r.returncode == -9, r.stderr
-        r = drive(lab, "orphans")
-        assert [why for _, why in json.loads(r.stdout)] == ["its setup never finished"], r.stdout
-        r = drive(lab, "gc")
-        assert r.returncode == 0, r.stderr
-        assert json.loads(drive(lab, "orphans").stdout) == []
-        assert wg_processes() == []
-        assert not os.path.exists(f"/run/wireguard/{t.ifname}.sock")
-        assert not Path(f"/etc/netns/{t.name}").exists()
-        assert inside(t.name, "ip", "-j", "link", "show").stdout.count('"ifname"') == 1  # lo alone
-        assert not (lab.statedir / "wg" / f"{t.name}.json").exists()
-    finally:
-        t.down()
-
-
-def test_gc_reclaims_a_wireguard_go_whose_record_was_never_written(lab, provider, tmp_path):
-    """A crash between starting wireguard-go and recording its pid: the process, its tun
-    (still in the host namespace) and its socket are found by name alone, once older than
-    a setup could be (the grace is shortened here)."""
-    t = Tunnel(lab, provider, tmp_path)
-    proc = subprocess.Popen(lab.host_argv(["wireguard-go", t.ifname]), env={"WG_PROCESS_FOREGROUND": "1"},
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(f"/run/wireguard/{t.ifname}.sock") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        code = ("import json, sys; sys.path.insert(0, %r); from nsrun import wireguard; "
-                "wireguard.SETUP_GRACE = float(sys.argv[1]); "
-                "o = wireguard.orphans(); [wireguard.reclaim(h) for _, _, h in o if sys.argv[2] == 'gc']; "
-                "print(json.dumps([w for w, _, _ in o]))") % str(Path(VPNLAB).parent.parent)
-        r = subprocess.run(lab.host_argv([sys.executable, "-c", code, "60", "plan"]), env=lab.env,
-                           capture_output=True, text=True, timeout=60)
-        assert json.loads(r.stdout) == [], r.stderr  # young: perhaps a setup in progress
-        r = subprocess.run(lab.host_argv([sys.executable, "-c", code, "0", "gc"]), env=lab.env,
-                           capture_output=True, text=True, timeout=60)
-        assert json.loads(r.stdout) == [f"wireguard-go {proc.pid} ({t.ifname})"], r.stderr
-        assert proc.wait(10) is not None
-        assert not os.path.exists(f"/run/wireguard/{t.ifname}.sock")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         provider.drop_client(t.public)

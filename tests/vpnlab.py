@@ -11,14 +11,13 @@ upstream, so the server's answer names the provider. The upstream forwards betwe
 gateways and the provider while the provider exists (put back on `destroy`).
 
 Kept apart from nsrun/lab.py so that file can change under another branch. `python3
-tests/vpnlab.py create|remove|status|orphans ...` drives nsrun.wireguard from inside the lab
-host (the tests run it under `nsenter --net`), since the module works in its caller's
-namespace.
+tests/vpnlab.py ...` runs the small programs the tests need inside the lab (a v6 server and
+client, a DNS server that logs, a leak generator), and `gc GRACE` runs nsrun's gc with a
+shortened grace for unrecorded wireguard-go daemons.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -270,29 +269,66 @@ def leak() -> None:
         socket.create_connection((labmod.GW2_LAN, 80), timeout=1.0).close()
     except OSError:
         pass
+    try:  # and v6, to the provider's upstream side (no v6 route inside: refused at once)
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.sendto(b"x", (PROVIDER6_UP, 53))
+    except OSError:
+        pass
+
+
+def ping(host: str, count: int, timeout: float = 5.0) -> int:
+    """ICMP echo to HOST, COUNT times (a raw socket: root; no ping binary needed). Prints
+    the replies' sources; 0 when every request was answered."""
+    import struct
+
+    def checksum(data: bytes) -> int:
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        total = (total >> 16) + (total & 0xFFFF)
+        return ~(total + (total >> 16)) & 0xFFFF
+
+    ident = os.getpid() & 0xFFFF
+    answered = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        for seq in range(1, count + 1):
+            body = b"nsrun-test-ping!"
+            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            packet = struct.pack("!BBHHH", 8, 0, checksum(header + body), ident, seq) + body
+            s.sendto(packet, (host, 0))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    data, peer = s.recvfrom(2048)
+                except TimeoutError:
+                    break
+                off = (data[0] & 0x0F) * 4
+                kind, _, _, rid, rseq = struct.unpack("!BBHHH", data[off:off + 8])
+                if kind == 0 and rid == ident and rseq == seq:
+                    print(f"reply from {peer[0]} seq {seq}")
+                    answered += 1
+                    break
+    return 0 if answered == count else 1
+
+
+def gc_with_grace(grace: float, dry_run: bool) -> None:
+    """nsrun's gc (the engine's, as `nsrun gc` runs it) with the WireGuard resource's grace
+    for unrecorded daemons set to GRACE seconds; prints what it removes (or would)."""
+    from nsrun.engine import gc
+    from nsrun.engine.resources import wireguard
+
+    wireguard.SETUP_GRACE = grace
+    gc.run(dry_run, lambda a: print(a.what, flush=True),
+           lambda a, exc: print(f"failed: {a.what}: {exc}", file=sys.stderr))
 
 
 def main(argv: list[str]) -> int:
-    """Driver for the tests, run inside the lab host: create|remove|status|orphans."""
-    from nsrun import wgconf, wireguard
-    from nsrun.errors import NsrunError
-
+    """Programs the tests run inside the lab (and gc with a chosen grace, in the lab host)."""
     cmd, args = (argv[0], argv[1:]) if argv else ("", [])
     try:
-        if cmd == "create" and len(args) == 2:
-            conf = wgconf.load(args[1])
-            rec = wireguard.create(args[0], conf, impl="userspace")
-            print(json.dumps(rec.to_json()))
-        elif cmd == "remove" and len(args) == 1:
-            print(json.dumps(wireguard.remove(args[0])))
-        elif cmd == "status" and len(args) == 1:
-            print(json.dumps(wireguard.status(args[0])))
-        elif cmd == "orphans" and not args:
-            print(json.dumps([[what, why] for what, why, _ in wireguard.orphans()]))
-        elif cmd == "gc" and not args:
-            for what, why, handle in wireguard.orphans():
-                wireguard.reclaim(handle)
-                print(f"removed {what}: {why}")
+        if cmd == "gc" and len(args) in (1, 2):
+            gc_with_grace(float(args[0]), args[1:] == ["--dry-run"])
+        elif cmd == "ping" and len(args) == 2:
+            return ping(args[0], int(args[1]))
         elif cmd == "serve6" and len(args) == 1:
             serve6(int(args[0]))
         elif cmd == "probe6" and len(args) == 2:
@@ -312,12 +348,9 @@ def main(argv: list[str]) -> int:
         elif cmd == "server" and not args:
             print(labmod.client())
         else:
-            print("usage: vpnlab.py create NAME CONF | remove NAME | status NAME | orphans | gc",
-                  file=sys.stderr)
+            print("usage: vpnlab.py gc GRACE [--dry-run] | serve6 PORT | probe6 HOST PORT | client6 HOST PORT "
+                  "| leak | dns-serve ADDRESS LOG | resolve NAME | server | ping HOST COUNT", file=sys.stderr)
             return 2
-    except NsrunError as exc:
-        print(f"nsrun: {exc}", file=sys.stderr)
-        return exc.exit_code
     except OSError as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return 1

@@ -1,7 +1,10 @@
 """The engine: bring a namespace up per its profile, take it down again, and (in `gc`)
 find what crashed runs left behind. Callable from any Python process, not only the CLI: it
 never prints, never forks, and reads the environment only through nsrun.state (where the
-state directory is) and nsrun.fault (the crash tests' injection).
+state directory is) and nsrun.fault (the crash tests' injection). One contained exception
+to "never forks": where the kernel has no WireGuard, the wireguard resource runs
+`wireguard-go` (nsrun.wireguard.start_userspace) until it has daemonized itself, so no
+child of the engine outlives the call.
 
     nsrun/engine/__init__.py     up, down, teardown (this module)
     nsrun/engine/record.py       the typed records: NsRecord (ns/NAME.json), NetRecord (net.json)
@@ -10,8 +13,9 @@ state directory is) and nsrun.fault (the crash tests' injection).
     nsrun/engine/firewall/       the firewall seam and its backends
     nsrun/engine/gc.py           gc: plan actions from the resources, act under the locks
 
-`up()` writes the record (intent) before the first host change, then walks the profile
-mode's resources in order, each recording its slice of the record before it acts; on any
+`up()` lets the resources that read something the profile names check it (`prepare`: a
+WireGuard file, the host's routes), writes the record (intent) before the first host
+change, then walks the profile mode's resources in order, each recording its slice of the record before it acts; on any
 failure what was made is taken down again. `teardown()` walks the same list in reverse,
 after stopping what runs inside and unmounting the namespace (its links go with it), goes
 on past a step that fails, and keeps the record when one did, so that gc retries.
@@ -47,8 +51,6 @@ def up(name: str, prof: Profile, *, persistent: bool,
     from nsrun.engine.context import Setup
 
     names.check_name(name)
-    if prof.mode == "wireguard":  # nsrun.wireguard exists; wiring it in is the engine's next step
-        raise UsageError(f"{prof.source}: mode: wireguard profiles are not wired into `up`/runs yet")
     with record.ns_lock(name):
         rec = record.read(name)
         if netns.exists(name):
@@ -71,10 +73,17 @@ def up(name: str, prof: Profile, *, persistent: bool,
             owner_pid=owner.get("owner_pid"), owner_start=owner.get("owner_start"),
             host_resolver=prof.host_resolver,
         )
-        record.save(rec)
-        fault.checkpoint("record")
         steps = resources.for_mode(prof.mode)
         s = Setup(rec, prof)
+        try:
+            for res in steps:  # checks that read files or the host: a refusal changes nothing
+                if (prepare := getattr(res, "prepare", None)) is not None:
+                    prepare(s)
+        except BaseException:
+            s.close()
+            raise
+        record.save(rec)
+        fault.checkpoint("record")
         s.inside = [functools.partial(f, s) for r in steps if (f := getattr(r, "inside", None))]
         try:
             try:

@@ -8,8 +8,13 @@ A resource is a plain module (see `nsrun.engine.resources`) with:
     def remove(rec: NsRecord) -> None           # idempotent; from the record alone
     def orphans(scan: Scan) -> list[Action]     # what crashed runs left of it (gc)
 
-and, when it must act inside the namespace as the namespace is made (a veth's peer made
-from inside costs nothing; moved in later it costs 20 ms), `def inside(s: Setup) -> None`.
+and, optionally:
+
+    def inside(s: Setup) -> None     # act inside the namespace as it is made (a veth's peer
+                                     # made from inside costs nothing; moved in, 20 ms)
+    def prepare(s: Setup) -> None    # read and check what the profile refers to, before the
+                                     # record is written: a refusal there changes nothing
+    SUBSTEPS: tuple[str, ...]        # fault-injection steps inside create, before STEP
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Setup:
         # namespace leaving can take the bridge's shared pieces away in between.
         self.held = contextlib.ExitStack()
         self.inside: list[Callable[[], None]] = []  # run in the namespace as it is made
+        self.data: dict[str, Any] = {}  # what `prepare` read, by the resource's STEP
         self._stack = contextlib.ExitStack()
         self._ipr: Any = None
         self._host_fd = -1

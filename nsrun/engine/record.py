@@ -4,14 +4,17 @@ Two kinds, each a typed, immutable record (a NamedTuple, so the supervisor pays 
 for it) that owns every key of its JSON file:
 
 - `NsRecord`, a namespace's record (`ns/NAME.json`): the aggregate. Each resource owns its
-  slice (the bridge its `bridge`, the veth its `veth`, the lease its `address`...); teardown
+  slice (the bridge its `bridge`, the veth its `veth`, the lease its `address`, WireGuard its
+  `wireguard`/`wg_pid`/`wg_start`, the router its `routes`...); teardown
   and gc read nothing else to find the pieces again.
 - `NetRecord`, a bridge's shared state (`net/BRIDGE/net.json`): whether nsrun made the
   bridge, which firewall backend made its rules, the rp_filter value to put back, the uplink's
   state to put back, the loopback stub its DNS is forwarded to.
 
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
-same keys (`firewall` was then a boolean: true meant python-iptables). Where the files live
+same keys (`firewall` was then a boolean: true meant python-iptables). Keys added within
+schema 1 (`wireguard`, `wg_pid`, `wg_start`, `routes`) have defaults: a file without them
+reads as a namespace without WireGuard or routes. Where the files live
 is `nsrun.state`'s business; this module is the only one that reads their keys.
 """
 
@@ -35,6 +38,11 @@ def _int(data: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key)
+    return value if isinstance(value, list) else []
+
+
 class NsRecord(NamedTuple):
     name: str
     profile: str | None
@@ -52,9 +60,18 @@ class NsRecord(NamedTuple):
     owner_pid: int | None
     owner_start: int | None
     host_resolver: bool = False  # the profile lets CMD use the host's nscd/resolved sockets
+    # wireguard mode (nsrun.engine.resources.wireguard): the implementation, and the
+    # userspace daemon's pid and start time. Never a key.
+    wireguard: str | None = None  # "kernel" | "userspace"
+    wg_pid: int | None = None
+    wg_start: int | None = None
+    # router profiles (nsrun.engine.resources.router): the host routes made via `address`.
+    routes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, **self._asdict()}
+        data = {"schema": SCHEMA, **self._asdict()}
+        data["routes"] = list(self.routes)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NsRecord | None:
@@ -72,6 +89,8 @@ class NsRecord(NamedTuple):
             prefixlen=_int(data, "prefixlen"), gateway=_str(data, "gateway"), dns=data.get("dns") is True,
             owner_pid=_int(data, "owner_pid"), owner_start=_int(data, "owner_start"),
             host_resolver=data.get("host_resolver") is True,
+            wireguard=_str(data, "wireguard"), wg_pid=_int(data, "wg_pid"), wg_start=_int(data, "wg_start"),
+            routes=tuple(r for r in _list(data, "routes") if isinstance(r, str)),
         )
 
     def owner(self) -> dict[str, Any]:

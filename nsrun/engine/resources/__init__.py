@@ -13,20 +13,25 @@ Adding a resource is a module plus an entry in MODES.
     lease      the address, from the bridge's pool     (nat, bridge)
     veth       eth0 inside, nsrXXXX on the bridge      (nat, bridge)
     address    eth0's address and default route       (nat, bridge)
+    router     ip_forward inside, host routes via it  (nat, bridge; `forward`, `routes`)
     dns        /etc/netns/NAME/resolv.conf             (nat, bridge)
+    wireguard  the tunnel, the only way out, its DNS   (wireguard)
 """
 
 from __future__ import annotations
 
 from nsrun.engine.context import Resource
-from nsrun.engine.resources import address, bridge, dns, firewall, lease, namespace, veth
+from nsrun.engine.resources import (address, bridge, dns, firewall, lease, namespace, router, veth,
+                                    wireguard)
 
 MODES: dict[str, list[Resource]] = {
     # nat: the lease is taken at once, under the bridge lock the bridge step holds.
-    "nat": [bridge, firewall, lease, namespace, veth, address, dns],
+    "nat": [bridge, firewall, lease, namespace, veth, address, router, dns],
     # bridge: the lease is taken from inside, after an ARP probe on the LAN.
-    "bridge": [bridge, namespace, veth, lease, address, dns],
+    "bridge": [bridge, namespace, veth, lease, address, router, dns],
     "isolated": [namespace],
+    # wireguard: the tunnel is made in the host's namespace and moved into the new one.
+    "wireguard": [namespace, wireguard],
 }
 
 
