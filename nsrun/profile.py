@@ -31,14 +31,15 @@ DEFAULT_NAT_BRIDGE = "nsrun0"
 DEFAULT_PROBE_MS = 50
 KEYS = (
     "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
-    "mtu", "probe_ms",
+    "mtu", "probe_ms", "firewall",
 )
 # Keys of one mode only, listed among the known keys when that mode is chosen.
 WIREGUARD_KEYS = ("wireguard",)
+FIREWALLS = ("nftables", "iptables")  # the firewall seam's backends (nsrun.engine.firewall)
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
-    "nat": {"bridge", "subnet", "range", "gateway", "dns", "mtu"},
-    "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "mtu", "probe_ms"},
+    "nat": {"bridge", "subnet", "range", "gateway", "dns", "mtu", "firewall"},
+    "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "mtu", "probe_ms", "firewall"},
     "isolated": set(),
     "wireguard": {"wireguard"},
 }
@@ -68,6 +69,7 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
     mtu: int | None = None
     probe_ms: int = 0
     wireguard: str | None = None  # wireguard mode: the wg-quick file (read when used: it holds keys)
+    firewall: str | None = None  # a backend to use instead of the host's automatic choice
 
     @property
     def wired(self) -> bool:
@@ -100,6 +102,7 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
                 out["uplink"] = self.uplink
                 out["probe_ms"] = self.probe_ms
             out["mtu"] = self.mtu
+            out["firewall"] = self.firewall or "auto"
         return out
 
 
@@ -287,10 +290,18 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
     probe_ms = DEFAULT_PROBE_MS if mode == "bridge" else 0
     if "probe_ms" in data:
         probe_ms = _int(source, "probe_ms", data["probe_ms"], 0, 10000)
+    firewall = None
+    if "firewall" in data:
+        if not isinstance(data["firewall"], str):
+            raise _type_error(source, "firewall", "a string", data["firewall"])
+        if data["firewall"] not in (*FIREWALLS, "auto"):
+            raise ProfileError(source, "firewall",
+                               f"{data['firewall']!r} is not one of {', '.join(FIREWALLS)}, auto")
+        firewall = None if data["firewall"] == "auto" else data["firewall"]
     return Profile(
         name=name, source=source, mode=mode, description=description, bridge=bridge,
         uplink=uplink, subnet=subnet, first=first, last=last, gateway=gateway, dns=dns,
-        mtu=mtu, probe_ms=probe_ms,
+        mtu=mtu, probe_ms=probe_ms, firewall=firewall,
     )
 
 

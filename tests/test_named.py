@@ -13,6 +13,8 @@ import pytest
 from conftest import CLIENT
 from nsrun import lab as labmod
 
+HOST_KINDS = ["legacy", "nftables", "docker"]
+
 
 @pytest.fixture
 def blue(lab):

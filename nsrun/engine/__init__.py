@@ -39,9 +39,13 @@ class Busy(NsrunError):
 
 
 def up(name: str, prof: Profile, *, persistent: bool,
-       owner: dict[str, Any] | None = None) -> tuple[NsRecord, bool]:
+       owner: dict[str, Any] | None = None, firewall: str | None = None,
+       notices: list[str] | None = None) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
-    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor."""
+    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor. FIREWALL: the
+    backend the caller asks for (a profile's `firewall` wins). NOTICES, when given, gets what
+    this setup opened in the host's own firewall, one line each, for the caller to say (only
+    the setup that opens a bridge's way reports it: once per bridge)."""
     from nsrun import profile
     from nsrun.engine import resources
     from nsrun.engine.context import Setup
@@ -73,16 +77,20 @@ def up(name: str, prof: Profile, *, persistent: bool,
         record.save(rec)
         fault.checkpoint("record")
         steps = resources.for_mode(prof.mode)
-        s = Setup(rec, prof)
+        s = Setup(rec, prof, firewall)
         s.inside = [functools.partial(f, s) for r in steps if (f := getattr(r, "inside", None))]
         try:
             try:
+                for check in [f for r in steps if (f := getattr(r, "check", None))]:
+                    check(s)  # refusals come before anything is made
                 for res in steps:
                     res.create(s)
                     fault.checkpoint(res.STEP)
             finally:
                 s.close()
             s.update(state="up")
+            if notices is not None:
+                notices.extend(s.notices)
             fault.checkpoint("ready")
         except BaseException:
             try:

@@ -9,7 +9,10 @@ A resource is a plain module (see `nsrun.engine.resources`) with:
     def orphans(scan: Scan) -> list[Action]     # what crashed runs left of it (gc)
 
 and, when it must act inside the namespace as the namespace is made (a veth's peer made
-from inside costs nothing; moved in later it costs 20 ms), `def inside(s: Setup) -> None`.
+from inside costs nothing; moved in later it costs 20 ms), `def inside(s: Setup) -> None`;
+when it must refuse before any resource is made (the host's firewall would drop the
+traffic and nsrun may not open it), `def check(s: Setup) -> None`, run for every resource
+of the mode before the first `create`.
 """
 
 from __future__ import annotations
@@ -57,10 +60,15 @@ class Setup:
     """One `up` in progress: the profile, the record as it grows, and what the resources
     share while they are made (the host's netlink socket, the bridge lock)."""
 
-    def __init__(self, rec: NsRecord, prof: Profile) -> None:
+    def __init__(self, rec: NsRecord, prof: Profile, firewall: str | None = None) -> None:
         self.rec = rec
         self.prof = prof
         self.name = rec.name
+        # The firewall backend the caller asks for (NSRUN_FIREWALL, read by the command
+        # layer); a profile's own `firewall` wins over it.
+        self.firewall = prof.firewall or firewall
+        # What was changed in the host's own firewall, one line each, for the caller to say.
+        self.notices: list[str] = []
         # Held from the bridge's check until this namespace holds a lease, so that no last
         # namespace leaving can take the bridge's shared pieces away in between.
         self.held = contextlib.ExitStack()

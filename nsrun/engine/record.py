@@ -7,10 +7,12 @@ for it) that owns every key of its JSON file:
   slice (the bridge its `bridge`, the veth its `veth`, the lease its `address`...); teardown
   and gc read nothing else to find the pieces again.
 - `NetRecord`, a bridge's shared state (`net/BRIDGE/net.json`): whether nsrun made the
-  bridge, which firewall backend made its rules, the rp_filter value to put back.
+  bridge, which firewall backend made its rules, where it opened the host's own firewall,
+  the rp_filter value to put back.
 
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
-same keys (`firewall` was then a boolean: true meant python-iptables). Where the files live
+same keys (`firewall` was then a boolean: true meant python-iptables); records of schema 1
+written before the firewall openings lack `firewall_ok` and `opened` (see from_json). Where the files live
 is `nsrun.state`'s business; this module is the only one that reads their keys.
 """
 
@@ -85,12 +87,19 @@ class NetRecord(NamedTuple):
     gateway: str | None = None
     created_bridge: bool = False
     uplink: str | None = None
-    firewall: str | None = None  # the backend that holds the bridge's rules (nsrun.engine.firewall)
+    # The firewall backend for the bridge's rules (nsrun.engine.firewall), written before
+    # the first rule or opening is made, so that a crash leaves the way to remove them.
+    firewall: str | None = None
+    firewall_ok: bool = False  # nat mode: the NAT rules are all in (ip_forward on)
+    # Where forwarding was opened in the host's own firewall ("table ip filter chain
+    # DOCKER-USER"...; () when nothing dropped it): None until the openings are all made.
+    opened: tuple[str, ...] | None = None
     rp_filter_set: bool = False  # rp_filter has been judged (and loosened when it was strict)
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
+        data["opened"] = list(self.opened) if self.opened is not None else None
         del data["rp_filter_set"]
         if not self.rp_filter_set:
             del data["rp_filter"]  # schema 0: the key's absence meant "not judged yet"
@@ -101,11 +110,17 @@ class NetRecord(NamedTuple):
         if (_int(data, "schema") or 0) > SCHEMA:
             return None
         fw = data.get("firewall")
+        firewall = fw if isinstance(fw, str) else ("iptables" if fw is True else None)
+        opened = data.get("opened")
         return cls(
             mode=_str(data, "mode") or "", profile=_str(data, "profile"), subnet=_str(data, "subnet"),
             gateway=_str(data, "gateway"), created_bridge=data.get("created_bridge") is True,
             uplink=_str(data, "uplink"),
-            firewall=fw if isinstance(fw, str) else ("iptables" if fw is True else None),
+            firewall=firewall,
+            # Records before the openings had no `firewall_ok`: a backend recorded meant the
+            # rules were in. Their `opened` is unknown (None): the next setup opens the way.
+            firewall_ok=data["firewall_ok"] is True if "firewall_ok" in data else firewall is not None,
+            opened=tuple(o for o in opened if isinstance(o, str)) if isinstance(opened, list) else None,
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
         )
 
