@@ -67,6 +67,7 @@ class Setup:
         # The firewall backend the caller asks for (NSRUN_FIREWALL, read by the command
         # layer); a profile's own `firewall` wins over it.
         self.firewall = prof.firewall or firewall
+        self.backend: str | None = None  # the backend chosen for this setup, once chosen
         # What was changed in the host's own firewall, one line each, for the caller to say.
         self.notices: list[str] = []
         # Held from the bridge's check until this namespace holds a lease, so that no last

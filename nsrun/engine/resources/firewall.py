@@ -29,9 +29,14 @@ from nsrun.engine.resources.lease import unused
 STEP = "firewall"
 
 
-def backend_for(s: Setup, net: NetRecord) -> str:
-    """The backend of BRIDGE's rules: the one recorded, else the one chosen for this setup."""
-    return net.firewall or firewall.choose(s.firewall)
+def backend_for(s: Setup, net: NetRecord | None) -> str:
+    """The backend of the bridge's rules: the one recorded, else the one chosen for this
+    setup (chosen once: the choice reads the host's ruleset)."""
+    if net is not None and net.firewall:
+        return net.firewall
+    if s.backend is None:
+        s.backend = firewall.choose(s.firewall)
+    return s.backend
 
 
 def create(s: Setup) -> None:

@@ -32,7 +32,6 @@ def _mode(s: Setup) -> str:
 def check(s: Setup) -> None:
     """Refuse, before anything is made, when the host would drop the bridge's traffic in a
     chain nsrun cannot open."""
-    from nsrun.engine import firewall
     from nsrun.engine.firewall import foreign
 
     bridge = s.prof.bridge
@@ -40,9 +39,8 @@ def check(s: Setup) -> None:
     net = record.read_net(bridge)
     if net is not None and net.opened is not None:
         return  # opened already (the way stays while the bridge is in use)
-    backend = (net.firewall if net is not None else None) or firewall.choose(s.firewall)
     try:
-        foreign.check(bridge, _mode(s), backend)
+        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net))
     except foreign.Refused as exc:
         raise NsrunError(str(exc)) from None
 
