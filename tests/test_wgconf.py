@@ -334,7 +334,7 @@ def test_the_engine_refuses_a_wireguard_profile_until_it_is_wired() -> None:
 def test_profile_wireguard_key_is_listed_in_wireguard_mode() -> None:
     from nsrun import profile
 
-    with pytest.raises(ProfileError, match=r"zzz: unknown key; known keys: .*probe_ms, wireguard$"):
+    with pytest.raises(ProfileError, match=r"zzz: unknown key; known keys: .*probe_ms, firewall, wireguard$"):
         profile.parse('mode = "wireguard"\nzzz = 1\n', "/p/w.toml", "w")
     with pytest.raises(ProfileError, match=r"wireguardd: unknown key \(did you mean 'wireguard'\?\)"):
         profile.parse('mode = "wireguard"\nwireguardd = "/w.conf"\n', "/p/w.toml", "w")
