@@ -10,7 +10,7 @@ _nsrun() {
     COMPREPLY=()
     cur=${COMP_WORDS[COMP_CWORD]}
     prev=${COMP_WORDS[COMP_CWORD-1]}
-    local commands="up down exec shell ls gc profiles unit demo"
+    local commands="up down exec shell ls gc profiles unit demo doctor"
     # After `--` the words belong to CMD: complete commands and files.
     for ((i = 1; i < COMP_CWORD; i++)); do
         if [[ ${COMP_WORDS[i]} == -- ]]; then
@@ -54,6 +54,7 @@ _nsrun() {
             else COMPREPLY=($(compgen -W "show -h --help" -- "$cur")); fi ;;
         unit) COMPREPLY=($(compgen -W "-p --profile -u --user --install -h --help --" -- "$cur")) ;;
         demo) COMPREPLY=($(compgen -W "-h --help" -- "$cur")) ;;
+        doctor) COMPREPLY=($(compgen -W "--json -h --help" -- "$cur")) ;;
     esac
     return 0
 }

@@ -1,7 +1,7 @@
 # fish completion for nsrun (installed by install.sh as
 # /usr/local/share/fish/vendor_completions.d/nsrun.fish). Profile and namespace names come
 # from `nsrun __complete profiles|namespaces`, which only reads directories.
-set -l commands up down exec shell ls gc profiles unit demo
+set -l commands up down exec shell ls gc profiles unit demo doctor
 complete -c nsrun -f
 complete -c nsrun -n "not __fish_seen_subcommand_from $commands" -a up -d 'Bring up a persistent named namespace'
 complete -c nsrun -n "not __fish_seen_subcommand_from $commands" -a down -d 'Remove a namespace and all nsrun made for it'
@@ -12,6 +12,7 @@ complete -c nsrun -n "not __fish_seen_subcommand_from $commands" -a gc -d 'Recla
 complete -c nsrun -n "not __fish_seen_subcommand_from $commands" -a profiles -d 'The profiles found, validated'
 complete -c nsrun -n "not __fish_seen_subcommand_from $commands" -a unit -d 'Print a systemd service unit'
 complete -c nsrun -n "not __fish_seen_subcommand_from $commands" -a demo -d 'The seed scenario in a throwaway lab'
+complete -c nsrun -n "not __fish_seen_subcommand_from $commands" -a doctor -d 'Would each profile work on this host?'
 complete -c nsrun -s h -l help -d 'Show help'
 complete -c nsrun -n "not __fish_seen_subcommand_from $commands" -l version -d 'Print the version'
 complete -c nsrun -n "not __fish_seen_subcommand_from $commands; or __fish_seen_subcommand_from up shell unit" -s p -l profile -x -a '(nsrun __complete profiles 2>/dev/null; __fish_complete_suffix .toml)' -d 'Profile'
@@ -22,6 +23,7 @@ complete -c nsrun -n "__fish_seen_subcommand_from down" -l refuse-busy -d 'Fail 
 complete -c nsrun -n "__fish_seen_subcommand_from down" -l grace -x -d 'Seconds before SIGKILL'
 complete -c nsrun -n "__fish_seen_subcommand_from shell" -l keep -d 'Keep a namespace shell created'
 complete -c nsrun -n "__fish_seen_subcommand_from ls" -l json -d 'A JSON list'
+complete -c nsrun -n "__fish_seen_subcommand_from doctor" -l json -d 'Findings as JSON'
 complete -c nsrun -n "__fish_seen_subcommand_from gc" -l dry-run -d 'List, change nothing'
 complete -c nsrun -n "__fish_seen_subcommand_from unit" -l install -d 'Write the unit file'
 complete -c nsrun -n "__fish_seen_subcommand_from profiles; and not __fish_seen_subcommand_from show" -a show -d 'Print one profile resolved'

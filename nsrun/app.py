@@ -129,6 +129,16 @@ def shell(name: str = NameArg, profile: Optional[str] = ProfileOpt,
     return run.shell(name, profile, user, keep)
 
 
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as a JSON object.")) -> int:
+    """Check, changing nothing, whether each profile would work on this host: the host's
+    firewall (which chain drops forwarding, and whether nsrun can open it), the backend,
+    br_netfilter, bridges and uplinks, DNS. Exit 0 only when every profile would work."""
+    from nsrun import commands
+
+    return commands.doctor(as_json)
+
+
 @app.command("ls")
 def ls_(as_json: bool = typer.Option(False, "--json", help="A JSON list of objects.")) -> int:
     """Namespaces: profile, kind, addresses, processes inside, traffic, age."""

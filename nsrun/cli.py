@@ -10,7 +10,7 @@ import sys
 
 from nsrun.errors import NsrunError, UsageError
 
-SUBCOMMANDS = ("up", "down", "exec", "shell", "ls", "gc", "profiles", "unit", "demo")
+SUBCOMMANDS = ("up", "down", "exec", "shell", "ls", "gc", "profiles", "unit", "demo", "doctor")
 RUN_USAGE = "usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]  (nsrun --help for more)"
 SHORT_USAGE = f"""\
 usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]

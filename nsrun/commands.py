@@ -19,7 +19,9 @@ def up(name: str, profile_spec: str | None) -> int:
     privilege.require_root()
     check_name(name)
     prof = profiles.load(profile_spec)
-    rec, already = engine.up(name, prof, persistent=True)
+    notices: list[str] = []
+    rec, already = engine.up(name, prof, persistent=True, firewall=requested_firewall(), notices=notices)
+    say_notices(notices)
     where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
     if rec.wireguard:
         where = f" through WireGuard ({rec.wireguard})"
@@ -33,6 +35,46 @@ def up(name: str, profile_spec: str | None) -> int:
     if missing:
         sys.stderr.write(f"nsrun: warning: {missing}\n")
     return 0
+
+
+def requested_firewall() -> str | None:
+    """NSRUN_FIREWALL=nftables|iptables: the firewall backend asked for (the engine reads no
+    environment; it is handed this). A profile's own `firewall` key wins over it."""
+    import os
+
+    from nsrun.errors import UsageError
+
+    value = os.environ.get("NSRUN_FIREWALL") or None
+    if value is not None and value not in ("nftables", "iptables"):
+        raise UsageError(f"NSRUN_FIREWALL: {value!r} is not one of nftables, iptables")
+    return value
+
+
+def say_notices(notices: list[str]) -> None:
+    """What a setup opened in the host's firewall (the engine's notices), one line each."""
+    for line in notices:
+        sys.stderr.write(line + "\n")
+
+
+def doctor(as_json: bool) -> int:
+    """Would each profile work on this host? Changes nothing; exit 0 only when all would."""
+    from nsrun import doctor as doctor_mod
+    from nsrun import privilege
+
+    privilege.require_root()  # reading the firewall needs CAP_NET_ADMIN
+    findings = doctor_mod.run(requested_firewall())
+    problems = [f for f in findings if f["level"] == "problem"]
+    if as_json:
+        print(json.dumps({"ok": not problems, "findings": findings}, indent=1))
+    else:
+        for f in findings:
+            fix = f" (fix: {f['fix']})" if f["fix"] else ""
+            print(f"{f['profile']}: {f['level']}: {f['what']}{fix}")
+        if problems:
+            print(f"{len(problems)} problem(s): the profiles named above would not work")
+        else:
+            print("all clear: every profile would work on this host")
+    return 1 if problems else 0
 
 
 def down(name: str, grace: float, refuse_busy: bool) -> int:

@@ -67,8 +67,76 @@ def _masquerade(out_if: str) -> Callable[[], None]:
     return apply
 
 
+# The kinds of host the lab host can be (tests/conftest.py parametrises over them):
+#   legacy     today's lab, with the legacy filter table loaded (legacy iptables in use)
+#   nftables   an nf_tables-only host: `table inet filter`, forward `policy drop`, replies allowed
+#   iptables-nft  `iptables-nft -P FORWARD DROP` (what Docker does), br_netfilter on
+#   brnf       br_netfilter on (`bridge-nf-call-iptables=1`) and drops for bridged frames: an
+#              inet forward chain and a bridge-family forward chain with `policy drop`
+#   docker     a real dockerd (Debian docker.io) inside the lab host only (see Dockerd)
+#   ufw        Debian's ufw enabled with its defaults (`ufw --force enable`, run in the lab
+#              host with overlays over /etc/ufw and /etc/default: the machine's stay as they are)
+#   firewalld-ruleset  the forward part of the nf_tables ruleset firewalld 1.x writes (its
+#              chain ends in `reject`); no daemon: what nsrun meets where firewalld is not
+#              reachable over D-Bus
+HOST_KINDS = ("legacy", "nftables", "iptables-nft", "brnf", "docker", "ufw", "firewalld-ruleset")
+
+NFT_FIREWALLD = """table inet firewalld {
+    chain filter_FORWARD_ZONES {
+    }
+    chain filter_FORWARD {
+        type filter hook forward priority filter + 10; policy accept;
+        ct state { established, related } accept
+        ct status dnat accept
+        iifname "lo" accept
+        ct state invalid drop
+        jump filter_FORWARD_ZONES
+        reject with icmpx type admin-prohibited
+    }
+}
+"""
+
+NFT_DROP = """table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+        ct state established,related accept
+    }
+}
+"""
+NFT_BRIDGE_DROP = """table bridge filter {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+    }
+}
+"""
+
+
+def _legacy_in_use() -> None:
+    from nsrun import iptc as iptc_loader
+
+    iptc = iptc_loader.load()
+    rule = iptc.Rule()
+    rule.in_interface = "lo"
+    rule.create_target("ACCEPT")
+    iptc.Chain(iptc.Table(iptc.Table.FILTER), "INPUT").insert_rule(rule)
+    iptc.Table(iptc.Table.NAT).refresh()  # loaded too, as on a host whose iptables is legacy
+
+
+def _nft(text: str) -> Callable[[], None]:
+    def apply() -> None:
+        from nsrun.engine.firewall import nftables
+
+        nftables.run(text)
+
+    return apply
+
+
 class Lab:
-    def __init__(self, prefix: str | None = None) -> None:
+    def __init__(self, prefix: str | None = None, kind: str = "legacy") -> None:
+        if kind not in HOST_KINDS:
+            raise ValueError(f"unknown lab host kind {kind!r}")
+        self.kind = kind
+        self.docker: Any = None
         self.id = prefix or "nsl" + secrets.token_hex(3)
         self.host = f"{self.id}-host"
         self.lan = f"{self.id}-lan"
@@ -165,6 +233,7 @@ class Lab:
                 os.close(fd)
         _in_child(self.gw1, _masquerade("eth1"))
         _in_child(self.gw2, _masquerade("eth1"))
+        self._host_kind()
         self.server = subprocess.Popen(
             [sys.executable, "-m", "nsrun.lab", "serve", netns.path(self.up), str(PORT)],
             stdin=subprocess.DEVNULL,
@@ -175,7 +244,32 @@ class Lab:
                 raise RuntimeError("lab: the upstream server did not start")
             time.sleep(0.02)
 
+    def _host_kind(self) -> None:
+        """Make the lab host the kind of host asked for (its firewall, br_netfilter...)."""
+        brnf = "net/bridge/bridge-nf-call-iptables"
+        if self.kind == "legacy":
+            _in_child(self.host, _legacy_in_use)
+        elif self.kind == "nftables":
+            _in_child(self.host, _nft(NFT_DROP))
+        elif self.kind == "iptables-nft":
+            netns.in_thread(lambda: sysctl.write(brnf, "1"), enter=self.host)
+            subprocess.run(["nsenter", f"--net={netns.path(self.host)}", "iptables-nft", "-P", "FORWARD", "DROP"],
+                           check=True, capture_output=True)
+        elif self.kind == "brnf":
+            netns.in_thread(lambda: sysctl.write(brnf, "1"), enter=self.host)
+            _in_child(self.host, _nft(NFT_DROP + NFT_BRIDGE_DROP))
+        elif self.kind == "firewalld-ruleset":
+            _in_child(self.host, _nft(NFT_FIREWALLD))
+        elif self.kind == "ufw":
+            _ufw_enable(netns.path(self.host))
+        elif self.kind == "docker":
+            self.docker = Dockerd(netns.path(self.host))
+            self.docker.start()
+
     def destroy(self) -> None:
+        if self.docker is not None:
+            self.docker.stop()
+            self.docker = None
         if self.server is not None:
             self.server.send_signal(signal.SIGTERM)
             try:
@@ -201,6 +295,104 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def _ufw_enable(host_netns: str) -> None:
+    """`ufw --force enable` in the lab host, its defaults as installed. Private mounts: ufw
+    writes ufw.conf and user rules (overlays over /etc/ufw and /etc/default keep those
+    writes in a temporary directory), and its IPT_SYSCTL file is emptied in the overlay, as
+    some of its sysctls are not per network namespace."""
+    import shutil
+    import tempfile
+
+    if not os.path.isfile("/etc/default/ufw"):
+        raise RuntimeError("lab: ufw is not installed")
+    t = tempfile.mkdtemp(prefix="nsrun-lab-ufw-")
+    try:
+        for d in ("ufw", "default"):
+            os.makedirs(f"{t}/{d}/u")
+            os.makedirs(f"{t}/{d}/w")
+        script = (f"set -e; mount -t overlay nsrun-lab -o lowerdir=/etc/ufw,upperdir={t}/ufw/u,workdir={t}/ufw/w /etc/ufw; "
+                  f"mount -t overlay nsrun-lab -o lowerdir=/etc/default,upperdir={t}/default/u,"
+                  f"workdir={t}/default/w /etc/default; mount -t tmpfs nsrun-lab /run; "
+                  "sed -i 's/^IPT_SYSCTL=.*/IPT_SYSCTL=/' /etc/default/ufw; ufw --force enable")
+        subprocess.run(["nsenter", f"--net={host_netns}", "unshare", "-m", "--propagation", "slave",
+                        "sh", "-c", script], check=True, capture_output=True, timeout=60)
+    finally:
+        shutil.rmtree(t, ignore_errors=True)
+
+
+class Dockerd:
+    """A real dockerd (Debian docker.io) inside the lab host's network namespace only: its
+    data root, exec root, pidfile and socket under a temporary directory, in a private mount
+    namespace with a tmpfs over /etc/docker (where it writes its key) and /run (where it
+    makes /run/docker/plugins), so nothing of it is
+    left on the machine. It makes what it makes on any Docker host: docker0, ip_forward,
+    br_netfilter on, and its iptables-nft chains with `FORWARD DROP` and `DOCKER-USER`."""
+
+    def __init__(self, host_netns: str) -> None:
+        import tempfile
+
+        self.host_netns = host_netns
+        self.dir = tempfile.mkdtemp(prefix="nsrun-lab-docker-")
+        self.socket = f"{self.dir}/docker.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        d = self.dir
+        if not os.path.isdir("/etc/docker"):
+            raise RuntimeError("lab: /etc/docker is missing (install docker.io)")
+        # /run too: dockerd makes /run/docker/plugins whatever its exec root.
+        script = ("set -e; mount -t tmpfs nsrun-lab /etc/docker; mount -t tmpfs nsrun-lab /run; "
+                  f"exec dockerd --data-root {d}/data --exec-root {d}/exec --pidfile {d}/docker.pid "
+                  f"-H unix://{self.socket} --storage-driver vfs "
+                  f">{d}/dockerd.log 2>&1")
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={self.host_netns}", "unshare", "-m", "--propagation", "slave",
+             "sh", "-c", script],
+            stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = subprocess.run(["nsenter", f"--net={self.host_netns}", "iptables-nft", "-S", "DOCKER-USER"],
+                                   capture_output=True).returncode == 0 and os.path.exists(self.socket)
+            if ready:
+                self._settle(deadline)
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = open(f"{d}/dockerd.log").read()[-2000:] if os.path.exists(f"{d}/dockerd.log") else ""
+                self.stop()
+                raise RuntimeError(f"lab: dockerd did not start: {log}")
+            time.sleep(0.1)
+
+    def _settle(self, deadline: float) -> None:
+        """Wait until the lab host's links and addresses stop changing (docker0 comes up and
+        gets its addresses a moment after dockerd answers), so a test's snapshot of the host
+        sees Docker's doing, not nsrun's."""
+        def state() -> str:
+            argv = ["nsenter", f"--net={self.host_netns}", "ip", "-j"]
+            return (subprocess.run(argv + ["link"], capture_output=True, text=True).stdout
+                    + subprocess.run(argv + ["addr"], capture_output=True, text=True).stdout)
+
+        last, since = state(), time.monotonic()
+        while time.monotonic() - since < 1.5 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = state()
+            if now != last:
+                last, since = now, time.monotonic()
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -31,16 +31,17 @@ DEFAULT_NAT_BRIDGE = "nsrun0"
 DEFAULT_PROBE_MS = 50
 KEYS = (
     "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
-    "search", "host_resolver", "mtu", "probe_ms", "forward", "routes",
+    "search", "host_resolver", "mtu", "probe_ms", "forward", "routes", "firewall",
 )
 # Keys of one mode only, listed among the known keys when that mode is chosen.
 WIREGUARD_KEYS = ("wireguard",)
+FIREWALLS = ("nftables", "iptables")  # the firewall seam's backends (nsrun.engine.firewall)
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
     "nat": {"bridge", "subnet", "range", "gateway", "dns", "search", "host_resolver", "mtu", "forward",
-            "routes"},
+            "routes", "firewall"},
     "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "search", "host_resolver",
-               "mtu", "probe_ms", "forward", "routes"},
+               "mtu", "probe_ms", "forward", "routes", "firewall"},
     "isolated": set(),
     "wireguard": {"wireguard"},
 }
@@ -75,6 +76,7 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
     wireguard: str | None = None  # wireguard mode: the wg-quick file (read when used: it holds keys)
     forward: bool = False  # nat, bridge: ip_forward on inside (a router namespace)
     routes: tuple[ipaddress.IPv4Network, ...] = ()  # nat, bridge: host routes via the namespace
+    firewall: str | None = None  # a backend to use instead of the host's automatic choice
 
     @property
     def wired(self) -> bool:
@@ -112,6 +114,7 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
             out["mtu"] = self.mtu
             out["forward"] = self.forward
             out["routes"] = [str(r) for r in self.routes]
+            out["firewall"] = self.firewall or "auto"
         return out
 
 
@@ -303,6 +306,14 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
     probe_ms = DEFAULT_PROBE_MS if mode == "bridge" else 0
     if "probe_ms" in data:
         probe_ms = _int(source, "probe_ms", data["probe_ms"], 0, 10000)
+    firewall = None
+    if "firewall" in data:
+        if not isinstance(data["firewall"], str):
+            raise _type_error(source, "firewall", "a string", data["firewall"])
+        if data["firewall"] not in (*FIREWALLS, "auto"):
+            raise ProfileError(source, "firewall",
+                               f"{data['firewall']!r} is not one of {', '.join(FIREWALLS)}, auto")
+        firewall = None if data["firewall"] == "auto" else data["firewall"]
     forward = data.get("forward", False)
     if not isinstance(forward, bool):
         raise _type_error(source, "forward", "true or false", forward)
@@ -311,7 +322,7 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
         name=name, source=source, mode=mode, description=description, bridge=bridge,
         uplink=uplink, subnet=subnet, first=first, last=last, gateway=gateway, dns=dns,
         search=search, host_resolver=host_resolver, mtu=mtu, probe_ms=probe_ms, forward=forward,
-        routes=routes,
+        routes=routes, firewall=firewall,
     )
 
 

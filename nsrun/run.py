@@ -66,11 +66,15 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
         address = None
         profile_name = None
         if prof is not None:
-            from nsrun import engine
+            from nsrun import commands, engine
             from nsrun.engine import gc
 
+            firewall = commands.requested_firewall()  # NSRUN_FIREWALL: read here, not in the engine
             gc.quick()  # ephemeral namespaces whose nsrun was killed
-            rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner)
+            notices: list[str] = []
+            rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner,
+                               firewall=firewall, notices=notices)
+            commands.say_notices(notices)
             address, profile_name = rec.address, rec.profile
             if group is not None:
                 # Only now, the record written: whoever reclaims this run finds the cgroup too.
@@ -387,10 +391,12 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
     if prof is None:  # NAME exists: enter it, change nothing
         exec_in(name, argv, user)
         return 1  # not reached: exec_in execs or raises
-    from nsrun import engine
+    from nsrun import commands, engine
 
     if keep:
-        engine.up(name, prof, persistent=True)
+        notices: list[str] = []
+        engine.up(name, prof, persistent=True, firewall=commands.requested_firewall(), notices=notices)
+        commands.say_notices(notices)
         sys.stderr.write(f"nsrun: created namespace {name} (profile {prof.name}); it stays after the "
                          f"shell exits (`nsrun down {name}` removes it)\n")
         exec_in(name, argv, user)

@@ -76,11 +76,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(lab_only)
 
 
+# Test modules that run against several kinds of host name them in HOST_KINDS; the rest run
+# on the legacy lab. NSRUN_TEST_HOST_KINDS (comma-separated) narrows every module's list.
+DEFAULT_HOST_KINDS = ["legacy"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "host_kind" in metafunc.fixturenames:
+        kinds = list(getattr(metafunc.module, "HOST_KINDS", DEFAULT_HOST_KINDS))
+        only = os.environ.get("NSRUN_TEST_HOST_KINDS")
+        if only:
+            kinds = [k for k in kinds if k in only.split(",")] or kinds[:1]
+        metafunc.parametrize("host_kind", kinds, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def lab_session() -> Iterator[Any]:
+def host_kind(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "legacy"))
+
+
+KIND_TOOLS = {"docker": "dockerd", "ufw": "ufw", "iptables-nft": "iptables-nft"}
+
+
+@pytest.fixture(scope="session")
+def lab_session(host_kind: str) -> Iterator[Any]:
     from nsrun.lab import Lab
 
-    lab = Lab().build()
+    tool = KIND_TOOLS.get(host_kind)
+    if tool and not shutil.which(tool):
+        pytest.skip(f"host kind {host_kind} needs {tool} (.ci/run installs it)")
+
+    lab = Lab(kind=host_kind).build()
     try:
         yield lab
     finally:
@@ -124,6 +150,16 @@ class LabRunner:
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self)
 
+    @property
+    def kind(self) -> str:
+        return str(self.lab.kind)
+
+    def nat_rules(self) -> str:
+        """nsrun's NAT rules as the backend this kind of host gets writes them."""
+        if self.kind == "legacy":
+            return self.host("iptables-legacy-save").stdout
+        return self.host("nft", "list", "ruleset").stdout
+
 
 def _legacy_rules(text: str) -> list[str]:
     # Rules and non-default policies; an instantiated-but-empty table equals an absent one.
@@ -161,7 +197,8 @@ def snapshot(r: LabRunner) -> dict[str, Any]:
         "rules": r.host_json("ip", "-j", "rule", "show"),
         "iptables_legacy": _legacy_rules(r.host("iptables-legacy-save", check=False).stdout),
         "iptables_nft": _legacy_rules(r.host("iptables-nft-save", check=False).stdout),
-        "nft": r.host("nft", "list", "ruleset", check=False).stdout,
+        "nft": r.host("nft", "-s", "list", "ruleset", check=False).stdout,  # -s: no counters
+        "ip_tables_names": r.host("cat", "/proc/net/ip_tables_names", check=False).stdout,
         "sysctl": sysctls,
         "run_netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
         "etc_netns": _etc_netns(),
@@ -201,6 +238,11 @@ def lab(lab_session: Any) -> Iterator[LabRunner]:
         after = runner.snapshot()
         diff = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
         assert not diff, f"the lab host changed: {json.dumps(diff, indent=1)[:4000]}"
+        if lab_session.kind != "legacy":
+            # An nf_tables host: no legacy table may ever appear, and iptables-nft says nothing.
+            assert after["ip_tables_names"] == "", after["ip_tables_names"]
+            warn = runner.host("iptables-nft", "-S", check=False).stderr
+            assert "legacy" not in warn, warn
     finally:
         # Whatever a failing test left: reclaim it so the next test starts clean.
         if statedir.exists():

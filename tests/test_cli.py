@@ -65,7 +65,7 @@ def test_top_level_help_lists_the_run_options(capsys):
         assert opt in out, out
 
 
-@pytest.mark.parametrize("sub", ["up", "down", "exec", "shell", "unit", "ls", "gc", "demo", "profiles", "profiles show"])
+@pytest.mark.parametrize("sub", ["up", "down", "exec", "shell", "unit", "ls", "gc", "demo", "doctor", "profiles", "profiles show"])
 def test_usage_lines_name_arguments_plainly(capsys, sub):
     code, out, _ = run_main(capsys, *sub.split(), "--help")
     assert code == 0
@@ -243,7 +243,7 @@ def test_bash_completion_lists_profiles_namespaces_and_commands(lab, tmp_path):
         return r.stdout.split()
 
     assert complete("nsrun ") == list(cli.SUBCOMMANDS)
-    assert complete("nsrun d") == ["down", "demo"]
+    assert complete("nsrun d") == ["down", "demo", "doctor"]
     assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun -p "))
     assert complete("nsrun up blue -p g") == ["gw1", "gw2"]
     assert lab.lab.host in complete("nsrun exec ")

@@ -12,6 +12,8 @@ import pytest
 
 from nsrun.fault import steps
 
+HOST_KINDS = ["legacy", "nftables", "docker"]
+
 
 @pytest.mark.parametrize("step", steps("nat"))
 def test_up_killed_after_each_step_then_gc_restores_the_host(lab, step):
@@ -170,7 +172,7 @@ def test_gc_of_another_state_dir_leaves_this_ones_live_pieces_alone(lab):
         gc = lab.nsrun("gc", env={"NSRUN_STATE_DIR": other})
         assert gc.returncode == 0 and "nothing to reclaim" in gc.stdout, gc.stdout
         assert os.path.exists(f"/etc/netns/{name}/resolv.conf")
-        assert "nsrun:nsrun0:nat" in lab.host("iptables-legacy-save").stdout
+        assert "nsrun:nsrun0:nat" in lab.nat_rules()
         veth = [link for link in lab.host_json("ip", "-j", "link", "show", "master", "nsrun0")]
         assert len(veth) == 1
         r = lab.nsrun("exec", name, "--", *CLIENT)

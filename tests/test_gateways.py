@@ -14,6 +14,8 @@ GW1_RANGE = (ipaddress.IPv4Address("192.168.1.100"), ipaddress.IPv4Address("192.
 GW2_RANGE = (ipaddress.IPv4Address("192.168.1.150"), ipaddress.IPv4Address("192.168.1.199"))
 REPORT = "echo $NSRUN_ADDRESS; " + " ".join(CLIENT)
 
+HOST_KINDS = ["legacy", "nftables", "docker"]
+
 
 def _routing(lab):
     return (lab.host_json("ip", "-j", "rule", "show"),
@@ -126,8 +128,11 @@ def test_bridge_mode_leaves_no_firewall_rules(lab):
     p = lab.popen("-p", "gw2", "--", "sleep", "1")
     time.sleep(0.5)
     rules = lab.host("iptables-legacy-save").stdout
+    nft = lab.host("nft", "list", "ruleset").stdout
     p.communicate(timeout=30)
     assert "nsrun" not in rules
+    # No NAT either; an opening of the host's own forward drop (tagged) is not NAT.
+    assert "nsrun-nat-" not in nft and "masquerade comment \"nsrun" not in nft
 
 
 def test_profiles_list_and_show(lab):

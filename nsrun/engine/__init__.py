@@ -43,9 +43,13 @@ class Busy(NsrunError):
 
 
 def up(name: str, prof: Profile, *, persistent: bool,
-       owner: dict[str, Any] | None = None) -> tuple[NsRecord, bool]:
+       owner: dict[str, Any] | None = None, firewall: str | None = None,
+       notices: list[str] | None = None) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
-    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor."""
+    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor. FIREWALL: the
+    backend the caller asks for (a profile's `firewall` wins). NOTICES, when given, gets what
+    this setup opened in the host's own firewall, one line each, for the caller to say (only
+    the setup that opens a bridge's way reports it: once per bridge)."""
     from nsrun import profile
     from nsrun.engine import resources
     from nsrun.engine.context import Setup
@@ -74,7 +78,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
             host_resolver=prof.host_resolver,
         )
         steps = resources.for_mode(prof.mode)
-        s = Setup(rec, prof)
+        s = Setup(rec, prof, firewall)
         try:
             for res in steps:  # checks that read files or the host: a refusal changes nothing
                 if (prepare := getattr(res, "prepare", None)) is not None:
@@ -93,6 +97,8 @@ def up(name: str, prof: Profile, *, persistent: bool,
             finally:
                 s.close()
             s.update(state="up")
+            if notices is not None:
+                notices.extend(s.notices)
             fault.checkpoint("ready")
         except BaseException:
             try:

@@ -12,8 +12,9 @@ and, optionally:
 
     def inside(s: Setup) -> None     # act inside the namespace as it is made (a veth's peer
                                      # made from inside costs nothing; moved in, 20 ms)
-    def prepare(s: Setup) -> None    # read and check what the profile refers to, before the
-                                     # record is written: a refusal there changes nothing
+    def prepare(s: Setup) -> None    # read and check what the profile refers to (a config
+                                     # file, the host's firewall), before the record is
+                                     # written: a refusal there changes nothing
     SUBSTEPS: tuple[str, ...]        # fault-injection steps inside create, before STEP
 """
 
@@ -62,10 +63,16 @@ class Setup:
     """One `up` in progress: the profile, the record as it grows, and what the resources
     share while they are made (the host's netlink socket, the bridge lock)."""
 
-    def __init__(self, rec: NsRecord, prof: Profile) -> None:
+    def __init__(self, rec: NsRecord, prof: Profile, firewall: str | None = None) -> None:
         self.rec = rec
         self.prof = prof
         self.name = rec.name
+        # The firewall backend the caller asks for (NSRUN_FIREWALL, read by the command
+        # layer); a profile's own `firewall` wins over it.
+        self.firewall = prof.firewall or firewall
+        self.backend: str | None = None  # the backend chosen for this setup, once chosen
+        # What was changed in the host's own firewall, one line each, for the caller to say.
+        self.notices: list[str] = []
         # Held from the bridge's check until this namespace holds a lease, so that no last
         # namespace leaving can take the bridge's shared pieces away in between.
         self.held = contextlib.ExitStack()

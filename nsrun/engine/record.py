@@ -8,13 +8,15 @@ for it) that owns every key of its JSON file:
   `wireguard`/`wg_pid`/`wg_start`, the router its `routes`...); teardown
   and gc read nothing else to find the pieces again.
 - `NetRecord`, a bridge's shared state (`net/BRIDGE/net.json`): whether nsrun made the
-  bridge, which firewall backend made its rules, the rp_filter value to put back, the uplink's
-  state to put back, the loopback stub its DNS is forwarded to.
+  bridge, which firewall backend made its rules, where it opened the host's own firewall,
+  the rp_filter value to put back, the uplink's state to put back, the loopback stub its
+  DNS is forwarded to.
 
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
 same keys (`firewall` was then a boolean: true meant python-iptables). Keys added within
-schema 1 (`wireguard`, `wg_pid`, `wg_start`, `routes`) have defaults: a file without them
-reads as a namespace without WireGuard or routes. Where the files live
+schema 1 have defaults: a namespace record without `wireguard`, `wg_pid`, `wg_start`,
+`routes` reads as one without WireGuard or routes; a bridge record without `firewall_ok`
+and `opened` was written before the firewall openings (see from_json). Where the files live
 is `nsrun.state`'s business; this module is the only one that reads their keys.
 """
 
@@ -108,13 +110,20 @@ class NetRecord(NamedTuple):
     created_bridge: bool = False
     uplink: str | None = None
     uplink_up: bool | None = None  # whether the uplink was up when nsrun enslaved it (it had no master)
-    firewall: str | None = None  # the backend that holds the bridge's rules (nsrun.engine.firewall)
+    # The firewall backend for the bridge's rules (nsrun.engine.firewall), written before
+    # the first rule or opening is made, so that a crash leaves the way to remove them.
+    firewall: str | None = None
+    firewall_ok: bool = False  # nat mode: the NAT rules are all in (ip_forward on)
+    # Where forwarding was opened in the host's own firewall ("table ip filter chain
+    # DOCKER-USER"...; () when nothing dropped it): None until the openings are all made.
+    opened: tuple[str, ...] | None = None
     dns_forward: str | None = None  # the host's loopback stub that the gateway's port 53 is forwarded to
     rp_filter_set: bool = False  # rp_filter has been judged (and loosened when it was strict)
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
+        data["opened"] = list(self.opened) if self.opened is not None else None
         del data["rp_filter_set"]
         if not self.rp_filter_set:
             del data["rp_filter"]  # schema 0: the key's absence meant "not judged yet"
@@ -125,12 +134,18 @@ class NetRecord(NamedTuple):
         if (_int(data, "schema") or 0) > SCHEMA:
             return None
         fw = data.get("firewall")
+        firewall = fw if isinstance(fw, str) else ("iptables" if fw is True else None)
+        opened = data.get("opened")
         return cls(
             mode=_str(data, "mode") or "", profile=_str(data, "profile"), subnet=_str(data, "subnet"),
             gateway=_str(data, "gateway"), created_bridge=data.get("created_bridge") is True,
             uplink=_str(data, "uplink"),
             uplink_up=data.get("uplink_up") if isinstance(data.get("uplink_up"), bool) else None,
-            firewall=fw if isinstance(fw, str) else ("iptables" if fw is True else None),
+            firewall=firewall,
+            # Records before the openings had no `firewall_ok`: a backend recorded meant the
+            # rules were in. Their `opened` is unknown (None): the next setup opens the way.
+            firewall_ok=data["firewall_ok"] is True if "firewall_ok" in data else firewall is not None,
+            opened=tuple(o for o in opened if isinstance(o, str)) if isinstance(opened, list) else None,
             dns_forward=_str(data, "dns_forward"),
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
         )

@@ -21,8 +21,19 @@ removes these rules with the NAT rules. Every rule a backend makes must be finda
 name alone: that is how `remove` and gc find them with no record. A bridge's `NetRecord`
 stores the NAME of the backend that made its rules, so they are removed by the same one.
 
-`choose()` picks the backend for this host; `backend(name)` imports one (only when a rule
-must change: python-iptables costs ~50 ms to import).
+`choose(requested)` picks the backend for this host (detect.py says why: never a legacy
+table where nf_tables is in use), or the one REQUESTED (a profile's `firewall`, else
+NSRUN_FIREWALL, both read by the caller: the engine reads no environment); `backend(name)`
+imports one (only when a rule must change: python-iptables costs ~50 ms to import).
+
+NAT rules in nsrun's own tables are not enough where the host's firewall drops forwarded
+traffic: a drop in any base chain on the forward hook wins. Openings in chains that are not
+nsrun's (Docker's DOCKER-USER, ufw, any nf_tables chain that drops) are foreign.py's, made
+and closed by the resource nsrun.engine.resources.opening.
+
+Room for more rule kinds: a backend may grow further functions (a DNS forward, port
+publishing) beside ensure_nat/remove/bridges; `remove(bridge)` must remove every kind it
+makes for BRIDGE, and `bridges()` find them, so that teardown and gc need no new call.
 """
 
 from __future__ import annotations
@@ -32,12 +43,20 @@ from types import ModuleType
 
 from nsrun.errors import NsrunError
 
-NAMES = ("iptables",)
+NAMES = ("iptables", "nftables")
 
 
-def choose() -> str:
-    """The backend to make new rules with on this host."""
-    return "iptables"
+def choose(requested: str | None = None) -> str:
+    """The backend to make new rules with on this host: REQUESTED when given, else what
+    detect.choose() finds. NsrunError when neither can work here."""
+    from nsrun.engine.firewall import detect
+
+    if requested is not None and requested not in NAMES:
+        raise NsrunError(f"unknown firewall backend {requested!r} (known: {', '.join(NAMES)})")
+    try:
+        return detect.choose(requested)
+    except detect.NoBackend as exc:
+        raise NsrunError(str(exc)) from None
 
 
 def backend(name: str) -> ModuleType:

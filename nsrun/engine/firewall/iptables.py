@@ -5,6 +5,10 @@ imported only when a rule must change (see nsrun.engine.firewall for the interfa
 Every rule carries the comment `nsrun:BRIDGE:TAG`, so it can be found and removed again from
 the bridge's name alone. Changes are made under /run/xtables.lock, the lock the iptables
 tools take (python-iptables takes none).
+
+Chosen only where legacy tables are already in use (see detect.py): opening a legacy table
+loads it into the namespace for good, and `iptables-nft` then warns on every call. So
+`remove` and `bridges` read only tables that /proc/net/ip_tables_names already lists.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ NAME = "iptables"
 
 XTABLES_LOCK = "/run/xtables.lock"
 TAG = "nsrun:"
+TABLES_NAMES = "/proc/net/ip_tables_names"
 
 
 class _XtablesLock:
@@ -28,6 +33,15 @@ class _XtablesLock:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def loaded_tables() -> set[str]:
+    """The legacy tables that exist in this network namespace (reading creates none)."""
+    try:
+        with open(TABLES_NAMES) as fh:
+            return {line.strip() for line in fh if line.strip()}
+    except OSError:
+        return set()
 
 
 def comment(bridge: str, tag: str) -> str:
@@ -163,10 +177,15 @@ CHAINS = (("nat", "POSTROUTING"), ("nat", "PREROUTING"), ("nat", "INPUT"), ("fil
 
 def remove(bridge: str | None) -> int:
     """Remove nsrun's rules for BRIDGE (every bridge when None). Returns how many went."""
+    loaded = loaded_tables()
+    if not loaded & {"nat", "filter"}:
+        return 0  # never load a legacy table just to look into it
     iptc = load()
     gone = 0
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
+            if table_name not in loaded:
+                continue
             table = iptc.Table(table_name)
             table.autocommit = False
             table.refresh()
@@ -181,10 +200,15 @@ def remove(bridge: str | None) -> int:
 
 def bridges() -> set[str]:
     """The bridges nsrun holds rules for, by the rules' comments."""
+    loaded = loaded_tables()
+    if not loaded & {"nat", "filter"}:
+        return set()
     iptc = load()
     out: set[str] = set()
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
+            if table_name not in loaded:
+                continue
             table = iptc.Table(table_name)
             table.refresh()
             for r in iptc.Chain(table, chain_name).rules:

@@ -10,6 +10,7 @@ Adding a resource is a module plus an entry in MODES.
     namespace  /run/netns/NAME                         (all modes)
     bridge     the host bridge, rp_filter              (nat, bridge)
     firewall   NAT rules (a backend), ip_forward       (nat)
+    opening    accepts in the host's own firewall      (nat, bridge)
     lease      the address, from the bridge's pool     (nat, bridge)
     veth       eth0 inside, nsrXXXX on the bridge      (nat, bridge)
     address    eth0's address and default route       (nat, bridge)
@@ -21,14 +22,14 @@ Adding a resource is a module plus an entry in MODES.
 from __future__ import annotations
 
 from nsrun.engine.context import Resource
-from nsrun.engine.resources import (address, bridge, dns, firewall, lease, namespace, router, veth,
-                                    wireguard)
+from nsrun.engine.resources import (address, bridge, dns, firewall, lease, namespace, opening, router,
+                                    veth, wireguard)
 
 MODES: dict[str, list[Resource]] = {
     # nat: the lease is taken at once, under the bridge lock the bridge step holds.
-    "nat": [bridge, firewall, lease, namespace, veth, address, router, dns],
+    "nat": [bridge, firewall, opening, lease, namespace, veth, address, router, dns],
     # bridge: the lease is taken from inside, after an ARP probe on the LAN.
-    "bridge": [bridge, namespace, veth, lease, address, router, dns],
+    "bridge": [bridge, opening, namespace, veth, lease, address, router, dns],
     "isolated": [namespace],
     # wireguard: the tunnel is made in the host's namespace and moved into the new one.
     "wireguard": [namespace, wireguard],

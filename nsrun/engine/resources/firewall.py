@@ -1,14 +1,19 @@
 """NAT for a nat-mode bridge: the firewall rules (through a backend of
-nsrun.engine.firewall) and ip_forward; and, when the host's only resolver is a loopback
-stub, DNS from the bridge's address forwarded to that stub.
+nsrun.engine.firewall) and ip_forward; and the removal of everything nsrun put in a
+firewall for a bridge (its NAT rules, its DNS forward and the openings
+nsrun.engine.resources.opening made).
 
-Made once per bridge, under the bridge lock the bridge step holds: the backend's name is
-written to the bridge's `NetRecord` after its rules are in, so the next namespace on the
-bridge skips the step and the last one out removes them with the same backend. ip_forward
-is turned on when it was off, and what it was is kept in `forwarding.json` to be put back
-once no NAT bridge of nsrun's is left. gc's orphans: rules of a bridge no namespace uses,
-and rules whose bridge is gone with no state left (a crash between the rules and the
-record; rules of a bridge that exists may be another state directory's: kept).
+Made once per bridge, under the bridge lock the bridge step holds. The backend is chosen
+(`firewall.choose`: the profile's `firewall`, else the caller's request, else what the host
+uses) and written to the bridge's `NetRecord` before the first rule, then `firewall_ok`
+after the last, so the next namespace on the bridge skips the step, a crash in between
+leaves the way to remove them, and the last one out removes them through the backend that
+made them (whatever the host would choose today). ip_forward is turned on when it was off,
+and what it was is kept in `forwarding.json` to be put back once no NAT bridge of nsrun's is
+left. gc's orphans: rules and openings of a bridge no namespace uses, and rules or openings
+(in either backend, or in the host's own chains) whose bridge is gone with no state left (a
+crash between the rules and the record; those of a bridge that exists may be another state
+directory's: kept).
 
 DNS behind a loopback stub (`nameserver 127.0.0.53`, and no /run/systemd/resolve/resolv.conf
 naming real upstreams): the stub is unreachable from a namespace, so its resolv.conf names
@@ -44,16 +49,29 @@ from nsrun.engine.resources.lease import unused
 STEP = "firewall"
 
 
+def backend_for(s: Setup, net: NetRecord | None) -> str:
+    """The backend of the bridge's rules: the one recorded, else the one chosen for this
+    setup (chosen once: the choice reads the host's ruleset)."""
+    if net is not None and net.firewall:
+        return net.firewall
+    if s.backend is None:
+        s.backend = firewall.choose(s.firewall)
+    return s.backend
+
+
 def create(s: Setup) -> None:
     prof = s.prof
     assert prof.bridge is not None and prof.subnet is not None
     net = record.read_net(prof.bridge)
     assert net is not None  # the bridge step wrote it
-    if net.firewall is None:
+    if not net.firewall_ok:
+        name = backend_for(s, net)
+        if net.firewall != name:
+            net = net._replace(firewall=name)
+            record.save_net(prof.bridge, net)  # before the first rule: the way to remove them
         _forwarding_on()
-        name = firewall.choose()
         firewall.backend(name).ensure_nat(prof.bridge, str(prof.subnet), prof.name)
-        net = net._replace(firewall=name)
+        net = net._replace(firewall_ok=True)
         record.save_net(prof.bridge, net)
     if prof.dns is None and net.dns_forward is None and net.gateway:
         from nsrun.engine.resources import dns
@@ -63,8 +81,8 @@ def create(s: Setup) -> None:
             net = net._replace(dns_forward=stub)
             record.save_net(prof.bridge, net)  # before the rules: retire() finds them
             # The drops are in before route_localnet lets loopback packets through at all.
-            firewall.backend(net.firewall or firewall.choose()).ensure_dns_forward(
-                prof.bridge, net.gateway, stub, prof.name)
+            assert net.firewall is not None
+            firewall.backend(net.firewall).ensure_dns_forward(prof.bridge, net.gateway, stub, prof.name)
             sysctl.write(sysctl.iface_key(prof.bridge, "route_localnet"), "1")
 
 
@@ -87,7 +105,7 @@ def _forwarding_restore() -> None:
         return
     for other in record.net_bridges():
         net = record.read_net(other)
-        if net is not None and net.firewall is not None:
+        if net is not None and net.mode == "nat" and net.firewall is not None:
             return
     value = saved.get("ip_forward")
     if value in ("0", "1"):
@@ -101,21 +119,28 @@ def remove(rec: NsRecord) -> None:
 
 
 def remove_if_unused(bridge: str) -> None:
-    """Remove BRIDGE's rules (and put ip_forward back) once no namespace holds a lease on it."""
+    """Remove BRIDGE's rules and openings (and put ip_forward back) once no namespace holds
+    a lease on it."""
     with unused(bridge) as lock:
         if lock is None:
             return
         net = record.read_net(bridge)
-        if net is not None and net.mode == "nat":
+        if net is not None and (net.mode == "nat" or net.firewall is not None):
             retire(bridge, net)
 
 
 def retire(bridge: str, net: NetRecord) -> None:
-    """Remove BRIDGE's rules and put ip_forward back (BRIDGE's lock held, no lease on it).
+    """Remove BRIDGE's NAT rules through the backend recorded, close the openings in the
+    host's own firewall, and put ip_forward back (BRIDGE's lock held, no lease on it).
 
-    With no backend recorded, a crash may have cut the step short after ip_forward or some
-    rules: the backend it would have used removes whatever exists of them."""
-    firewall.backend(net.firewall or firewall.choose()).remove(bridge)
+    With no backend recorded, nothing was made since the backend is recorded first; a
+    record of an older nsrun may still have rules cut short by a crash: every backend
+    removes whatever exists of them (neither loads a legacy table to look)."""
+    from nsrun.engine.firewall import foreign
+
+    if net.mode == "nat":
+        for name in [net.firewall] if net.firewall else firewall.NAMES:
+            firewall.backend(name).remove(bridge)
     if net.dns_forward is not None:
         # The bridge is nsrun's (nat mode): its value is a new link's, the default's.
         try:
@@ -123,24 +148,31 @@ def retire(bridge: str, net: NetRecord) -> None:
                          sysctl.read("net/ipv4/conf/default/route_localnet") or "0")
         except OSError:  # the bridge is gone
             pass
+    if net.firewall is not None:
+        foreign.close(bridge)
     if net.firewall is not None or net.dns_forward is not None:
-        record.save_net(bridge, net._replace(firewall=None, dns_forward=None))
-    _forwarding_restore()
+        record.save_net(bridge, net._replace(firewall=None, firewall_ok=False, opened=None, dns_forward=None))
+    if net.mode == "nat":
+        _forwarding_restore()
 
 
 def orphans(scan: Scan) -> list[Action]:
+    from nsrun.engine.firewall import foreign
+
     out = []
     for bridge in scan.bridges:
         net = record.read_net(bridge)
-        if net is not None and net.mode == "nat" and not _leased(bridge):
+        if net is not None and (net.mode == "nat" or net.firewall is not None) and not _leased(bridge):
             out.append(Action(f"firewall rules for {bridge}", "no namespace uses it",
                               partial(remove_if_unused, bridge)))
-    backends = {firewall.choose()} | {n.firewall for b in scan.bridges
-                                      if (n := record.read_net(b)) is not None and n.firewall}
-    for name in sorted(backends):
-        for bridge in sorted(_gone(firewall.backend(name).bridges() - set(scan.bridges))):
-            out.append(Action(f"firewall rules for {bridge}", "their bridge is gone",
+    known = set(scan.bridges)
+    for name in firewall.NAMES:  # neither looks by loading a legacy table or a missing library
+        for bridge in sorted(_gone(firewall.backend(name).bridges() - known)):
+            out.append(Action(f"{name} rules for {bridge}", "their bridge is gone",
                               partial(_remove_gone, name, bridge)))
+    for bridge in sorted(_gone(foreign.bridges() - known)):
+        out.append(Action(f"openings for {bridge} in the host's firewall", "their bridge is gone",
+                          partial(_close_gone, bridge)))
     return out
 
 
@@ -166,3 +198,10 @@ def _gone(bridges: set[str]) -> set[str]:
 def _remove_gone(name: str, bridge: str) -> None:
     if _gone({bridge}) and not state.net_dir(bridge).exists():
         firewall.backend(name).remove(bridge)
+
+
+def _close_gone(bridge: str) -> None:
+    from nsrun.engine.firewall import foreign
+
+    if _gone({bridge}) and not state.net_dir(bridge).exists():
+        foreign.close(bridge)

@@ -1,0 +1,108 @@
+"""`nsrun doctor`: would each profile work on this host? Reads, never changes anything.
+
+Findings come in two levels:
+- `problem`: the profile would fail (nsrun would refuse, or its traffic would be dropped);
+  `doctor` exits 1 when there is any;
+- `note`: something nsrun will handle, said so the user knows what it will touch (which
+  chain of the host's firewall it will open, and that it closes it again).
+Each finding names what it found and the fix. Reading the firewall takes no legacy table
+into use: legacy tables are read only when /proc/net/ip_tables_names lists them.
+The findings are data; nsrun.commands.doctor prints them.
+"""
+
+from __future__ import annotations
+
+from nsrun import profile, sysctl
+from nsrun.engine.resources import dns
+from nsrun.errors import UsageError
+
+
+def _finding(level: str, prof: str, what: str, fix: str = "") -> dict[str, str]:
+    return {"level": level, "profile": prof, "what": what, "fix": fix}
+
+
+def _link_kind(name: str) -> str | None:
+    """'bridge', another kind, '' for a link of no kind; None when NAME does not exist.
+    Through netlink: /sys may be another namespace's (`nsenter --net` keeps the mounts)."""
+    from nsrun import netlink
+
+    with netlink.IPRoute() as ipr:
+        idx = netlink.index(ipr, name)
+        if idx is None:
+            return None
+        info = ipr.get_links(idx)[0].get_attr("IFLA_LINKINFO")
+        return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+
+
+def check_profile(prof: profile.Profile, requested: str | None) -> list[dict[str, str]]:
+    from nsrun.engine.firewall import detect, foreign
+    from nsrun.engine.firewall import iptables as legacy
+    from nsrun.engine.firewall import nftables
+
+    out: list[dict[str, str]] = []
+    name = prof.name
+    if not prof.wired:
+        return out
+    assert prof.bridge
+    try:
+        backend = detect.choose(prof.firewall or requested)
+    except detect.NoBackend as exc:
+        return [_finding("problem", name, str(exc), "apt-get install nftables")]
+    out.append(_finding("note", name, f"firewall backend: {backend}"))
+    if backend == "nftables" and not nftables.available():
+        out.append(_finding("problem", name, f"cannot load {nftables.LIBRARY}", "apt-get install nftables"))
+        return out
+    if backend == "iptables" or "filter" in legacy.loaded_tables():
+        try:
+            legacy.load()
+        except Exception as exc:
+            out.append(_finding("problem", name, f"cannot load python-iptables/libiptc: {exc}",
+                                "apt-get install iptables; pip install python-iptables"))
+            return out
+    mode = "nat" if prof.mode == "nat" else "bridge"
+    for b in foreign.find(prof.bridge, mode, backend):
+        if b.refuse:
+            out.append(_finding("problem", name, f"forwarding for {prof.bridge} would be dropped by "
+                                f"{b.where()} ({b.why}): {b.refuse}",
+                                f"accept {prof.bridge}'s traffic in {b.where()} yourself, or change that firewall"))
+        else:
+            into = f"chain {b.into}" + ("" if b.into == b.chain else f" (reached from {b.chain})")
+            out.append(_finding("note", name, f"forwarding for {prof.bridge} is dropped by {b.where()} "
+                                f"({b.why}); nsrun opens it in {into} while {prof.bridge} is in use "
+                                "and closes it after"))
+    if prof.mode == "bridge":
+        if foreign.br_netfilter_on():
+            out.append(_finding("note", name, f"br_netfilter is on (bridge-nf-call-iptables=1): frames "
+                                f"bridged on {prof.bridge} cross the host's forward chains"))
+        kind = _link_kind(prof.bridge)
+        if kind is None:
+            if not prof.uplink:
+                out.append(_finding("problem", name, f"bridge {prof.bridge} does not exist",
+                                    f"create {prof.bridge} with the uplink enslaved, or set `uplink`"))
+            elif _link_kind(prof.uplink) is None:
+                out.append(_finding("problem", name, f"uplink {prof.uplink} does not exist",
+                                    "name an existing interface in `uplink`"))
+        elif kind != "bridge":
+            out.append(_finding("problem", name, f"{prof.bridge} is not a bridge",
+                                "name a bridge in `bridge`"))
+    else:
+        if sysctl.read("net.ipv4.ip_forward") != "1":
+            out.append(_finding("note", name, "ip_forward is off; nsrun turns it on while a NAT bridge "
+                                "of its own exists and puts it back after"))
+    if prof.dns is None and not dns.host_config()[0]:
+        out.append(_finding("problem", name, "the host's resolv.conf names only a loopback stub and "
+                            f"{dns.STUB_FALLBACK} has no upstream: nothing to resolve with inside",
+                            "set `dns = [...]` in the profile"))
+    return out
+
+
+def run(requested: str | None) -> list[dict[str, str]]:
+    findings: list[dict[str, str]] = []
+    for name, path in profile.available():
+        try:
+            prof = profile.parse(profile.read_checked(path), str(path), name)
+        except UsageError as exc:
+            findings.append(_finding("problem", name, str(exc), "fix the profile file"))
+            continue
+        findings.extend(check_profile(prof, requested))
+    return findings

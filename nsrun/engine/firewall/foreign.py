@@ -1,0 +1,363 @@
+"""Coexistence with the host's own firewall: open the way for a bridge's forwarded traffic
+through chains that are not nsrun's, and close it again with the bridge's last namespace.
+
+A forwarded packet crosses every base chain on the forward hook (nf_tables tables of any
+family, and legacy x_tables), and a drop in any of them wins: nsrun's own accept does
+nothing against Docker's `FORWARD DROP`, ufw's or firewalld's. So for each chain that drops
+forwarded traffic (by policy, or by an unconditional final rule), nsrun inserts accepts for
+its bridge at the top of that chain, or of the chain its owner documents for them:
+- Docker: `DOCKER-USER` (the first thing Docker's FORWARD jumps to);
+- ufw: `ufw-user-forward`;
+- any other chain (firewalld's nf_tables ruleset, a hand-written `policy drop`): itself.
+What is inserted, every rule tagged `nsrun:BRIDGE:PROFILE`:
+- nat mode, chains of family ip/inet: `iifname BR accept` and, for replies, `oifname BR
+  meta mark & MARK == MARK accept`; bridge mode (chains of family bridge, and ip/inet ones
+  where br_netfilter makes bridged frames cross them): `iifname BR oifname BR accept`
+  (in a bridge-family chain, where iifname/oifname are ports: `iifname/oifname "nsr*"
+  accept`, frames from and to nsrun's veths).
+Why a mark for replies rather than `ct state established,related`: Docker's and ufw's
+tables are managed by iptables-nft, which keeps conntrack matches as xtables expressions
+and reads native `ct` expressions as "table is incompatible": a rule nsrun writes there
+must stay readable by `iptables-nft-save`. So nsrun's own table `inet nsrun-open-BRIDGE`
+holds one chain, early on the forward hook, that marks the replies (`oifname BR ct state
+established,related`); the mark goes with the packet into the namespace (where a veth
+crossing scrubs it). `meta mark` is a native expression iptables-nft reads as `-m mark`.
+
+Refusal: nsrun never reports success for traffic the host will drop. A chain it may not
+touch (a table owned by another process) or a legacy x_tables drop on a host where nsrun
+uses nf_tables (writing a legacy table there would mark the host for good) is named, and
+`check()` raises before anything is created.
+
+Removal finds the rules by their tag in the ruleset, so it needs no record: `close()` after
+a clean exit, `gc` after a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nsrun.engine.firewall import iptables as legacy
+from nsrun.engine.firewall import nftables
+
+OPEN_PREFIX = "nsrun-open-"
+MARK = 0x00400000  # one bit; set only on replies forwarded out of an nsrun bridge
+BRNF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+SUBSTITUTES = ("DOCKER-USER", "ufw-user-forward")  # the owners' places for user rules
+
+
+class Refused(Exception):
+    """The way cannot be opened: the message names the table and chain that would drop."""
+
+
+@dataclass(frozen=True)
+class Block:
+    family: str        # ip | inet | bridge (nf_tables), or "legacy"
+    table: str
+    chain: str         # the base chain that drops
+    why: str           # "policy drop" | "final rule drop"
+    into: str          # the chain the accepts go in
+    refuse: str | None = None  # why nsrun cannot open it
+
+    def where(self) -> str:
+        fam = "ip" if self.family == "legacy" else self.family
+        return f"table {fam} {self.table} chain {self.chain}"
+
+    def opened_in(self) -> str:
+        """Where the accepts go: `table FAMILY TABLE chain CHAIN`."""
+        return f"table {'ip' if self.family == 'legacy' else self.family} {self.table} chain {self.into}"
+
+    def message(self, bridge: str) -> str:
+        into = self.opened_in()
+        extra = "" if self.into == self.chain else f"chain {self.chain}: "
+        legacy_note = ", iptables-legacy" if self.family == "legacy" else ""
+        return f"nsrun: opened forwarding for {bridge} in {into} ({extra}{self.why}{legacy_note})"
+
+
+def br_netfilter_on() -> bool:
+    try:
+        with open(BRNF_SYSCTL) as fh:
+            return fh.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _verdict(rule: dict[str, Any]) -> str | None:
+    """'drop' when RULE is unconditional and drops or rejects (counters and logs aside)."""
+    exprs = rule.get("expr", [])
+    verdict = None
+    for e in exprs:
+        key = next(iter(e))
+        if key in ("counter", "log", "limit"):
+            continue
+        if key in ("drop", "reject"):
+            verdict = "drop"
+            continue
+        return None  # a match: not unconditional
+    return verdict
+
+
+def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool) -> list[Block]:
+    tables: dict[tuple[str, str], dict[str, Any]] = {}
+    chains: dict[tuple[str, str], list[str]] = {}
+    last_rule: dict[tuple[str, str, str], dict[str, Any]] = {}
+    base: list[dict[str, Any]] = []
+    for obj in rs:
+        if "table" in obj:
+            t = obj["table"]
+            tables[(t["family"], t["name"])] = t
+        elif "chain" in obj:
+            c = obj["chain"]
+            chains.setdefault((c["family"], c["table"]), []).append(c["name"])
+            if c.get("hook") == "forward" and c.get("type", "filter") == "filter":
+                base.append(c)
+        elif "rule" in obj:
+            r = obj["rule"]
+            last_rule[(r["family"], r["table"], r["chain"])] = r
+    out = []
+    for c in base:
+        fam, table, name = c["family"], c["table"], c["name"]
+        if table.startswith(("nsrun-nat-", OPEN_PREFIX)):
+            continue
+        if fam in ("ip", "inet"):
+            if mode == "bridge" and not brnf:
+                continue  # bridged frames do not cross the ip forward hook
+        elif fam == "bridge":
+            if mode != "bridge":
+                continue
+        else:
+            continue
+        if c.get("policy") == "drop":
+            why = "policy drop"
+        elif (r := last_rule.get((fam, table, name))) is not None and _verdict(r) == "drop":
+            why = "final rule drop"
+        else:
+            continue
+        into = name
+        for sub in SUBSTITUTES:
+            if fam == "ip" and sub in chains.get((fam, table), []):
+                into = sub
+                break
+        flags = tables.get((fam, table), {}).get("flags", [])
+        if isinstance(flags, str):
+            flags = [flags]
+        refuse = (f"table {fam} {table} is owned by another process (flags owner); nsrun may not "
+                  "add rules to it") if "owner" in flags else None
+        out.append(Block(fam, table, name, why, into, refuse))
+    return out
+
+
+def _blocks_legacy(mode: str, brnf: bool, backend: str) -> list[Block]:
+    """A legacy FORWARD that drops (read only where the legacy filter table is loaded)."""
+    if "filter" not in legacy.loaded_tables():
+        return []
+    if mode == "bridge" and not brnf:
+        return []
+    iptc = legacy.load()
+    table = iptc.Table("filter")
+    table.refresh()
+    chain = iptc.Chain(table, "FORWARD")
+    if chain.get_policy().name == "DROP":
+        why = "policy drop"
+    else:
+        rules = chain.rules
+        if not (rules and rules[-1].target.name in ("DROP", "REJECT") and not rules[-1].matches
+                and not rules[-1].in_interface and not rules[-1].out_interface
+                and rules[-1].src in ("0.0.0.0/0.0.0.0", None) and rules[-1].dst in ("0.0.0.0/0.0.0.0", None)):
+            return []
+        why = "final rule drop"
+    if backend == "iptables" and mode == "nat":
+        return []  # the legacy backend's own FORWARD accepts are the opening
+    refuse = None
+    if backend != "iptables":
+        refuse = ("the legacy iptables FORWARD chain drops forwarded traffic, and on a host that "
+                  "uses nf_tables nsrun does not write legacy tables; set NSRUN_FIREWALL=iptables "
+                  "if this host's firewall is iptables-legacy")
+    return [Block("legacy", "filter", "FORWARD", why, "FORWARD", refuse)]
+
+
+def find(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None) -> list[Block]:
+    """The chains that would drop BRIDGE's forwarded traffic in MODE. Changes nothing.
+    RS: the ruleset when the caller has listed it already."""
+    brnf = br_netfilter_on()
+    out: list[Block] = []
+    if rs is None and nftables.available():
+        rs = nftables.ruleset()
+    if rs:
+        out += _blocks_nft(rs, mode, brnf)
+    out += _blocks_legacy(mode, brnf, backend)
+    return out
+
+
+def check(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None) -> list[Block]:
+    """find(), raising Refused for the first chain nsrun cannot open."""
+    blocks = find(bridge, mode, backend, rs)
+    for b in blocks:
+        if b.refuse:
+            raise Refused(f"forwarding for {bridge} would be dropped by {b.where()} ({b.why}): {b.refuse}")
+    return blocks
+
+
+def _iface(key: str, name: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"meta": {"key": key}}, "right": name}}
+
+
+def _accepts(b: Block, bridge: str, mode: str) -> list[list[dict[str, Any]]]:
+    accept: dict[str, Any] = {"accept": None}
+    if b.family == "bridge":
+        # Ports, not the bridge: `meta ibrname` needs nft_meta_bridge, which kernels may lack.
+        # nsrun's veths all carry its prefix; the tag still ties the rules to BRIDGE.
+        from nsrun.names import HOST_VETH_PREFIX
+
+        return [[_iface("iifname", HOST_VETH_PREFIX + "*"), accept],
+                [_iface("oifname", HOST_VETH_PREFIX + "*"), accept]]
+    if mode == "bridge":
+        return [[_iface("iifname", bridge), _iface("oifname", bridge), accept]]
+    marked = {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, MARK]}, "right": MARK}}
+    return [[_iface("iifname", bridge), accept], [_iface("oifname", bridge), marked, accept]]
+
+
+def _mark_table(bridge: str, tag: str) -> list[dict[str, Any]]:
+    table = {"family": "inet", "name": OPEN_PREFIX + bridge}
+    chain = {"family": "inet", "table": table["name"], "name": "replies"}
+    return [  # add, add, flush: idempotent after a crashed setup
+        {"add": {"table": table}},
+        {"add": {"chain": dict(chain, type="filter", hook="forward", prio=-1000, policy="accept")}},
+        {"flush": {"chain": chain}},
+        {"add": {"rule": {"family": "inet", "table": table["name"], "chain": "replies", "comment": tag, "expr": [
+            _iface("oifname", bridge),
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+            {"mangle": {"key": {"meta": {"key": "mark"}},
+                        "value": {"|": [{"meta": {"key": "mark"}}, MARK]}}},
+        ]}}},
+    ]
+
+
+def open_way(bridge: str, mode: str, tag: str, backend: str) -> list[Block]:
+    """Open forwarding for BRIDGE where the host would drop it; the chains opened now
+    (`Block.message` says each). Idempotent: chains that already hold BRIDGE's tag are left
+    as they are."""
+    tag = legacy.comment(bridge, tag)  # TAG is the profile's name, as for ensure_nat
+    rs = nftables.ruleset() if nftables.available() else []
+    blocks = check(bridge, mode, backend, rs)
+    if not blocks:
+        return []
+    mine = _tagged(bridge, rs)
+    opened: list[Block] = []
+    batch: list[dict[str, Any]] = []
+    needs_mark = False
+    for b in blocks:
+        if b.family == "legacy":
+            _legacy_open(bridge, tag)
+            opened.append(b)
+            continue
+        if any(w[:3] == (b.family, b.table, b.into) for w in mine):
+            continue
+        for expr in reversed(_accepts(b, bridge, mode)):  # each insert goes to the top
+            batch.append({"insert": {"rule": {"family": b.family, "table": b.table, "chain": b.into,
+                                              "comment": tag, "expr": expr}}})
+        needs_mark = needs_mark or (mode == "nat" and b.family != "bridge")
+        opened.append(b)
+    if batch:
+        nftables.run((_mark_table(bridge, tag) if needs_mark else []) + batch)
+    return opened
+
+
+def _legacy_open(bridge: str, tag: str) -> None:
+    """`-i BRIDGE -o BRIDGE -j ACCEPT` tagged, at the top of legacy FORWARD (once)."""
+    iptc = legacy.load()
+    with legacy._XtablesLock():
+        table = iptc.Table("filter")
+        table.refresh()
+        if any(legacy._comment(r) == tag and r.in_interface == bridge and r.out_interface == bridge
+               for r in iptc.Chain(table, "FORWARD").rules):
+            return
+        rule = iptc.Rule()
+        rule.in_interface = bridge
+        rule.out_interface = bridge
+        m = rule.create_match("comment")
+        m.comment = tag
+        rule.create_target("ACCEPT")
+        iptc.Chain(table, "FORWARD").insert_rule(rule)
+
+
+def _tagged(bridge: str | None, rs: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str, int]]:
+    """(family, table, chain, handle) of nsrun's rules for BRIDGE (all bridges when None) in
+    tables not nsrun's own (nf_tables only; RS: the ruleset when listed already)."""
+    out: list[tuple[str, str, str, int]] = []
+    prefix = f"{legacy.TAG}{bridge}:" if bridge else legacy.TAG
+    if rs is None and nftables.available():
+        rs = nftables.ruleset()
+    for obj in rs or []:
+        r = obj.get("rule")
+        if r and str(r.get("comment", "")).startswith(prefix) \
+                and not r["table"].startswith(("nsrun-nat-", OPEN_PREFIX)):
+            out.append((r["family"], r["table"], r["chain"], int(r["handle"])))
+    return out
+
+
+def close(bridge: str) -> int:
+    """Remove every opening made for BRIDGE, and its mark table. Returns the rules gone."""
+    gone = 0
+    if nftables.available():
+        for _attempt in range(3):  # the firewall's owner may reload it meanwhile: list again
+            rs = nftables.ruleset()
+            rules = _tagged(bridge, rs)
+            table = {"family": "inet", "name": OPEN_PREFIX + bridge}
+            batch: list[dict[str, Any]] = [
+                {"delete": {"rule": {"family": f, "table": t, "chain": c, "handle": h}}}
+                for f, t, c, h in rules]
+            if any(o.get("table", {}).get("name") == table["name"] for o in rs):
+                batch.append({"delete": {"table": table}})  # only touched under BRIDGE's lock
+            if not batch:
+                break
+            try:
+                nftables.run(batch)
+            except nftables.NftError:
+                continue
+            gone = len(rules)
+            break
+        else:
+            raise nftables.NftError(f"could not remove nsrun's openings for {bridge}")
+    if "filter" in legacy.loaded_tables():
+        gone += _legacy_close(bridge)
+    return gone
+
+
+def _legacy_close(bridge: str) -> int:
+    iptc = legacy.load()
+    gone = 0
+    with legacy._XtablesLock():
+        table = iptc.Table("filter")
+        table.autocommit = False
+        table.refresh()
+        chain = iptc.Chain(table, "FORWARD")
+        for rule in [r for r in chain.rules if legacy._ours(r, bridge)
+                     and r.in_interface == bridge and r.out_interface == bridge]:
+            chain.delete_rule(rule)
+            gone += 1
+        table.commit()
+        table.autocommit = True
+    return gone
+
+
+def bridges() -> set[str]:
+    """Bridges with openings in foreign chains, or a mark table (gc)."""
+    out = {t.split(":")[1] for t in _tag_names()}
+    if nftables.available():
+        for obj in nftables.run("list tables").get("nftables", []):
+            t = obj.get("table")
+            if t and t.get("family") == "inet" and t["name"].startswith(OPEN_PREFIX):
+                out.add(t["name"][len(OPEN_PREFIX):])
+    return out
+
+
+def _tag_names() -> list[str]:
+    names = []
+    if nftables.available():
+        for obj in nftables.ruleset():
+            r = obj.get("rule")
+            if r and str(r.get("comment", "")).startswith(legacy.TAG) \
+                    and not r["table"].startswith(("nsrun-nat-", OPEN_PREFIX)):
+                names.append(str(r["comment"]))
+    return names

@@ -1,0 +1,172 @@
+"""The nf_tables backend: nsrun's NAT in a table of its own per bridge, `inet nsrun-nat-BRIDGE`,
+written as one atomic JSON batch through libnftables.
+
+Why a thin ctypes wrapper over libnftables.so.1 (Debian `libnftables1`, which the
+`nftables` package brings) rather than a Python binding:
+- Debian's `python3-nftables` lives in the system Python's dist-packages, invisible to a
+  venv or pyenv Python such as the one nsrun is installed into;
+- `pip-nftables` on PyPI is an unmaintained copy of that same ctypes module;
+- the part nsrun needs is five C functions (context, output flags, run a buffer, read the
+  output and error buffers, free), so a wrapper of our own costs ~60 lines, imports only the
+  standard library, and never runs an `nft` subprocess.
+
+Why one table per bridge: each bridge's table is only changed under that bridge's lock,
+so a namespace leaving bridge A can drop A's table whole while another sets up bridge B,
+with no read-modify-write race on a shared table. The table's name says whose it is, and
+every rule also carries the comment `nsrun:BRIDGE:PROFILE`, as on the legacy backend.
+
+Only masquerade lives here. An accept in nsrun's own forward chain would not help: a packet
+crosses every base chain on the forward hook, and a drop in any of them wins. Forwarding
+through a host firewall that drops is opened in the chains that drop (see foreign.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from typing import Any
+
+NAME = "nftables"
+TABLE_PREFIX = "nsrun-nat-"
+TAG = "nsrun:"
+LIBRARY = "libnftables.so.1"
+
+_OUTPUT_HANDLE = 1 << 3
+_OUTPUT_JSON = 1 << 4
+_INPUT_JSON = 1 << 1
+
+_lib: Any = None
+
+
+class NftError(Exception):
+    """libnftables refused a command (its error text) or could not be loaded."""
+
+
+def load() -> Any:
+    """The library, with the prototypes used here declared. NftError when it is missing."""
+    global _lib
+    if _lib is None:
+        try:
+            lib = ctypes.CDLL(LIBRARY, use_errno=True)
+        except OSError as exc:
+            raise NftError(f"cannot load {LIBRARY} ({exc}); install the nftables package") from None
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        if hasattr(lib, "nft_ctx_input_set_flags"):  # libnftables >= 1.0.7; older ones detect JSON
+            lib.nft_ctx_input_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        _lib = lib
+    return _lib
+
+
+def available() -> bool:
+    try:
+        load()
+    except NftError:
+        return False
+    return True
+
+
+def run(commands: list[dict[str, Any]] | str) -> dict[str, Any]:
+    """Run one JSON batch (a list of commands, applied atomically) or one listing command
+    (`list ruleset`); return the parsed JSON output ({} when there is none)."""
+    lib = load()
+    ctx = lib.nft_ctx_new(0)
+    if not ctx:
+        raise NftError("nft_ctx_new failed")
+    try:
+        lib.nft_ctx_output_set_flags(ctx, _OUTPUT_JSON | _OUTPUT_HANDLE)
+        if hasattr(lib, "nft_ctx_input_set_flags") and not isinstance(commands, str):
+            lib.nft_ctx_input_set_flags(ctx, _INPUT_JSON)
+        lib.nft_ctx_buffer_output(ctx)
+        lib.nft_ctx_buffer_error(ctx)
+        text = commands if isinstance(commands, str) else json.dumps({"nftables": commands})
+        rc = lib.nft_run_cmd_from_buffer(ctx, text.encode())
+        out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+        err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+    finally:
+        lib.nft_ctx_free(ctx)
+    if rc != 0:
+        raise NftError(err.strip().splitlines()[0] if err.strip() else f"libnftables failed ({rc})")
+    return json.loads(out) if out.strip() else {}
+
+
+def ruleset() -> list[dict[str, Any]]:
+    """The whole ruleset as libnftables' JSON objects (table, chain, rule... entries)."""
+    return list(run("list ruleset").get("nftables", []))
+
+
+def comment(bridge: str, tag: str) -> str:
+    """`nsrun:BRIDGE:TAG`, as the iptables backend's comments."""
+    return f"{TAG}{bridge}:{tag}"
+
+
+def table_name(bridge: str) -> str:
+    return TABLE_PREFIX + bridge
+
+
+def _masquerade(bridge: str, subnet: str, tag: str) -> dict[str, Any]:
+    addr, _, length = subnet.partition("/")
+    table = table_name(bridge)
+    return {"rule": {
+        "family": "inet", "table": table, "chain": "postrouting", "comment": tag,
+        "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                       "right": {"prefix": {"addr": addr, "len": int(length or 32)}}}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": bridge}},
+            {"masquerade": None},
+        ]}}
+
+
+def ensure_nat(bridge: str, subnet: str, tag: str) -> None:
+    """Masquerade SUBNET leaving through anything but BRIDGE. Idempotent: when the table is
+    there already (a crashed setup), its chain is flushed in the same batch, so a second call
+    leaves one rule, never two. The usual case deletes nothing: a batch that deletes waits
+    for an RCU grace period in the kernel (~10 ms)."""
+    table = {"family": "inet", "name": table_name(bridge)}
+    tag = comment(bridge, tag)
+    present = table["name"] in _tables()
+    chain = {"family": "inet", "table": table["name"], "name": "postrouting"}
+    run([
+        {"add": {"table": table}},
+        {"add": {"chain": dict(chain, type="nat", hook="postrouting", prio=100, policy="accept")}},
+        *([{"flush": {"chain": chain}}] if present else []),
+        {"add": _masquerade(bridge, subnet, tag)},
+    ])
+
+
+def _tables() -> list[str]:
+    out = run("list tables").get("nftables", [])
+    return [t["table"]["name"] for t in out
+            if "table" in t and t["table"].get("family") == "inet"
+            and str(t["table"].get("name", "")).startswith(TABLE_PREFIX)]
+
+
+def remove(bridge: str | None) -> int:
+    """Drop nsrun's table for BRIDGE (every nsrun table when None). Returns the tables gone."""
+    if not available():
+        return 0
+    gone = [n for n in _tables() if bridge is None or n == table_name(bridge)]
+    batch: list[dict[str, Any]] = []
+    for n in gone:  # add-then-delete: idempotent even when it went meanwhile
+        table = {"family": "inet", "name": n}
+        batch += [{"add": {"table": table}}, {"delete": {"table": table}}]
+    if batch:
+        run(batch)
+    return len(gone)
+
+
+def bridges() -> set[str]:
+    """The bridges nsrun's tables are for (gc)."""
+    if not available():
+        return set()
+    return {n[len(TABLE_PREFIX):] for n in _tables()}
