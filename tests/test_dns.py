@@ -25,6 +25,18 @@ from nsrun import profile
 from nsrun.engine.resources import dns
 
 DNSLAB = str(Path(__file__).resolve().parent / "dnslab.py")
+# The DNS forward is a firewall rule kind of each backend: on both. (The nftables lab host
+# drops forwarded traffic by policy, so a setup there also says, once, where it opened it.)
+HOST_KINDS = ["legacy", "nftables"]
+OPENED = "nsrun: opened forwarding for "
+
+
+def _said(stderr: str) -> str:
+    """STDERR less the one line a setup prints where it opened the host's firewall."""
+    lines = stderr.splitlines(keepends=True)
+    opened = [line for line in lines if line.startswith(OPENED)]
+    assert len(opened) <= 1, stderr
+    return "".join(line for line in lines if line not in opened)
 STUB = "127.0.0.53"
 UPSTREAM = labmod.SERVER  # the lab resolver, in the upstream namespace
 
@@ -95,7 +107,7 @@ def test_nat_resolves_through_the_hosts_loopback_stub(lab, stub, tmp_path):
     # The stub saw the queries as from a local client (the forward rewrites the source).
     senders = {s for s, _ in stub.queries()}
     assert senders == {"127.0.0.1"}, stub.queries()
-    assert r.stderr == ""
+    assert _said(r.stderr) == ""
 
 
 def test_the_stub_forward_reaches_nothing_else_on_the_hosts_loopback(lab, stub, tmp_path):
@@ -153,16 +165,16 @@ def test_bridge_mode_without_dns_behind_a_stub_says_so(lab, tmp_path):
                          'range = "192.168.1.120-192.168.1.129"\ngateway = "192.168.1.1"\nprobe_ms = 0\n')
     r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "-p", str(prof), "--", "true")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("\n") == 1
+    assert _said(r.stderr).count("\n") == 1
     assert "has no resolver of its own" in r.stderr and "set `dns` in profile lan" in r.stderr
     r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "up", "nsrlan", "-p", str(prof))
     try:
-        assert r.returncode == 0 and r.stderr.count("\n") == 1 and "set `dns` in profile lan" in r.stderr, r.stderr
+        assert r.returncode == 0 and _said(r.stderr).count("\n") == 1 and "set `dns` in profile lan" in r.stderr, r.stderr
     finally:
         assert lab.nsrun("down", "nsrlan").returncode == 0
     # With the host naming a real resolver, nothing is said.
     r = _with_resolv_conf(lab, f"nameserver {UPSTREAM}\n", tmp_path, "-p", str(prof), "--", "true")
-    assert (r.returncode, r.stderr) == (0, "")
+    assert (r.returncode, _said(r.stderr)) == (0, "")
 
 
 LEAK = ("getent hosts probe.example; echo '#'; cat \"$SOCKETS_LOG\"; echo '#'; "

@@ -15,7 +15,8 @@ so a namespace leaving bridge A can drop A's table whole while another sets up b
 with no read-modify-write race on a shared table. The table's name says whose it is, and
 every rule also carries the comment `nsrun:BRIDGE:PROFILE`, as on the legacy backend.
 
-Only masquerade lives here. An accept in nsrun's own forward chain would not help: a packet
+Masquerade lives here, and the DNS forward to a loopback stub (ensure_dns_forward, in the
+same table: `remove` drops both with it). An accept in nsrun's own forward chain would not help: a packet
 crosses every base chain on the forward hook, and a drop in any of them wins. Forwarding
 through a host firewall that drops is opened in the chains that drop (see foreign.py).
 """
@@ -142,6 +143,56 @@ def ensure_nat(bridge: str, subnet: str, tag: str) -> None:
         *([{"flush": {"chain": chain}}] if present else []),
         {"add": _masquerade(bridge, subnet, tag)},
     ])
+
+
+LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+
+
+def _iif(bridge: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": bridge}}
+
+
+def _ip(field: str, value: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"payload": {"protocol": "ip", "field": field}}, "right": value}}
+
+
+def _dport53(proto: str) -> list[dict[str, Any]]:
+    return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": 53}}]
+
+
+def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None:
+    """DNS to GATEWAY:53 arriving on BRIDGE goes to STUB:53, its source made 127.0.0.1 as it
+    is delivered; loopback sources, and loopback destinations that did not come through that
+    rewrite, are dropped on BRIDGE (see nsrun.engine.firewall). Base chains of their own in
+    the bridge's table, refilled whole in one batch (idempotent)."""
+    table = table_name(bridge)
+    tag = comment(bridge, tag)
+    chains = {
+        "dns-dnat": dict(type="nat", hook="prerouting", prio=-100),
+        "dns-snat": dict(type="nat", hook="input", prio=100),
+        "dns-input": dict(type="filter", hook="input", prio=-1),
+        "dns-forward": dict(type="filter", hook="forward", prio=-1),
+    }
+    rules: list[tuple[str, list[dict[str, Any]]]] = []
+    for proto in ("udp", "tcp"):
+        rules.append(("dns-dnat", [_iif(bridge), _ip("daddr", gateway), *_dport53(proto),
+                                   {"dnat": {"family": "ip", "addr": stub, "port": 53}}]))
+        rules.append(("dns-snat", [_iif(bridge), _ip("daddr", stub), *_dport53(proto),
+                                   {"snat": {"family": "ip", "addr": "127.0.0.1"}}]))
+    not_dnat = {"match": {"op": "==", "left": {"&": [{"ct": {"key": "status"}}, "dnat"]}, "right": 0}}
+    rules += [
+        ("dns-input", [_iif(bridge), _ip("saddr", LOOPBACK), {"drop": None}]),
+        ("dns-input", [_iif(bridge), _ip("daddr", LOOPBACK), not_dnat, {"drop": None}]),
+        ("dns-forward", [_iif(bridge), _ip("saddr", LOOPBACK), {"drop": None}]),
+    ]
+    batch: list[dict[str, Any]] = [{"add": {"table": {"family": "inet", "name": table}}}]
+    for name, spec in chains.items():
+        chain = {"family": "inet", "table": table, "name": name}
+        batch += [{"add": {"chain": dict(chain, policy="accept", **spec)}}, {"flush": {"chain": chain}}]
+    batch += [{"add": {"rule": {"family": "inet", "table": table, "chain": chain, "comment": tag, "expr": expr}}}
+              for chain, expr in rules]
+    run(batch)
 
 
 def _tables() -> list[str]:
