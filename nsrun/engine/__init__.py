@@ -23,6 +23,7 @@ still use is plain file and mount work (no pyroute2, no python-iptables).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nsrun import fault, names, netns, state
@@ -38,10 +39,11 @@ class Busy(NsrunError):
     pass
 
 
-def up(name: str, prof: Profile, *, persistent: bool,
-       owner: dict[str, Any] | None = None) -> tuple[NsRecord, bool]:
+def up(name: str, prof: Profile, *, persistent: bool, owner: dict[str, Any] | None = None,
+       note: Callable[[str], None] | None = None) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
-    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor."""
+    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor; NOTE is told
+    of what was left as found (a resolv.conf that is not nsrun's)."""
     from nsrun import profile
     from nsrun.engine import resources
     from nsrun.engine.context import Setup
@@ -49,7 +51,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
     names.check_name(name)
     if prof.mode == "wireguard":  # nsrun.wireguard exists; wiring it in is the engine's next step
         raise UsageError(f"{prof.source}: mode: wireguard profiles are not wired into `up`/runs yet")
-    with record.ns_lock(name):
+    with record.ns_lock(name) as lock:
         rec = record.read(name)
         if netns.exists(name):
             if rec is None:
@@ -73,7 +75,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
         record.save(rec)
         fault.checkpoint("record")
         steps = resources.for_mode(prof.mode)
-        s = Setup(rec, prof)
+        s = Setup(rec, prof, note)
         s.inside = [functools.partial(f, s) for r in steps if (f := getattr(r, "inside", None))]
         try:
             try:
@@ -87,6 +89,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
         except BaseException:
             try:
                 teardown(s.rec)
+                lock.discard()  # nothing of NAME is left: nor its lock file
             except NsrunError:
                 pass  # the record stays for gc; the first failure is the one to report
             raise
@@ -125,6 +128,7 @@ def teardown(rec: NsRecord, grace: float = 5.0) -> None:
     # What runs inside stops first, and the namespace goes before the rest is undone:
     # its links go with it (see resources.veth).
     netns.stop_processes(rec.name, grace)
+    fault.checkpoint("undo-processes")
     try:
         netns.delete(rec.name)
     except OSError as exc:
@@ -134,6 +138,7 @@ def teardown(rec: NsRecord, grace: float = 5.0) -> None:
             res.remove(rec)
         except Exception as exc:
             errors.append(f"{res.STEP}: {exc}")
+        fault.checkpoint(f"undo-{res.STEP}")
     if errors:
         raise NsrunError(f"taking {rec.name} down was incomplete ({'; '.join(errors)}); "
                          "`nsrun gc` tries again")

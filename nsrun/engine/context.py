@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 class Action(NamedTuple):
     """One thing gc would remove: WHAT, WHY it is left over, and how to APPLY the removal
-    (which re-checks, under the lock that guards it, that it is still left over)."""
+    (which re-checks, under the lock that guards it, that it is still left over, and
+    returns False when it was not, so nothing was removed)."""
 
     what: str
     why: str
@@ -57,9 +58,10 @@ class Setup:
     """One `up` in progress: the profile, the record as it grows, and what the resources
     share while they are made (the host's netlink socket, the bridge lock)."""
 
-    def __init__(self, rec: NsRecord, prof: Profile) -> None:
+    def __init__(self, rec: NsRecord, prof: Profile, note: Callable[[str], None] | None = None) -> None:
         self.rec = rec
         self.prof = prof
+        self.note = note  # tells the caller of something left as found (the engine never prints)
         self.name = rec.name
         # Held from the bridge's check until this namespace holds a lease, so that no last
         # namespace leaving can take the bridge's shared pieces away in between.

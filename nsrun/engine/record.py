@@ -88,10 +88,15 @@ class NetRecord(NamedTuple):
     firewall: str | None = None  # the backend that holds the bridge's rules (nsrun.engine.firewall)
     rp_filter_set: bool = False  # rp_filter has been judged (and loosened when it was strict)
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
+    mtu: int | None = None  # nat: the bridge's MTU as its profile set it (None: the default)
+    mtu_recorded: bool = False  # `mtu` was recorded (records before it was are not judged on it)
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
         del data["rp_filter_set"]
+        del data["mtu_recorded"]
+        if not self.mtu_recorded:
+            del data["mtu"]
         if not self.rp_filter_set:
             del data["rp_filter"]  # schema 0: the key's absence meant "not judged yet"
         return data
@@ -107,6 +112,7 @@ class NetRecord(NamedTuple):
             uplink=_str(data, "uplink"),
             firewall=fw if isinstance(fw, str) else ("iptables" if fw is True else None),
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
+            mtu=_int(data, "mtu"), mtu_recorded="mtu" in data,
         )
 
 

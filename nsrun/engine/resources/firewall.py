@@ -5,9 +5,11 @@ Made once per bridge, under the bridge lock the bridge step holds: the backend's
 written to the bridge's `NetRecord` after its rules are in, so the next namespace on the
 bridge skips the step and the last one out removes them with the same backend. ip_forward
 is turned on when it was off, and what it was is kept in `forwarding.json` to be put back
-once no NAT bridge of nsrun's is left. gc's orphans: rules of a bridge no namespace uses,
-and rules whose bridge is gone with no state left (a crash between the rules and the
-record; rules of a bridge that exists may be another state directory's: kept).
+once no nat bridge of nsrun's is left (under a lock of its own, crash-safe: see
+forwarding_restore). gc's orphans: the saved value of ip_forward with no nat bridge left
+(put back); rules of a bridge no namespace uses, and rules whose bridge is gone with no
+state left (a crash between the rules and the record; rules of a bridge that exists may be
+another state directory's: kept).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from nsrun import state, sysctl
+from nsrun import fault, state, sysctl
 from nsrun.engine import firewall, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
@@ -40,27 +42,46 @@ def _forwarding_path() -> Path:
     return state.root() / "forwarding.json"
 
 
+def _forwarding_lock() -> state.Lock:
+    """Taken to turn ip_forward on or to put it back: a bridge being set up (whose NetRecord
+    is written before it takes this lock) and the last NAT bridge going never interleave."""
+    return state.Lock(state.root() / "forwarding.lock")
+
+
 def _forwarding_on() -> None:
-    current = sysctl.read("net.ipv4.ip_forward")
-    if current != "1":
-        if state.read_json(_forwarding_path()) is None:
-            state.write_json(_forwarding_path(), {"ip_forward": current})
-        sysctl.write("net.ipv4.ip_forward", "1")
+    with _forwarding_lock():
+        current = sysctl.read("net.ipv4.ip_forward")
+        if current != "1":
+            if state.read_json(_forwarding_path()) is None:
+                state.write_json(_forwarding_path(), {"ip_forward": current})
+            sysctl.write("net.ipv4.ip_forward", "1")
 
 
-def _forwarding_restore() -> None:
-    """Put ip_forward back as nsrun found it, once no bridge of nsrun's has NAT rules."""
-    saved = state.read_json(_forwarding_path())
-    if saved is None:
-        return
+def _nat_bridges(leaving: str | None = None) -> list[str]:
+    """The bridges with a nat NetRecord, but LEAVING (whose rules are being removed)."""
+    out = []
     for other in record.net_bridges():
         net = record.read_net(other)
-        if net is not None and net.firewall is not None:
-            return
-    value = saved.get("ip_forward")
-    if value in ("0", "1"):
-        sysctl.write("net.ipv4.ip_forward", value)
-    state.remove(_forwarding_path())
+        if other != leaving and net is not None and net.mode == "nat":
+            out.append(other)
+    return out
+
+
+def forwarding_restore(leaving: str | None = None) -> bool:
+    """Put ip_forward back as nsrun found it, once no nat bridge of nsrun's is left but
+    LEAVING. Crash-safe: the saved value goes only after it was written back, so a kill
+    anywhere leaves `forwarding.json`, which gc's orphans put back (the write is idempotent).
+    Whether it was put back."""
+    with _forwarding_lock():
+        saved = state.read_json(_forwarding_path())
+        if saved is None or _nat_bridges(leaving):
+            return False
+        value = saved.get("ip_forward")
+        if value in ("0", "1"):
+            sysctl.write("net.ipv4.ip_forward", value)
+        fault.checkpoint("forwarding-restored")
+        state.remove(_forwarding_path())
+        return True
 
 
 def remove(rec: NsRecord) -> None:
@@ -68,14 +89,17 @@ def remove(rec: NsRecord) -> None:
         remove_if_unused(rec.bridge)
 
 
-def remove_if_unused(bridge: str) -> None:
-    """Remove BRIDGE's rules (and put ip_forward back) once no namespace holds a lease on it."""
+def remove_if_unused(bridge: str) -> bool:
+    """Remove BRIDGE's rules (and put ip_forward back) once no namespace holds a lease on it.
+    Whether it did."""
     with unused(bridge) as lock:
         if lock is None:
-            return
+            return False
         net = record.read_net(bridge)
-        if net is not None and net.mode == "nat":
-            retire(bridge, net)
+        if net is None or net.mode != "nat":
+            return False
+        retire(bridge, net)
+        return True
 
 
 def retire(bridge: str, net: NetRecord) -> None:
@@ -86,7 +110,7 @@ def retire(bridge: str, net: NetRecord) -> None:
     firewall.backend(net.firewall or firewall.choose()).remove(bridge)
     if net.firewall is not None:
         record.save_net(bridge, net._replace(firewall=None))
-    _forwarding_restore()
+    forwarding_restore(leaving=bridge)
 
 
 def orphans(scan: Scan) -> list[Action]:
@@ -102,6 +126,9 @@ def orphans(scan: Scan) -> list[Action]:
         for bridge in sorted(_gone(firewall.backend(name).bridges() - set(scan.bridges))):
             out.append(Action(f"firewall rules for {bridge}", "their bridge is gone",
                               partial(_remove_gone, name, bridge)))
+    if state.read_json(_forwarding_path()) is not None and not _nat_bridges():
+        out.append(Action(f"{_forwarding_path()} (ip_forward put back as found)", "no nat bridge is left",
+                          forwarding_restore))
     return out
 
 
@@ -124,6 +151,8 @@ def _gone(bridges: set[str]) -> set[str]:
     return out
 
 
-def _remove_gone(name: str, bridge: str) -> None:
-    if _gone({bridge}) and not state.net_dir(bridge).exists():
-        firewall.backend(name).remove(bridge)
+def _remove_gone(name: str, bridge: str) -> bool:
+    if not _gone({bridge}) or state.net_dir(bridge).exists():
+        return False
+    firewall.backend(name).remove(bridge)
+    return True

@@ -112,8 +112,10 @@ def orphans(scan: Scan) -> list[Action]:
     return out
 
 
-def _release_orphan(bridge: str, addr: int, owner: str) -> None:
+def _release_orphan(bridge: str, addr: int, owner: str) -> bool:
     store = lease.FileStore(bridge)
     with store.lock():
-        if record.read(owner) is None:  # not an owner that came back meanwhile
-            store.release(addr, owner)
+        if record.read(owner) is not None or store.taken().get(addr) != owner:
+            return False  # an owner that came back meanwhile, or released already
+        store.release(addr, owner)
+        return True
