@@ -16,6 +16,32 @@ import signal
 from typing import Any
 
 
+def trace_lines(nth: int) -> None:
+    """Die by SIGKILL at the NTH line of nsrun's own code this process executes (in any of
+    its threads; a forked child goes on counting from where its parent was): the crash
+    tests' NSRUN_FAULT_LINE=N, read by nsrun/__main__.py, to kill at every line of an
+    operation in turn. Slow (a trace function): for tests only."""
+    import sys
+    import threading
+    from types import FrameType
+
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    count = [0]
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            count[0] += 1
+            if count[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return local
+
+    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename.startswith(here) else None
+
+    sys.settrace(on_call)
+    threading.settrace(on_call)
+
+
 def checkpoint(step: str) -> None:
     if os.environ.get("NSRUN_FAULT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
