@@ -332,3 +332,14 @@ def test_gc_judges_temporaries_by_pid_and_start_time_everywhere(lab):
     finally:
         live.unlink()
     _gc_until_clean(lab)
+
+
+# -- names (no lab) ------------------------------------------------------------------------
+
+def test_host_veth_choices_start_with_the_derived_name_and_are_distinct_valid_names():
+    for name in ("web", "adv82404", "adv142d6d", "x" * 64):
+        choices = names.host_veth_choices(name)
+        assert choices[0] == names.host_veth(name)
+        assert len(set(choices)) == len(choices) == names.HOST_VETH_CHOICES
+        assert all(names.is_host_veth(c) and names.ifname_problem(c) is None for c in choices)
+    assert names.host_veth_choices("adv82404")[1] != names.host_veth_choices("adv142d6d")[1]
