@@ -9,7 +9,6 @@ network namespace that first used it: see check_root):
     net/BRIDGE/lock     taken while leases or shared pieces of BRIDGE change
     net/BRIDGE/leases/A one file per address handed out, holding the namespace's name
     forwarding.json     ip_forward as nsrun found it, to put back when the last NAT goes
-    forwarding.lock     taken to turn ip_forward on or to put it back
     .NAME.PID-START.tmp a write in progress (see `temporary`), beside the file it replaces
 
 This module knows where the files are and how to write them safely; the keys of the two

@@ -14,6 +14,10 @@ another state directory's: kept).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from nsrun.engine import firewall, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources.lease import unused
+from nsrun.errors import NsrunError
 
 STEP = "firewall"
 
@@ -42,10 +47,18 @@ def _forwarding_path() -> Path:
     return state.root() / "forwarding.json"
 
 
-def _forwarding_lock() -> state.Lock:
+@contextlib.contextmanager
+def _forwarding_lock() -> Iterator[None]:
     """Taken to turn ip_forward on or to put it back: a bridge being set up (whose NetRecord
-    is written before it takes this lock) and the last NAT bridge going never interleave."""
-    return state.Lock(state.root() / "forwarding.lock")
+    is written before it takes this lock) and the last NAT bridge going never interleave.
+    An flock on the state directory itself: no file to make (a full disk must not stop a
+    teardown) nor to leave behind."""
+    fd = os.open(state.root(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _forwarding_on() -> None:
@@ -109,7 +122,12 @@ def retire(bridge: str, net: NetRecord) -> None:
     rules: the backend it would have used removes whatever exists of them."""
     firewall.backend(net.firewall or firewall.choose()).remove(bridge)
     if net.firewall is not None:
-        record.save_net(bridge, net._replace(firewall=None))
+        try:
+            record.save_net(bridge, net._replace(firewall=None))
+        except NsrunError:
+            # A full state directory: the record still names the backend, whose removal is
+            # idempotent and is simply done again by the bridge step or gc.
+            pass
     forwarding_restore(leaving=bridge)
 
 
