@@ -22,8 +22,10 @@ def _prepare_down(lab: Any) -> None:
 
 
 def _prepare_gc(lab: Any) -> None:
-    # Stale pieces of every kind for gc to reclaim: a nat namespace and a bridge-mode one
-    # killed half-way, a lease and a lock file with no record.
+    # Stale pieces for gc to reclaim: a nat namespace and a bridge-mode one killed half-way
+    # (after the `down` of whatever earlier random kills left of those names).
+    for name in ("sweep", "sweepb"):
+        assert lab.nsrun("down", name).returncode == 0
     assert lab.nsrun("up", "sweep", "-p", "nat", env={"NSRUN_FAULT": "address"}).returncode == -9
     assert lab.nsrun("up", "sweepb", "-p", "gw1", env={"NSRUN_FAULT": "address"}).returncode == -9
 
