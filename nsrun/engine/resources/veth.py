@@ -124,6 +124,8 @@ def _request(kind: int, flags: int, ifname: str) -> list[bytes]:
             off = 0
             while off + 16 <= len(reply):
                 length, mtype, _, seq, _ = struct.unpack_from("=IHHII", reply, off)
+                if length < 16:
+                    break  # malformed: read on
                 if seq == 1:
                     out.append(reply[off:off + length])
                     if mtype in (NLMSG_ERROR, RTM_NEWLINK):
