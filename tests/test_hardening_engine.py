@@ -130,8 +130,11 @@ def test_colliding_host_veth_names_both_work_and_never_touch_each_other(lab):
                 assert (r.returncode, r.stdout.strip()) == (0, labmod.GW2_UP), (name, r.stderr)
             gc = lab.nsrun("gc")
             assert "nothing to reclaim" in gc.stdout, gc.stdout
+            mac = _bridge(lab)["address"]
         finally:
             assert lab.nsrun("down", b).returncode == 0
+        # The gateway's MAC stays as ports go (a's ARP entry for it stays good).
+        assert _bridge(lab)["address"] == mac
         links = {lnk["ifname"]: lnk.get("ifalias") for lnk in lab.host_json("ip", "-j", "link", "show")}
         assert links.get("nsr4f455dedd8") == f"nsrun:{a}"  # b's teardown left a's veth alone
         r = lab.nsrun("exec", a, "--", *CLIENT)

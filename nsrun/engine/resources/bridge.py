@@ -138,6 +138,7 @@ def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[s
     from nsrun import netlink
 
     idx = netlink.index(ipr, bridge)
+    made = idx is None
     if idx is None:
         try:
             ipr.link("add", ifname=bridge, kind="bridge")
@@ -154,6 +155,13 @@ def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[s
         ipr.link("set", index=idx, ifalias=alias)
     if mtu and link.get_attr("IFLA_MTU") != mtu:
         ipr.link("set", index=idx, mtu=mtu)
+    if address is not None and made:
+        # The gateway's MAC: a bridge whose MAC was never set takes its lowest port's, so it
+        # changed as namespaces came and went and the others' ARP entries for the gateway
+        # went stale (seconds without a way out). Set, it stays. (Set when the bridge is made:
+        # rtnetlink does not tell whether a MAC was set, so a bridge left by a crash just
+        # before this keeps following its ports, as all bridges did before.)
+        ipr.link("set", index=idx, address=link.get_attr("IFLA_ADDRESS"))
     if address is not None and f"{address[0]}/{address[1]}" not in netlink.addresses(ipr, idx):
         try:
             ipr.addr("add", index=idx, address=address[0], prefixlen=address[1])
