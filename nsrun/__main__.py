@@ -1,3 +1,10 @@
-from nsrun.cli import main
+import os
+
+if os.environ.get("NSRUN_FAULT_LINE", "").isdigit():  # the crash tests' kill at line N
+    from nsrun import fault
+
+    fault.trace_lines(int(os.environ["NSRUN_FAULT_LINE"]))
+
+from nsrun.cli import main  # noqa: E402
 
 raise SystemExit(main())

@@ -87,8 +87,9 @@ def down(name: str, grace: float, refuse_busy: bool) -> int:
 
 
 def gc(dry_run: bool) -> int:
-    """Print each action before it is applied; a failing one is reported and gc goes on
-    (exit 1 at the end)."""
+    """Print each action before it is applied, and after it when its re-check under its
+    lock found it no longer left over (so it was kept); a failing one is reported and gc
+    goes on (exit 1 at the end)."""
     from nsrun import privilege
     from nsrun.engine import gc as engine_gc
     from nsrun.engine.context import Action
@@ -100,11 +101,14 @@ def gc(dry_run: bool) -> int:
     def on_action(action: Action) -> None:
         print(f"{verb} {action.what} ({action.why})", flush=True)
 
+    def on_kept(action: Action) -> None:
+        print(f"kept {action.what} after all (re-checked: no longer left over)", flush=True)
+
     def on_error(action: Action, exc: Exception) -> None:
         failed.append(action.what)
         sys.stderr.write(f"nsrun: removing {action.what} failed: {exc}\n")
 
-    if not engine_gc.run(dry_run, on_action, on_error):
+    if not engine_gc.run(dry_run, on_action, on_error, on_kept):
         print("nothing to reclaim")
     return 1 if failed else 0
 

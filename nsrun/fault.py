@@ -3,7 +3,11 @@ right after setup step STEP, as a crash or `kill -9` would.
 
 The steps are the engine's: `record` (the record is written), each resource's SUBSTEPS
 (points inside its create, if it has any) and STEP after it is made (nsrun.engine.resources),
-and `ready`. `steps(mode)` lists those a profile of MODE passes through.
+and `ready`; `steps(mode)` lists those a profile of MODE passes through. While a namespace
+is taken down (by `down`, the end of a run, or gc): `undo-processes` (what ran inside is
+stopped) and `undo-STEP` after each resource's removal (UNDO_STEPS). Inside steps:
+`bridge-link` (the bridge link is made, nothing else of it yet) and `forwarding-restored`
+(ip_forward is put back, its saved value not yet removed).
 """
 
 from __future__ import annotations
@@ -11,6 +15,32 @@ from __future__ import annotations
 import os
 import signal
 from typing import Any
+
+
+def trace_lines(nth: int) -> None:
+    """Die by SIGKILL at the NTH line of nsrun's own code this process executes (in any of
+    its threads; a forked child goes on counting from where its parent was): the crash
+    tests' NSRUN_FAULT_LINE=N, read by nsrun/__main__.py, to kill at every line of an
+    operation in turn. Slow (a trace function): for tests only."""
+    import sys
+    import threading
+    from types import FrameType
+
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    count = [0]
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            count[0] += 1
+            if count[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return local
+
+    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename.startswith(here) else None
+
+    sys.settrace(on_call)
+    threading.settrace(on_call)
 
 
 def checkpoint(step: str) -> None:
@@ -32,4 +62,8 @@ def steps(mode: str | None = None) -> tuple[str, ...]:
 def __getattr__(attr: str) -> Any:
     if attr == "STEPS":  # computed on use
         return steps()
+    if attr == "UNDO_STEPS":
+        from nsrun.engine import resources
+
+        return ("undo-processes", *(f"undo-{r.STEP}" for r in reversed(resources.every())))
     raise AttributeError(attr)

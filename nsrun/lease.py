@@ -109,7 +109,7 @@ class FileStore:
         state.ensure_dir(self.dir)
         # Beside leases/, named as state.write_text names its temporaries, so that gc
         # reclaims one whose writer died (the bridge lock makes the pid unique here).
-        tmp = self.base / f".lease.{os.getpid()}.tmp"
+        tmp = state.temporary(self.base / "lease")
         state.remove(tmp)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -75,11 +75,34 @@ def is_ephemeral(name: str) -> bool:
     return name.startswith(EPHEMERAL_PREFIX) and len(name) == len(EPHEMERAL_PREFIX) + 8
 
 
-def host_veth(name: str) -> str:
-    """The host end of NAME's veth pair: 'nsr' + 10 hex digits (13 bytes)."""
+HOST_VETH_CHOICES = 8
+
+
+def host_veth(name: str, choice: int = 0) -> str:
+    """The host end of NAME's veth pair: 'nsr' + 10 hex digits (13 bytes); CHOICE picks one
+    of NAME's HOST_VETH_CHOICES derived names (0, the first choice, is the name every release
+    has derived).
+
+    Why a sequence of choices rather than a derivation without collisions: a link name has at
+    most 15 bytes, a namespace name 64 characters, so no derivation maps every name to a
+    distinct link name; 40 bits of hash make a collision rare (a birthday search finds one in
+    seconds: `adv82404` and `adv142d6d` both derive `nsr4f455dedd8`), not impossible. So the
+    veth step tries NAME's choices in order and takes the first that no link holds (the
+    kernel refuses the others with EEXIST, atomically: no check-then-create race); the name
+    taken is in NAME's record, and the alias `nsrun:NAME` on the link says whose it is, for
+    teardown (which never deletes a link whose alias names another namespace) and for gc
+    (which takes a link as NAME's when its alias says so and its name is one of NAME's
+    choices). Two names collide on every choice with odds of 2**-320.
+    """
     import hashlib
 
-    return HOST_VETH_PREFIX + hashlib.blake2s(name.encode(), digest_size=5).hexdigest()
+    data = name.encode() if choice == 0 else name.encode() + b"\0" + str(choice).encode()
+    return HOST_VETH_PREFIX + hashlib.blake2s(data, digest_size=5).hexdigest()
+
+
+def host_veth_choices(name: str) -> list[str]:
+    """NAME's host veth names, in the order the veth step tries them."""
+    return [host_veth(name, i) for i in range(HOST_VETH_CHOICES)]
 
 
 def is_host_veth(ifname: str) -> bool:

@@ -9,6 +9,7 @@ network namespace that first used it: see check_root):
     net/BRIDGE/lock     taken while leases or shared pieces of BRIDGE change
     net/BRIDGE/leases/A one file per address handed out, holding the namespace's name
     forwarding.json     ip_forward as nsrun found it, to put back when the last NAT goes
+    .NAME.PID-START.tmp a write in progress (see `temporary`), beside the file it replaces
 
 This module knows where the files are and how to write them safely; the keys of the two
 records are nsrun.engine.record's (NsRecord, NetRecord).
@@ -130,6 +131,21 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+def ident() -> str:
+    """A short name for this state directory, for marks it leaves outside itself (the DNS
+    files in /etc/netns): its real path and its inode, so that another state directory, or
+    the same path in another mount namespace (a private /run), has another."""
+    import hashlib
+
+    path = os.path.realpath(root())
+    try:
+        st = os.stat(path)
+        inode = f"{st.st_dev}:{st.st_ino}"
+    except OSError:
+        inode = "-"
+    return hashlib.blake2s(f"{path}\0{inode}".encode(errors="surrogateescape"), digest_size=8).hexdigest()
+
+
 def ensure_dir(path: Path) -> Path:
     try:
         os.mkdir(path, 0o700)
@@ -208,12 +224,44 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
+def temporary(path: Path) -> Path:
+    """The temporary PATH is written through: `.NAME.PID-START.tmp`, its writer named by pid
+    and start time (pids are reused: gc judges the writer dead when either differs)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{_my_start()}.tmp")
+
+
+_START: tuple[int, int | None] = (0, None)
+
+
+def _my_start() -> int | None:
+    global _START
+    pid = os.getpid()
+    if _START[0] != pid:  # first call, or a forked child
+        _START = (pid, process_start(pid))
+    return _START[1]
+
+
+def temporary_writer_alive(fn: str) -> bool | None:
+    """Whether the writer of temporary FN (`.NAME.PID-START.tmp`, or the older `.NAME.PID.tmp`)
+    lives; None when FN is no such temporary."""
+    parts = fn.rsplit(".", 2)
+    if not fn.startswith(".") or len(parts) != 3 or parts[2] != "tmp":
+        return None
+    pid, _, start = parts[1].partition("-")
+    if not pid.isdigit() or not (start.isdigit() or start in ("", "None")):
+        return None
+    now = process_start(int(pid))
+    if now is None:
+        return False
+    return not start.isdigit() or int(start) == now
+
+
 def write_text(path: Path, text: str) -> None:
-    """Replace PATH atomically with TEXT, through a temporary `.NAME.PID.tmp` (which gc
+    """Replace PATH atomically with TEXT, through a temporary (see `temporary`, which gc
     reclaims if this process dies mid-write). The temporary is created afresh (O_EXCL) and
     never through a symbolic link; os.replace swaps the name, never following one at PATH."""
     ensure_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary(path)
     remove(tmp)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -123,6 +123,7 @@ def test_gc_never_takes_down_a_namespace_recreated_while_it_waited(lab):
             out, err = gc.communicate(timeout=60)
     try:
         assert gc.returncode == 0, err
+        assert f"kept namespace {name} and its pieces after all (re-checked" in out, out  # not "removing" alone
         assert os.path.exists(f"/run/netns/{name}"), "gc took down the re-created namespace"
         assert (lab.statedir / "ns" / f"{name}.json").exists()
         r = lab.nsrun("exec", name, "--", *CLIENT)

@@ -27,6 +27,7 @@ still use is plain file and mount work (no pyroute2, no python-iptables).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nsrun import fault, names, netns, state
@@ -48,14 +49,15 @@ def up(name: str, prof: Profile, *, persistent: bool,
     """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
     live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor. FIREWALL: the
     backend the caller asks for (a profile's `firewall` wins). NOTICES, when given, gets what
-    this setup opened in the host's own firewall, one line each, for the caller to say (only
-    the setup that opens a bridge's way reports it: once per bridge)."""
+    this setup opened in the host's own firewall (only the setup that opens a bridge's way
+    reports it: once per bridge) and what it left as found (a resolv.conf that is not
+    nsrun's), one line each, for the caller to say."""
     from nsrun import profile
     from nsrun.engine import resources
     from nsrun.engine.context import Setup
 
     names.check_name(name)
-    with record.ns_lock(name):
+    with record.ns_lock(name) as lock:
         rec = record.read(name)
         if netns.exists(name):
             if rec is None:
@@ -103,6 +105,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
         except BaseException:
             try:
                 teardown(s.rec)
+                lock.discard()  # nothing of NAME is left: nor its lock file
             except NsrunError:
                 pass  # the record stays for gc; the first failure is the one to report
             raise
@@ -141,6 +144,7 @@ def teardown(rec: NsRecord, grace: float = 5.0) -> None:
     # What runs inside stops first, and the namespace goes before the rest is undone:
     # its links go with it (see resources.veth).
     netns.stop_processes(rec.name, grace)
+    fault.checkpoint("undo-processes")
     try:
         netns.delete(rec.name)
     except OSError as exc:
@@ -150,6 +154,7 @@ def teardown(rec: NsRecord, grace: float = 5.0) -> None:
             res.remove(rec)
         except Exception as exc:
             errors.append(f"{res.STEP}: {exc}")
+        fault.checkpoint(f"undo-{res.STEP}")
     if errors:
         raise NsrunError(f"taking {rec.name} down was incomplete ({'; '.join(errors)}); "
                          "`nsrun gc` tries again")

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 class Action(NamedTuple):
     """One thing gc would remove: WHAT, WHY it is left over, and how to APPLY the removal
-    (which re-checks, under the lock that guards it, that it is still left over)."""
+    (which re-checks, under the lock that guards it, that it is still left over, and
+    returns False when it was not, so nothing was removed)."""
 
     what: str
     why: str
@@ -71,7 +72,8 @@ class Setup:
         # layer); a profile's own `firewall` wins over it.
         self.firewall = prof.firewall or firewall
         self.backend: str | None = None  # the backend chosen for this setup, once chosen
-        # What was changed in the host's own firewall, one line each, for the caller to say.
+        # What the caller should say, one line each (the engine never prints): what was
+        # changed in the host's own firewall, what was left as found (note()).
         self.notices: list[str] = []
         # Held from the bridge's check until this namespace holds a lease, so that no last
         # namespace leaving can take the bridge's shared pieces away in between.
@@ -82,6 +84,10 @@ class Setup:
         self._ipr: Any = None
         self._host_fd = -1
         self._host_tid = threading.get_native_id()  # a thread in the host's namespace
+
+    def note(self, text: str) -> None:
+        """Tell the caller of something left as found (a resolv.conf that is not nsrun's)."""
+        self.notices.append(f"nsrun: note: {text}")
 
     def update(self, **changes: Any) -> None:
         """Change the record and write it (before the host change it describes)."""

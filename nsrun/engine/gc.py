@@ -5,7 +5,8 @@ What counts as left behind:
   that died half-way (no one holds its lock), a persistent namespace whose mount is gone;
 - whatever a resource finds of itself with no live record (its `orphans`): a host veth
   with nsrun's alias, a lease, a /etc/netns/NAME/resolv.conf, firewall rules, a bridge;
-- a temporary file of the state directory whose writer died.
+- a temporary file of the state directory whose writer died (pid and start time);
+- the lock file of a namespace with no record (a failed or killed `up`).
 Never touched: live runs (their supervisor lives or their lock is held), persistent
 namespaces that are up, anything without nsrun's names, alias, comment or record, and
 anything that may belong to another state directory (NSRUN_STATE_DIR): a namespace that
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 
 from nsrun import names, netns, state
 from nsrun.engine import record
@@ -81,27 +83,58 @@ def reclaim(planned: NsRecord, blocking: bool = True) -> bool:
 
 
 def _temporaries(sc: Scan) -> list[Action]:
-    """Files state.write_json was writing when its process died (`.NAME.PID.tmp`)."""
+    """Files state.write_text (or a lease's reserve) was writing when its process died
+    (state.temporary: `.NAME.PID-START.tmp`), in every directory of the state directory."""
     out = []
-    for d in [state.ns_dir(), *(state.net_dir(b) for b in sc.bridges)]:
+    for d in [state.root(), state.ns_dir(), *(state.net_dir(b) for b in sc.bridges)]:
         try:
             entries = os.listdir(d)
         except OSError:
             continue
         for fn in entries:
-            parts = fn.rsplit(".", 2)
-            if fn.startswith(".") and len(parts) == 3 and parts[2] == "tmp" and parts[1].isdigit():
-                if state.process_start(int(parts[1])) is None:
-                    path = d / fn
-                    out.append(Action(str(path), "a write cut short by a crash", partial(state.remove, path)))
+            if state.temporary_writer_alive(fn) is False:
+                path = d / fn
+                out.append(Action(str(path), "a write cut short by a crash", partial(_remove_temporary, path)))
     return out
 
 
+def _remove_temporary(path: Path) -> bool:
+    if state.temporary_writer_alive(path.name) is not False:
+        return False
+    state.remove(path)
+    return True
+
+
+def _locks(sc: Scan) -> list[Action]:
+    """Lock files of namespaces with no record (an `up` that failed or was killed before
+    its record, or after its teardown): each taken, re-checked and removed."""
+    try:
+        entries = sorted(os.listdir(state.ns_dir()))
+    except OSError:
+        return []
+    return [Action(str(state.ns_dir() / fn), "a lock of a namespace with no record",
+                   partial(_remove_lock, fn[:-5]))
+            for fn in entries
+            if fn.endswith(".lock") and not fn.startswith(".") and not state.record_path(fn[:-5]).exists()]
+
+
+def _remove_lock(name: str) -> bool:
+    try:
+        with record.ns_lock(name, blocking=False) as lock:
+            if record.read(name) is not None or state.record_path(name).exists():
+                return False
+            lock.discard()
+            return True
+    except BlockingIOError:
+        return False  # an `up` or `down` of NAME is at work
+
+
 def planners() -> list[Callable[[Scan], list[Action]]]:
-    """The batches, in order: records, each resource's orphans in reverse, temporaries."""
+    """The batches, in order: temporaries of dead writers (so the directories they are in
+    can go), records, each resource's orphans in reverse, then the lock files left."""
     from nsrun.engine import resources
 
-    return [_records, *(r.orphans for r in reversed(resources.every())), _temporaries]
+    return [_temporaries, _records, *(r.orphans for r in reversed(resources.every())), _locks]
 
 
 def plan() -> list[Action]:
@@ -117,19 +150,27 @@ def batches() -> Iterator[list[Action]]:
 
 
 def run(dry_run: bool, on_action: Callable[[Action], None],
-        on_error: Callable[[Action, Exception], None]) -> int:
-    """Plan and (unless DRY_RUN) apply, calling ON_ACTION before each action and ON_ERROR
-    for each that fails (gc goes on with the rest). How many actions were planned."""
+        on_error: Callable[[Action, Exception], None],
+        on_kept: Callable[[Action], None] | None = None) -> int:
+    """Plan and (unless DRY_RUN) apply. ON_ACTION is called before each action (an apply
+    may wait for a lock: the caller says what it waits for), ON_KEPT after one whose re-check
+    under its lock found it no longer left over (its apply returned False: nothing was
+    removed), ON_ERROR for each that fails (gc goes on with the rest). How many actions
+    were planned."""
     count = 0
     for batch in [plan()] if dry_run else batches():
         for action in batch:
             count += 1
             on_action(action)
-            if not dry_run:
-                try:
-                    action.apply()
-                except Exception as exc:
-                    on_error(action, exc)
+            if dry_run:
+                continue
+            try:
+                done = action.apply()
+            except Exception as exc:
+                on_error(action, exc)
+                continue
+            if done is False and on_kept is not None:
+                on_kept(action)
     return count
 
 

@@ -120,11 +120,16 @@ class NetRecord(NamedTuple):
     dns_forward: str | None = None  # the host's loopback stub that the gateway's port 53 is forwarded to
     rp_filter_set: bool = False  # rp_filter has been judged (and loosened when it was strict)
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
+    mtu: int | None = None  # nat: the bridge's MTU as its profile set it (None: the default)
+    mtu_recorded: bool = False  # `mtu` was recorded (records before it was are not judged on it)
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
         data["opened"] = list(self.opened) if self.opened is not None else None
         del data["rp_filter_set"]
+        del data["mtu_recorded"]
+        if not self.mtu_recorded:
+            del data["mtu"]
         if not self.rp_filter_set:
             del data["rp_filter"]  # schema 0: the key's absence meant "not judged yet"
         return data
@@ -148,6 +153,7 @@ class NetRecord(NamedTuple):
             opened=tuple(o for o in opened if isinstance(o, str)) if isinstance(opened, list) else None,
             dns_forward=_str(data, "dns_forward"),
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
+            mtu=_int(data, "mtu"), mtu_recorded="mtu" in data,
         )
 
 

@@ -20,19 +20,20 @@ still recorded in it (the last namespaces' steps interleaved) are removed first.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
 from functools import partial
 from typing import Any
 
-from nsrun import lease, names, state, sysctl
+from nsrun import fault, lease, names, state, sysctl
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources import firewall
 from nsrun.engine.resources.lease import unused
-from nsrun.errors import UsageError
+from nsrun.errors import NsrunError, UsageError
 
 STEP = "bridge"
 
@@ -59,26 +60,59 @@ def _ensure_nat(s: Setup) -> None:
     assert prof.bridge and prof.subnet and prof.gateway
     net = record.read_net(prof.bridge)
     _in_use_elsewise(s, net)
-    if net is not None and net.subnet != str(prof.subnet):
-        raise UsageError(
-            f"{prof.source}: subnet: bridge {prof.bridge} already carries {net.subnet} "
-            f"(profile {net.profile}); one bridge serves one subnet"
-        )
-    if netlink.index(ipr, prof.bridge) is None:
-        _check_overlap(ipr, s)
-        record.save_net(prof.bridge, NetRecord(mode="nat", profile=prof.name, subnet=str(prof.subnet),
-                                               gateway=str(prof.gateway), created_bridge=True))
-        _make(ipr, prof.bridge, mtu=prof.mtu, address=(str(prof.gateway), prof.subnet.prefixlen))
-    elif net is None:
+    if net is not None:
+        _same_network(s, net)
+    exists = netlink.index(ipr, prof.bridge) is not None
+    if exists and (net is None or not net.created_bridge):
         raise UsageError(
             f"{prof.source}: bridge: {prof.bridge} exists and was not made by nsrun; "
             "name another bridge for a nat profile, or use bridge mode"
         )
+    if not exists:
+        _check_overlap(ipr, s)
+    if net is None:
+        net = NetRecord(mode="nat", profile=prof.name, subnet=str(prof.subnet), gateway=str(prof.gateway),
+                        created_bridge=True, mtu=prof.mtu, mtu_recorded=True)
+        record.save_net(prof.bridge, net)
+    # Every time, not only when the bridge is missing: a crash right after the bridge was
+    # made left it down without its address, and the next namespace on it must not be the
+    # one to find out (it would be "up" with no way out).
+    _converge(ipr, prof.bridge, mtu=prof.mtu, address=(str(prof.gateway), prof.subnet.prefixlen))
+
+
+def _same_network(s: Setup, net: NetRecord) -> None:
+    """One bridge serves one subnet, with one gateway (its address) and one MTU: a profile
+    that differs from the one that made the bridge would hand out routes that go nowhere."""
+    prof = s.prof
+    wanted = {"subnet": str(prof.subnet), "gateway": str(prof.gateway)}
+    if net.mtu_recorded:
+        wanted["mtu"] = str(prof.mtu) if prof.mtu else "default"
+    found = {"subnet": net.subnet, "gateway": net.gateway,
+             "mtu": str(net.mtu) if net.mtu else "default"}
+    for key, value in wanted.items():
+        if found[key] is not None and found[key] != value:
+            raise UsageError(
+                f"{prof.source}: {key}: bridge {prof.bridge} already serves profile {net.profile} "
+                f"with {key} {found[key]}; profile {prof.name} wants {value}. One bridge serves one "
+                "subnet, gateway and mtu: give the profiles the same values or different bridges"
+            )
 
 
 def _check_overlap(ipr: Any, s: Setup) -> None:
+    """The subnet must overlap no route of the main table and hold no address of the host
+    (the local table: a /32 on lo has no route in the main one)."""
     prof = s.prof
     assert prof.subnet is not None
+    for route in ipr.get_routes(family=socket.AF_INET, table=255):
+        if route.get_attr("RTA_TABLE") != 255 or route["type"] != 2:  # RTN_LOCAL
+            continue
+        dst = ipaddress.IPv4Network(f"{route.get_attr('RTA_DST')}/{route['dst_len']}", strict=False)
+        if dst.overlaps(prof.subnet):
+            shown = str(dst.network_address) if dst.prefixlen == 32 else str(dst)
+            raise UsageError(
+                f"{prof.source}: subnet: {prof.subnet} holds the host's own address {shown} "
+                f"(dev {_dev(ipr, route)}); choose another subnet"
+            )
     for route in ipr.get_routes(family=socket.AF_INET):
         if route.get_attr("RTA_TABLE") not in (254, None):
             continue
@@ -87,31 +121,63 @@ def _check_overlap(ipr: Any, s: Setup) -> None:
             continue
         dst = ipaddress.IPv4Network(f"{route.get_attr('RTA_DST')}/{dst_len}", strict=False)
         if dst.overlaps(prof.subnet):
-            oif = route.get_attr("RTA_OIF")
-            links = ipr.get_links(oif) if oif else []
-            dev = links[0].get_attr("IFLA_IFNAME") if links else "?"
             raise UsageError(
-                f"{prof.source}: subnet: {prof.subnet} overlaps the host route {dst} dev {dev}; "
+                f"{prof.source}: subnet: {prof.subnet} overlaps the host route {dst} dev {_dev(ipr, route)}; "
                 "choose another subnet"
             )
 
 
-def _make(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[str, int] | None = None,
-          uplink_idx: int | None = None) -> None:
-    """Create BRIDGE with nsrun's alias (and its address, or its uplink port), and set it up."""
+def _dev(ipr: Any, route: Any) -> str:
+    oif = route.get_attr("RTA_OIF")
+    links = ipr.get_links(oif) if oif else []
+    return links[0].get_attr("IFLA_IFNAME") if links else "?"
+
+
+def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[str, int] | None = None,
+              uplink_idx: int | None = None) -> None:
+    """Bring BRIDGE to what nsrun makes of it, from whatever a crash left: the link (made
+    when missing), nsrun's alias, the MTU, the address, the uplink port, up. Idempotent: each
+    piece is set only when it differs."""
     from nsrun import netlink
 
-    ipr.link("add", ifname=bridge, kind="bridge")
     idx = netlink.index(ipr, bridge)
-    ipr.link("set", index=idx, ifalias=names.IFALIAS_PREFIX + "bridge")
-    if mtu:
+    made = idx is None
+    if idx is None:
+        try:
+            ipr.link("add", ifname=bridge, kind="bridge")
+        except netlink.NetlinkError() as exc:
+            if netlink.errno_of(exc) != errno.EEXIST:
+                raise
+        idx = netlink.index(ipr, bridge)
+        if idx is None:
+            raise NsrunError(f"bridge {bridge} did not appear")
+        fault.checkpoint("bridge-link")
+    link = ipr.get_links(idx)[0]
+    alias = names.IFALIAS_PREFIX + "bridge"
+    if link.get_attr("IFLA_IFALIAS") != alias:
+        ipr.link("set", index=idx, ifalias=alias)
+    if mtu and link.get_attr("IFLA_MTU") != mtu:
         ipr.link("set", index=idx, mtu=mtu)
-    if address is not None:
-        ipr.addr("add", index=idx, address=address[0], prefixlen=address[1])
+    if address is not None and made:
+        # The gateway's MAC: a bridge whose MAC was never set takes its lowest port's, so it
+        # changed as namespaces came and went and the others' ARP entries for the gateway
+        # went stale (seconds without a way out). Set, it stays. (Set when the bridge is made:
+        # rtnetlink does not tell whether a MAC was set, so a bridge left by a crash just
+        # before this keeps following its ports, as all bridges did before.)
+        ipr.link("set", index=idx, address=link.get_attr("IFLA_ADDRESS"))
+    if address is not None and f"{address[0]}/{address[1]}" not in netlink.addresses(ipr, idx):
+        try:
+            ipr.addr("add", index=idx, address=address[0], prefixlen=address[1])
+        except netlink.NetlinkError() as exc:
+            if netlink.errno_of(exc) != errno.EEXIST:
+                raise
     if uplink_idx is not None:
-        ipr.link("set", index=uplink_idx, master=idx)
-    ipr.link("set", index=idx, state="up")
-    if uplink_idx is not None:
+        up = ipr.get_links(uplink_idx)[0]
+        if up.get_attr("IFLA_MASTER") != idx:
+            ipr.link("set", index=uplink_idx, master=idx)
+    if not link["flags"] & 1:  # IFF_UP
+        ipr.link("set", index=idx, state="up")
+    if uplink_idx is not None and not ipr.get_links(uplink_idx)[0]["flags"] & 1:
         ipr.link("set", index=uplink_idx, state="up")
 
 
@@ -147,7 +213,11 @@ def _ensure_lan(s: Setup) -> None:
             net = NetRecord(mode="bridge", profile=prof.name, subnet=str(prof.subnet),
                             created_bridge=True, uplink=prof.uplink, uplink_up=uplink_up)
             record.save_net(bridge, net)
-        _make(ipr, bridge, uplink_idx=up_idx)
+        _converge(ipr, bridge, uplink_idx=up_idx)
+    elif net is not None and net.created_bridge:
+        # nsrun made it: converge it (a crash may have cut its making short).
+        up_idx = netlink.index(ipr, net.uplink) if net.uplink else None
+        _converge(ipr, bridge, uplink_idx=up_idx)
     else:
         kind = _link_kind(ipr, idx)
         if kind != "bridge":
@@ -195,16 +265,17 @@ def remove(rec: NsRecord) -> None:
         remove_if_unused(rec.bridge)
 
 
-def remove_if_unused(bridge: str) -> None:
-    """Undo what nsrun made for BRIDGE, once no namespace holds a lease on it."""
+def remove_if_unused(bridge: str) -> bool:
+    """Undo what nsrun made for BRIDGE, once no namespace holds a lease on it. Whether it
+    did."""
     base = state.net_dir(bridge)
     with unused(bridge) as lock:
         if lock is None:
-            return
+            return False
         net = record.read_net(bridge)
         if net is not None:
             if net.created_bridge and not _delete(bridge, net.uplink, net.uplink_up):
-                return  # something else was plugged into it meanwhile: keep it
+                return False  # something else was plugged into it meanwhile: keep it
             if net.firewall is not None:
                 # Its rules outlive this record by no moment: the firewall step of the
                 # namespace that left last may have run while another still held a lease.
@@ -215,6 +286,8 @@ def remove_if_unused(bridge: str) -> None:
                 except OSError:  # the bridge is gone
                     pass
             record.remove_net(bridge)
+            if net.mode == "nat":
+                firewall.forwarding_restore()  # a crash may have cut the firewall step's short
         for fn in ("last_reserved", ".last_reserved.tmp"):
             state.remove(base / fn)
         try:
@@ -226,6 +299,7 @@ def remove_if_unused(bridge: str) -> None:
         os.rmdir(base)
     except OSError:
         pass
+    return True
 
 
 def _delete(bridge: str, uplink: str | None, uplink_up: bool | None = None) -> bool:

@@ -10,25 +10,41 @@ lines are kept, so short names resolve inside as outside, unless the profile set
 a LAN router, not this host): there the profile must name `dns`, and entering such a
 namespace says so (nsrun.hostresolver).
 
-The file's first line says nsrun wrote it: gc's orphans are such files of a namespace that
-has no record and is gone (one that exists may be another state directory's).
+Only nsrun's own files are touched. The file's first line is nsrun's mark, naming the
+namespace and the state directory that wrote it (state.ident()): a resolv.conf without
+that mark is someone else's (an admin's file or link for that namespace, another state
+directory's namespace of the same name) and is left alone by `up`, `down` and gc alike.
+`up` then says so and writes nothing: the namespace gets the file that is there, as
+`ip netns exec` would give it (a directory or other non-file there is refused: it cannot be
+bound over /etc/resolv.conf). gc's orphans are files with this state directory's mark of a
+namespace that has no record and is gone.
+
+Writes never follow a link nsrun did not make: /etc/netns and /etc/netns/NAME are opened
+with O_NOFOLLOW and must be root's and writable by no one else; the file is written to a
+temporary made afresh (O_EXCL|O_NOFOLLOW) under that directory's fd and renamed over
+resolv.conf, so a link planted at either name is replaced, never written through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
-from collections.abc import Iterable
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from nsrun import netns
+from nsrun import netns, state
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
+from nsrun.errors import NsrunError, UsageError
 
 STEP = "dns"
 
 ETC_NETNS = "/etc/netns"
 STUB_FALLBACK = "/run/systemd/resolve/resolv.conf"
+TMP = ".resolv.conf.nsrun"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _parse(path: str) -> tuple[list[str], list[str]]:
@@ -109,26 +125,120 @@ def dir_for(name: str) -> str:
     return f"{ETC_NETNS}/{name}"
 
 
+def mark(name: str) -> str:
+    """The first line of the files nsrun writes: the namespace and the state directory."""
+    return f"# written by nsrun for namespace {name} (state {state.ident()})"
+
+
+def _legacy_mark(name: str) -> str:
+    return f"# written by nsrun for namespace {name}"  # before the state directory was named
+
+
+def _open_checked(parent: int | None, name: str, create: bool) -> int:
+    """A directory fd for NAME (under PARENT's fd, or absolute), never through a link: root's,
+    writable by no one else, else NsrunError. /etc/netns itself may be writable by all with
+    the sticky bit (as /tmp: no one but root can then rename or remove root's entries)."""
+    shown = name if parent is None else f"{ETC_NETNS}/{name}"
+    if create:
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise NsrunError(f"{shown} is not a directory nsrun can use ({exc.strerror}); "
+                         "nsrun writes DNS files only into real directories") from None
+    st = os.fstat(fd)
+    sticky = parent is None and st.st_mode & stat.S_ISVTX
+    if st.st_uid != 0 or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky):
+        os.close(fd)
+        raise NsrunError(f"{shown} must be owned by root and writable by no one else "
+                         f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+    return fd
+
+
+@contextlib.contextmanager
+def _dirs(name: str, create: bool) -> Iterator[tuple[int, int]]:
+    """(/etc/netns, /etc/netns/NAME) as checked directory fds; FileNotFoundError when one is
+    missing and not CREATE."""
+    top = _open_checked(None, ETC_NETNS, create)
+    try:
+        d = _open_checked(top, name, create)
+        try:
+            yield top, d
+        finally:
+            os.close(d)
+    finally:
+        os.close(top)
+
+
+def _whose(d: int, name: str, legacy_ok: bool = False) -> str:
+    """Whose resolv.conf is in D: "none", "mine" (this state directory's mark), "theirs"
+    (any other file or link), or "unusable" (a directory or another non-file)."""
+    try:
+        st = os.stat("resolv.conf", dir_fd=d, follow_symlinks=False)
+    except FileNotFoundError:
+        return "none"
+    if stat.S_ISLNK(st.st_mode):
+        return "theirs"
+    if not stat.S_ISREG(st.st_mode):
+        return "unusable"
+    try:
+        fd = os.open("resolv.conf", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=d)
+    except OSError:
+        return "theirs"
+    try:
+        first = os.read(fd, 512).split(b"\n", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
+    if first == mark(name) or (legacy_ok and first == _legacy_mark(name)):
+        return "mine"
+    return "theirs"
+
+
 def write(name: str, servers: Iterable[str] | None, search: Iterable[str] | None = None,
-          forwarder: str | None = None, host_lines: bool | None = None) -> bool:
+          forwarder: str | None = None, host_lines: bool | None = None,
+          note: Callable[[str], None] | None = None) -> bool:
     """Write NAME's resolv.conf (see content(); HOST_LINES defaults to: only with the
-    host's servers, as before for callers that name their own). False: nothing to write."""
+    host's servers, as before for callers that name their own). False: nothing written (no
+    servers, or a resolv.conf that is not nsrun's is there: NOTE says so)."""
     if host_lines is None:
         host_lines = servers is None
     chosen, other = content(servers, search, forwarder, host_lines)
     if not chosen:
         return False
-    d = dir_for(name)
-    os.makedirs(d, mode=0o755, exist_ok=True)
-    body = f"# written by nsrun for namespace {name}\n"
-    body += "".join(f"{line}\n" for line in other)
-    body += "".join(f"nameserver {s}\n" for s in chosen)
-    tmp = f"{d}/.resolv.conf.nsrun"
-    with open(tmp, "w") as fh:
-        fh.write(body)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, f"{d}/resolv.conf")
+    path = f"{dir_for(name)}/resolv.conf"
+    with _dirs(name, create=True) as (_, d):
+        whose = _whose(d, name)
+        if whose == "unusable":
+            raise UsageError(f"{path} exists and is not a file: it cannot be bound over /etc/resolv.conf "
+                             f"inside {name}; remove it, or make it the resolv.conf {name} should use")
+        if whose == "theirs":
+            if note:
+                note(f"{path} was not written by nsrun: left as it is, and {name} uses it")
+            return False
+        body = f"{mark(name)}\n"
+        body += "".join(f"{line}\n" for line in other)
+        body += "".join(f"nameserver {s}\n" for s in chosen)
+        _unlink(d, TMP)  # a crash's, or a link someone planted: never written through
+        fd = os.open(TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=d)
+        try:
+            os.fchmod(fd, 0o644)
+            state.write_all(fd, body.encode())
+        finally:
+            os.close(fd)
+        os.replace(TMP, "resolv.conf", src_dir_fd=d, dst_dir_fd=d)
     return True
+
+
+def _unlink(d: int, fn: str) -> None:
+    try:
+        os.unlink(fn, dir_fd=d)
+    except FileNotFoundError:
+        pass
 
 
 def create(s: Setup) -> None:
@@ -141,28 +251,36 @@ def create(s: Setup) -> None:
         if net is not None and net.dns_forward:  # the firewall step forwards it to the stub
             forwarder = net.gateway or (str(prof.gateway) if prof.gateway else None)
     s.update(dns=True)  # before the file: a crash while it is written leaves a record of it
-    if not write(s.name, prof.dns, prof.search, forwarder, host_lines=True):
+    if not write(s.name, prof.dns, prof.search, forwarder, host_lines=True, note=s.note):
         s.update(dns=False)
 
 
 def remove(rec: NsRecord) -> None:
     if rec.dns:
-        remove_files(rec.name)
+        remove_files(rec.name, legacy_ok=True)
 
 
-def remove_files(name: str) -> None:
-    """Remove what write() made; the directories only when left empty. Idempotent."""
-    d = dir_for(name)
-    for fn in ("resolv.conf", ".resolv.conf.nsrun"):
-        try:
-            os.unlink(f"{d}/{fn}")
-        except FileNotFoundError:
-            pass
-    for path in (d, ETC_NETNS):
-        try:
-            os.rmdir(path)
-        except OSError:
-            break
+def remove_files(name: str, legacy_ok: bool = False) -> None:
+    """Remove what write() made (a resolv.conf with nsrun's mark: LEGACY_OK, the mark of
+    releases before the state directory was named too), the directories only when left
+    empty. Idempotent; anything else is left alone."""
+    try:
+        with _dirs(name, create=False) as (top, d):
+            _unlink(d, TMP)
+            if _whose(d, name, legacy_ok) == "mine":
+                _unlink(d, "resolv.conf")
+            try:
+                os.rmdir(name, dir_fd=top)
+            except OSError:
+                return
+    except FileNotFoundError:
+        return
+    except NsrunError:
+        return  # not a directory nsrun could have written into
+    try:
+        os.rmdir(ETC_NETNS)
+    except OSError:
+        pass
 
 
 def orphans(scan: Scan) -> list[Action]:
@@ -175,21 +293,22 @@ def orphans(scan: Scan) -> list[Action]:
 
 
 def _left(name: str) -> bool:
-    """A file nsrun wrote for a namespace that is gone."""
+    """A file this state directory wrote for a namespace that is gone."""
     if netns.exists(name):
         return False
     try:
-        with open(f"{dir_for(name)}/resolv.conf") as fh:
-            return fh.readline().startswith("# written by nsrun")
-    except OSError:
+        with _dirs(name, create=False) as (_, d):
+            return _whose(d, name) == "mine"
+    except (OSError, NsrunError):
         return False
 
 
-def _remove_orphan(name: str) -> None:
+def _remove_orphan(name: str) -> bool:
     from nsrun.engine import record
 
     with record.ns_lock(name) as lock:
-        if record.read(name) is None:
-            if _left(name):
-                remove_files(name)
-            lock.discard()
+        if record.read(name) is not None or not _left(name):
+            return False
+        remove_files(name)
+        lock.discard()
+        return True

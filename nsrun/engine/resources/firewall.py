@@ -10,7 +10,8 @@ after the last, so the next namespace on the bridge skips the step, a crash in b
 leaves the way to remove them, and the last one out removes them through the backend that
 made them (whatever the host would choose today). ip_forward is turned on when it was off,
 and what it was is kept in `forwarding.json` to be put back once no NAT bridge of nsrun's is
-left. gc's orphans: rules and openings of a bridge no namespace uses, and rules or openings
+left (under a lock of its own, crash-safe: see forwarding_restore; gc puts a saved value
+back when no nat bridge is left). gc's orphans: rules and openings of a bridge no namespace uses, and rules or openings
 (in either backend, or in the host's own chains) whose bridge is gone with no state left (a
 crash between the rules and the record; those of a bridge that exists may be another state
 directory's: kept).
@@ -37,14 +38,19 @@ upstreams in /run/systemd/resolve/resolv.conf are written instead and nothing is
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from nsrun import state, sysctl
+from nsrun import fault, state, sysctl
 from nsrun.engine import firewall, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources.lease import unused
+from nsrun.errors import NsrunError
 
 STEP = "firewall"
 
@@ -90,27 +96,54 @@ def _forwarding_path() -> Path:
     return state.root() / "forwarding.json"
 
 
+@contextlib.contextmanager
+def _forwarding_lock() -> Iterator[None]:
+    """Taken to turn ip_forward on or to put it back: a bridge being set up (whose NetRecord
+    is written before it takes this lock) and the last NAT bridge going never interleave.
+    An flock on the state directory itself: no file to make (a full disk must not stop a
+    teardown) nor to leave behind."""
+    fd = os.open(state.root(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _forwarding_on() -> None:
-    current = sysctl.read("net.ipv4.ip_forward")
-    if current != "1":
-        if state.read_json(_forwarding_path()) is None:
-            state.write_json(_forwarding_path(), {"ip_forward": current})
-        sysctl.write("net.ipv4.ip_forward", "1")
+    with _forwarding_lock():
+        current = sysctl.read("net.ipv4.ip_forward")
+        if current != "1":
+            if state.read_json(_forwarding_path()) is None:
+                state.write_json(_forwarding_path(), {"ip_forward": current})
+            sysctl.write("net.ipv4.ip_forward", "1")
 
 
-def _forwarding_restore() -> None:
-    """Put ip_forward back as nsrun found it, once no bridge of nsrun's has NAT rules."""
-    saved = state.read_json(_forwarding_path())
-    if saved is None:
-        return
+def _nat_bridges(leaving: str | None = None) -> list[str]:
+    """The bridges with a nat NetRecord, but LEAVING (whose rules are being removed)."""
+    out = []
     for other in record.net_bridges():
         net = record.read_net(other)
-        if net is not None and net.mode == "nat" and net.firewall is not None:
-            return
-    value = saved.get("ip_forward")
-    if value in ("0", "1"):
-        sysctl.write("net.ipv4.ip_forward", value)
-    state.remove(_forwarding_path())
+        if other != leaving and net is not None and net.mode == "nat":
+            out.append(other)
+    return out
+
+
+def forwarding_restore(leaving: str | None = None) -> bool:
+    """Put ip_forward back as nsrun found it, once no nat bridge of nsrun's is left but
+    LEAVING. Crash-safe: the saved value goes only after it was written back, so a kill
+    anywhere leaves `forwarding.json`, which gc's orphans put back (the write is idempotent).
+    Whether it was put back."""
+    with _forwarding_lock():
+        saved = state.read_json(_forwarding_path())
+        if saved is None or _nat_bridges(leaving):
+            return False
+        value = saved.get("ip_forward")
+        if value in ("0", "1"):
+            sysctl.write("net.ipv4.ip_forward", value)
+        fault.checkpoint("forwarding-restored")
+        state.remove(_forwarding_path())
+        return True
 
 
 def remove(rec: NsRecord) -> None:
@@ -118,15 +151,17 @@ def remove(rec: NsRecord) -> None:
         remove_if_unused(rec.bridge)
 
 
-def remove_if_unused(bridge: str) -> None:
+def remove_if_unused(bridge: str) -> bool:
     """Remove BRIDGE's rules and openings (and put ip_forward back) once no namespace holds
-    a lease on it."""
+    a lease on it. Whether it did."""
     with unused(bridge) as lock:
         if lock is None:
-            return
+            return False
         net = record.read_net(bridge)
-        if net is not None and (net.mode == "nat" or net.firewall is not None):
-            retire(bridge, net)
+        if net is None or not (net.mode == "nat" or net.firewall is not None):
+            return False
+        retire(bridge, net)
+        return True
 
 
 def retire(bridge: str, net: NetRecord) -> None:
@@ -151,9 +186,14 @@ def retire(bridge: str, net: NetRecord) -> None:
     if net.firewall is not None:
         foreign.close(bridge)
     if net.firewall is not None or net.dns_forward is not None:
-        record.save_net(bridge, net._replace(firewall=None, firewall_ok=False, opened=None, dns_forward=None))
+        try:
+            record.save_net(bridge, net._replace(firewall=None, firewall_ok=False, opened=None, dns_forward=None))
+        except NsrunError:
+            # A full state directory: the record still names the backend, whose removal is
+            # idempotent and is simply done again by the bridge step or gc.
+            pass
     if net.mode == "nat":
-        _forwarding_restore()
+        forwarding_restore(leaving=bridge)
 
 
 def orphans(scan: Scan) -> list[Action]:
@@ -173,6 +213,9 @@ def orphans(scan: Scan) -> list[Action]:
     for bridge in sorted(_gone(foreign.bridges() - known)):
         out.append(Action(f"openings for {bridge} in the host's firewall", "their bridge is gone",
                           partial(_close_gone, bridge)))
+    if state.read_json(_forwarding_path()) is not None and not _nat_bridges():
+        out.append(Action(f"{_forwarding_path()} (ip_forward put back as found)", "no nat bridge is left",
+                          forwarding_restore))
     return out
 
 
@@ -195,13 +238,17 @@ def _gone(bridges: set[str]) -> set[str]:
     return out
 
 
-def _remove_gone(name: str, bridge: str) -> None:
-    if _gone({bridge}) and not state.net_dir(bridge).exists():
-        firewall.backend(name).remove(bridge)
+def _remove_gone(name: str, bridge: str) -> bool:
+    if not _gone({bridge}) or state.net_dir(bridge).exists():
+        return False
+    firewall.backend(name).remove(bridge)
+    return True
 
 
-def _close_gone(bridge: str) -> None:
+def _close_gone(bridge: str) -> bool:
     from nsrun.engine.firewall import foreign
 
-    if _gone({bridge}) and not state.net_dir(bridge).exists():
-        foreign.close(bridge)
+    if not _gone({bridge}) or state.net_dir(bridge).exists():
+        return False
+    foreign.close(bridge)
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -80,8 +81,8 @@ def remove(rec: NsRecord) -> None:
     if not rec.bridge:
         return
     store = lease.FileStore(rec.bridge)
-    if not store.base.exists():
-        return
+    if rec.name not in store.taken().values():
+        return  # nothing of REC's (only REC's holder, us, makes its lease): no lock to write
     with store.lock():
         if rec.address is not None:
             store.release(int(ipaddress.IPv4Address(rec.address)), rec.name)
@@ -94,7 +95,14 @@ def unused(bridge: str) -> Iterator[state.Lock | None]:
     """BRIDGE's lock, yielded when no namespace holds a lease on it (None when one does, or
     when nsrun has nothing of BRIDGE): for taking its shared pieces away."""
     store = lease.FileStore(bridge)
-    if not store.base.exists():
+    if not (store.base / "lock").exists():
+        # Everything nsrun keeps for BRIDGE is made under this lock, whose file goes last:
+        # without it there is nothing to take away (a directory at most, left by a lock
+        # that could not be made: a full disk).
+        try:
+            os.rmdir(store.base)
+        except OSError:
+            pass
         yield None
         return
     with store.lock() as lock:
@@ -112,8 +120,10 @@ def orphans(scan: Scan) -> list[Action]:
     return out
 
 
-def _release_orphan(bridge: str, addr: int, owner: str) -> None:
+def _release_orphan(bridge: str, addr: int, owner: str) -> bool:
     store = lease.FileStore(bridge)
     with store.lock():
-        if record.read(owner) is None:  # not an owner that came back meanwhile
-            store.release(addr, owner)
+        if record.read(owner) is not None or store.taken().get(addr) != owner:
+            return False  # an owner that came back meanwhile, or released already
+        store.release(addr, owner)
+        return True

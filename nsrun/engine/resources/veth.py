@@ -2,6 +2,14 @@
 the host, plugged into the bridge and carrying the alias `nsrun:NAME`, so that gc can tell
 whose it is with no record.
 
+Host names are derived, and derived names can collide (15 bytes cannot tell 64-character
+names apart: see names.host_veth). The pair is made with NAME's first choice of host name;
+when the kernel refuses it (EEXIST: another namespace's veth, or a leftover) the next
+choice is tried, each written to the record before it is tried. The alias is the ground
+truth of whose a link is: removal never deletes a link whose alias names another namespace
+(the record may name a link that was never ours: a choice refused), and gc takes a link as
+NAME's only when the alias says so and the name is one of NAME's choices.
+
 The pair is made from inside the namespace as it is born (`inside`), with the peer placed in
 the host's namespace: moving a link between namespaces afterwards costs 20-28 ms. eth0 gets
 no IPv6 (IPv4 only for now: no router advertisement on the LAN may route around the
@@ -39,13 +47,22 @@ def inside(s: Setup) -> None:
 
     assert s.rec.veth is not None
     sysctl.write("net/ipv6/conf/default/disable_ipv6", "1")
+    extra: dict[str, Any] = {"mtu": s.prof.mtu} if s.prof.mtu else {}
+    choices = names.host_veth_choices(s.name)
+    if s.rec.veth in choices:
+        choices = choices[choices.index(s.rec.veth):]
     with netlink.IPRoute() as inner:
-        peer: dict[str, Any] = {"ifname": s.rec.veth, "net_ns_fd": s.host_fd}
-        extra: dict[str, Any] = {}
-        if s.prof.mtu:
-            peer["mtu"] = s.prof.mtu
-            extra["mtu"] = s.prof.mtu
-        inner.link("add", ifname=names.INNER_IFNAME, kind="veth", peer=peer, **extra)
+        for ifname in choices:
+            if ifname != s.rec.veth:
+                s.update(veth=ifname)  # recorded before the link that carries it is made
+            peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": s.host_fd, **extra}
+            try:
+                inner.link("add", ifname=names.INNER_IFNAME, kind="veth", peer=peer, **extra)
+                return
+            except netlink.NetlinkError() as exc:
+                if netlink.errno_of(exc) != errno.EEXIST:
+                    raise
+    raise NsrunError(f"every host name for {s.name}'s veth ({', '.join(choices)}) is taken by other links")
 
 
 def create(s: Setup) -> None:
@@ -66,7 +83,10 @@ VANISH_TIMEOUT = 2.0
 
 def remove(rec: NsRecord) -> None:
     if rec.veth and not _vanished(rec.veth, VANISH_TIMEOUT):
-        delete_link(rec.veth)
+        alias = link_alias(rec.veth)
+        if alias is None or alias in ("", names.ifalias(rec.name)):
+            delete_link(rec.veth)
+        # else: another namespace's link (a name this one tried, refused): never ours
 
 
 def _vanished(ifname: str, timeout: float) -> bool:
@@ -81,30 +101,68 @@ def _vanished(ifname: str, timeout: float) -> bool:
         time.sleep(0.002)
 
 
-RTM_DELLINK = 17
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 NLMSG_ERROR = 2
+IFLA_IFALIAS = 20
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 IFLA_IFNAME = 3
 
 
-def delete_link(ifname: str) -> None:
-    """Delete IFNAME (by name, so no other link that took its index meanwhile); quietly
-    nothing when it is gone."""
+def _request(kind: int, flags: int, ifname: str) -> list[bytes]:
+    """One rtnetlink request about IFNAME (by name, so no other link that took its index
+    meanwhile): the replies up to its final one (NLMSG_ERROR or the link)."""
     name = ifname.encode() + b"\0"
     attr = struct.pack("=HH", 4 + len(name), IFLA_IFNAME) + name
     attr += b"\0" * (-len(attr) % 4)
     body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0) + attr
-    msg = struct.pack("=IHHII", 16 + len(body), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body
+    msg = struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) as sock:
         sock.sendto(msg, (0, 0))
         while True:
             reply = sock.recv(65536)
-            _, kind, _, seq, _ = struct.unpack_from("=IHHII", reply)
-            if kind == NLMSG_ERROR and seq == 1:
-                err = -struct.unpack_from("=i", reply, 16)[0]
-                if err and err != errno.ENODEV:
-                    raise OSError(err, f"deleting link {ifname}: {os.strerror(err)}")
-                return
+            out: list[bytes] = []
+            off = 0
+            while off + 16 <= len(reply):
+                length, mtype, _, seq, _ = struct.unpack_from("=IHHII", reply, off)
+                if length < 16:
+                    break  # malformed: read on
+                if seq == 1:
+                    out.append(reply[off:off + length])
+                    if mtype in (NLMSG_ERROR, RTM_NEWLINK):
+                        return out
+                off += (length + 3) & ~3
+
+
+def _error(msg: bytes) -> int:
+    _, kind, _, _, _ = struct.unpack_from("=IHHII", msg)
+    return -struct.unpack_from("=i", msg, 16)[0] if kind == NLMSG_ERROR else 0
+
+
+def delete_link(ifname: str) -> None:
+    """Delete IFNAME; quietly nothing when it is gone."""
+    err = _error(_request(RTM_DELLINK, NLM_F_ACK, ifname)[-1])
+    if err and err != errno.ENODEV:
+        raise OSError(err, f"deleting link {ifname}: {os.strerror(err)}")
+
+
+def link_alias(ifname: str) -> str | None:
+    """IFNAME's alias ('' when it has none), or None when there is no such link."""
+    msg = _request(RTM_GETLINK, 0, ifname)[-1]
+    _, kind, _, _, _ = struct.unpack_from("=IHHII", msg)
+    if kind != RTM_NEWLINK:
+        err = _error(msg)
+        if err in (errno.ENODEV, 0):
+            return None
+        raise OSError(err, f"reading link {ifname}: {os.strerror(err)}")
+    off = 16 + 16  # nlmsghdr, ifinfomsg
+    while off + 4 <= len(msg):
+        alen, atype = struct.unpack_from("=HH", msg, off)
+        if alen < 4:
+            break
+        if atype & 0x3FFF == IFLA_IFALIAS:
+            return msg[off + 4:off + alen].split(b"\0", 1)[0].decode(errors="replace")
+        off += (alen + 3) & ~3
+    return ""
 
 
 def orphans(scan: Scan) -> list[Action]:
@@ -117,14 +175,16 @@ def orphans(scan: Scan) -> list[Action]:
             alias = link.get_attr("IFLA_IFALIAS") or ""
             if names.is_host_veth(ifname) and alias.startswith(names.IFALIAS_PREFIX):
                 owner = alias[len(names.IFALIAS_PREFIX):]
-                if owner not in scan.records and names.host_veth(owner) == ifname and not netns.exists(owner):
+                if owner not in scan.records and ifname in names.host_veth_choices(owner) and not netns.exists(owner):
                     out.append(Action(f"link {ifname}", f"veth of {owner}, which is gone",
                                       partial(_remove_orphan, owner, ifname)))
     return out
 
 
-def _remove_orphan(owner: str, ifname: str) -> None:
+def _remove_orphan(owner: str, ifname: str) -> bool:
     with record.ns_lock(owner) as lock:
-        if record.read(owner) is None and not netns.exists(owner):
-            delete_link(ifname)
-            lock.discard()
+        if record.read(owner) is not None or netns.exists(owner) or link_alias(ifname) != names.ifalias(owner):
+            return False
+        delete_link(ifname)
+        lock.discard()
+        return True
