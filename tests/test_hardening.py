@@ -136,3 +136,29 @@ def test_sudo_callers_profile_paths_are_read_with_their_rights(lab, tmp_path):
         assert r.returncode == 0, r.stderr
     finally:
         shutil.rmtree(public)
+
+
+def test_a_killed_runs_cmd_ignoring_term_does_not_delay_the_next_run(lab):
+    """Low item: the next run reclaims a run whose nsrun was SIGKILLed; when that run's CMD
+    ignores SIGTERM, the reclaim used to wait out its 5 s grace before KILL."""
+    import signal
+    import time
+
+    p = lab.popen("--", "sh", "-c", "trap '' TERM; echo ready; exec sleep 60")
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        os.kill(p.pid, signal.SIGKILL)  # nsrun itself (nsenter execs it): a crash
+        p.wait(10)
+        start = time.monotonic()
+        r = lab.nsrun("--", "true")
+        took = time.monotonic() - start
+        assert r.returncode == 0, r.stderr
+        assert took < 4.5, f"the next run took {took:.1f} s"
+        assert lab.nsrun("gc").stdout.strip() == "nothing to reclaim"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()

@@ -65,7 +65,7 @@ def _records(sc: Scan) -> list[Action]:
     return out
 
 
-def reclaim(planned: NsRecord, blocking: bool = True) -> bool:
+def reclaim(planned: NsRecord, blocking: bool = True, grace: float = 5.0) -> bool:
     """Tear down PLANNED's namespace if, under its lock, its record is still the one planned
     on and still stale. Whether it was torn down."""
     from nsrun import engine
@@ -77,7 +77,7 @@ def reclaim(planned: NsRecord, blocking: bool = True) -> bool:
             return False
         if rec.created != planned.created or _stale(rec, locked=True) is None:
             return False  # re-created or alive meanwhile: not ours to take
-        engine.teardown(rec)
+        engine.teardown(rec, grace=grace)
         lock.discard()
         return True
 
@@ -188,6 +188,8 @@ def quick() -> None:
         if rec is None or rec.persistent or rec.owner_pid is None or rec.owner_alive():
             continue
         try:
-            reclaim(rec, blocking=False)
+            # Its supervisor is dead: CMD already had its parent-death SIGTERM, and an
+            # unrelated run must not wait out a grace period for one that ignores it.
+            reclaim(rec, blocking=False, grace=0)
         except BlockingIOError:  # someone is at it already
             continue
