@@ -5,7 +5,7 @@ The steps are the engine's: `record` (the record is written), each resource's SU
 (points inside its create, if it has any) and STEP after it is made (nsrun.engine.resources),
 and `ready`; `steps(mode)` lists those a profile of MODE passes through. While a namespace
 is taken down (by `down`, the end of a run, or gc): `undo-processes` (what ran inside is
-stopped) and `undo-STEP` after each resource's removal (UNDO_STEPS). Inside steps:
+stopped) and `undo-STEP` after each resource's removal (`undo_steps(mode)`). Inside steps:
 `bridge-link` (the bridge link is made, nothing else of it yet) and `forwarding-restored`
 (ip_forward is put back, its saved value not yet removed).
 """
@@ -59,11 +59,17 @@ def steps(mode: str | None = None) -> tuple[str, ...]:
     return (*out, "ready")
 
 
+def undo_steps(mode: str | None = None) -> tuple[str, ...]:
+    """The steps of taking a namespace of MODE down, in order (of every mode's, when None)."""
+    from nsrun.engine import resources
+
+    done = resources.every() if mode is None else resources.for_mode(mode)
+    return ("undo-processes", *(f"undo-{r.STEP}" for r in reversed(done)))
+
+
 def __getattr__(attr: str) -> Any:
     if attr == "STEPS":  # computed on use
         return steps()
     if attr == "UNDO_STEPS":
-        from nsrun.engine import resources
-
-        return ("undo-processes", *(f"undo-{r.STEP}" for r in reversed(resources.every())))
+        return undo_steps()
     raise AttributeError(attr)

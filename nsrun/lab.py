@@ -37,6 +37,8 @@ PORT = 8000
 
 def _in_child(ns: str, func: Callable[[], None]) -> None:
     """Run FUNC in a forked child inside NS (python-iptables keeps per-process handles)."""
+    sys.stdout.flush()  # a child (python-iptables flushes) must not write our buffer again
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         code = 1

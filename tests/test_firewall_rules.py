@@ -155,4 +155,4 @@ def test_the_opening_is_a_resource_of_both_wired_modes_with_its_fault_step():
 
     assert resources.MODES["nat"].index(opening) == resources.MODES["nat"].index(firewall) + 1
     assert resources.MODES["bridge"].index(opening) == 1
-    assert "foreign" in fault.STEPS and hasattr(opening, "check")
+    assert "foreign" in fault.STEPS and hasattr(opening, "prepare")  # refuses before anything is made

@@ -15,7 +15,7 @@ import pytest
 from conftest import CLIENT, write_profile
 from nsrun import lab as labmod
 from nsrun import names
-from nsrun.fault import UNDO_STEPS
+from nsrun.fault import undo_steps
 
 
 def _gc_until_clean(lab) -> None:
@@ -27,7 +27,7 @@ def _gc_until_clean(lab) -> None:
 
 # -- item 2: crash windows ---------------------------------------------------------------
 
-@pytest.mark.parametrize("step", [*UNDO_STEPS, "forwarding-restored"])
+@pytest.mark.parametrize("step", [*undo_steps("nat"), "forwarding-restored"])
 def test_down_killed_after_each_teardown_step_then_gc_leaks_nothing(lab, step):
     assert lab.nsrun("up", "undo", "-p", "nat").returncode == 0
     r = lab.nsrun("down", "undo", env={"NSRUN_FAULT": step})

@@ -207,12 +207,15 @@ def test_demo_leaves_nothing_behind():
     from conftest import REPO
 
     before = sorted(os.listdir("/run/netns"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe: block-buffered
     r = subprocess.run([__import__("sys").executable, "-m", "nsrun", "demo"], capture_output=True,
-                       text=True, timeout=120, cwd=REPO)
+                       text=True, timeout=120, cwd=REPO, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert any("P1: nsrun -p gw1" in line and line.endswith("-> gw1") for line in lines), r.stdout
     assert any("P2: nsrun -p gw2" in line and line.endswith("-> gw2") for line in lines), r.stdout
+    # Printed once, also into a pipe (the lab's forked children once wrote it out again).
+    assert r.stdout.count("Building lab ") == 1, r.stdout
     assert sorted(os.listdir("/run/netns")) == before
 
 
