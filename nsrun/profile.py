@@ -441,12 +441,18 @@ def read_checked(path: Path, source: str | None = None, as_caller: bool = False)
                 raise ProfileError(source, None, f"refused: owned by uid {st.st_uid}, not root (profiles run as root)")
             if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 raise ProfileError(source, None, f"refused: group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); chmod go-w it")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+        return read_text(fd, source)
     finally:
         os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise ProfileError(source, None, f"is larger than {MAX_FILE_BYTES} bytes")
+
+
+def read_text(fd: int, source: str, limit: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of the open regular file FD, at most LIMIT bytes, else ProfileError
+    naming SOURCE (profiles and WireGuard configurations alike)."""
+    with os.fdopen(fd, "rb", closefd=False) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ProfileError(source, None, f"is larger than {limit} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

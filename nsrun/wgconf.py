@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from nsrun import profile
 from nsrun.errors import ProfileError, UsageError
 
 MAX_FILE_BYTES = 64 * 1024
@@ -353,16 +354,9 @@ def read_checked(path: Path | str) -> str:
             raise ProfileError(source, None, f"refused: owned by uid {st.st_uid}, not {'root' if owner == 0 else f'uid {owner}'} (it holds a private key)")
         if st.st_mode & 0o077:
             raise ProfileError(source, None, f"refused: group or others may read or write it (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+        return profile.read_text(fd, source, MAX_FILE_BYTES)
     finally:
         os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise ProfileError(source, None, f"is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProfileError(source, None, f"is not UTF-8 text (byte {exc.start})") from None
 
 
 def load(path: Path | str, resolver: Resolver = resolve) -> WgConfig:
