@@ -325,20 +325,9 @@ def close(bridge: str) -> int:
 
 
 def _legacy_close(bridge: str) -> int:
-    iptc = legacy.load()
-    gone = 0
     with legacy._XtablesLock():
-        table = iptc.Table("filter")
-        table.autocommit = False
-        table.refresh()
-        chain = iptc.Chain(table, "FORWARD")
-        for rule in [r for r in chain.rules if legacy._ours(r, bridge)
-                     and r.in_interface == bridge and r.out_interface == bridge]:
-            chain.delete_rule(rule)
-            gone += 1
-        table.commit()
-        table.autocommit = True
-    return gone
+        return legacy.delete_rules("filter", "FORWARD", lambda r: legacy._ours(r, bridge)
+                                   and r.in_interface == bridge and r.out_interface == bridge)
 
 
 def bridges() -> set[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from typing import Any
 
 from nsrun.iptc import load
@@ -180,21 +181,28 @@ def remove(bridge: str | None) -> int:
     loaded = loaded_tables()
     if not loaded & {"nat", "filter"}:
         return 0  # never load a legacy table just to look into it
-    iptc = load()
     gone = 0
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
-            if table_name not in loaded:
-                continue
-            table = iptc.Table(table_name)
-            table.autocommit = False
-            table.refresh()
-            chain = iptc.Chain(table, chain_name)
-            for rule in [r for r in chain.rules if _ours(r, bridge)]:
-                chain.delete_rule(rule)
-                gone += 1
-            table.commit()
-            table.autocommit = True
+            if table_name in loaded:
+                gone += delete_rules(table_name, chain_name, lambda r: _ours(r, bridge))
+    return gone
+
+
+def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool]) -> int:
+    """Delete the rules of TABLE_NAME's CHAIN_NAME that WHICH picks, in one commit (the
+    caller holds the xtables lock). How many went."""
+    iptc = load()
+    table = iptc.Table(table_name)
+    table.autocommit = False
+    table.refresh()
+    chain = iptc.Chain(table, chain_name)
+    gone = 0
+    for rule in [r for r in chain.rules if which(r)]:
+        chain.delete_rule(rule)
+        gone += 1
+    table.commit()
+    table.autocommit = True
     return gone
 
 
