@@ -192,7 +192,7 @@ def demo() -> None:
     from nsrun import demo as demo_mod
     from nsrun import privilege
 
-    privilege.require_root()
+    privilege.require_root(state_dir=False)  # the lab has a state directory of its own
     demo_mod.main()
 
 

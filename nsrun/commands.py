@@ -61,7 +61,7 @@ def doctor(as_json: bool) -> int:
     from nsrun import doctor as doctor_mod
     from nsrun import privilege
 
-    privilege.require_root()  # reading the firewall needs CAP_NET_ADMIN
+    privilege.require_root(state_dir=False)  # reading the firewall needs CAP_NET_ADMIN
     findings = doctor_mod.run(requested_firewall())
     problems = [f for f in findings if f["level"] == "problem"]
     if as_json:

@@ -21,7 +21,9 @@ def _effective_caps() -> int:
     return 0
 
 
-def require_root() -> None:
+def require_root(state_dir: bool = True) -> None:
+    """Root with CAP_NET_ADMIN and CAP_SYS_ADMIN, else UsageError; and (STATE_DIR) a state
+    directory safe to use from here (state.check_root). `demo` and `doctor` keep no state."""
     if os.geteuid() != 0:
         raise UsageError("must be run as root (try: sudo nsrun ...): namespaces, links and firewall rules need it")
     caps = _effective_caps()
@@ -29,6 +31,7 @@ def require_root() -> None:
                if not caps & (1 << bit)]
     if missing:
         raise UsageError(f"running as root without {' and '.join(missing)}; nsrun needs both")
-    from nsrun import state
+    if state_dir:
+        from nsrun import state
 
-    state.check_root()
+        state.check_root()

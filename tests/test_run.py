@@ -207,6 +207,7 @@ def test_demo_leaves_nothing_behind():
     from conftest import REPO
 
     before = sorted(os.listdir("/run/netns"))
+    had_state_dir = os.path.exists("/run/nsrun")  # the default one: the demo keeps its own
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe: block-buffered
     r = subprocess.run([__import__("sys").executable, "-m", "nsrun", "demo"], capture_output=True,
                        text=True, timeout=120, cwd=REPO, env=env)
@@ -217,6 +218,7 @@ def test_demo_leaves_nothing_behind():
     # Printed once, also into a pipe (the lab's forked children once wrote it out again).
     assert r.stdout.count("Building lab ") == 1, r.stdout
     assert sorted(os.listdir("/run/netns")) == before
+    assert os.path.exists("/run/nsrun") == had_state_dir
 
 
 def test_background_children_do_not_outlive_an_ephemeral_namespace(lab, tmp_path):
