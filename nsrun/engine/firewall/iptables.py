@@ -86,20 +86,7 @@ def ensure_nat(bridge: str, subnet: str, tag: str) -> None:
                           and (r.out_interface or "") == spec.get("out_interface", "")
                           for r in chain.rules)
             if not present:
-                rule = iptc.Rule()
-                if "src" in spec:
-                    rule.src = spec["src"]
-                if "in_interface" in spec:
-                    rule.in_interface = spec["in_interface"]
-                if "out_interface" in spec:
-                    rule.out_interface = spec["out_interface"]
-                if "ctstate" in spec:
-                    m = rule.create_match("conntrack")
-                    m.ctstate = spec["ctstate"]
-                m = rule.create_match("comment")
-                m.comment = wanted
-                rule.create_target(spec["target"])
-                chain.insert_rule(rule)
+                chain.insert_rule(_build(iptc, spec, wanted))
             table.commit()
             table.autocommit = True
 
