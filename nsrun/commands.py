@@ -20,7 +20,8 @@ def up(name: str, profile_spec: str | None) -> int:
     check_name(name)
     prof = profiles.load(profile_spec)
     notices: list[str] = []
-    rec, already = engine.up(name, prof, persistent=True, firewall=requested_firewall(), notices=notices)
+    rec, already = engine.up(name, prof, persistent=True, firewall=requested_firewall(), notices=notices,
+                             bus=system_bus())
     say_notices(notices)
     where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
     if rec.wireguard:
@@ -50,6 +51,17 @@ def requested_firewall() -> str | None:
     return value
 
 
+def system_bus() -> str:
+    """The system bus's address, where firewalld is asked to let a nat bridge through:
+    DBUS_SYSTEM_BUS_ADDRESS, else the standard socket (read here: the engine reads no
+    environment)."""
+    import os
+
+    from nsrun.engine.firewall.firewalld import DEFAULT_BUS
+
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_BUS
+
+
 def say_notices(notices: list[str]) -> None:
     """What a setup opened in the host's firewall (the engine's notices), one line each."""
     for line in notices:
@@ -62,7 +74,7 @@ def doctor(as_json: bool) -> int:
     from nsrun import privilege
 
     privilege.require_root(state_dir=False)  # reading the firewall needs CAP_NET_ADMIN
-    findings = doctor_mod.run(requested_firewall())
+    findings = doctor_mod.run(requested_firewall(), system_bus())
     problems = [f for f in findings if f["level"] == "problem"]
     if as_json:
         print(json.dumps({"ok": not problems, "findings": findings}, indent=1))

@@ -34,7 +34,18 @@ def _link_kind(name: str) -> str | None:
         return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
 
 
-def check_profile(prof: profile.Profile, requested: str | None) -> list[dict[str, str]]:
+def firewalld_runs(bus: str | None) -> bool:
+    """Whether firewalld's tables are in this namespace's ruleset and firewalld answers on
+    BUS for this namespace (nsrun then puts a nat bridge in one of its zones)."""
+    from nsrun.engine.firewall import firewalld, nftables
+
+    if bus is None or not nftables.available():
+        return False
+    return firewalld.has_tables(nftables.run("list tables").get("nftables", [])) and firewalld.reachable(bus)
+
+
+def check_profile(prof: profile.Profile, requested: str | None, bus: str | None = None,
+                  fwd: bool | None = None) -> list[dict[str, str]]:
     from nsrun.engine.firewall import detect, foreign
     from nsrun.engine.firewall import iptables as legacy
     from nsrun.engine.firewall import nftables
@@ -60,7 +71,15 @@ def check_profile(prof: profile.Profile, requested: str | None) -> list[dict[str
                                 "apt-get install iptables; pip install python-iptables"))
             return out
     mode = "nat" if prof.mode == "nat" else "bridge"
-    for b in foreign.find(prof.bridge, mode, backend):
+    skip: frozenset[tuple[str, str]] = frozenset()
+    if mode == "nat" and (firewalld_runs(bus) if fwd is None else fwd):
+        from nsrun.engine.firewall import firewalld
+
+        skip = frozenset(firewalld.TABLES)
+        out.append(_finding("note", name, f"firewalld runs (on {bus}): nsrun puts {prof.bridge} in its zone "
+                            f"{firewalld.ZONE} (runtime only, over D-Bus) while {prof.bridge} is in use "
+                            "and takes it out after"))
+    for b in foreign.find(prof.bridge, mode, backend, skip=skip):
         if b.refuse:
             out.append(_finding("problem", name, f"forwarding for {prof.bridge} would be dropped by "
                                 f"{b.where()} ({b.why}): {b.refuse}",
@@ -96,13 +115,14 @@ def check_profile(prof: profile.Profile, requested: str | None) -> list[dict[str
     return out
 
 
-def run(requested: str | None) -> list[dict[str, str]]:
+def run(requested: str | None, bus: str | None = None) -> list[dict[str, str]]:
     findings: list[dict[str, str]] = []
+    fwd = firewalld_runs(bus)
     for name, path in profile.available():
         try:
             prof = profile.parse(profile.read_checked(path), str(path), name)
         except UsageError as exc:
             findings.append(_finding("problem", name, str(exc), "fix the profile file"))
             continue
-        findings.extend(check_profile(prof, requested))
+        findings.extend(check_profile(prof, requested, bus, fwd))
     return findings

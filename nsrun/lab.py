@@ -78,10 +78,12 @@ def _masquerade(out_if: str) -> Callable[[], None]:
 #   docker     a real dockerd (Debian docker.io) inside the lab host only (see Dockerd)
 #   ufw        Debian's ufw enabled with its defaults (`ufw --force enable`, run in the lab
 #              host with overlays over /etc/ufw and /etc/default: the machine's stay as they are)
+#   firewalld  a real firewalld (Debian's package) inside the lab host only, on a private
+#              system bus of its own (see Firewalld); nsrun is given its address
 #   firewalld-ruleset  the forward part of the nf_tables ruleset firewalld 1.x writes (its
 #              chain ends in `reject`); no daemon: what nsrun meets where firewalld is not
 #              reachable over D-Bus
-HOST_KINDS = ("legacy", "nftables", "iptables-nft", "brnf", "docker", "ufw", "firewalld-ruleset")
+HOST_KINDS = ("legacy", "nftables", "iptables-nft", "brnf", "docker", "ufw", "firewalld", "firewalld-ruleset")
 
 NFT_FIREWALLD = """table inet firewalld {
     chain filter_FORWARD_ZONES {
@@ -139,6 +141,7 @@ class Lab:
             raise ValueError(f"unknown lab host kind {kind!r}")
         self.kind = kind
         self.docker: Any = None
+        self.firewalld: Firewalld | None = None
         self.id = prefix or "nsl" + secrets.token_hex(3)
         self.host = f"{self.id}-host"
         self.lan = f"{self.id}-lan"
@@ -267,11 +270,17 @@ class Lab:
         elif self.kind == "docker":
             self.docker = Dockerd(netns.path(self.host))
             self.docker.start()
+        elif self.kind == "firewalld":
+            self.firewalld = Firewalld(netns.path(self.host))
+            self.firewalld.start()
 
     def destroy(self) -> None:
         if self.docker is not None:
             self.docker.stop()
             self.docker = None
+        if self.firewalld is not None:
+            self.firewalld.stop()
+            self.firewalld = None
         if self.server is not None:
             self.server.send_signal(signal.SIGTERM)
             try:
@@ -390,6 +399,119 @@ class Dockerd:
                 self.proc.send_signal(signal.SIGTERM)
                 try:
                     self.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <includedir>/usr/share/dbus-1/system.d</includedir>
+</busconfig>
+"""
+
+
+class Firewalld:
+    """A real firewalld (Debian's package) inside the lab host's network namespace only, on
+    a system bus of its own: a dbus-daemon with a system-bus-like configuration (the system
+    bus's default policy, and the services' policies from /usr/share/dbus-1/system.d, so
+    firewalld's own rules for who may own and call it apply) listening on a socket in a
+    temporary directory. Both run in a private mount namespace where /etc/firewalld is a
+    copy of the installed one (firewalld writes its configuration there) and /run a tmpfs
+    (its /run/firewalld), and firewalld logs to the temporary directory: nothing of them is
+    left on the machine, and the machine's own system bus and firewall are never involved.
+    `bus` is the address to give nsrun (DBUS_SYSTEM_BUS_ADDRESS) and firewall-cmd."""
+
+    def __init__(self, host_netns: str) -> None:
+        import tempfile
+
+        self.host_netns = host_netns
+        self.dir = tempfile.mkdtemp(prefix="nsrun-lab-firewalld-")
+        self.socket = f"{self.dir}/system_bus_socket"
+        self.bus = f"unix:path={self.socket}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus)
+
+    def cmd(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """firewall-cmd ARGS (the tests' independent tool) in the lab host, on the lab's bus."""
+        return subprocess.run(["nsenter", f"--net={self.host_netns}", "firewall-cmd", *args],
+                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+
+    def start(self, timeout: float = 90) -> None:
+        import shutil
+
+        d = self.dir
+        if not os.path.isdir("/etc/firewalld") or not shutil.which("firewalld"):
+            raise RuntimeError("lab: firewalld is not installed (apt-get install firewalld)")
+        shutil.copytree("/etc/firewalld", f"{d}/etc")
+        with open(f"{d}/bus.conf", "w") as fh:
+            fh.write(BUS_CONF.format(socket=self.socket))
+        script = (f"set -e; mount -t tmpfs nsrun-lab /run; mount --bind {d}/etc /etc/firewalld; "
+                  f"dbus-daemon --config-file={d}/bus.conf --nofork --nopidfile >{d}/dbus.log 2>&1 & "
+                  f"i=0; while [ ! -S {self.socket} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+                  f"DBUS_SYSTEM_BUS_ADDRESS={self.bus} exec firewalld --nofork --nopid "
+                  f"--log-target file --log-file {d}/firewalld.log >{d}/firewalld.out 2>&1")
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={self.host_netns}", "unshare", "-m", "--propagation", "slave",
+             "sh", "-c", script],
+            stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            if os.path.exists(self.socket) and self.cmd("--state", timeout=30).stdout.strip() == "running":
+                self._apply_trusted()
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = ""
+                for name in ("firewalld.out", "firewalld.log", "dbus.log"):
+                    if os.path.exists(f"{d}/{name}"):
+                        log += open(f"{d}/{name}").read()[-1000:]
+                self.stop()
+                raise RuntimeError(f"lab: firewalld did not start: {log}")
+            time.sleep(0.2)
+
+    def _apply_trusted(self) -> None:
+        """Make firewalld lay out the chains of zone `trusted` as a host that has used it
+        does: firewalld makes a zone's chains when the zone first gets an interface and keeps
+        them (empty, reached by no interface) until its next reload, so the first binding
+        nsrun makes on a fresh firewalld leaves them (test_firewall checks exactly that,
+        after a reload has taken them away); the other tests compare the whole ruleset before and after."""
+        for op in ("--add-interface", "--remove-interface"):
+            r = self.cmd("--zone=trusted", f"{op}=nsrunlab0")
+            if r.returncode != 0:
+                raise RuntimeError(f"lab: firewall-cmd --zone=trusted {op}: {r.stderr}")
+
+    def stop(self) -> None:
+        """firewalld and its dbus-daemon: every process in the lab host's private mount
+        namespace is ended by the lab's destroy; here firewalld is asked to stop first."""
+        import shutil
+
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)  # sh exec'd firewalld: it is firewalld
+                try:
+                    self.proc.wait(30)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()

@@ -73,7 +73,7 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             gc.quick()  # ephemeral namespaces whose nsrun was killed
             notices: list[str] = []
             rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner,
-                               firewall=firewall, notices=notices)
+                               firewall=firewall, notices=notices, bus=commands.system_bus())
             commands.say_notices(notices)
             address, profile_name = rec.address, rec.profile
             if group is not None:
@@ -395,7 +395,8 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
 
     if keep:
         notices: list[str] = []
-        engine.up(name, prof, persistent=True, firewall=commands.requested_firewall(), notices=notices)
+        engine.up(name, prof, persistent=True, firewall=commands.requested_firewall(), notices=notices,
+                  bus=commands.system_bus())
         commands.say_notices(notices)
         sys.stderr.write(f"nsrun: created namespace {name} (profile {prof.name}); it stays after the "
                          f"shell exits (`nsrun down {name}` removes it)\n")

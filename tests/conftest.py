@@ -95,7 +95,7 @@ def host_kind(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", "legacy"))
 
 
-KIND_TOOLS = {"docker": "dockerd", "ufw": "ufw", "iptables-nft": "iptables-nft"}
+KIND_TOOLS = {"docker": "dockerd", "ufw": "ufw", "iptables-nft": "iptables-nft", "firewalld": "firewalld"}
 
 
 @pytest.fixture(scope="session")
@@ -121,8 +121,10 @@ class LabRunner:
         self.statedir = statedir
         self.env = dict(os.environ, NSRUN_STATE_DIR=str(statedir), NSRUN_PROFILE_PATH=str(PROFILES),
                         PYTHONPATH=str(REPO))
-        for key in ("SUDO_UID", "SUDO_GID", "SUDO_USER", "NSRUN_FAULT", "NOTIFY_SOCKET"):
+        for key in ("SUDO_UID", "SUDO_GID", "SUDO_USER", "NSRUN_FAULT", "NOTIFY_SOCKET", "DBUS_SYSTEM_BUS_ADDRESS"):
             self.env.pop(key, None)
+        if getattr(lab, "firewalld", None) is not None:  # the lab's own system bus, firewalld on it
+            self.env["DBUS_SYSTEM_BUS_ADDRESS"] = lab.firewalld.bus
 
     def host_argv(self, argv: list[str]) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.lab.host}", *argv]

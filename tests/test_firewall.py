@@ -1,5 +1,5 @@
-"""Issue 11: real host firewalls. nat and bridge mode beside nftables, iptables-nft, Docker
-and br_netfilter; the backend each host gets; openings made and undone; refusal; doctor.
+"""Issue 11: real host firewalls. nat and bridge mode beside nftables, iptables-nft, Docker,
+ufw, firewalld (a real one, driven over D-Bus) and br_netfilter; the backend each host gets; openings made and undone; refusal; doctor.
 The lab fixture checks after every test that the lab host's firewall (nft ruleset, both
 iptables saves, legacy tables loaded) is exactly as before, and on nf_tables kinds that no
 legacy table appeared and iptables-nft prints no legacy warning."""
@@ -17,7 +17,7 @@ import pytest
 from conftest import CLIENT, LabRunner
 from nsrun import lab as labmod
 
-HOST_KINDS = ["legacy", "nftables", "iptables-nft", "brnf", "docker", "ufw", "firewalld-ruleset"]
+HOST_KINDS = ["legacy", "nftables", "iptables-nft", "brnf", "docker", "ufw", "firewalld", "firewalld-ruleset"]
 OPENED = "nsrun: opened forwarding for "
 
 
@@ -78,6 +78,9 @@ def test_opening_said_once_and_readable_by_iptables_nft(lab):
     out2, err2 = p2.communicate(timeout=60)
     assert p1.returncode == 0 and p2.returncode == 0, (err1, err2)
     opened = [line for line in (err1 + err2).splitlines() if line.startswith(OPENED)]
+    zoned = [line for line in (err1 + err2).splitlines() if "firewalld zone" in line]
+    assert zoned == (["nsrun: put nsrun0 in firewalld zone trusted (runtime only, over D-Bus)"]
+                     if lab.kind == "firewalld" else [])
     expected = {
         "legacy": [],  # the legacy backend's own FORWARD accepts; the host drops nothing
         "nftables": ["nsrun: opened forwarding for nsrun0 in table inet filter chain forward (policy drop)"],
@@ -87,6 +90,7 @@ def test_opening_said_once_and_readable_by_iptables_nft(lab):
                    "(chain FORWARD: policy drop)"],
         "ufw": ["nsrun: opened forwarding for nsrun0 in table ip filter chain ufw-user-forward "
                 "(chain FORWARD: policy drop)"],
+        "firewalld": [],  # nsrun0 goes into a zone: nothing in firewalld's chains
         "firewalld-ruleset": ["nsrun: opened forwarding for nsrun0 in table inet firewalld chain "
                               "filter_FORWARD (final rule drop)"],
     }[lab.kind]
@@ -150,6 +154,7 @@ def test_doctor_names_the_chain_changes_nothing_and_is_clear_after(lab):
         "iptables-nft": "table ip filter chain FORWARD (policy drop)",
         "docker": "table ip filter chain FORWARD (policy drop); nsrun opens it in chain DOCKER-USER",
         "ufw": "table ip filter chain FORWARD (policy drop); nsrun opens it in chain ufw-user-forward",
+        "firewalld": "nsrun puts nsrun0 in its zone trusted (runtime only, over D-Bus)",
         "firewalld-ruleset": "table inet firewalld chain filter_FORWARD (final rule drop)",
     }[lab.kind]
     if where:
@@ -202,3 +207,134 @@ def test_legacy_forward_drop_is_opened_on_a_legacy_host(lab):
         assert "nsrun" not in lab.host("iptables-legacy-save").stdout
     finally:
         lab.host("iptables-legacy", "-P", "FORWARD", "ACCEPT")
+
+
+# -- firewalld, a real one (the lab host kind `firewalld`) ----------------------------------
+
+def _zone_of(lab, iface: str) -> str:
+    """firewalld's runtime zone of IFACE, asked over D-Bus (firewall-cmd: the independent
+    tool); "" when it is in none."""
+    r = lab.lab.firewalld.cmd(f"--get-zone-of-interface={iface}")
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def _firewalld_only(lab) -> None:
+    if lab.kind != "firewalld":
+        pytest.skip("the firewalld lab host only")
+
+
+def test_firewalld_zone_while_in_use_nothing_in_its_chains_and_back_after(lab):
+    _firewalld_only(lab)
+    assert _zone_of(lab, "nsrun0") == ""
+    p = lab.popen("-p", "nat", "--", "sh", "-c", " ".join(CLIENT) + "; sleep 3")
+    deadline = time.time() + 30
+    while _zone_of(lab, "nsrun0") != "trusted" and time.time() < deadline:
+        time.sleep(0.2)
+    zone = _zone_of(lab, "nsrun0")
+    fwtable = lab.host("nft", "list", "table", "inet", "firewalld").stdout
+    net = json.loads((lab.statedir / "net" / "nsrun0" / "net.json").read_text())
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert out.strip() == labmod.GW2_UP
+    assert zone == "trusted"
+    assert "nsrun:" not in fwtable and "goto filter_FWD_trusted" in fwtable  # firewalld's chains are firewalld's: nothing inserted there
+    assert (net["fw_zone"], net["fw_zone_was"], net["fw_bus"]) == ("trusted", "", lab.lab.firewalld.bus)
+    assert net["opened"] == ["firewalld zone trusted"]
+    assert _zone_of(lab, "nsrun0") == ""  # back out (the fixture compares the ruleset)
+
+
+def test_firewalld_not_reachable_falls_back_to_its_chains(lab):
+    """The same host, nsrun given a bus where no firewalld answers: firewalld's chain is
+    opened directly, as on the firewalld-ruleset kind."""
+    _firewalld_only(lab)
+    r = lab.nsrun("-p", "nat", "--", *CLIENT, env={"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/bus"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == labmod.GW2_UP
+    assert ("nsrun: opened forwarding for nsrun0 in table inet firewalld chain filter_FORWARD "
+            "(final rule drop)") in r.stderr
+    assert "zone" not in r.stderr
+    assert _zone_of(lab, "nsrun0") == ""
+
+
+def test_firewalld_reload_drops_the_binding_and_the_next_setup_puts_it_back(lab):
+    """firewalld's reload (FlushAllOnReload=yes, Debian's default) forgets runtime interface
+    bindings: a running namespace loses its way out until the next setup on the bridge,
+    which binds it again (and says so)."""
+    _firewalld_only(lab)
+    assert lab.nsrun("up", "fwreload", "-p", "nat").returncode == 0
+    try:
+        assert _zone_of(lab, "nsrun0") == "trusted"
+        assert lab.nsrun("exec", "fwreload", "--", *CLIENT).stdout.strip() == labmod.GW2_UP
+        r = lab.lab.firewalld.cmd("--reload")
+        assert r.returncode == 0, r.stderr
+        assert _zone_of(lab, "nsrun0") == ""  # what firewalld does: the binding is gone
+        lost = lab.nsrun("exec", "fwreload", "--", *CLIENT)
+        assert lost.returncode != 0  # and with it the way out (firewalld's reject)
+        again = lab.nsrun("-p", "nat", "--", *CLIENT)
+        assert again.returncode == 0, again.stderr
+        assert "nsrun: put nsrun0 back in firewalld zone trusted" in again.stderr
+        assert _zone_of(lab, "nsrun0") == "trusted"
+        assert lab.nsrun("exec", "fwreload", "--", *CLIENT).stdout.strip() == labmod.GW2_UP
+    finally:
+        assert lab.nsrun("down", "fwreload").returncode == 0
+    assert _zone_of(lab, "nsrun0") == ""
+    # The reload took the trusted zone's (empty) chains away; put them back as the lab
+    # had them, so that the fixture compares like with like.
+    lab.lab.firewalld._apply_trusted()
+
+
+def test_firewalld_first_use_leaves_only_its_empty_zone_chains(lab):
+    """On a firewalld that has not used zone `trusted` since its last reload, the binding
+    makes firewalld lay out that zone's chains, and firewalld keeps them (empty, reached by no
+    interface) after the interface leaves: the one difference nsrun leaves, and firewalld's."""
+    _firewalld_only(lab)
+    assert lab.lab.firewalld.cmd("--reload").returncode == 0
+    try:
+        before = lab.host("nft", "-s", "list", "ruleset").stdout
+        assert "filter_FWD_trusted" not in before
+        r = lab.nsrun("-p", "nat", "--", *CLIENT)
+        assert r.returncode == 0, r.stderr
+        after = lab.host("nft", "-s", "list", "ruleset").stdout
+        assert _zone_of(lab, "nsrun0") == ""
+        added = set(_chains(after)) - set(_chains(before))
+        assert added and all("_trusted" in c for c in added), added
+        assert {c: b for c, b in _chains(after).items() if c not in added} == _chains(before)
+    finally:
+        lab.lab.firewalld._apply_trusted()
+
+
+def _chains(text: str) -> dict[str, str]:
+    """The chains of an `nft list ruleset` text, by table and name, with their bodies."""
+    out: dict[str, str] = {}
+    table, name, body = "", "", []
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("table "):
+            table = s
+        elif s.startswith("chain "):
+            name, body = f"{table} {s}", []
+        elif s == "}" and name:
+            out[name] = "\n".join(body)
+            name = ""
+        elif name:
+            body.append(s)
+    return out
+
+
+def test_firewalld_killed_at_each_setup_step_then_gc_leaves_nothing(lab):
+    """SIGKILL after each step of a nat `up`, then gc: firewalld's zones and the whole
+    ruleset as before (the fixture), the zone binding undone through the record."""
+    _firewalld_only(lab)
+    from nsrun import fault
+
+    for step in fault.steps("nat"):
+        r = lab.nsrun("up", "fwkill", "-p", "nat", env={"NSRUN_FAULT": step})
+        assert r.returncode == -9, (step, r.stderr)
+        if step == "ready":  # the setup had finished: up until `down`
+            assert _zone_of(lab, "nsrun0") == "trusted"
+            assert lab.nsrun("down", "fwkill").returncode == 0
+        g = lab.nsrun("gc")
+        assert g.returncode == 0, (step, g.stdout, g.stderr)
+        assert _zone_of(lab, "nsrun0") == "", step
+        assert not (lab.statedir / "net" / "nsrun0").exists() or \
+            "fw_zone" not in (lab.statedir / "net" / "nsrun0" / "net.json").read_text(), step

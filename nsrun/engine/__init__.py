@@ -45,10 +45,11 @@ class Busy(NsrunError):
 
 def up(name: str, prof: Profile, *, persistent: bool,
        owner: dict[str, Any] | None = None, firewall: str | None = None,
-       notices: list[str] | None = None) -> tuple[NsRecord, bool]:
+       notices: list[str] | None = None, bus: str | None = None) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
     live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor. FIREWALL: the
-    backend the caller asks for (a profile's `firewall` wins). NOTICES, when given, gets what
+    backend the caller asks for (a profile's `firewall` wins). BUS: the system bus's address,
+    where firewalld is asked to let a nat bridge through (None: not asked). NOTICES, when given, gets what
     this setup opened in the host's own firewall (only the setup that opens a bridge's way
     reports it: once per bridge) and what it left as found (a resolv.conf that is not
     nsrun's), one line each, for the caller to say."""
@@ -80,7 +81,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
             host_resolver=prof.host_resolver,
         )
         steps = resources.for_mode(prof.mode)
-        s = Setup(rec, prof, firewall)
+        s = Setup(rec, prof, firewall, bus)
         try:
             for res in steps:  # checks that read files or the host: a refusal changes nothing
                 if (prepare := getattr(res, "prepare", None)) is not None:

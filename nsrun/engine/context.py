@@ -64,7 +64,8 @@ class Setup:
     """One `up` in progress: the profile, the record as it grows, and what the resources
     share while they are made (the host's netlink socket, the bridge lock)."""
 
-    def __init__(self, rec: NsRecord, prof: Profile, firewall: str | None = None) -> None:
+    def __init__(self, rec: NsRecord, prof: Profile, firewall: str | None = None,
+                 bus: str | None = None) -> None:
         self.rec = rec
         self.prof = prof
         self.name = rec.name
@@ -72,6 +73,9 @@ class Setup:
         # layer); a profile's own `firewall` wins over it.
         self.firewall = prof.firewall or firewall
         self.backend: str | None = None  # the backend chosen for this setup, once chosen
+        # The system bus's address (DBUS_SYSTEM_BUS_ADDRESS or its default, read by the
+        # command layer), where firewalld is asked; None: firewalld is not looked for.
+        self.bus = bus
         # What the caller should say, one line each (the engine never prints): what was
         # changed in the host's own firewall, what was left as found (note()).
         self.notices: list[str] = []

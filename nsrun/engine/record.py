@@ -117,6 +117,12 @@ class NetRecord(NamedTuple):
     # Where forwarding was opened in the host's own firewall ("table ip filter chain
     # DOCKER-USER"...; () when nothing dropped it): None until the openings are all made.
     opened: tuple[str, ...] | None = None
+    # firewalld (nsrun.engine.firewall.firewalld): the zone nsrun bound the bridge to over
+    # D-Bus (written before the call), the zone it was bound to before ("" for none), and
+    # the bus it was reached on: the way back, whatever the caller's environment is later.
+    fw_zone: str | None = None
+    fw_zone_was: str | None = None
+    fw_bus: str | None = None
     dns_forward: str | None = None  # the host's loopback stub that the gateway's port 53 is forwarded to
     rp_filter_set: bool = False  # rp_filter has been judged (and loosened when it was strict)
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
@@ -151,6 +157,7 @@ class NetRecord(NamedTuple):
             # rules were in. Their `opened` is unknown (None): the next setup opens the way.
             firewall_ok=data["firewall_ok"] is True if "firewall_ok" in data else firewall is not None,
             opened=tuple(o for o in opened if isinstance(o, str)) if isinstance(opened, list) else None,
+            fw_zone=_str(data, "fw_zone"), fw_zone_was=_str(data, "fw_zone_was"), fw_bus=_str(data, "fw_bus"),
             dns_forward=_str(data, "dns_forward"),
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
             mtu=_int(data, "mtu"), mtu_recorded="mtu" in data,

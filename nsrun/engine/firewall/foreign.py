@@ -8,7 +8,9 @@ forwarded traffic (by policy, or by an unconditional final rule), nsrun inserts 
 its bridge at the top of that chain, or of the chain its owner documents for them:
 - Docker: `DOCKER-USER` (the first thing Docker's FORWARD jumps to);
 - ufw: `ufw-user-forward`;
-- any other chain (firewalld's nf_tables ruleset, a hand-written `policy drop`): itself.
+- any other chain (a hand-written `policy drop`, firewalld's nf_tables ruleset where
+  firewalld itself cannot be reached over D-Bus): itself. Where firewalld runs, a nat
+  bridge goes into one of its zones instead (firewalld.py), and its tables are skipped.
 What is inserted, every rule tagged `nsrun:BRIDGE:PROFILE`:
 - nat mode, chains of family ip/inet: `iifname BR accept` and, for replies, `oifname BR
   meta mark & MARK == MARK accept`; bridge mode (chains of family bridge, and ip/inet ones
@@ -176,22 +178,25 @@ def _blocks_legacy(mode: str, brnf: bool, backend: str) -> list[Block]:
     return [Block("legacy", "filter", "FORWARD", why, "FORWARD", refuse)]
 
 
-def find(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None) -> list[Block]:
+def find(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None,
+         skip: frozenset[tuple[str, str]] = frozenset()) -> list[Block]:
     """The chains that would drop BRIDGE's forwarded traffic in MODE. Changes nothing.
-    RS: the ruleset when the caller has listed it already."""
+    RS: the ruleset when the caller has listed it already. SKIP: (family, table) of tables
+    whose owner opens the way its own way (firewalld's, when the bridge goes into a zone)."""
     brnf = br_netfilter_on()
     out: list[Block] = []
     if rs is None and nftables.available():
         rs = nftables.ruleset()
     if rs:
-        out += _blocks_nft(rs, mode, brnf)
+        out += [b for b in _blocks_nft(rs, mode, brnf) if (b.family, b.table) not in skip]
     out += _blocks_legacy(mode, brnf, backend)
     return out
 
 
-def check(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None) -> list[Block]:
+def check(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None,
+          skip: frozenset[tuple[str, str]] = frozenset()) -> list[Block]:
     """find(), raising Refused for the first chain nsrun cannot open."""
-    blocks = find(bridge, mode, backend, rs)
+    blocks = find(bridge, mode, backend, rs, skip)
     for b in blocks:
         if b.refuse:
             raise Refused(f"forwarding for {bridge} would be dropped by {b.where()} ({b.why}): {b.refuse}")
@@ -233,13 +238,14 @@ def _mark_table(bridge: str, tag: str) -> list[dict[str, Any]]:
     ]
 
 
-def open_way(bridge: str, mode: str, tag: str, backend: str) -> list[Block]:
-    """Open forwarding for BRIDGE where the host would drop it; the chains opened now
-    (`Block.message` says each). Idempotent: chains that already hold BRIDGE's tag are left
-    as they are."""
+def open_way(bridge: str, mode: str, tag: str, backend: str,
+             skip: frozenset[tuple[str, str]] = frozenset()) -> list[Block]:
+    """Open forwarding for BRIDGE where the host would drop it (but in the tables SKIP);
+    the chains opened now (`Block.message` says each). Idempotent: chains that already hold
+    BRIDGE's tag are left as they are."""
     tag = legacy.comment(bridge, tag)  # TAG is the profile's name, as for ensure_nat
     rs = nftables.ruleset() if nftables.available() else []
-    blocks = check(bridge, mode, backend, rs)
+    blocks = check(bridge, mode, backend, rs, skip)
     if not blocks:
         return []
     mine = _tagged(bridge, rs)

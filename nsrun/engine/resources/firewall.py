@@ -183,17 +183,34 @@ def retire(bridge: str, net: NetRecord) -> None:
                          sysctl.read("net/ipv4/conf/default/route_localnet") or "0")
         except OSError:  # the bridge is gone
             pass
+    if net.fw_zone is not None:
+        _release(bridge, net)
     if net.firewall is not None:
         foreign.close(bridge)
-    if net.firewall is not None or net.dns_forward is not None:
+    if net.firewall is not None or net.dns_forward is not None or net.fw_zone is not None:
         try:
-            record.save_net(bridge, net._replace(firewall=None, firewall_ok=False, opened=None, dns_forward=None))
+            record.save_net(bridge, net._replace(firewall=None, firewall_ok=False, opened=None, dns_forward=None,
+                                                 fw_zone=None, fw_zone_was=None, fw_bus=None))
         except NsrunError:
             # A full state directory: the record still names the backend, whose removal is
             # idempotent and is simply done again by the bridge step or gc.
             pass
     if net.mode == "nat":
         forwarding_restore(leaving=bridge)
+
+
+def _release(bridge: str, net: NetRecord) -> None:
+    """BRIDGE out of the firewalld zone nsrun put it in, back where it was, through the bus
+    recorded (see nsrun.engine.resources.opening)."""
+    from nsrun.engine.firewall import firewalld
+
+    assert net.fw_zone is not None
+    if net.fw_bus is None:
+        return
+    try:
+        firewalld.release(net.fw_bus, bridge, net.fw_zone, net.fw_zone_was or "")
+    except (firewalld.Unreachable, firewalld.Failed) as exc:
+        raise NsrunError(f"firewalld: cannot take {bridge} out of zone {net.fw_zone}: {exc}") from None
 
 
 def orphans(scan: Scan) -> list[Action]:

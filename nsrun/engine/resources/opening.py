@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
-from nsrun.engine.record import NsRecord
+from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources import firewall as fw_resource
 from nsrun.errors import NsrunError
 
@@ -27,6 +27,28 @@ STEP = "foreign"
 
 def _mode(s: Setup) -> str:
     return "nat" if s.prof.mode == "nat" else "bridge"
+
+
+def _firewalld(s: Setup) -> bool:
+    """Whether this setup goes through firewalld: a nat bridge, firewalld's tables in the
+    ruleset, and firewalld answering on the bus for this network namespace. (Bridge mode
+    does not: the bridge is the host's, and its zone is the host's choice; its frames meet
+    firewalld's chains only with br_netfilter on, and are opened there as in any chain.)"""
+    if STEP in s.data:
+        return bool(s.data[STEP])
+    from nsrun.engine.firewall import firewalld, nftables
+
+    found = (_mode(s) == "nat" and s.bus is not None and nftables.available()
+             and firewalld.has_tables(nftables.run("list tables").get("nftables", []))
+             and firewalld.reachable(s.bus))
+    s.data[STEP] = found
+    return found
+
+
+def _skip(s: Setup) -> frozenset[tuple[str, str]]:
+    from nsrun.engine.firewall import firewalld
+
+    return frozenset(firewalld.TABLES) if _firewalld(s) else frozenset()
 
 
 def prepare(s: Setup) -> None:
@@ -40,7 +62,7 @@ def prepare(s: Setup) -> None:
     if net is not None and net.opened is not None:
         return  # opened already (the way stays while the bridge is in use)
     try:
-        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net))
+        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=_skip(s))
     except foreign.Refused as exc:
         raise NsrunError(str(exc)) from None
 
@@ -53,19 +75,68 @@ def create(s: Setup) -> None:
     net = record.read_net(bridge)
     assert net is not None  # the bridge step wrote it
     if net.opened is not None:
+        if net.fw_zone is not None:
+            _rebind(s, bridge, net)
         return
     name = fw_resource.backend_for(s, net)
     if net.firewall != name:
         net = net._replace(firewall=name)
         record.save_net(bridge, net)  # before the first opening: the way to close them
+    where: list[str] = []
+    if _firewalld(s):
+        net = _bind(s, bridge, net)
+        if net.fw_zone is not None:
+            where.append(f"firewalld zone {net.fw_zone}")
     try:
-        opened = foreign.open_way(bridge, _mode(s), s.prof.name, name)
+        opened = foreign.open_way(bridge, _mode(s), s.prof.name, name, skip=_skip(s))
     except foreign.Refused as exc:  # the host's firewall changed since prepare()
         raise NsrunError(str(exc)) from None
     s.notices.extend(b.message(bridge) for b in opened)
     # For the reader: closing does not need it (it finds nsrun's rules by their comment),
     # and a chain an earlier setup cut short by a crash had opened already is not listed.
-    record.save_net(bridge, net._replace(opened=tuple(dict.fromkeys(b.opened_in() for b in opened))))
+    where += [b.opened_in() for b in opened]
+    record.save_net(bridge, net._replace(opened=tuple(dict.fromkeys(where))))
+
+
+def _bind(s: Setup, bridge: str, net: NetRecord) -> NetRecord:
+    """BRIDGE into firewalld's forwarding zone, at runtime, the record first (with the zone
+    it had, to put it back). Nothing is done (nor recorded) when it is in that zone already."""
+    from nsrun.engine.firewall import firewalld
+
+    assert s.bus is not None
+    try:
+        with firewalld.Client(s.bus) as fw:
+            before = fw.zone_of(bridge)
+            if before == firewalld.ZONE:
+                return net
+            net = net._replace(fw_zone=firewalld.ZONE, fw_zone_was=before, fw_bus=s.bus)
+            record.save_net(bridge, net)
+            fw.bind(bridge)
+    except (firewalld.Unreachable, firewalld.Failed) as exc:
+        raise NsrunError(f"firewalld: cannot put {bridge} in zone {firewalld.ZONE}: {exc}") from None
+    was = f", out of zone {before}" if before else ""
+    s.notices.append(f"nsrun: put {bridge} in firewalld zone {firewalld.ZONE} (runtime only, over D-Bus{was})")
+    return net
+
+
+def _rebind(s: Setup, bridge: str, net: NetRecord) -> None:
+    """The bridge was bound by an earlier setup: bind it again when a firewalld reload (with
+    FlushAllOnReload, the default) has dropped the binding. Through the recorded bus."""
+    from nsrun.engine.firewall import firewalld
+
+    assert net.fw_bus is not None and net.fw_zone is not None
+    try:
+        with firewalld.Client(net.fw_bus) as fw:
+            fw.check_ours()
+            if fw.zone_of(bridge) == net.fw_zone:
+                return
+            fw.bind(bridge, net.fw_zone)
+    except firewalld.Unreachable:
+        return  # firewalld stopped: its rules went with it
+    except firewalld.Failed as exc:
+        raise NsrunError(f"firewalld: cannot put {bridge} back in zone {net.fw_zone}: {exc}") from None
+    s.notices.append(f"nsrun: put {bridge} back in firewalld zone {net.fw_zone} "
+                     "(its runtime binding was gone: firewalld was reloaded)")
 
 
 def remove(rec: NsRecord) -> None:
