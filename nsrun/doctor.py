@@ -79,6 +79,13 @@ def check_profile(prof: profile.Profile, requested: str | None, bus: str | None 
         out.append(_finding("note", name, f"firewalld runs (on {bus}): nsrun puts {prof.bridge} in its zone "
                             f"{firewalld.ZONE} (runtime only, over D-Bus) while {prof.bridge} is in use "
                             "and takes it out after"))
+        from nsrun.engine import record
+
+        net = record.read_net(prof.bridge)
+        if net is not None and net.fw_zone and net.fw_bus and firewalld.bound(net.fw_bus, prof.bridge) is False:
+            out.append(_finding("note", name, f"{prof.bridge} is in use but no longer in firewalld zone "
+                                f"{net.fw_zone} (firewalld was reloaded): its namespaces cannot get out",
+                                f"any nsrun setup on {prof.bridge} puts it back (nsrun -p {name} -- true)"))
     for b in foreign.find(prof.bridge, mode, backend, skip=skip):
         if b.refuse:
             out.append(_finding("problem", name, f"forwarding for {prof.bridge} would be dropped by "

@@ -469,7 +469,7 @@ class Firewalld:
         with open(f"{d}/bus.conf", "w") as fh:
             fh.write(BUS_CONF.format(socket=self.socket))
         script = (f"set -e; mount -t tmpfs nsrun-lab /run; mount --bind {d}/etc /etc/firewalld; "
-                  f"dbus-daemon --config-file={d}/bus.conf --nofork --nopidfile >{d}/dbus.log 2>&1 & "
+                  f"dbus-daemon --config-file={d}/bus.conf --nofork --nopidfile >{d}/dbus.log 2>&1 & echo $! >{d}/dbus.pid; "
                   f"i=0; while [ ! -S {self.socket} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
                   f"DBUS_SYSTEM_BUS_ADDRESS={self.bus} exec firewalld --nofork --nopid "
                   f"--log-target file --log-file {d}/firewalld.log >{d}/firewalld.out 2>&1")
@@ -516,6 +516,14 @@ class Firewalld:
                     self.proc.kill()
                     self.proc.wait()
             self.proc = None
+        try:  # its dbus-daemon, found by its pid and checked by its command line
+            with open(f"{self.dir}/dbus.pid") as fh:
+                pid = int(fh.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if f"{self.dir}/bus.conf".encode() in fh.read():
+                    os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

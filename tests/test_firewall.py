@@ -270,6 +270,9 @@ def test_firewalld_reload_drops_the_binding_and_the_next_setup_puts_it_back(lab)
         assert _zone_of(lab, "nsrun0") == ""  # what firewalld does: the binding is gone
         lost = lab.nsrun("exec", "fwreload", "--", *CLIENT)
         assert lost.returncode != 0  # and with it the way out (firewalld's reject)
+        doc = lab.nsrun("doctor")
+        assert "nsrun0 is in use but no longer in firewalld zone trusted (firewalld was reloaded)" in doc.stdout, \
+            doc.stdout
         again = lab.nsrun("-p", "nat", "--", *CLIENT)
         assert again.returncode == 0, again.stderr
         assert "nsrun: put nsrun0 back in firewalld zone trusted" in again.stderr
