@@ -115,10 +115,37 @@ def check_profile(prof: profile.Profile, requested: str | None, bus: str | None 
         if sysctl.read("net.ipv4.ip_forward") != "1":
             out.append(_finding("note", name, "ip_forward is off; nsrun turns it on while a NAT bridge "
                                 "of its own exists and puts it back after"))
+        out.extend(forwarding_findings(name))
     if prof.dns is None and not dns.host_config()[0]:
         out.append(_finding("problem", name, "the host's resolv.conf names only a loopback stub and "
                             f"{dns.STUB_FALLBACK} has no upstream: nothing to resolve with inside",
                             "set `dns = [...]` in the profile"))
+    return out
+
+
+def forwarding_findings(name: str) -> list[dict[str, str]]:
+    """net.ipv4.ip_forward managed by someone else than nsrun (nsrun.forwarding)."""
+    from nsrun import forwarding, state
+
+    out = []
+    files = forwarding.sysctl_files()
+    managers = forwarding.managers()
+    nsrun_turned_it_on = state.read_json(state.root() / "forwarding.json") is not None
+    if sysctl.read("net.ipv4.ip_forward") == "1" and not nsrun_turned_it_on:
+        by = "; ".join([f"{path} sets it to {value}" for path, value in files] + managers)
+        out.append(_finding("note", name, "ip_forward is on and nsrun did not turn it on"
+                            + (f" ({by})" if by else " (something else set it)")
+                            + ": nsrun leaves it on when its last NAT bridge goes",
+                            "none needed; if forwarding should be off, turn off what sets it"))
+    for path, value in files:
+        if value == "0":
+            out.append(_finding("note", name, f"{path} sets net.ipv4.ip_forward = 0: `sysctl --system` "
+                                "(systemd-sysctl, procps) turns forwarding off under a running NAT bridge, "
+                                "and its namespaces lose their way out",
+                                f"set it to 1 in {path} (or remove the line) if nsrun's NAT should survive that"))
+    for m in managers:
+        out.append(_finding("note", name, f"{m}: it manages forwarding beside nsrun, which puts back only "
+                            "what it changed itself", ""))
     return out
 
 

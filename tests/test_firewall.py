@@ -341,3 +341,57 @@ def test_firewalld_killed_at_each_setup_step_then_gc_leaves_nothing(lab):
         assert _zone_of(lab, "nsrun0") == "", step
         assert not (lab.statedir / "net" / "nsrun0").exists() or \
             "fw_zone" not in (lab.statedir / "net" / "nsrun0" / "net.json").read_text(), step
+
+
+# -- doctor: ip_forward managed by someone else ------------------------------------------
+
+def _doctor_nat(lab, *, script: str = "") -> str:
+    """doctor's findings for the nat profile, one per line; SCRIPT (shell, run first) in a
+    private mount namespace of the lab host, where it may mount over /etc."""
+    if not script:
+        r = lab.nsrun("doctor", "--json")
+    else:
+        argv = lab.host_argv(["unshare", "-m", "--propagation", "slave", "sh", "-c",
+                              f'set -e; {script}; exec "$@"', "sh", *lab.nsrun_argv("doctor", "--json")[2:]])
+        r = subprocess.run(argv, env=lab.env, capture_output=True, text=True, timeout=60,
+                           cwd=str(Path(__file__).resolve().parent.parent))
+    assert r.returncode in (0, 1), r.stderr
+    return "\n".join(f["what"] + " | " + f["fix"] for f in json.loads(r.stdout)["findings"]
+                     if f["profile"] == "nat")
+
+
+def test_doctor_ip_forward_on_by_someone_else(lab):
+    if lab.kind != "legacy":
+        pytest.skip("the legacy lab host only: the finding does not depend on the firewall")
+    was = lab.host("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip()
+    assert was == "0"
+    assert "ip_forward is on" not in _doctor_nat(lab)
+    lab.host("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+    try:
+        snap = lab.snapshot()
+        nat = _doctor_nat(lab)
+        assert "ip_forward is on and nsrun did not turn it on (something else set it): nsrun leaves it on " \
+               "when its last NAT bridge goes" in nat, nat
+        assert lab.snapshot() == snap
+        # A NAT run on a host whose forwarding was on leaves it on.
+        assert lab.nsrun("-p", "nat", "--", "true").returncode == 0
+        assert lab.host("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+    finally:
+        lab.host("sh", "-c", f"echo {was} > /proc/sys/net/ipv4/ip_forward")
+
+
+def test_doctor_ip_forward_set_by_sysctl_files_and_networkd(lab):
+    if lab.kind != "legacy":
+        pytest.skip("the legacy lab host only: the finding does not depend on the firewall")
+    script = ("mount -t tmpfs nsrun-test /etc/sysctl.d; mount -t tmpfs nsrun-test /etc/systemd/network; "
+              "echo 'net.ipv4.ip_forward = 0' > /etc/sysctl.d/90-noforward.conf; "
+              "echo '# net.ipv4.ip_forward = 1' > /etc/sysctl.d/91-comment.conf; "
+              "printf '[Match]\\nName=eth9\\n[Network]\\nIPForward=yes\\n' > /etc/systemd/network/eth9.network")
+    snap = lab.snapshot()
+    nat = _doctor_nat(lab, script=script)
+    assert lab.snapshot() == snap
+    assert ("/etc/sysctl.d/90-noforward.conf sets net.ipv4.ip_forward = 0: `sysctl --system` (systemd-sysctl, "
+            "procps) turns forwarding off under a running NAT bridge") in nat, nat
+    assert "set it to 1 in /etc/sysctl.d/90-noforward.conf" in nat
+    assert "91-comment" not in nat
+    assert "systemd-networkd: /etc/systemd/network/eth9.network sets IPForward=yes" in nat, nat
