@@ -86,14 +86,16 @@ def check_profile(prof: profile.Profile, requested: str | None, bus: str | None 
             out.append(_finding("note", name, f"{prof.bridge} is in use but no longer in firewalld zone "
                                 f"{net.fw_zone} (firewalld was reloaded): its namespaces cannot get out",
                                 f"any nsrun setup on {prof.bridge} puts it back (nsrun -p {name} -- true)"))
-    for b in foreign.find(prof.bridge, mode, backend, skip=skip):
+    stub = dns.stub() if mode == "nat" and prof.dns is None else None
+    for b in foreign.find(prof.bridge, mode, backend, skip=skip, stub=stub):
+        what = (f"DNS from {prof.bridge} to the host's stub {stub}" if b.hook == "input"
+                else f"forwarding for {prof.bridge}")
         if b.refuse:
-            out.append(_finding("problem", name, f"forwarding for {prof.bridge} would be dropped by "
-                                f"{b.where()} ({b.why}): {b.refuse}",
+            out.append(_finding("problem", name, f"{what} would be dropped by {b.where()} ({b.why}): {b.refuse}",
                                 f"accept {prof.bridge}'s traffic in {b.where()} yourself, or change that firewall"))
         else:
             into = f"chain {b.into}" + ("" if b.into == b.chain else f" (reached from {b.chain})")
-            out.append(_finding("note", name, f"forwarding for {prof.bridge} is dropped by {b.where()} "
+            out.append(_finding("note", name, f"{what} is dropped by {b.where()} "
                                 f"({b.why}); nsrun opens it in {into} while {prof.bridge} is in use "
                                 "and closes it after"))
     if prof.mode == "bridge":

@@ -25,17 +25,20 @@ from nsrun import profile
 from nsrun.engine.resources import dns
 
 DNSLAB = str(Path(__file__).resolve().parent / "dnslab.py")
-# The DNS forward is a firewall rule kind of each backend: on both. (The nftables lab host
-# drops forwarded traffic by policy, so a setup there also says, once, where it opened it.)
-HOST_KINDS = ["legacy", "nftables"]
+# The DNS forward is a firewall rule kind of each backend: on both; and on hosts whose input
+# chain drops what is not theirs (ufw's default deny incoming; firewalld, whose zone
+# `trusted` nsrun puts the bridge in accepts it). (The nftables lab host drops forwarded
+# traffic by policy, so a setup there also says, once, where it opened it.)
+HOST_KINDS = ["legacy", "nftables", "ufw", "firewalld"]
 OPENED = "nsrun: opened forwarding for "
 
 
 def _said(stderr: str) -> str:
-    """STDERR less the one line a setup prints where it opened the host's firewall."""
+    """STDERR less the lines a setup prints where it opened the host's firewall (forwarding,
+    and DNS to the stub where the host's input chain drops it; or a firewalld zone)."""
     lines = stderr.splitlines(keepends=True)
-    opened = [line for line in lines if line.startswith(OPENED)]
-    assert len(opened) <= 1, stderr
+    opened = [line for line in lines if line.startswith((OPENED, "nsrun: opened DNS from ", "nsrun: put "))]
+    assert len(opened) <= 2, stderr
     return "".join(line for line in lines if line not in opened)
 STUB = "127.0.0.53"
 UPSTREAM = labmod.SERVER  # the lab resolver, in the upstream namespace
@@ -283,3 +286,43 @@ def test_search_and_host_resolver_are_read():
     assert profile.parse(NAT + "search = []\n", "p.toml", "p").search == ()
     with pytest.raises(profile.ProfileError):
         profile.parse('mode = "isolated"\nsearch = ["a"]\n', "p.toml", "p")
+
+
+NFT_INPUT_DROP = """table inet hostin {
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iifname "lo" accept
+        ct state established,related accept
+    }
+}
+"""
+
+
+def test_nat_resolves_through_the_stub_where_the_hosts_input_chain_drops(lab, stub, tmp_path):
+    """A host whose input chain drops by policy (nft `policy drop`, iptables `-P INPUT DROP`,
+    ufw's default deny incoming) would drop the DNS forward on its way to the stub: nsrun
+    opens it there (tagged, gone with the bridge), says so once, and doctor names it first."""
+    if lab.kind == "firewalld":
+        pytest.skip("firewalld: the bridge's zone (trusted) accepts it; test_nat_resolves_... covers it")
+    if lab.kind == "nftables":
+        subprocess.run(lab.host_argv(["nft", "-f", "-"]), input=NFT_INPUT_DROP, text=True, check=True,
+                       timeout=30)
+        where = "table inet hostin chain input (policy drop)"
+    elif lab.kind == "legacy":
+        lab.host("iptables-legacy", "-P", "INPUT", "DROP")
+        where = "table ip filter chain INPUT (policy drop, iptables-legacy)"
+    else:  # ufw: its default, as installed
+        where = "table ip filter chain ufw-user-input (chain INPUT: policy drop)"
+    try:
+        doc = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "doctor")
+        assert "nat: note: DNS from nsrun0 to the host's stub 127.0.0.53 is dropped by" in doc.stdout, doc.stdout
+        r = _with_resolv_conf(lab, STUB_ONLY, tmp_path, "-p", "nat", "--", "sh", "-c", SHOW)
+        assert r.returncode == 0, r.stdout + r.stderr
+        _resolv, probe, _short = r.stdout.split("#\n")
+        assert probe.split() == ["192.0.2.77", "probe.example"], r.stdout + r.stderr
+        assert f"nsrun: opened DNS from nsrun0 to the host's stub in {where}" in r.stderr, r.stderr
+    finally:
+        if lab.kind == "nftables":
+            lab.host("nft", "delete", "table", "inet", "hostin")
+        elif lab.kind == "legacy":
+            lab.host("iptables-legacy", "-P", "INPUT", "ACCEPT")

@@ -25,6 +25,15 @@ holds one chain, early on the forward hook, that marks the replies (`oifname BR 
 established,related`); the mark goes with the packet into the namespace (where a veth
 crossing scrubs it). `meta mark` is a native expression iptables-nft reads as `-m mark`.
 
+The input side: a nat bridge whose DNS is forwarded to the host's loopback stub
+(nsrun.engine.resources.firewall) sends that DNS through the input hook, where a chain that
+drops by policy or final rule (an nft `policy drop`, iptables `-P INPUT DROP`, ufw's default
+deny incoming) would drop it. There, with the stub known, nsrun inserts `iifname BR ip daddr
+STUB l4proto udp|tcp dport 53 accept` (ufw: in `ufw-user-input`; legacy `INPUT` on a legacy
+host: the same, for DNAT'ed packets only, since an ACCEPT there ends the chain before the
+legacy backend's own loopback drops). The source is rewritten only after the filter chains
+(a nat chain at input priority 100), so the destination is what identifies it.
+
 Refusal: nsrun never reports success for traffic the host will drop. A chain it may not
 touch (a table owned by another process) or a legacy x_tables drop on a host where nsrun
 uses nf_tables (writing a legacy table there would mark the host for good) is named, and
@@ -46,6 +55,7 @@ OPEN_PREFIX = "nsrun-open-"
 MARK = 0x00400000  # one bit; set only on replies forwarded out of an nsrun bridge
 BRNF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 SUBSTITUTES = ("DOCKER-USER", "ufw-user-forward")  # the owners' places for user rules
+INPUT_SUBSTITUTES = ("ufw-user-input",)
 
 
 class Refused(Exception):
@@ -60,6 +70,7 @@ class Block:
     why: str           # "policy drop" | "final rule drop"
     into: str          # the chain the accepts go in
     refuse: str | None = None  # why nsrun cannot open it
+    hook: str = "forward"  # "input": a chain that would drop the DNS forward to the host's stub
 
     def where(self) -> str:
         fam = "ip" if self.family == "legacy" else self.family
@@ -73,7 +84,8 @@ class Block:
         into = self.opened_in()
         extra = "" if self.into == self.chain else f"chain {self.chain}: "
         legacy_note = ", iptables-legacy" if self.family == "legacy" else ""
-        return f"nsrun: opened forwarding for {bridge} in {into} ({extra}{self.why}{legacy_note})"
+        what = f"DNS from {bridge} to the host's stub" if self.hook == "input" else f"forwarding for {bridge}"
+        return f"nsrun: opened {what} in {into} ({extra}{self.why}{legacy_note})"
 
 
 def br_netfilter_on() -> bool:
@@ -99,7 +111,7 @@ def _verdict(rule: dict[str, Any]) -> str | None:
     return verdict
 
 
-def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool) -> list[Block]:
+def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "forward") -> list[Block]:
     tables: dict[tuple[str, str], dict[str, Any]] = {}
     chains: dict[tuple[str, str], list[str]] = {}
     last_rule: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -111,7 +123,7 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool) -> list[Block]:
         elif "chain" in obj:
             c = obj["chain"]
             chains.setdefault((c["family"], c["table"]), []).append(c["name"])
-            if c.get("hook") == "forward" and c.get("type", "filter") == "filter":
+            if c.get("hook") == hook and c.get("type", "filter") == "filter":
                 base.append(c)
         elif "rule" in obj:
             r = obj["rule"]
@@ -121,7 +133,10 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool) -> list[Block]:
         fam, table, name = c["family"], c["table"], c["name"]
         if table.startswith(("nsrun-nat-", OPEN_PREFIX)):
             continue
-        if fam in ("ip", "inet"):
+        if hook == "input":
+            if fam not in ("ip", "inet"):
+                continue
+        elif fam in ("ip", "inet"):
             if mode == "bridge" and not brnf:
                 continue  # bridged frames do not cross the ip forward hook
         elif fam == "bridge":
@@ -136,7 +151,7 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool) -> list[Block]:
         else:
             continue
         into = name
-        for sub in SUBSTITUTES:
+        for sub in INPUT_SUBSTITUTES if hook == "input" else SUBSTITUTES:
             if fam == "ip" and sub in chains.get((fam, table), []):
                 into = sub
                 break
@@ -145,7 +160,7 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool) -> list[Block]:
             flags = [flags]
         refuse = (f"table {fam} {table} is owned by another process (flags owner); nsrun may not "
                   "add rules to it") if "owner" in flags else None
-        out.append(Block(fam, table, name, why, into, refuse))
+        out.append(Block(fam, table, name, why, into, refuse, hook))
     return out
 
 
@@ -178,33 +193,79 @@ def _blocks_legacy(mode: str, brnf: bool, backend: str) -> list[Block]:
     return [Block("legacy", "filter", "FORWARD", why, "FORWARD", refuse)]
 
 
+def _input_blocks_legacy(backend: str) -> list[Block]:
+    """A legacy INPUT that drops (read only where the legacy filter table is loaded)."""
+    if "filter" not in legacy.loaded_tables():
+        return []
+    iptc = legacy.load()
+    table = iptc.Table("filter")
+    table.refresh()
+    chain = iptc.Chain(table, "INPUT")
+    if chain.get_policy().name == "DROP":
+        why = "policy drop"
+    else:
+        rules = chain.rules
+        if not (rules and rules[-1].target.name in ("DROP", "REJECT") and not rules[-1].matches
+                and not rules[-1].in_interface and rules[-1].dst in ("0.0.0.0/0.0.0.0", None)
+                and rules[-1].src in ("0.0.0.0/0.0.0.0", None)):
+            return []
+        why = "final rule drop"
+    refuse = None
+    if backend != "iptables":
+        refuse = ("the legacy iptables INPUT chain drops it, and on a host that uses nf_tables nsrun does "
+                  "not write legacy tables; set NSRUN_FIREWALL=iptables if this host's firewall is "
+                  "iptables-legacy, or `dns = [...]` in the profile")
+    return [Block("legacy", "filter", "INPUT", why, "INPUT", refuse, "input")]
+
+
 def find(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None,
-         skip: frozenset[tuple[str, str]] = frozenset()) -> list[Block]:
-    """The chains that would drop BRIDGE's forwarded traffic in MODE. Changes nothing.
-    RS: the ruleset when the caller has listed it already. SKIP: (family, table) of tables
-    whose owner opens the way its own way (firewalld's, when the bridge goes into a zone)."""
+         skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None) -> list[Block]:
+    """The chains that would drop BRIDGE's forwarded traffic in MODE, and with STUB (the
+    host's loopback stub a nat bridge's DNS is forwarded to) the input chains that would
+    drop that DNS on its way to the stub. Changes nothing. RS: the ruleset when the caller
+    has listed it already. SKIP: (family, table) of tables whose owner opens the way its own
+    way (firewalld's, when the bridge goes into a zone)."""
     brnf = br_netfilter_on()
     out: list[Block] = []
     if rs is None and nftables.available():
         rs = nftables.ruleset()
     if rs:
         out += [b for b in _blocks_nft(rs, mode, brnf) if (b.family, b.table) not in skip]
+        if stub is not None:
+            out += [b for b in _blocks_nft(rs, mode, brnf, "input") if (b.family, b.table) not in skip]
     out += _blocks_legacy(mode, brnf, backend)
+    if stub is not None:
+        out += _input_blocks_legacy(backend)
     return out
 
 
 def check(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None,
-          skip: frozenset[tuple[str, str]] = frozenset()) -> list[Block]:
+          skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None) -> list[Block]:
     """find(), raising Refused for the first chain nsrun cannot open."""
-    blocks = find(bridge, mode, backend, rs, skip)
+    blocks = find(bridge, mode, backend, rs, skip, stub)
     for b in blocks:
         if b.refuse:
-            raise Refused(f"forwarding for {bridge} would be dropped by {b.where()} ({b.why}): {b.refuse}")
+            what = f"DNS from {bridge} to the host's stub" if b.hook == "input" else f"forwarding for {bridge}"
+            raise Refused(f"{what} would be dropped by {b.where()} ({b.why}): {b.refuse}")
     return blocks
 
 
 def _iface(key: str, name: str) -> dict[str, Any]:
     return {"match": {"op": "==", "left": {"meta": {"key": key}}, "right": name}}
+
+
+def _dns_accepts(bridge: str, stub: str) -> list[list[dict[str, Any]]]:
+    """DNS from BRIDGE to STUB (its destination as the DNS forward rewrote it; its source is
+    rewritten only after the filter chains), UDP and TCP: matches iptables-nft reads as
+    `-i BR -d STUB/32 -p udp --dport 53`."""
+    out = []
+    for proto in ("udp", "tcp"):
+        out.append([_iface("iifname", bridge),
+                    {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": stub}},
+                    {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}},
+                    {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": 53}},
+                    {"accept": None}])
+    return out
 
 
 def _accepts(b: Block, bridge: str, mode: str) -> list[list[dict[str, Any]]]:
@@ -239,13 +300,14 @@ def _mark_table(bridge: str, tag: str) -> list[dict[str, Any]]:
 
 
 def open_way(bridge: str, mode: str, tag: str, backend: str,
-             skip: frozenset[tuple[str, str]] = frozenset()) -> list[Block]:
-    """Open forwarding for BRIDGE where the host would drop it (but in the tables SKIP);
-    the chains opened now (`Block.message` says each). Idempotent: chains that already hold
-    BRIDGE's tag are left as they are."""
+             skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None) -> list[Block]:
+    """Open forwarding for BRIDGE where the host would drop it (but in the tables SKIP), and
+    with STUB its DNS forward to that stub where an input chain would drop it; the chains
+    opened now (`Block.message` says each). Idempotent: chains that already hold BRIDGE's
+    tag are left as they are."""
     tag = legacy.comment(bridge, tag)  # TAG is the profile's name, as for ensure_nat
     rs = nftables.ruleset() if nftables.available() else []
-    blocks = check(bridge, mode, backend, rs, skip)
+    blocks = check(bridge, mode, backend, rs, skip, stub)
     if not blocks:
         return []
     mine = _tagged(bridge, rs)
@@ -254,15 +316,24 @@ def open_way(bridge: str, mode: str, tag: str, backend: str,
     needs_mark = False
     for b in blocks:
         if b.family == "legacy":
-            _legacy_open(bridge, tag)
+            if b.hook == "input":
+                assert stub is not None
+                _legacy_open_input(bridge, stub, tag)
+            else:
+                _legacy_open(bridge, tag)
             opened.append(b)
             continue
         if any(w[:3] == (b.family, b.table, b.into) for w in mine):
             continue
-        for expr in reversed(_accepts(b, bridge, mode)):  # each insert goes to the top
+        if b.hook == "input":
+            assert stub is not None
+            accepts = _dns_accepts(bridge, stub)
+        else:
+            accepts = _accepts(b, bridge, mode)
+            needs_mark = needs_mark or (mode == "nat" and b.family != "bridge")
+        for expr in reversed(accepts):  # each insert goes to the top
             batch.append({"insert": {"rule": {"family": b.family, "table": b.table, "chain": b.into,
                                               "comment": tag, "expr": expr}}})
-        needs_mark = needs_mark or (mode == "nat" and b.family != "bridge")
         opened.append(b)
     if batch:
         nftables.run((_mark_table(bridge, tag) if needs_mark else []) + batch)
@@ -285,6 +356,35 @@ def _legacy_open(bridge: str, tag: str) -> None:
         m.comment = tag
         rule.create_target("ACCEPT")
         iptc.Chain(table, "FORWARD").insert_rule(rule)
+
+
+def _legacy_open_input(bridge: str, stub: str, tag: str) -> None:
+    """`-i BRIDGE -d STUB -p udp|tcp --dport 53 -j ACCEPT` tagged, at the top of legacy
+    INPUT (once)."""
+    iptc = legacy.load()
+    with legacy._XtablesLock():
+        table = iptc.Table("filter")
+        table.refresh()
+        chain = iptc.Chain(table, "INPUT")
+        have = {r.protocol for r in chain.rules if legacy._comment(r) == tag and r.in_interface == bridge
+                and r.target.name == "ACCEPT"}
+        for proto in ("tcp", "udp"):
+            if proto in have:
+                continue
+            rule = iptc.Rule()
+            rule.in_interface = bridge
+            rule.dst = f"{stub}/32"
+            rule.protocol = proto
+            m = rule.create_match(proto)
+            m.dport = "53"
+            # Only what the DNS forward rewrote: an ACCEPT here ends INPUT, before the
+            # legacy backend's own drops of other loopback destinations from the bridge.
+            ct = rule.create_match("conntrack")
+            ct.ctstate = "DNAT"
+            c = rule.create_match("comment")
+            c.comment = tag
+            rule.create_target("ACCEPT")
+            chain.insert_rule(rule)
 
 
 def _tagged(bridge: str | None, rs: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str, int]]:
@@ -332,8 +432,10 @@ def close(bridge: str) -> int:
 
 def _legacy_close(bridge: str) -> int:
     with legacy._XtablesLock():
-        return legacy.delete_rules("filter", "FORWARD", lambda r: legacy._ours(r, bridge)
-                                   and r.in_interface == bridge and r.out_interface == bridge)
+        return (legacy.delete_rules("filter", "FORWARD", lambda r: legacy._ours(r, bridge)
+                                    and r.in_interface == bridge and r.out_interface == bridge)
+                + legacy.delete_rules("filter", "INPUT", lambda r: legacy._ours(r, bridge)
+                                      and r.in_interface == bridge))
 
 
 def bridges() -> set[str]:

@@ -62,9 +62,21 @@ def prepare(s: Setup) -> None:
     if net is not None and net.opened is not None:
         return  # opened already (the way stays while the bridge is in use)
     try:
-        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=_skip(s))
+        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=_skip(s), stub=_stub(s, net))
     except foreign.Refused as exc:
         raise NsrunError(str(exc)) from None
+
+
+def _stub(s: Setup, net: NetRecord | None) -> str | None:
+    """The host's loopback stub the bridge's DNS is (or will be: the firewall step decides it
+    the same way) forwarded to; None when there is no DNS forward."""
+    if net is not None and net.dns_forward is not None:
+        return net.dns_forward
+    if _mode(s) != "nat" or s.prof.dns is not None:
+        return None
+    from nsrun.engine.resources import dns
+
+    return dns.stub()
 
 
 def create(s: Setup) -> None:
@@ -88,7 +100,8 @@ def create(s: Setup) -> None:
         if net.fw_zone is not None:
             where.append(f"firewalld zone {net.fw_zone}")
     try:
-        opened = foreign.open_way(bridge, _mode(s), s.prof.name, name, skip=_skip(s))
+        opened = foreign.open_way(bridge, _mode(s), s.prof.name, name, skip=_skip(s),
+                                  stub=net.dns_forward if _mode(s) == "nat" else None)
     except foreign.Refused as exc:  # the host's firewall changed since prepare()
         raise NsrunError(str(exc)) from None
     s.notices.extend(b.message(bridge) for b in opened)
