@@ -395,3 +395,25 @@ def test_doctor_ip_forward_set_by_sysctl_files_and_networkd(lab):
     assert "set it to 1 in /etc/sysctl.d/90-noforward.conf" in nat
     assert "91-comment" not in nat
     assert "systemd-networkd: /etc/systemd/network/eth9.network sets IPForward=yes" in nat, nat
+
+
+def test_firewalld_bridge_bound_before_goes_back_to_its_zone(lab):
+    """A bridge the admin had bound to a zone (public here, at runtime) goes into trusted
+    while in use and back into that zone after, not out of every zone."""
+    _firewalld_only(lab)
+    fw = lab.lab.firewalld
+    assert fw.cmd("--zone=public", "--add-interface=nsrun0").returncode == 0
+    try:
+        p = lab.popen("-p", "nat", "--", "sh", "-c", " ".join(CLIENT) + "; sleep 2")
+        deadline = time.time() + 30
+        while _zone_of(lab, "nsrun0") != "trusted" and time.time() < deadline:
+            time.sleep(0.2)
+        during = _zone_of(lab, "nsrun0")
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert out.strip() == labmod.GW2_UP
+        assert during == "trusted"
+        assert "nsrun: put nsrun0 in firewalld zone trusted (runtime only, over D-Bus, out of zone public)" in err
+        assert _zone_of(lab, "nsrun0") == "public"
+    finally:
+        fw.cmd("--zone=public", "--remove-interface=nsrun0")
