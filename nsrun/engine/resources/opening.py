@@ -12,6 +12,14 @@ after a crash), then where the way was opened (`NetRecord.opened`), which the ne
 namespaces on the bridge read to skip the step. What was opened is said once, by the setup
 that opened it (`Setup.notices`). Closing is the firewall resource's `retire` (with the NAT
 rules, with the bridge's last namespace), and so are gc's orphans.
+
+firewalld, where it runs for this namespace: a nat bridge is put in its zone `trusted` over
+D-Bus instead of accepts in firewalld's chains (nsrun.engine.firewall.firewalld), the record
+first (`fw_zone`, `fw_zone_was`, `fw_bus`: the way back). A firewalld reload drops that
+runtime binding: every later setup on the bridge checks it and binds it again.
+
+The input side: with a DNS forward to the host's loopback stub, an input chain that drops
+would drop that DNS; it is opened with the rest (foreign.py, `stub`).
 """
 
 from __future__ import annotations
