@@ -8,7 +8,8 @@ for it) that owns every key of its JSON file:
   `wireguard`/`wg_pid`/`wg_start`, the router its `routes`...); teardown
   and gc read nothing else to find the pieces again.
 - `NetRecord`, a bridge's shared state (`net/BRIDGE/net.json`): whether nsrun made the
-  bridge, which firewall backend made its rules, where it opened the host's own firewall,
+  bridge, which firewall backend made its rules, where it opened the host's own firewall
+  (and the firewalld zone it put the bridge in, with the zone before and the bus),
   the rp_filter value to put back, the uplink's state to put back, the loopback stub its
   DNS is forwarded to.
 
