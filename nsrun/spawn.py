@@ -88,11 +88,14 @@ def _candidates(program: str, env: Mapping[str, str]) -> list[str]:
 
 def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, uid: int, gid: int,
           groups: Sequence[int], stdio: tuple[int, int, int] = (0, 1, 2),
-          controlling_tty: bool = False, home: str | None = None) -> Started:
+          controlling_tty: bool = False, home: str | None = None, umask: int | None = None,
+          cgroup: str | None = None) -> Started:
     """Fork CMD (ARGV, with environment ENV) inside namespace NS_NAME as UID/GID/GROUPS,
     in CWD, with STDIO as its descriptors 0, 1 and 2 (the caller keeps and closes its own
     copies), fd 0 its controlling terminal when CONTROLLING_TTY. HOME: where CMD starts when
-    CWD cannot be entered (default: UID's home in the user database, then /).
+    CWD cannot be entered (default: UID's home in the user database, then /). UMASK: the
+    caller's (default: the service's). CGROUP: a cgroup v2 directory CMD starts in (a run's,
+    nsrun.cgroup.create; best effort, as nsrun.cgroup is), entered before the switch.
 
     Returns once CMD is exec'd, or has failed to be (Started.failure). UsageError for a
     request that cannot be started at all (nothing is forked then)."""
@@ -107,6 +110,8 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
         raise UsageError("a controlling terminal was asked for, but descriptor 0 is no terminal")
     if not netns.exists(ns_name):
         raise UsageError(f"no namespace {ns_name}")
+    if umask is not None and not 0 <= umask <= 0o777:
+        raise UsageError(f"invalid umask {umask!r}")
     if not os.path.isabs(cwd) or "\0" in cwd:
         raise UsageError(f"working directory {cwd!r} is not an absolute path")
     if any("\0" in a for a in argv):
@@ -126,7 +131,8 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
     # Everything the child needs, made now: it must allocate little and import nothing.
     plan = _Plan(ns_name, [str(a) for a in argv], {str(k): str(v) for k, v in env.items()},
                  _candidates(str(argv[0]), env), cwd, home, uid, gid, tuple(groups), stdio,
-                 controlling_tty, lambda: hostresolver.hide_for(ns_name, rec))
+                 controlling_tty, lambda: hostresolver.hide_for(ns_name, rec), umask,
+                 None if cgroup is None else os.path.join(cgroup, "cgroup.procs"))
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
@@ -198,6 +204,8 @@ class _Plan(NamedTuple):
     stdio: tuple[int, int, int]
     controlling_tty: bool
     hide_resolver: Callable[[], None]  # masks the host's resolver (the record read already)
+    umask: int | None
+    cgroup_procs: str | None
 
 
 def _fail(report: int, status: int, message: str) -> None:
@@ -248,6 +256,17 @@ def _child(plan: _Plan, report: int) -> None:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     except OSError as exc:
         _fail(report, EXIT_SETUP, f"cannot give the command its terminal: {exc.strerror}")
+    if plan.cgroup_procs is not None:
+        try:
+            fd = os.open(plan.cgroup_procs, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # best effort: teardown then finds CMD's processes by the namespace
+    if plan.umask is not None:
+        os.umask(plan.umask)
     try:
         netns.enter(plan.ns_name)
         execution.private_mounts(plan.ns_name, plan.hide_resolver)

@@ -348,3 +348,21 @@ def test_like_nsrun_exec_in_a_wired_namespace(lab: Any, monkeypatch: pytest.Monk
             assert run.out.startswith(fh.read())
     finally:
         assert lab.nsrun("down", name).returncode == 0
+
+
+def test_umask_and_cgroup(ns: str) -> None:
+    """CMD gets the caller's umask, and starts in the run's cgroup when one is given."""
+    from nsrun import cgroup
+
+    assert Run(ns, ["sh", "-c", "umask"], umask=0o027).out == "0027\n"
+    group = cgroup.create(f"spawn-test-{os.getpid()}")
+    if group is None:
+        pytest.skip("no writable cgroup v2 here")
+    try:
+        run = Run(ns, ["cat", "/proc/self/cgroup"], cgroup=group)
+        mnt = cgroup.mountpoint()
+        assert mnt is not None
+        assert f"\n0::/{os.path.relpath(group, mnt)}\n" in "\n" + run.out, run.out
+        assert f"0::/{os.path.relpath(group, mnt)}\n" not in Run(ns, ["cat", "/proc/self/cgroup"]).out
+    finally:
+        cgroup.remove(group)
