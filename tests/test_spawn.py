@@ -146,15 +146,31 @@ def test_cmd_runs_as_the_caller_inside_without_capabilities(ns: str, public_dir:
     assert got["sid"] and got["pgrp"]
 
 
-def test_signals_are_cmds_defaults(ns: str) -> None:
-    """The service's ignored and blocked signals are not CMD's."""
+@pytest.mark.parametrize("thread", [False, True], ids=["main-thread", "worker-thread"])
+def test_signals_are_cmds_defaults(ns: str, thread: bool) -> None:
+    """The service's ignored and blocked signals are not CMD's, whichever of the service's
+    threads starts it (the mask is the thread's; after the fork the child's one thread is
+    Python's main thread)."""
+    runs: list[Run] = []
+
+    def go() -> None:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+        try:
+            runs.append(Run(ns, ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
     old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
     try:
-        run = Run(ns, ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+        if thread:
+            th = threading.Thread(target=go)
+            th.start()
+            th.join(60)
+        else:
+            go()
     finally:
         signal.signal(signal.SIGHUP, old_hup)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    run, = runs
     assert run.status == (0, None), run.err
     assert run.out.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"], run.out
 
