@@ -9,9 +9,9 @@ resolver hidden, /etc/netns/NAME bound over /etc), then becomes the caller for g
   message on the way, a warning of private_mounts or a failed exec, reaches the caller's
   stderr, not the service's log); every other descriptor is closed;
 - a session of its own (setsid), always: CMD is never in the service's process group and
-  never keeps the service's terminal, if it had one; with CONTROLLING_TTY, fd 0 (the
-  slave of a pty the client opened and relays, nsrun.terminal.relay) becomes its
-  controlling terminal (TIOCSCTTY), so ^C, ^Z and window changes reach CMD's foreground
+  never keeps the service's terminal, if it had one; with CONTROLLING_TTY, the first of
+  0, 1, 2 that is a terminal (the slave of a pty the client opened and relays,
+  nsrun.terminal.relay) becomes its controlling terminal (TIOCSCTTY), so ^C, ^Z and window changes reach CMD's foreground
   process group through the pty's own line discipline;
 - setgroups, setresgid, setresuid to the caller: with all three ids non-zero the kernel
   clears the permitted, effective and ambient capabilities; the child checks that
@@ -92,7 +92,8 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
           cgroup: str | None = None) -> Started:
     """Fork CMD (ARGV, with environment ENV) inside namespace NS_NAME as UID/GID/GROUPS,
     in CWD, with STDIO as its descriptors 0, 1 and 2 (the caller keeps and closes its own
-    copies), fd 0 its controlling terminal when CONTROLLING_TTY. HOME: where CMD starts when
+    copies); with CONTROLLING_TTY, the first of them that is a terminal (a pty's slave)
+    becomes CMD's controlling terminal. HOME: where CMD starts when
     CWD cannot be entered (default: UID's home in the user database, then /). UMASK: the
     caller's (default: the service's). CGROUP: a cgroup v2 directory CMD starts in (a run's,
     nsrun.cgroup.create; best effort, as nsrun.cgroup is), entered before the switch.
@@ -106,8 +107,9 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
         raise UsageError("nsrun.spawn starts programs for callers without root (uid and gid non-zero)")
     if len(stdio) != 3:
         raise UsageError("stdio must be three descriptors")
-    if controlling_tty and not os.isatty(stdio[0]):
-        raise UsageError("a controlling terminal was asked for, but descriptor 0 is no terminal")
+    tty_fd = next((i for i, fd in enumerate(stdio) if os.isatty(fd)), None) if controlling_tty else None
+    if controlling_tty and tty_fd is None:
+        raise UsageError("a controlling terminal was asked for, but no descriptor given is a terminal")
     if not netns.exists(ns_name):
         raise UsageError(f"no namespace {ns_name}")
     if umask is not None and not 0 <= umask <= 0o777:
@@ -131,7 +133,7 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
     # Everything the child needs, made now: it must allocate little and import nothing.
     plan = _Plan(ns_name, [str(a) for a in argv], {str(k): str(v) for k, v in env.items()},
                  _candidates(str(argv[0]), env), cwd, home, uid, gid, tuple(groups), stdio,
-                 controlling_tty, lambda: hostresolver.hide_for(ns_name, rec), umask,
+                 tty_fd, lambda: hostresolver.hide_for(ns_name, rec), umask,
                  None if cgroup is None else os.path.join(cgroup, "cgroup.procs"))
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -202,7 +204,7 @@ class _Plan(NamedTuple):
     gid: int
     groups: tuple[int, ...]
     stdio: tuple[int, int, int]
-    controlling_tty: bool
+    tty_fd: int | None  # which of 0, 1, 2 becomes the controlling terminal
     hide_resolver: Callable[[], None]  # masks the host's resolver (the record read already)
     umask: int | None
     cgroup_procs: str | None
@@ -252,8 +254,8 @@ def _child(plan: _Plan, report: int) -> None:
         os._exit(EXIT_SETUP)
     try:
         os.setsid()
-        if plan.controlling_tty:
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        if plan.tty_fd is not None:
+            fcntl.ioctl(plan.tty_fd, termios.TIOCSCTTY, 0)
     except OSError as exc:
         _fail(report, EXIT_SETUP, f"cannot give the command its terminal: {exc.strerror}")
     if plan.cgroup_procs is not None:

@@ -253,6 +253,19 @@ def test_controlling_terminal(ns: str) -> None:
         os.close(master)
     run = Run(ns, [SYSTEM_PYTHON, "-c", "import os; os.open('/dev/tty', os.O_RDWR)"])
     assert run.status == (1, None) and "No such device or address" in run.err
+    # stdin a pipe, stdout and stderr a terminal (`... | nsrun -- CMD`): the terminal is fd 1.
+    master, slave = os.openpty()
+    in_r, in_w = os.pipe()
+    try:
+        probe_out = "import os; os.open('/dev/tty', os.O_RDWR); print(os.ttyname(1) == os.ttyname(2))"
+        started = spawn.start(ns, [SYSTEM_PYTHON, "-c", probe_out], ENV, "/", NOBODY, NOGROUP, EXTRA,
+                              stdio=(in_r, slave, slave), controlling_tty=True)
+        for fd in (slave, in_r, in_w):
+            os.close(fd)
+        assert spawn.wait_status(started) == (0, None)
+        assert os.read(master, 4096).split() == [b"True"]
+    finally:
+        os.close(master)
 
 
 def _children() -> set[str]:
@@ -265,6 +278,7 @@ def _children() -> set[str]:
 
 def test_refusals_fork_nothing(ns: str) -> None:
     before = _children()
+    null = os.open("/dev/null", os.O_RDWR)
     for args, kw in [((ns, [], ENV, "/", NOBODY, NOGROUP, EXTRA), {}),
                      (("no-such-ns", ["true"], ENV, "/", NOBODY, NOGROUP, EXTRA), {}),
                      (("../x", ["true"], ENV, "/", NOBODY, NOGROUP, EXTRA), {}),
@@ -273,9 +287,10 @@ def test_refusals_fork_nothing(ns: str) -> None:
                      ((ns, ["true"], {"A=B": "c"}, "/", NOBODY, NOGROUP, EXTRA), {}),
                      ((ns, ["tr\0ue"], ENV, "/", NOBODY, NOGROUP, EXTRA), {}),
                      ((ns, ["true"], ENV, "/", NOBODY, NOGROUP, EXTRA), {"controlling_tty": True,
-                                                                         "stdio": (os.open("/dev/null", os.O_RDONLY), 1, 2)})]:
+                                                                         "stdio": (null, null, null)})]:
         with pytest.raises(UsageError):
             spawn.start(*args, **kw)  # type: ignore[arg-type]
+    os.close(null)
     assert _children() == before  # no child was made
 
 
