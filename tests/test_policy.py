@@ -349,3 +349,31 @@ def test_sticky_world_writable_directory_is_accepted(etc: Path) -> None:
     """/tmp-like directories (sticky: nobody else can replace root's file) do not refuse."""
     os.chmod(etc, 0o1777)
     assert policy.load(str(write(etc / "policy.toml", GOOD))).present
+
+
+toml_values = st.recursive(
+    st.one_of(st.booleans(), st.integers(min_value=-2**63, max_value=2**63 - 1), st.floats(allow_nan=False),
+              st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.sampled_from([*policy.RULE_KEYS, "x"]), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@PROPS
+@given(st.dictionaries(st.sampled_from([*policy.TOP_KEYS, "other"]), toml_values, max_size=3),
+       st.lists(st.dictionaries(st.sampled_from([*policy.RULE_KEYS, "x"]), toml_values, max_size=5),
+                max_size=3))
+def test_any_document_is_a_policy_or_one_refusal(top: dict[str, Any], rules_: list[dict[str, Any]]) -> None:
+    """Whatever a parsed TOML document holds: a Policy, or a PolicyError of one line."""
+    data = dict(top)
+    if rules_ and "allow" not in data:
+        data["allow"] = rules_
+    try:
+        pol = policy.validate(data, SRC)
+    except PolicyError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith(SRC)
+        return
+    for rule in pol.rules:
+        assert rule.uids or rule.user_names or rule.gids or rule.group_names
+        assert all(p == "*" or policy.profile_name_problem(p) is None for p in rule.profiles)
