@@ -24,9 +24,13 @@ import os
 import pwd
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from nsrun import kernel, netns, report
 from nsrun.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
@@ -76,8 +80,10 @@ def _warn(msg: str) -> None:
     os.write(2, f"nsrun: warning: {msg}\n".encode())
 
 
-def private_mounts(name: str) -> None:
-    """What `ip netns exec NAME` sets up after setns (iproute2 lib/namespace.c)."""
+def private_mounts(name: str, hide_resolver: Callable[[], None] | None = None) -> None:
+    """What `ip netns exec NAME` sets up after setns (iproute2 lib/namespace.c).
+    HIDE_RESOLVER: what masks the host's resolver (default: hostresolver.hide(NAME), which
+    imports and reads NAME's record; nsrun.spawn does both before it forks)."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
     flags = 0
@@ -93,9 +99,12 @@ def private_mounts(name: str) -> None:
         kernel.mount(name, "/sys", "sysfs", flags)
     except OSError as exc:
         _warn(f"mount of /sys failed: {exc.strerror}")
-    from nsrun import hostresolver  # before the /etc/netns binds, which may land on its files
+    if hide_resolver is None:
+        from nsrun import hostresolver  # before the /etc/netns binds, which may land on its files
 
-    hostresolver.hide(name)
+        hostresolver.hide(name)
+    else:
+        hide_resolver()
     etc = f"/etc/netns/{name}"
     try:
         entries = sorted(os.listdir(etc))

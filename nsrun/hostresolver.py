@@ -63,6 +63,11 @@ def hide(name: str) -> None:
         rec = record.read(name)
     except OSError:
         return
+    hide_for(name, rec)
+
+
+def hide_for(name: str, rec: NsRecord | None) -> None:
+    """`hide`, with NAME's record REC read already (nsrun.spawn reads it before it forks)."""
     if rec is None or rec.mode not in WIRED:
         return
     missing = no_resolver(rec)

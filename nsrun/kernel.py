@@ -16,6 +16,7 @@ MS_SLAVE = 0x80000
 MS_SHARED = 0x100000
 MNT_DETACH = 0x2
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -52,6 +53,11 @@ def umount2(target: str, flags: int) -> None:
 
 def set_parent_death_signal(sig: int) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def set_no_new_privs() -> None:
+    """No exec of this process or its children gains privileges (setuid bits, file caps)."""
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 # -- signalfd: signals as readable records with their sender (siginfo) ---------------------

@@ -1,0 +1,324 @@
+"""The service starts CMD inside a namespace for a caller without root, as that caller.
+
+A caller without root cannot enter a network namespace itself (setns needs CAP_SYS_ADMIN),
+so the service (`nsrun daemon`, root) forks CMD for it. The child does what `nsrun exec`
+does (nsrun.execution: setns, a private mount namespace with a fresh /sys, the host's
+resolver hidden, /etc/netns/NAME bound over /etc), then becomes the caller for good:
+
+- its stdin/stdout/stderr are the descriptors the client sent (first, so that every
+  message on the way, a warning of private_mounts or a failed exec, reaches the caller's
+  stderr, not the service's log); every other descriptor is closed;
+- a session of its own (setsid), always: CMD is never in the service's process group and
+  never keeps the service's terminal, if it had one; with CONTROLLING_TTY, the first of
+  0, 1, 2 that is a terminal (the slave of a pty the client opened and relays,
+  nsrun.terminal.relay) becomes its controlling terminal (TIOCSCTTY), so ^C, ^Z and window changes reach CMD's foreground
+  process group through the pty's own line discipline;
+- setgroups, setresgid, setresuid to the caller: with all three ids non-zero the kernel
+  clears the permitted, effective and ambient capabilities; the child checks that
+  /proc/self/status says so (CapPrm, CapEff, CapAmb all 0) and refuses to exec otherwise;
+  then PR_SET_NO_NEW_PRIVS, so no setuid program or file capability gives any back;
+- the working directory is changed after the switch, with the caller's rights (a
+  directory the caller may not enter stays closed to them); when that fails, the user's
+  home or / instead, said in one line on CMD's stderr, as sudo does;
+- default dispositions for every signal and an empty signal mask (the service's are not
+  CMD's), then execve with the environment given, CMD looked up on that environment's
+  PATH (as os.execvpe does, and `nsrun -- CMD`).
+
+An exec that fails is reported, as `nsrun -- CMD` reports it, with a line on CMD's
+stderr and the status 127 (not found) or 126 (cannot execute); any earlier failure with
+status 1. The child also writes the status and the line into a close-on-exec pipe that
+`start` reads until the exec closes it: the service learns that CMD runs (or why not).
+
+The service is multithreaded. Between fork and exec, only the forking thread exists in
+the child, and any lock another thread held at the fork (a module being imported, a
+logging handler, malloc's) stays held for ever: so the child takes none. Everything is
+imported and computed before the fork (the namespace's record, the PATH candidates, the
+user's home), and the child runs only system calls and plain Python on what it was given
+(tests/test_spawn.py checks that it imports nothing).
+
+Standard library only, plus nsrun's execution, netns, kernel and hostresolver.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pwd
+import signal
+import termios
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+from nsrun import execution, hostresolver, kernel, names, netns
+from nsrun.engine import record
+from nsrun.errors import NsrunError, UsageError
+
+EXIT_SETUP = 1
+CAP_FIELDS = (b"CapPrm:", b"CapEff:", b"CapAmb:")
+_MAXFD = max(os.sysconf("SC_OPEN_MAX"), 65536)
+_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+class Started(NamedTuple):
+    """CMD, started: its pid, a pidfd for it (readable when it ends; owned by the caller of
+    `start` until `wait_status` closes it), and FAILURE, (status, message) when it never
+    ran (the child exits with STATUS; MESSAGE was said on CMD's stderr too)."""
+
+    pid: int
+    pidfd: int
+    failure: tuple[int, str] | None = None
+
+
+class ExitStatus(NamedTuple):
+    """How CMD ended: CODE as a shell gives it ($?: 128+N for signal N) and SIGNAL, N or None."""
+
+    code: int
+    signal: int | None = None
+
+
+def _candidates(program: str, env: Mapping[str, str]) -> list[str]:
+    """The paths execvpe would try for PROGRAM, with ENV's PATH (os.get_exec_path)."""
+    if "/" in program:
+        return [program]
+    path = env.get("PATH")
+    dirs = (path if path is not None else os.defpath).split(os.pathsep)
+    return [os.path.join(d, program) for d in dirs]
+
+
+def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, uid: int, gid: int,
+          groups: Sequence[int], stdio: tuple[int, int, int] = (0, 1, 2),
+          controlling_tty: bool = False, home: str | None = None, umask: int | None = None,
+          cgroup: str | None = None) -> Started:
+    """Fork CMD (ARGV, with environment ENV) inside namespace NS_NAME as UID/GID/GROUPS,
+    in CWD, with STDIO as its descriptors 0, 1 and 2 (the caller keeps and closes its own
+    copies); with CONTROLLING_TTY, the first of them that is a terminal (a pty's slave)
+    becomes CMD's controlling terminal. HOME: where CMD starts when
+    CWD cannot be entered (default: UID's home in the user database, then /). UMASK: the
+    caller's (default: the service's). CGROUP: a cgroup v2 directory CMD starts in (a run's,
+    nsrun.cgroup.create; best effort, as nsrun.cgroup is), entered before the switch.
+
+    Returns once CMD is exec'd, or has failed to be (Started.failure). UsageError for a
+    request that cannot be started at all (nothing is forked then)."""
+    names.check_name(ns_name)
+    if not argv:
+        raise UsageError("missing command")
+    if uid == 0 or gid == 0:
+        raise UsageError("nsrun.spawn starts programs for callers without root (uid and gid non-zero)")
+    if len(stdio) != 3:
+        raise UsageError("stdio must be three descriptors")
+    tty_fd = next((i for i, fd in enumerate(stdio) if os.isatty(fd)), None) if controlling_tty else None
+    if controlling_tty and tty_fd is None:
+        raise UsageError("a controlling terminal was asked for, but no descriptor given is a terminal")
+    if not netns.exists(ns_name):
+        raise UsageError(f"no namespace {ns_name}")
+    if umask is not None and not 0 <= umask <= 0o777:
+        raise UsageError(f"invalid umask {umask!r}")
+    if not os.path.isabs(cwd) or "\0" in cwd:
+        raise UsageError(f"working directory {cwd!r} is not an absolute path")
+    if any("\0" in a for a in argv):
+        raise UsageError("an argument holds a NUL character")
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise UsageError(f"invalid environment variable {key!r}")
+    if home is None:
+        try:
+            home = pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            home = None
+    try:
+        rec = record.read(ns_name)
+    except (OSError, ValueError):
+        rec = None
+    # Everything the child needs, made now: it must allocate little and import nothing.
+    plan = _Plan(ns_name, [str(a) for a in argv], {str(k): str(v) for k, v in env.items()},
+                 _candidates(str(argv[0]), env), cwd, home, uid, gid, tuple(groups), stdio,
+                 tty_fd, lambda: hostresolver.hide_for(ns_name, rec), umask,
+                 None if cgroup is None else os.path.join(cgroup, "cgroup.procs"))
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    if pid == 0:  # pragma: no cover (the child execs or exits)
+        try:
+            _child(plan, w)
+        finally:
+            os._exit(EXIT_SETUP)
+    os.close(w)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
+    try:
+        data = bytearray()
+        while True:
+            try:
+                chunk = os.read(r, 4096)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(r)
+    if pidfd < 0:  # cannot happen for an unreaped child; make it loud rather than leak
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise NsrunError("cannot watch the started program (pidfd_open failed)")
+    failure = None
+    if data:
+        status, _, message = bytes(data).decode(errors="replace").partition(" ")
+        failure = (int(status) if status.isdigit() else EXIT_SETUP, message)
+    return Started(pid, pidfd, failure)
+
+
+def wait_status(started: Started, block: bool = True) -> ExitStatus | None:
+    """Reap CMD and close its pidfd: how it ended. None when BLOCK is false and CMD runs on."""
+    while True:
+        try:
+            res = os.waitid(os.P_PIDFD, started.pidfd, os.WEXITED | (0 if block else os.WNOHANG))
+        except InterruptedError:
+            continue
+        break
+    if res is None or res.si_pid == 0:
+        return None
+    os.close(started.pidfd)
+    if res.si_code == os.CLD_EXITED:
+        return ExitStatus(res.si_status)
+    return ExitStatus(128 + res.si_status, res.si_status)  # CLD_KILLED, CLD_DUMPED
+
+
+# -- the child, between fork and exec ------------------------------------------------------
+
+class _Plan(NamedTuple):
+    ns_name: str
+    argv: list[str]
+    env: dict[str, str]
+    candidates: list[str]
+    cwd: str
+    home: str | None
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    stdio: tuple[int, int, int]
+    tty_fd: int | None  # which of 0, 1, 2 becomes the controlling terminal
+    hide_resolver: Callable[[], None]  # masks the host's resolver (the record read already)
+    umask: int | None
+    cgroup_procs: str | None
+
+
+def _fail(report: int, status: int, message: str) -> None:
+    line = message.replace("\n", " ")
+    try:
+        os.write(2, f"nsrun: {line}\n".encode(errors="replace"))
+    except OSError:
+        pass
+    try:
+        os.write(report, f"{status} {line}".encode(errors="replace"))
+    except OSError:
+        pass
+    os._exit(status)
+
+
+def _capabilities_left() -> bytes | None:
+    """The first capability set of CapPrm, CapEff, CapAmb that is not empty, or None."""
+    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    for line in data.split(b"\n"):
+        for field in CAP_FIELDS:
+            if line.startswith(field) and int(line[len(field):].strip(), 16) != 0:
+                return line
+    return None
+
+
+def _child(plan: _Plan, report: int) -> None:
+    """In the forked child: become CMD. Never returns."""
+    try:
+        # The report pipe and the descriptors given must not land on 0, 1, 2 by accident.
+        report = fcntl.fcntl(report, fcntl.F_DUPFD_CLOEXEC, 3)
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in plan.stdio]
+        for target, fd in enumerate(high):
+            os.dup2(fd, target, inheritable=True)
+        for fd in set(high):
+            os.close(fd)
+    except OSError as exc:
+        os.write(report, f"{EXIT_SETUP} cannot set up the standard descriptors: {exc.strerror}".encode())
+        os._exit(EXIT_SETUP)
+    try:
+        os.setsid()
+        if plan.tty_fd is not None:
+            fcntl.ioctl(plan.tty_fd, termios.TIOCSCTTY, 0)
+    except OSError as exc:
+        _fail(report, EXIT_SETUP, f"cannot give the command its terminal: {exc.strerror}")
+    if plan.cgroup_procs is not None:
+        try:
+            fd = os.open(plan.cgroup_procs, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # best effort: teardown then finds CMD's processes by the namespace
+    if plan.umask is not None:
+        os.umask(plan.umask)
+    try:
+        netns.enter(plan.ns_name)
+        execution.private_mounts(plan.ns_name, plan.hide_resolver)
+    except OSError as exc:
+        _fail(report, EXIT_SETUP, f"cannot enter namespace {plan.ns_name}: {exc.strerror or exc}")
+    try:
+        os.setgroups(list(plan.groups))
+        os.setresgid(plan.gid, plan.gid, plan.gid)
+        os.setresuid(plan.uid, plan.uid, plan.uid)
+        left = _capabilities_left()
+        if left is not None:
+            _fail(report, EXIT_SETUP, f"capabilities remain after the switch to uid {plan.uid} "
+                  f"({left.decode(errors='replace')}); refusing to run the command")
+        kernel.set_no_new_privs()
+    except OSError as exc:
+        _fail(report, EXIT_SETUP, f"cannot switch to uid {plan.uid}: {exc.strerror or exc}")
+    try:
+        os.chdir(plan.cwd)
+    except OSError as exc:
+        for fallback in (plan.home, "/"):
+            if fallback is None:
+                continue
+            try:
+                os.chdir(fallback)
+            except OSError:
+                continue
+            os.write(2, f"nsrun: cannot change to directory {plan.cwd}: {exc.strerror}; "
+                        f"running in {fallback}\n".encode(errors="replace"))
+            break
+        else:
+            _fail(report, EXIT_SETUP, f"cannot change to directory {plan.cwd}: {exc.strerror}")
+    os.closerange(3, report)
+    os.closerange(report + 1, _MAXFD)
+    for sig in _SIGNALS:
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    saved: OSError | None = None
+    last: OSError | None = None
+    for path in plan.candidates:
+        try:
+            os.execve(path, plan.argv, plan.env)
+        except OSError as exc:
+            last = exc
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and saved is None:
+                saved = exc
+    err = saved or last
+    status = execution.exec_error_status((err.errno or 0) if err else errno.ENOENT)
+    what = "not found" if status == execution.EXIT_NOT_FOUND else \
+        f"cannot execute: {err.strerror if err else 'no path'}"
+    _fail(report, status, f"{plan.argv[0]}: {what}")
