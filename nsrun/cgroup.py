@@ -57,10 +57,10 @@ def of_pid(pid: int | str) -> str | None:
     return None
 
 
-def _base() -> str | None:
-    """Where this process makes run cgroups: its own cgroup, or the parent of the run
-    cgroup it is in (the setup child of a run reclaims dead runs from inside its own)."""
-    mnt, own = mountpoint(), of_pid("self")
+def _base(pid: int | str = "self") -> str | None:
+    """Where process PID (this one) makes run cgroups: its own cgroup, or the parent of the
+    run cgroup it is in (the setup child of a run reclaims dead runs from inside its own)."""
+    mnt, own = mountpoint(), of_pid(pid)
     if mnt is None or own is None or own.endswith(" (deleted)"):
         return None
     head, _, last = own.rpartition("/")
@@ -69,8 +69,10 @@ def _base() -> str | None:
     return os.path.join(mnt, own.lstrip("/"))
 
 
-def path_for(name: str) -> str | None:
-    base = _base()
+def path_for(name: str, pid: int | str = "self") -> str | None:
+    """Where process PID (this one) makes the cgroup of NAME's run (`create`): the service
+    (nsrun.service) finds a client's that way, read before the client moves into it."""
+    base = _base(pid)
     return None if base is None else os.path.join(base, PREFIX + name)
 
 

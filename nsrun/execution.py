@@ -176,11 +176,17 @@ def exec_error_status(err: int) -> int:
 
 def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Identity | None,
                    report_fd: int | None = None, parent_pid: int | None = None,
-                   session: tuple[int | None, tuple[int, ...]] | None = None) -> None:
+                   session: tuple[int | None, tuple[int, ...]] | None = None,
+                   netns_fd: int | None = None) -> None:
     """Become CMD inside NAME. Never returns: on failure, reports and exits 126/127/1.
-    SESSION (tty, onto): start a new session first, see `detach`."""
+    SESSION (tty, onto): start a new session first, see `detach`. NETNS_FD: NAME's
+    namespace as a descriptor (the service hands it over), entered instead of its path."""
     try:
-        netns.enter(name)
+        if netns_fd is not None:
+            kernel.setns(netns_fd, kernel.CLONE_NEWNET)
+            os.close(netns_fd)
+        else:
+            netns.enter(name)
         private_mounts(name)
         if session is not None:
             detach(*session)
