@@ -244,3 +244,271 @@ def test_per_user_limit(lab, tmp_path):
         svc.wait_idle()
     finally:
         svc.stop()
+
+
+# -- the run suite, a representative part, through the service (acceptance 7) --------------
+
+def test_run_nat_reaches_upstream(lab, service):
+    test_run.test_nat_run_reaches_upstream_through_host_nat(lab)
+    assert served(service) == 1
+
+
+def test_run_inside_view(lab, service, tmp_path):
+    test_run.test_inside_view_address_route_dns_env(lab, tmp_path)
+    assert served(service) == 1
+
+
+def test_run_bridge_and_rules_while_running(lab, service):
+    test_run.test_bridge_and_rules_exist_while_running_and_go_after(lab)
+    assert served(service) == 1
+
+
+@pytest.mark.parametrize("cmd,status", [
+    (["sh", "-c", "exit 7"], 7),
+    (["true"], 0),
+    (["nsrun-no-such-program"], 127),
+    (["/etc/hostname"], 126),
+    (["sh", "-c", "kill -KILL $$"], -9),
+    (["sh", "-c", "kill -USR1 $$"], -signal.SIGUSR1),
+])
+def test_run_exit_status_native(lab, service, cmd, status):
+    test_run.test_exit_status_passes_through(lab, cmd, status)
+    assert served(service) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_run_signal_reaches_cmd(lab, service, tmp_path, sig):
+    test_run.test_signal_to_nsrun_reaches_cmd_and_cleans_up(lab, tmp_path, sig)
+    assert served(service) == 1
+
+
+def test_run_sigterm_stops_cmd(lab, service):
+    test_run.test_sigterm_stops_a_cmd_that_ignores_nothing(lab)
+
+
+def test_run_as_sudo_caller_and_user_option(lab, service):
+    test_run.test_runs_as_sudo_caller_without_capabilities(lab)
+    test_run.test_user_option_and_root(lab)
+    assert served(service) == 3  # the unknown user is refused by the client itself
+
+
+def test_run_concurrent_distinct_addresses(lab, service):
+    test_run.test_concurrent_runs_get_distinct_addresses(lab)
+    assert served(service) == 8
+
+
+def test_run_clear_errors(lab, service, tmp_path):
+    test_run.test_unknown_profile(lab)
+    test_run.test_malformed_profile(lab, tmp_path)
+    test_run.test_invalid_profile_value(lab, tmp_path)
+    test_run.test_missing_command(lab)
+    test_run.test_nat_subnet_overlapping_a_host_route_is_refused(lab, tmp_path)
+    test_run.test_profile_writable_by_others_is_refused(lab, tmp_path)
+    assert served(service) == 5  # `missing command` never leaves the client
+
+
+def test_non_root_is_refused_and_logged(lab, service, public_nsrun):
+    who = test_run._other_user()
+    os.chmod(service.sock, 0o666)  # as if nobody were in group nsrun (the test's socket is root's)
+    r = subprocess.run(lab.host_argv(["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}",
+                                      "--clear-groups", "--inh-caps=-all",
+                                      *lab.nsrun_argv("--", "true")[2:]]),
+                       env={**lab.env, **public_nsrun}, capture_output=True, text=True, timeout=30, cwd="/")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "root only" in r.stderr, r.stderr
+    assert f"refused run for uid {who.pw_uid}" in service.log()
+
+
+# -- many at once, crashes, restarts -------------------------------------------------------
+
+def test_200_concurrent_runs(lab, service, tmp_path):
+    n = 200
+    go = tmp_path / "go"
+    procs = []
+    t0 = time.monotonic()
+    for i in range(n):
+        procs.append(lab.popen("--", "sh", "-c", f"echo $NSRUN_ADDRESS > {tmp_path}/a{i}; "
+                                                  f"while [ ! -e {go} ]; do sleep 0.1; done"))
+    deadline = time.monotonic() + 600
+    try:
+        while sum(1 for i in range(n) if (tmp_path / f"a{i}").exists() and (tmp_path / f"a{i}").read_text()) < n:
+            dead = [p for p in procs if p.poll() is not None]
+            assert not dead, dead[0].communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        elapsed = time.monotonic() - t0
+        addrs = {(tmp_path / f"a{i}").read_text().strip() for i in range(n)}
+        assert len(addrs) == n and all(a.startswith("10.251.0.") for a in addrs)
+        assert service.status()["runs"] == n
+    finally:
+        go.touch()
+        for p in procs:
+            p.communicate(timeout=120)
+    assert all(p.returncode == 0 for p in procs)
+    service.wait_idle(300)
+    total = time.monotonic() - t0
+    sys.stderr.write(f"\n200 concurrent runs through the service: all up in {elapsed:.1f} s "
+                     f"({n / elapsed:.1f} runs/s), all down after {total:.1f} s\n")
+
+
+def _run_cgroups() -> list[str]:
+    from nsrun import cgroup
+
+    base = cgroup.path_for("x")
+    if base is None:
+        return []
+    top = os.path.dirname(base)
+    return sorted(d for d in os.listdir(top) if d.startswith(cgroup.PREFIX))
+
+
+def test_client_killed_at_random_moments(lab, service):
+    rng = random.Random(13)
+    cgroups_before = _run_cgroups()
+    for _ in range(20):
+        p = lab.popen("--", "sleep", "30")
+        time.sleep(rng.uniform(0.0, 0.4))
+        p.kill()
+        p.communicate(timeout=30)
+    service.wait_idle(120)
+    r = lab.nsrun("gc")
+    assert r.returncode == 0, r.stderr
+    assert _run_cgroups() == cgroups_before
+    # (the lab fixture then compares the lab host with how it was)
+
+
+def test_service_killed_mid_setup_then_gc(lab, tmp_path):
+    svc = Service(lab, tmp_path / "fault.log", env={"NSRUN_FAULT": "veth"}).start()
+    try:
+        r = lab.nsrun("--", "true")
+        assert r.returncode == 1 and "closed the connection" in r.stderr, r.stderr
+        assert svc.proc is not None and svc.proc.wait(10) == -signal.SIGKILL
+        assert os.listdir(lab.statedir / "ns")  # it left a record behind
+    finally:
+        svc.stop()
+    r = lab.nsrun("gc")  # no service now: daemonless
+    assert r.returncode == 0 and "its nsrun process" in r.stdout, r.stdout + r.stderr
+    # A new service replaces the dead one's socket.
+    svc = Service(lab, tmp_path / "after.log").start()
+    try:
+        r = lab.nsrun("--", "true")
+        assert r.returncode == 0, r.stderr
+        svc.wait_idle()
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_restarted_service_adopts_running_namespace(lab, tmp_path, how):
+    first = Service(lab, tmp_path / "first.log").start()
+    p = lab.popen("--", "sh", "-c", "echo $NSRUN_NETNS; exec sleep 60")
+    try:
+        name = p.stdout.readline().strip()
+        assert name.startswith("nsrun-")
+        first.stop(how)
+        assert os.path.exists(f"/run/netns/{name}")  # the program runs on, in its namespace
+        second = Service(lab, tmp_path / "second.log").start()
+        try:
+            assert second.status()["runs"] == 1
+            assert "adopted 1 running namespace" in second.log()
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=10)
+            second.wait_idle(30)
+            assert not os.path.exists(f"/run/netns/{name}")
+        finally:
+            second.stop()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+# -- hostile requests ------------------------------------------------------------------------
+
+def _raw(svc: Service, data: bytes, fds: tuple[int, ...] = (), half_close: bool = True) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(str(svc.sock))
+        try:
+            if fds:
+                socket.send_fds(s, [data], list(fds))
+            elif data:
+                s.sendall(data)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            else:
+                s.settimeout(0.5)  # a request left open and unfinished: the service waits for more
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            return b""
+
+
+def _frame(obj: Any) -> bytes:
+    body = obj if isinstance(obj, bytes) else __import__("json").dumps(obj).encode()
+    return len(body).to_bytes(4, "big") + body
+
+
+def _reply(raw: bytes) -> dict[str, Any]:
+    assert len(raw) >= 4
+    return wire.decode(raw[4:4 + int.from_bytes(raw[:4], "big")])
+
+
+def test_hostile_requests_never_crash_the_service(lab, service):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    # Known answers first.
+    assert _reply(_raw(service, _frame({"v": 2, "type": "status"})))["code"] == 2
+    assert "version" in _reply(_raw(service, _frame({"v": 2, "type": "ls"})))["message"]
+    assert _reply(_raw(service, (wire.MAX_FRAME + 1).to_bytes(4, "big")))["message"].startswith("bad request: message too large")
+    assert "truncated" in _reply(_raw(service, _frame({"v": 1, "type": "ls"})[:-3]))["message"]
+    assert _reply(_raw(service, _frame(b"{not json")))["code"] == 2
+    r, w = os.pipe()
+    try:
+        assert _reply(_raw(service, _frame({"v": 1, "type": "ls"}), (r, w)))["code"] == 2
+        assert _reply(_raw(service, _frame({"v": 1, "type": "run", "argv": ["true"]}), (r,)))["code"] == 2
+    finally:
+        os.close(r)
+        os.close(w)
+    assert _reply(_raw(service, _frame({"v": 1, "type": "run", "argv": "true"})))["code"] == 2
+    assert _reply(_raw(service, _frame({"v": 1, "type": "down", "name": "../x"})))["code"] == 2
+
+    safe_types = st.sampled_from(["status", "ls", "signal", "nope", "", "ready", "exit"]) | st.text(max_size=8)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+                          max_leaves=12)
+    # run/exec/up/down with fields that never make anything: a bad argv, name or profile.
+    broken = st.fixed_dictionaries({"v": st.just(1), "type": st.sampled_from(["run", "exec", "up", "down"]),
+                                    "argv": st.just("not a list") | st.lists(st.integers(), min_size=1),
+                                    "name": st.just("bad/name") | st.integers(),
+                                    "profile": st.just("/nonexistent/p.toml")})
+    messages = (st.dictionaries(st.text(max_size=6), values, max_size=5).map(
+        lambda d: {**d, "v": d.get("v", 1)} if "type" in d and d.get("type") not in
+        ("run", "exec", "up", "down", "gc") else d)
+        | st.builds(lambda t, extra, v: {**extra, "v": v, "type": t}, safe_types,
+                    st.dictionaries(st.text(max_size=6), values, max_size=3), st.integers(-1, 3) | st.text(max_size=2))
+        | broken)
+    frames = (messages.map(lambda m: _frame({k: v for k, v in m.items()}
+                                              if m.get("type") not in ("gc",) else {"v": 1, "type": "status"}))
+              | st.binary(max_size=64)
+              | messages.map(_frame).flatmap(lambda f: st.integers(0, max(0, len(f) - 1)).map(lambda n: f[:n]))
+              | st.integers(0, 2**32 - 1).map(lambda n: n.to_bytes(4, "big")))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(frames, st.integers(0, 3), st.booleans())
+    def fuzz(data: bytes, nfds: int, half_close: bool) -> None:
+        fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(nfds)]
+        try:
+            out = _raw(service, data, tuple(fds), half_close)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if out:
+            reply = _reply(out)
+            assert reply["type"] in wire.REPLIES
+        assert service.status()["pid"] == service.proc.pid  # still answering
+
+    fuzz()
+    assert service.proc.poll() is None
+    assert "Traceback" not in service.log(), service.log()[-3000:]

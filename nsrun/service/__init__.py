@@ -64,8 +64,12 @@ def main(args: list[str]) -> int:
         return int(exc.code or 0) and 2
     if opts.user_limit < 0 or opts.root_limit < 0 or not 0 <= opts.grace <= 3600:
         raise UsageError("nsrun daemon: limits must be 0 or more, --grace 0 to 3600")
+    import faulthandler
+
     from nsrun import privilege, state
     from nsrun.service import handlers, listen, server
+
+    faulthandler.enable()  # a crash in a C library (libnftables, libiptc) says where, in the log
     from nsrun.service.runs import log
 
     privilege.require_root(state_dir=False)
