@@ -25,7 +25,7 @@ import pwd
 import signal
 import sys
 
-from nsrun import kernel, netns, report
+from nsrun import kernel, report
 from nsrun.errors import UsageError
 
 EXIT_NOT_EXECUTABLE = 126
@@ -186,6 +186,8 @@ def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Ident
             kernel.setns(netns_fd, kernel.CLONE_NEWNET)
             os.close(netns_fd)
         else:
+            from nsrun import netns
+
             netns.enter(name)
         private_mounts(name)
         if session is not None:

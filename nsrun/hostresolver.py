@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import stat
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing costs ~5 ms to import: the exec path goes without it
 
 from nsrun import kernel
 
