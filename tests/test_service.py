@@ -512,3 +512,67 @@ def test_hostile_requests_never_crash_the_service(lab, service):
     fuzz()
     assert service.proc.poll() is None
     assert "Traceback" not in service.log(), service.log()[-3000:]
+
+
+# -- systemd ---------------------------------------------------------------------------------
+
+def test_socket_activation(lab, tmp_path):
+    """The daemon takes the socket systemd passes (fd 3, LISTEN_PID/LISTEN_FDS), serves on
+    it, and leaves the socket file alone when it stops (it is systemd's)."""
+    lab.statedir.mkdir(mode=0o700)
+    sock_path = lab.statedir / wire.SOCKET_NAME
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(16)
+    script = 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
+    argv = ["sh", "-c", script, "sh", *lab.nsrun_argv("daemon")]
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen(argv, env=lab.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                preexec_fn=lambda: os.dup2(listener.fileno(), 3), pass_fds=(3,),
+                                cwd=REPO)
+    svc = Service(lab, tmp_path / "log")
+    svc.proc = proc
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                svc.status()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, svc.log()
+                time.sleep(0.05)
+        assert "listening on the socket systemd passed" in svc.log()
+        r = lab.nsrun("--", *CLIENT)
+        assert (r.returncode, r.stdout.strip()) == (0, labmod.GW2_UP), r.stderr
+        assert served(svc) == 1
+        svc.wait_idle()
+    finally:
+        svc.stop()
+        listener.close()
+    assert sock_path.exists()  # systemd's to remove
+    sock_path.unlink()
+
+
+def test_units_verify_and_keep_the_host_mount_namespace(tmp_path):
+    units = REPO / "systemd"
+    service_text = (units / "nsrun.service").read_text()
+    settings = {line.split("=", 1)[0] for line in service_text.splitlines() if "=" in line and not line.startswith("#")}
+    # Any of these gives the service its own mount namespace: /run/netns/NAME would not reach the host.
+    assert not settings & {"ProtectSystem", "ProtectHome", "PrivateTmp", "ReadWritePaths", "ReadOnlyPaths",
+                           "ProtectKernelTunables", "ProtectControlGroups", "PrivateDevices", "PrivateMounts",
+                           "TemporaryFileSystem", "BindPaths", "ProtectKernelModules", "ProtectKernelLogs",
+                           "ProtectProc", "InaccessiblePaths"}
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN" in service_text
+    if not shutil_which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    for unit in ("nsrun.socket", "nsrun.service"):
+        (tmp_path / unit).write_text((units / unit).read_text())
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "nsrun.socket"), str(tmp_path / "nsrun.service")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)

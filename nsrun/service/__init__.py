@@ -66,13 +66,14 @@ def main(args: list[str]) -> int:
         raise UsageError("nsrun daemon: limits must be 0 or more, --grace 0 to 3600")
     import faulthandler
 
-    from nsrun import privilege, state
+    from nsrun import privilege
     from nsrun.service import handlers, listen, server
 
     faulthandler.enable()  # a crash in a C library (libnftables, libiptc) says where, in the log
     from nsrun.service.runs import log
 
     privilege.require_root(state_dir=False)
+    os.umask(0o022)  # what the engine's files assume (resolv.conf is read by CMD, any user)
     sock = listen.activated()
     made = None
     if sock is None:
@@ -80,7 +81,7 @@ def main(args: list[str]) -> int:
         made = (path, ino)
         where = str(path)
     else:
-        state.check_root()
+        listen.prepare_dir()
         where = "the socket systemd passed"
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

@@ -49,6 +49,15 @@ def activated() -> socket.socket | None:
     return sock
 
 
+def prepare_dir() -> Path:
+    """The state directory, checked (state.check_root) and made traversable (0711)."""
+    root = state.check_root()
+    mode = stat.S_IMODE(os.lstat(root).st_mode)
+    if mode | 0o711 != mode:
+        os.chmod(root, mode | 0o711)
+    return root
+
+
 def path() -> Path:
     return state.root() / wire.SOCKET_NAME
 
@@ -56,11 +65,7 @@ def path() -> Path:
 def bind(group: str = DEFAULT_GROUP) -> tuple[socket.socket, Path, int]:
     """Make and listen on `<state dir>/nsrun.sock` (see the module's docstring): the
     socket, its path and the path's inode (for `remove`)."""
-    root = state.check_root()
-    st = os.lstat(root)
-    wanted = stat.S_IMODE(st.st_mode) | 0o711
-    if wanted != stat.S_IMODE(st.st_mode):
-        os.chmod(root, wanted)
+    root = prepare_dir()
     sock_path = root / wire.SOCKET_NAME
     _clear_stale(sock_path)
     gid = _group_id(group)
