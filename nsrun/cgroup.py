@@ -76,9 +76,10 @@ def path_for(name: str, pid: int | str = "self") -> str | None:
     return None if base is None else os.path.join(base, PREFIX + name)
 
 
-def create(name: str) -> str | None:
-    """Make the cgroup for NAME's run under this process's cgroup: its path, or None."""
-    path = path_for(name)
+def create(name: str, path: str | None = None) -> str | None:
+    """Make the cgroup for NAME's run under this process's cgroup (or at PATH, from
+    path_for): its path, or None."""
+    path = path or path_for(name)
     if path is None:
         return None
     try:
@@ -93,11 +94,12 @@ def create(name: str) -> str | None:
     return path
 
 
-def enter(path: str) -> bool:
-    """Move the calling process into PATH (its children follow)."""
+def enter(path: str, pid: int = 0) -> bool:
+    """Move the calling process (or PID) into PATH (children it forks later follow). Slow:
+    a migration waits for an RCU grace period (~10 ms)."""
     try:
         with open(os.path.join(path, "cgroup.procs"), "w") as fh:
-            fh.write("0")
+            fh.write(str(pid))
         return True
     except OSError:
         return False

@@ -10,7 +10,8 @@ import sys
 
 from nsrun.errors import NsrunError, UsageError
 
-SUBCOMMANDS = ("up", "down", "exec", "shell", "ls", "gc", "profiles", "unit", "demo", "doctor", "daemon")
+SUBCOMMANDS = ("up", "down", "exec", "shell", "ls", "gc", "profiles", "unit", "demo", "doctor")
+# Also `daemon` (nsrun.service), dispatched before these: a service command, not completed.
 RUN_USAGE = "usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]  (nsrun --help for more)"
 SHORT_USAGE = f"""\
 usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]

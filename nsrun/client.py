@@ -3,9 +3,10 @@ and NSRUN_DAEMON is not `0`, `nsrun -- CMD`, `exec`, `up`, `down`, `ls` and `gc`
 service; when there is no socket, or it refuses the connection (no service, or a caller
 outside its group), every function here returns None and nsrun works without it, as before.
 
-A root caller's run: the service brings the namespace up and hands its descriptor back;
-this process enters it (private mounts, as `ip netns exec`: nsrun.execution), moves into
-the run's cgroup, drops to the caller (`-u`, SUDO_UID) and becomes CMD by exec. CMD's exit
+A root caller's run: the service brings the namespace up and hands its descriptor back
+(and moves this process into the run's cgroup meanwhile); this process enters the
+namespace (private mounts, as `ip netns exec`: nsrun.execution), drops to the caller (`-u`,
+SUDO_UID) and becomes CMD by exec. CMD's exit
 status and signals are its own, and no nsrun process stays beside it: the service watches
 this process (a pidfd) and takes the namespace down when it ends.
 
@@ -143,12 +144,6 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None) -
     ns = reply["name"]
     for line in reply.get("notices") or ():
         sys.stderr.write(f"{line}\n")
-    if reply.get("ephemeral") is True:
-        from nsrun import cgroup
-
-        group = cgroup.create(ns)  # the service kills what is left in it when CMD ends
-        if group is not None:
-            cgroup.enter(group)
     profile, address = reply.get("profile"), reply.get("address")
     env = execution.command_env(ns, profile if isinstance(profile, str) else None,
                                 address if isinstance(address, str) else None, ident)

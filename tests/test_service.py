@@ -96,6 +96,9 @@ def service(lab: LabRunner, tmp_path: Path) -> Any:
         assert svc.proc is not None and svc.proc.poll() is None, f"the service died: {svc.log()}"
         svc.wait_idle()
         assert "Traceback" not in svc.log(), svc.log()
+        orphans = {n: os.listdir(f"/etc/netns/{n}") for n in (os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else [])
+                   if n.startswith("nsrun-") and not os.path.exists(f"/run/netns/{n}")}
+        assert not orphans, (orphans, svc.log())
     finally:
         svc.stop()
 
@@ -350,28 +353,43 @@ def test_200_concurrent_runs(lab, service, tmp_path):
                      f"({n / elapsed:.1f} runs/s), all down after {total:.1f} s\n")
 
 
-def _run_cgroups() -> list[str]:
+def _own_cgroup(tmp_path: Path) -> Path | None:
+    """A cgroup of the test's own for the clients (their run cgroups are made under it, so
+    that other users' runs on the machine do not show), or None without cgroup v2."""
     from nsrun import cgroup
 
     base = cgroup.path_for("x")
     if base is None:
-        return []
-    top = os.path.dirname(base)
-    return sorted(d for d in os.listdir(top) if d.startswith(cgroup.PREFIX))
+        return None
+    own = Path(os.path.dirname(base)) / f"nsrun-test-{tmp_path.name}-{os.getpid()}"
+    try:
+        own.mkdir()
+    except OSError:
+        return None
+    return own
 
 
-def test_client_killed_at_random_moments(lab, service):
+def test_client_killed_at_random_moments(lab, service, tmp_path):
     rng = random.Random(13)
-    cgroups_before = _run_cgroups()
-    for _ in range(20):
-        p = lab.popen("--", "sleep", "30")
-        time.sleep(rng.uniform(0.0, 0.4))
-        p.kill()
-        p.communicate(timeout=30)
-    service.wait_idle(120)
-    r = lab.nsrun("gc")
-    assert r.returncode == 0, r.stderr
-    assert _run_cgroups() == cgroups_before
+    own = _own_cgroup(tmp_path)
+    move = (lambda: Path(own, "cgroup.procs").write_text("0")) if own else None
+    try:
+        for _ in range(20):
+            p = lab.popen("--", "sleep", "30", preexec_fn=move)
+            time.sleep(rng.uniform(0.0, 0.4))
+            p.kill()
+            p.communicate(timeout=30)
+        service.wait_idle(120)
+        r = lab.nsrun("gc")
+        assert r.returncode == 0, r.stderr
+        if own is not None:
+            assert [d.name for d in own.iterdir() if d.is_dir()] == []  # every run's cgroup went too
+    finally:
+        if own is not None:
+            for d in own.iterdir():
+                if d.is_dir():
+                    d.rmdir()
+            own.rmdir()
     # (the lab fixture then compares the lab host with how it was)
 
 
@@ -413,6 +431,9 @@ def test_restarted_service_adopts_running_namespace(lab, tmp_path, how):
             p.communicate(timeout=10)
             second.wait_idle(30)
             assert not os.path.exists(f"/run/netns/{name}")
+            etc = Path(f"/etc/netns/{name}")
+            assert not etc.exists(), (os.listdir(etc), [(f, (etc / f).read_text()[:200]) for f in os.listdir(etc)],
+                                      second.log())
         finally:
             second.stop()
     finally:

@@ -165,6 +165,8 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
     ephemeral = name is None
     ns = name or names.ephemeral_name()
     pidfd, start = pin_caller(conn, caller)
+    group = cgroup.path_for(ns, caller.pid) if ephemeral else None  # before the client moves
+    moved = threading.Event()
     watched = False
     try:
         with ctx.name_lock(ns):
@@ -186,7 +188,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
                 if ephemeral:
                     # From here the run is the watcher's: a client that died meanwhile has
                     # a readable pidfd already, and its namespace goes at once.
-                    ctx.runs.watch(Run(ns, rec.created, caller.uid, pidfd, cgroup.path_for(ns, caller.pid)))
+                    ctx.runs.watch(Run(ns, rec.created, caller.uid, pidfd, group, moved))
                     watched = True
         fd = os.open(netns.path(ns), os.O_RDONLY | os.O_CLOEXEC)
     finally:
@@ -198,6 +200,19 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
                          "notices": notices}, [fd])
     finally:
         os.close(fd)
+        if watched:
+            _move(group, caller.pid, moved)
+
+
+def _move(group: str | None, pid: int, moved: threading.Event) -> None:
+    """The client into its run's cgroup, while it enters the namespace (see runs.py)."""
+    from nsrun import cgroup
+
+    try:
+        if group is not None and cgroup.create("", group) is not None:
+            cgroup.enter(group, pid)
+    finally:
+        moved.set()
 
 
 def exec_(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:

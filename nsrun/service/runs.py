@@ -7,7 +7,12 @@ that process, opened before it replied; when the process ends (it exited, was ki
 died before it ever reached exec), the pidfd becomes readable and the namespace is taken
 down: what CMD left inside is stopped (TERM, KILL after the grace period: the engine's
 teardown, netns.stop_processes), and what left the namespace but stayed in the run's
-cgroup (the client made it under its own cgroup, `nsrun.NAME`) is killed with the cgroup.
+cgroup is killed with the cgroup. That cgroup (`nsrun.NAME` under the client's own, where
+nsrun without the service makes it) is made by the service, which moves the client into
+it while the client enters the namespace: a migration costs ~10 ms (an RCU grace period),
+which the client does not wait for. (A CMD that forks in its first milliseconds may leave
+children in the client's original cgroup: those are still stopped with the namespace
+unless they left it, which only a root CMD can.)
 
 Records are the truth, not this memory: a restarted service `adopt`s every ephemeral
 record whose owner still lives (a pidfd, checked against the recorded start time) and
@@ -37,6 +42,7 @@ class Run(NamedTuple):
     uid: int
     pidfd: int
     cgroup: str | None
+    moved: threading.Event | None = None  # set once the client is in its cgroup (or failed to be)
 
 
 def log(msg: str) -> None:
@@ -125,6 +131,8 @@ class Runs:
 
     def _end(self, run: Run) -> None:
         try:
+            if run.moved is not None:
+                run.moved.wait(10)  # no cgroup made after it was taken down
             self.take_down(run.name, run.created, run.cgroup)
         finally:
             os.close(run.pidfd)
