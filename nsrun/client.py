@@ -145,13 +145,16 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None) -
     for line in reply.get("notices") or ():
         sys.stderr.write(f"{line}\n")
     profile, address = reply.get("profile"), reply.get("address")
-    env = execution.command_env(ns, profile if isinstance(profile, str) else None,
-                                address if isinstance(address, str) else None, ident)
+    profile = profile if isinstance(profile, str) else None
+    env = execution.command_env(ns, profile, address if isinstance(address, str) else None, ident)
     if kind == "exec" and env.get("NOTIFY_SOCKET", "").startswith("@"):
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
                          f"{ns}; `nsrun -n {ns} -- CMD` relays it\n")
     sys.stderr.flush()
-    execution.enter_and_exec(ns, msg["argv"], env, ident, netns_fd=fds[0])
+    from nsrun.hostresolver import Wiring
+
+    execution.enter_and_exec(ns, msg["argv"], env, ident, netns_fd=fds[0],
+                             wiring=Wiring.parse(ns, profile, reply.get("wiring")), known=True)
     return 1  # not reached: enter_and_exec execs or exits
 
 

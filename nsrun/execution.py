@@ -28,6 +28,10 @@ import sys
 from nsrun import kernel, report
 from nsrun.errors import UsageError
 
+TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
+if TYPE_CHECKING:
+    from nsrun.hostresolver import Wiring
+
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
@@ -76,7 +80,7 @@ def _warn(msg: str) -> None:
     os.write(2, f"nsrun: warning: {msg}\n".encode())
 
 
-def private_mounts(name: str) -> None:
+def private_mounts(name: str, wiring: Wiring | None = None, known: bool = False) -> None:
     """What `ip netns exec NAME` sets up after setns (iproute2 lib/namespace.c)."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
@@ -95,7 +99,7 @@ def private_mounts(name: str) -> None:
         _warn(f"mount of /sys failed: {exc.strerror}")
     from nsrun import hostresolver  # before the /etc/netns binds, which may land on its files
 
-    hostresolver.hide(name)
+    hostresolver.hide(name, wiring, known)
     etc = f"/etc/netns/{name}"
     try:
         entries = sorted(os.listdir(etc))
@@ -177,10 +181,11 @@ def exec_error_status(err: int) -> int:
 def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Identity | None,
                    report_fd: int | None = None, parent_pid: int | None = None,
                    session: tuple[int | None, tuple[int, ...]] | None = None,
-                   netns_fd: int | None = None) -> None:
+                   netns_fd: int | None = None, wiring: Wiring | None = None, known: bool = False) -> None:
     """Become CMD inside NAME. Never returns: on failure, reports and exits 126/127/1.
     SESSION (tty, onto): start a new session first, see `detach`. NETNS_FD: NAME's
-    namespace as a descriptor (the service hands it over), entered instead of its path."""
+    namespace as a descriptor (the service hands it over), entered instead of its path;
+    WIRING with KNOWN: what its record says, handed over too (hostresolver.Wiring)."""
     try:
         if netns_fd is not None:
             kernel.setns(netns_fd, kernel.CLONE_NEWNET)
@@ -189,7 +194,7 @@ def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Ident
             from nsrun import netns
 
             netns.enter(name)
-        private_mounts(name)
+        private_mounts(name, wiring, known)
         if session is not None:
             detach(*session)
         become(ident, env)

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from nsrun import wire
 from nsrun.errors import UsageError
+from nsrun.hostresolver import Wiring
 from nsrun.service.runs import Run, Runs, log
 
 
@@ -197,7 +198,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
     try:
         wire.send(conn, {"type": "ready", "name": ns, "ephemeral": ephemeral,
                          "profile": rec.profile if rec else None, "address": rec.address if rec else None,
-                         "notices": notices}, [fd])
+                         "notices": notices, "wiring": Wiring.of(rec)}, [fd])
     finally:
         os.close(fd)
         if watched:
@@ -233,7 +234,7 @@ def exec_(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]
         rec = record.read(name)
         wire.send(conn, {"type": "ready", "name": name, "ephemeral": False,
                          "profile": rec.profile if rec else None, "address": rec.address if rec else None,
-                         "notices": []}, [fd])
+                         "notices": [], "wiring": Wiring.of(rec)}, [fd])
     finally:
         os.close(fd)
 
