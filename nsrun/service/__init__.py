@@ -94,6 +94,14 @@ def main(args: list[str]) -> int:
             f"namespace(s), took down {gone} whose program had ended")
         server.serve_forever(ctx, sock)
     except _Stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if made is not None:
+            listen.remove(*made)
+            made = None
+        sock.close()  # no new requests; those under way finish (a setup is not cut in half)
+        if not server.ACTIVE.wait(60):
+            log("stopping with requests still under way: `nsrun gc` reclaims what they leave")
         log("stopping: programs still running keep their namespaces (the next service adopts them)")
     finally:
         if made is not None:

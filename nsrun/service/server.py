@@ -75,6 +75,31 @@ def _reply_error(conn: socket.socket, code: int, message: str) -> None:
 ctx_lock = threading.Lock()
 
 
+class Active:
+    """Requests in progress, so that a stopping service lets each finish (a namespace half
+    set up is gc's work; one finished is the caller's)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.cond = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self.cond:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.cond:
+            self.count -= 1
+            self.cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.count == 0, timeout)
+
+
+ACTIVE = Active()
+
+
 def serve_forever(ctx: handlers.Context, sock: socket.socket) -> None:
     slots = threading.BoundedSemaphore(MAX_CLIENTS)
     while True:
@@ -93,7 +118,8 @@ def serve_forever(ctx: handlers.Context, sock: socket.socket) -> None:
 
         def work(conn: socket.socket = conn) -> None:
             try:
-                serve_one(ctx, conn)
+                with ACTIVE:
+                    serve_one(ctx, conn)
             finally:
                 slots.release()
 
