@@ -12,6 +12,8 @@ A. `nsrun -p nat -- true` through the service (a root caller: the service brings
 B. `nsrun exec NAME -- true` through the service and daemonless, `ip netns exec NAME true`,
    `python3 -I -S -c pass` (sys.executable). Target: through the service <= 6x ip netns exec.
 C. VmRSS of the idle service, after the runs above. Target: < 60 MiB.
+D. `nsrun -p nat -- true` through a service with a warm pool of 4 nat namespaces, against
+   the hand-typed sequence. Target: <= 0.5x by hand.
 
 Contenders alternate run by run (bench/common.py). nsrun is this checkout, run as a console
 script would run it (PYTHONPATH = the repo), by --nsrun's interpreter or sys.executable.
@@ -42,6 +44,7 @@ from nsrun import wire  # noqa: E402
 TARGET_RUN = 1.0
 TARGET_EXEC = 6.0
 TARGET_RSS_MIB = 60.0
+TARGET_POOL = 0.5
 
 
 class Daemon:
@@ -52,9 +55,9 @@ class Daemon:
         self.log = s.statedir.parent / f"{s.statedir.name}.daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *args: str) -> None:
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.s.nsrun_argv("daemon"), env=self.s.env,
+            self.proc = subprocess.Popen(self.s.nsrun_argv("daemon", *args), env=self.s.env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.s.on_close("stop nsrun daemon", self.stop)
         deadline = time.monotonic() + 60
@@ -76,9 +79,9 @@ class Daemon:
             assert got is not None
             return got[0]  # type: ignore[return-value]
 
-    def wait_idle(self, timeout: float = 60) -> None:
+    def wait_idle(self, timeout: float = 60, pool: int = 0) -> None:
         deadline = time.monotonic() + timeout
-        while self.status()["runs"]:
+        while self.status()["runs"] or self.status().get("pool", 0) < pool:
             if time.monotonic() > deadline:
                 raise RuntimeError("the service still has live runs")
             time.sleep(0.001)
@@ -176,6 +179,32 @@ def body(s: Session, runs: int) -> list[Row]:
             rss.append(d.rss_mib())
         rows.append(Row("C memory", "idle service VmRSS (engine imported)", median(rss), "MiB", p90(rss),
                         len(rss), "", f"< {TARGET_RSS_MIB:g} MiB", median(rss) < TARGET_RSS_MIB))
+
+        # D: the same service with a warm pool of 4 nat namespaces (nsrun.service.pool).
+        d.stop()
+        assert s.statedir is not None
+        conf = s.statedir / "service.toml"
+        conf.write_text("[pool]\nnat = 4\n")
+        conf.chmod(0o644)
+        d.start("--config", str(conf))
+        d.wait_idle(120, pool=4)
+
+        def pooled(_: int) -> float:
+            dt = timed(s.nsrun_argv("-p", "nat", "--", "true"), env=s.env)
+            d.wait_idle(120, pool=4)  # taken down and refilled before the next contender
+            return dt
+
+        samples = alternate([
+            Contender("nsrun -p nat -- true, service, pool of 4", pooled),
+            Contender("ip, typed by hand", by_hand),
+        ], runs, progress="D pool")
+        hand = median(samples["ip, typed by hand"])
+        got = timing_rows("D pool", samples, ref="ip, typed by hand")
+        for r in got:
+            if r.what.endswith("pool of 4"):
+                r.target = f"<= {TARGET_POOL:g}x by hand"
+                r.ok = r.value / 1000 <= TARGET_POOL * hand
+        rows += got
     return rows
 
 

@@ -597,3 +597,47 @@ def shutil_which(name: str) -> str | None:
     import shutil
 
     return shutil.which(name)
+
+
+# -- the warm pool ---------------------------------------------------------------------------
+
+def test_warm_pool(lab, tmp_path):
+    conf = write_profile(tmp_path, "service", "[pool]\nnat = 2\n")
+    svc = Service(lab, tmp_path / "pool.log", "--config", str(conf)).start()
+    try:
+        deadline = time.monotonic() + 60
+        while svc.status()["pool"] < 2:
+            assert time.monotonic() < deadline, svc.log()
+            time.sleep(0.05)
+        members = {row["name"] for row in __import__("json").loads(lab.nsrun("ls", "--json").stdout)
+                   if row["name"].startswith("nsrun-")}
+        assert len(members) == 2 and all(m.startswith("nsrun-") for m in members)
+        r = lab.nsrun("gc", "--dry-run")
+        assert (r.returncode, r.stdout) == (0, "nothing to reclaim\n"), r.stdout  # known to gc: live
+        r = lab.nsrun("--", "sh", "-c", "echo $NSRUN_NETNS; " + " ".join(CLIENT))
+        assert r.returncode == 0, r.stderr
+        name, seen = r.stdout.split()
+        assert name in members and seen == labmod.GW2_UP  # a member, wired, handed over
+        r = lab.nsrun("-p", "gw1", "--", *CLIENT)  # not pooled: set up as usual
+        assert (r.returncode, r.stdout.strip()) == (0, labmod.GW1_UP), r.stderr
+        svc.wait_idle()
+        assert not os.path.exists(f"/run/netns/{name}")  # the run's namespace went after it
+        deadline = time.monotonic() + 60
+        while svc.status()["pool"] < 2:  # refilled
+            assert time.monotonic() < deadline, svc.log()
+            time.sleep(0.05)
+        other = sorted(members - {name})[0]
+        r = lab.nsrun("down", other)  # `down` knows members
+        assert (r.returncode, r.stdout) == (0, f"{other} is down\n"), r.stderr
+        r = lab.nsrun("--", "sh", "-c", "echo $NSRUN_NETNS")
+        assert r.returncode == 0 and r.stdout.strip() != other
+        svc.wait_idle()
+    finally:
+        svc.stop()  # takes the members down
+    assert not [n for n in os.listdir("/run/netns") if n in members]
+    bad = write_profile(tmp_path, "bad", "[pool]\nnat = -1\n")
+    r = lab.nsrun("daemon", "--config", str(bad))
+    assert r.returncode == 2 and "pool.nat" in r.stderr, r.stderr
+    loose = write_profile(tmp_path, "loose", "[pool]\nnat = 1\n", mode=0o666)
+    r = lab.nsrun("daemon", "--config", str(loose))
+    assert r.returncode == 2 and "writable" in r.stderr, r.stderr

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="live namespaces per non-root uid (0: none); default 8")
     p.add_argument("--root-limit", type=int, default=0, metavar="N",
                    help="live ephemeral namespaces for root (0: unlimited, the default)")
+    p.add_argument("--config", metavar="FILE", help="the service's config (the warm pool); default "
+                                                   "/etc/nsrun/service.toml when it exists")
     p.add_argument("--grace", type=float, default=5.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL for what a program left inside")
     return p
@@ -67,12 +69,13 @@ def main(args: list[str]) -> int:
     import faulthandler
 
     from nsrun import privilege
-    from nsrun.service import handlers, listen, server
+    from nsrun.service import handlers, listen, pool, server
 
     faulthandler.enable()  # a crash in a C library (libnftables, libiptc) says where, in the log
     from nsrun.service.runs import log
 
     privilege.require_root(state_dir=False)
+    sizes = pool.read_config(opts.config)  # a bad config: exit 2 before listening
     os.umask(0o022)  # what the engine's files assume (resolv.conf is read by CMD, any user)
     sock = listen.activated()
     made = None
@@ -83,13 +86,15 @@ def main(args: list[str]) -> int:
     else:
         listen.prepare_dir()
         where = "the socket systemd passed"
+    ctx: handlers.Context | None = None
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
         warm()
         ctx = handlers.Context(user_limit=opts.user_limit,
                                root_limit=opts.root_limit or None, grace=opts.grace)
-        adopted, gone = ctx.runs.adopt()
+        adopted, gone = ctx.runs.adopt()  # before the pool: the last service's members go
+        ctx.pool = pool.Pool(sizes) if sizes else None
         log(f"listening on {where} (pid {os.getpid()}); adopted {adopted} running "
             f"namespace(s), took down {gone} whose program had ended")
         server.serve_forever(ctx, sock)
@@ -102,6 +107,8 @@ def main(args: list[str]) -> int:
         sock.close()  # no new requests; those under way finish (a setup is not cut in half)
         if not server.ACTIVE.wait(60):
             log("stopping with requests still under way: `nsrun gc` reclaims what they leave")
+        if ctx is not None and ctx.pool is not None:
+            ctx.pool.stop()
         log("stopping: programs still running keep their namespaces (the next service adopts them)")
     finally:
         if made is not None:

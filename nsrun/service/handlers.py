@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from nsrun import wire
 from nsrun.errors import UsageError
 from nsrun.hostresolver import Wiring
+from nsrun.service.pool import Pool
 from nsrun.service.runs import Run, Runs, log
 
 
@@ -43,10 +44,11 @@ class Caller(NamedTuple):
 class Context:
     """What the handlers share: the runs watched, the per-name locks, counters."""
 
-    def __init__(self, runs: Runs | None = None, **limits: Any) -> None:
+    def __init__(self, runs: Runs | None = None, pool: Pool | None = None, **limits: Any) -> None:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self.runs = runs or Runs(self.name_lock, **limits)
+        self.pool = pool
         self.requests = 0
 
     def name_lock(self, name: str) -> threading.Lock:
@@ -99,7 +101,7 @@ def dispatch(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, A
     if kind == "status":
         wire.close_all(fds)
         wire.send(conn, {"type": "status", "runs": ctx.runs.live(), "requests": ctx.requests,
-                         "pid": os.getpid()})
+                         "pid": os.getpid(), "pool": ctx.pool.ready() if ctx.pool else 0})
         return
     if kind not in wire.REQUESTS:
         raise wire.ProtocolError(f"unknown request type {kind!r}")
@@ -166,7 +168,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
     ephemeral = name is None
     ns = name or names.ephemeral_name()
     pidfd, start = pin_caller(conn, caller)
-    group = cgroup.path_for(ns, caller.pid) if ephemeral else None  # before the client moves
+    group: str | None = None  # the run's cgroup (ephemeral runs)
     moved = threading.Event()
     watched = False
     try:
@@ -178,15 +180,20 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
             else:
                 if ephemeral:
                     ctx.runs.reserve(caller.uid)
+                owner = {"owner_pid": caller.pid, "owner_start": start}
                 try:
-                    rec, _ = engine.up(ns, prof, persistent=not ephemeral,
-                                       owner={"owner_pid": caller.pid, "owner_start": start} if ephemeral else None,
-                                       firewall=firewall, notices=notices)
+                    pooled = ctx.pool.take(spec, prof, owner, ctx.name_lock) if ephemeral and ctx.pool else None
+                    if pooled is not None:  # a namespace wired in advance (nsrun.service.pool)
+                        rec, ns = pooled, pooled.name
+                    else:
+                        rec, _ = engine.up(ns, prof, persistent=not ephemeral, owner=owner if ephemeral else None,
+                                           firewall=firewall, notices=notices)
                 except BaseException:
                     if ephemeral:
                         ctx.runs.release(caller.uid)
                     raise
                 if ephemeral:
+                    group = cgroup.path_for(ns, caller.pid)  # read before the client moves
                     # From here the run is the watcher's: a client that died meanwhile has
                     # a readable pidfd already, and its namespace goes at once.
                     ctx.runs.watch(Run(ns, rec.created, caller.uid, pidfd, group, moved))
