@@ -20,9 +20,9 @@ Standard library only: this is the hot path of `nsrun exec`.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import pwd
-import signal
 import sys
 
 from nsrun import kernel, report
@@ -30,7 +30,13 @@ from nsrun.errors import UsageError
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
 if TYPE_CHECKING:
+    from typing import Any
+
     from nsrun.hostresolver import Wiring
+
+# The C module under `signal`: the same functions and constants as plain ints, without
+# signal.py's enums (importing enum costs a few ms on the exec path). No type stubs: Any.
+signal: Any = importlib.import_module("_signal")
 
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127

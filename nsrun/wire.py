@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import _json
 import _socket as socket  # socket.py would import selectors and enum (~5 ms on each run)
-import array
 import os
+import struct
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ REPLIES = ("ready", "output", "exit", "error", "status")
 # caller's stdin, stdout and stderr when the caller is not root (`stdio: true`).
 ALLOWED_FDS = {"run": 3, "exec": 3, "ready": 1}
 
-_FD_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+_INT = struct.calcsize("i")
+_FD_SPACE = socket.CMSG_SPACE(MAX_FDS * _INT)
 
 
 class ProtocolError(Exception):
@@ -125,7 +126,7 @@ def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | tuple[int, .
     if fds:
         if len(fds) > MAX_FDS:
             raise ProtocolError(f"at most {MAX_FDS} descriptors a message")
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
         sent = sock.sendmsg([data], anc)
         data = data[sent:]
     if data:
@@ -140,9 +141,8 @@ def _recv_exact(sock: socket.socket, size: int, fds: list[int], first: bool) -> 
         data, anc, flags, _ = sock.recvmsg(size - len(buf), _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got = array.array("i")
-                got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
-                fds.extend(got)
+                count = len(payload) // _INT
+                fds.extend(struct.unpack(f"{count}i", payload[:count * _INT]))
         if flags & socket.MSG_CTRUNC:
             raise ProtocolError(f"more than {MAX_FDS} descriptors sent")
         if not data:
