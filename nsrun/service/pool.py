@@ -13,7 +13,9 @@ is gone (its pid and start time no longer match) gc and the next service take it
 like any run whose owner died. A run of a pooled profile takes a member instead of
 setting one up: under the namespace's locks, the record's owner becomes the client (then
 watched as any run, nsrun.service.runs), and a background thread makes a new member.
-A member whose profile file changed since it was made is not handed out; it is replaced.
+A member made from another profile file than the one the run's profile name now resolves
+to is not handed out; it is replaced. (Edits inside a pooled profile's file are not seen:
+restart the service after editing one.)
 """
 
 from __future__ import annotations
@@ -90,25 +92,28 @@ class Pool:
                     return None
                 name = self.members[key].pop(0)
                 self.lock.notify_all()  # the refill makes another
-            with name_lock(name), record.ns_lock(name):
+            with name_lock(name), record.ns_lock(name) as lock:
                 rec = record.read(name)
                 if (rec is None or rec.state != "up" or rec.owner_pid != self.owner["owner_pid"]
                         or rec.owner_start != self.owner["owner_start"]):
                     continue  # taken down meanwhile (`nsrun down`)
                 if rec.profile_source != prof.source:
-                    self._drop(name, rec)
+                    if self._drop(name, rec):
+                        lock.discard()
                     continue
                 rec = rec._replace(owner_pid=owner["owner_pid"], owner_start=owner["owner_start"])
                 record.save(rec)
                 return rec
 
-    def _drop(self, name: str, rec: Any) -> None:
+    def _drop(self, name: str, rec: Any) -> bool:
         from nsrun import engine
 
         try:
             engine.teardown(rec)
+            return True
         except Exception as exc:
             log(f"pool: taking {name} down failed: {exc}")
+            return False
 
     def _refill(self) -> None:
         from nsrun import engine, names
