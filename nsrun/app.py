@@ -186,6 +186,15 @@ def unit(name: str = typer.Argument(..., metavar="NAME", help="Service name: the
     unit_mod.main(name, profile, user, list(cmd or []), install)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def daemon(ctx: typer.Context) -> int:
+    """The warm service (socket-activated by systemd, or in the foreground): `nsrun daemon
+    --help` for its options; docs/service.md for what it does."""
+    from nsrun import service
+
+    return service.main(list(ctx.args))
+
+
 @app.command()
 def demo() -> None:
     """The seed's scenario in a throwaway lab of namespaces: nothing outside it is touched."""

@@ -57,10 +57,10 @@ def of_pid(pid: int | str) -> str | None:
     return None
 
 
-def _base() -> str | None:
-    """Where this process makes run cgroups: its own cgroup, or the parent of the run
-    cgroup it is in (the setup child of a run reclaims dead runs from inside its own)."""
-    mnt, own = mountpoint(), of_pid("self")
+def _base(pid: int | str = "self") -> str | None:
+    """Where process PID (this one) makes run cgroups: its own cgroup, or the parent of the
+    run cgroup it is in (the setup child of a run reclaims dead runs from inside its own)."""
+    mnt, own = mountpoint(), of_pid(pid)
     if mnt is None or own is None or own.endswith(" (deleted)"):
         return None
     head, _, last = own.rpartition("/")
@@ -69,14 +69,17 @@ def _base() -> str | None:
     return os.path.join(mnt, own.lstrip("/"))
 
 
-def path_for(name: str) -> str | None:
-    base = _base()
+def path_for(name: str, pid: int | str = "self") -> str | None:
+    """Where process PID (this one) makes the cgroup of NAME's run (`create`): the service
+    (nsrun.service) finds a client's that way, read before the client moves into it."""
+    base = _base(pid)
     return None if base is None else os.path.join(base, PREFIX + name)
 
 
-def create(name: str) -> str | None:
-    """Make the cgroup for NAME's run under this process's cgroup: its path, or None."""
-    path = path_for(name)
+def create(name: str, path: str | None = None) -> str | None:
+    """Make the cgroup for NAME's run under this process's cgroup (or at PATH, from
+    path_for): its path, or None."""
+    path = path or path_for(name)
     if path is None:
         return None
     try:
@@ -91,11 +94,12 @@ def create(name: str) -> str | None:
     return path
 
 
-def enter(path: str) -> bool:
-    """Move the calling process into PATH (its children follow)."""
+def enter(path: str, pid: int = 0) -> bool:
+    """Move the calling process (or PID) into PATH (children it forks later follow). Slow:
+    a migration waits for an RCU grace period (~10 ms)."""
     try:
         with open(os.path.join(path, "cgroup.procs"), "w") as fh:
-            fh.write("0")
+            fh.write(str(pid))
         return True
     except OSError:
         return False

@@ -11,6 +11,7 @@ import sys
 from nsrun.errors import NsrunError, UsageError
 
 SUBCOMMANDS = ("up", "down", "exec", "shell", "ls", "gc", "profiles", "unit", "demo", "doctor")
+# Also `daemon` (nsrun.service), dispatched before these: a service command, not completed.
 RUN_USAGE = "usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]  (nsrun --help for more)"
 SHORT_USAGE = f"""\
 usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]
@@ -106,10 +107,69 @@ def _fast_exec(args: list[str]) -> list[str] | None:
         user, rest = rest[0].partition("=")[2], rest[1:]
     if rest[:1] != ["--"] or len(rest) < 2:
         return None
+    from nsrun import client
+
+    code = client.exec_in(args[1], rest[1:], user)  # through the service, when one listens
+    if code is not None:
+        _exit(code)
     from nsrun import run
 
     run.exec_in(args[1], rest[1:], user)
     return []  # not reached: exec_in execs or raises
+
+
+def _exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _service_form(args: list[str]) -> dict[str, object] | None:
+    """`up`, `down`, `ls`, `gc` in their plain forms, as a request to the service (nsrun.wire);
+    None for anything else (help, odd spellings: typer's, without the service)."""
+    cmd, rest = args[0], args[1:]
+    if cmd == "ls" and rest in ([], ["--json"]):
+        return {"type": "ls", "json": bool(rest)}
+    if cmd == "gc" and rest in ([], ["--dry-run"]):
+        return {"type": "gc", "dry_run": bool(rest)}
+    if not rest or rest[0].startswith("-"):
+        return None
+    name, opts = rest[0], rest[1:]
+    if cmd == "up":
+        if not opts:
+            return {"type": "up", "name": name, "profile": None, "firewall": os.environ.get("NSRUN_FIREWALL") or None}
+        if len(opts) == 2 and opts[0] in ("-p", "--profile") and opts[1] and not opts[1].startswith("-"):
+            return {"type": "up", "name": name, "profile": opts[1],
+                    "firewall": os.environ.get("NSRUN_FIREWALL") or None}
+        return None
+    if cmd == "down":
+        msg: dict[str, object] = {"type": "down", "name": name, "grace": 5.0, "refuse_busy": False}
+        while opts:
+            if opts[0] == "--refuse-busy" and not msg["refuse_busy"]:
+                msg["refuse_busy"], opts = True, opts[1:]
+            elif opts[0] == "--grace" and len(opts) > 1:
+                try:
+                    msg["grace"] = float(opts[1])
+                except ValueError:
+                    return None
+                opts = opts[2:]
+            else:
+                return None
+        return msg
+    return None
+
+
+def _through_service(args: list[str]) -> int | None:
+    if os.environ.get("NSRUN_DAEMON") == "0" or not args or args[0] not in ("up", "down", "ls", "gc"):
+        return None
+    if args[0] == "ls" and os.geteuid() != 0:
+        return None  # ls works for anyone without the service
+    msg = _service_form(args)
+    if msg is None:
+        return None
+    from nsrun import client
+
+    return client.command(msg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args:  # a short usage, not the whole help (`nsrun --help`)
             sys.stderr.write(SHORT_USAGE)
             return 2
+        if args[0] == "daemon":  # argparse, not typer: the service stays lean (no typer/click)
+            from nsrun import service
+
+            return service.main(args[1:])
+        served = _through_service(args)
+        if served is not None:
+            return served
         if args[0] == "ls" and args[1:] in ([], ["--json"]):  # no typer: fast, and for any user
             from nsrun import commands
 
@@ -133,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return app.main(args)
         opts, cmd = parse_run(args)
+        from nsrun import client
+
+        served = client.run(cmd, opts.get("profile"), opts.get("name"), opts.get("user"))
+        if served is not None:  # a root caller's CMD was exec'd: only others get here
+            _exit(served)
         from nsrun import run
 
         code = run.run(cmd, opts.get("profile"), opts.get("name"), opts.get("user"))

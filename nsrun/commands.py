@@ -9,32 +9,41 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TextIO
+
+_ENV = "env"  # firewall=_ENV: read NSRUN_FIREWALL (the service passes its caller's instead)
 
 
-def up(name: str, profile_spec: str | None) -> int:
+def up(name: str, profile_spec: str | None, *, firewall: str | None = _ENV,
+       out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """OUT and ERR (default: this process's stdout and stderr) take what is printed: the
+    service (nsrun.service) hands writers that send it to its client."""
     from nsrun import engine, privilege
     from nsrun import profile as profiles
     from nsrun.names import check_name
 
+    out = out or sys.stdout
+    err = err or sys.stderr
     privilege.require_root()
     check_name(name)
     prof = profiles.load(profile_spec)
     notices: list[str] = []
-    rec, already = engine.up(name, prof, persistent=True, firewall=requested_firewall(), notices=notices,
-                             bus=system_bus())
-    say_notices(notices)
+    rec, already = engine.up(name, prof, persistent=True,
+                             firewall=requested_firewall() if firewall == _ENV else firewall,
+                             notices=notices, bus=system_bus())
+    say_notices(notices, err)
     where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
     if rec.wireguard:
         where = f" through WireGuard ({rec.wireguard})"
     if already:
-        print(f"{name} is already up (profile {rec.profile}{',' + where if where else ''})")
+        print(f"{name} is already up (profile {rec.profile}{',' + where if where else ''})", file=out)
     else:
-        print(f"{name} is up: profile {rec.profile}{where}")
+        print(f"{name} is up: profile {rec.profile}{where}", file=out)
     from nsrun import hostresolver
 
     missing = hostresolver.no_resolver(rec)
     if missing:
-        sys.stderr.write(f"nsrun: warning: {missing}\n")
+        err.write(f"nsrun: warning: {missing}\n")
     return 0
 
 
@@ -62,10 +71,10 @@ def system_bus() -> str:
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_BUS
 
 
-def say_notices(notices: list[str]) -> None:
+def say_notices(notices: list[str], err: TextIO | None = None) -> None:
     """What a setup opened in the host's firewall (the engine's notices), one line each."""
     for line in notices:
-        sys.stderr.write(line + "\n")
+        (err or sys.stderr).write(line + "\n")
 
 
 def doctor(as_json: bool) -> int:
@@ -89,16 +98,16 @@ def doctor(as_json: bool) -> int:
     return 1 if problems else 0
 
 
-def down(name: str, grace: float, refuse_busy: bool) -> int:
+def down(name: str, grace: float, refuse_busy: bool, out: TextIO | None = None) -> int:
     from nsrun import engine, privilege
 
     privilege.require_root()
     if engine.down(name, grace=grace, refuse_busy=refuse_busy):
-        print(f"{name} is down")
+        print(f"{name} is down", file=out or sys.stdout)
     return 0
 
 
-def gc(dry_run: bool) -> int:
+def gc(dry_run: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print each action before it is applied, and after it when its re-check under its
     lock found it no longer left over (so it was kept); a failing one is reported and gc
     goes on (exit 1 at the end)."""
@@ -106,39 +115,42 @@ def gc(dry_run: bool) -> int:
     from nsrun.engine import gc as engine_gc
     from nsrun.engine.context import Action
 
+    out = out or sys.stdout
+    err = err or sys.stderr
     privilege.require_root()
     verb = "would remove" if dry_run else "removing"
     failed: list[str] = []
 
     def on_action(action: Action) -> None:
-        print(f"{verb} {action.what} ({action.why})", flush=True)
+        print(f"{verb} {action.what} ({action.why})", file=out, flush=True)
 
     def on_kept(action: Action) -> None:
-        print(f"kept {action.what} after all (re-checked: no longer left over)", flush=True)
+        print(f"kept {action.what} after all (re-checked: no longer left over)", file=out, flush=True)
 
     def on_error(action: Action, exc: Exception) -> None:
         failed.append(action.what)
-        sys.stderr.write(f"nsrun: removing {action.what} failed: {exc}\n")
+        err.write(f"nsrun: removing {action.what} failed: {exc}\n")
 
     if not engine_gc.run(dry_run, on_action, on_error, on_kept):
-        print("nothing to reclaim")
+        print("nothing to reclaim", file=out)
     return 1 if failed else 0
 
 
-def ls(as_json: bool) -> int:
+def ls(as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
     from nsrun import listing, netns
 
+    out = out or sys.stdout
     rows = listing.collect()
     if rows and rows[0]["managed"] is None or not rows and not listing.readable():
-        sys.stderr.write("nsrun: note: not root: nsrun's records are not readable, so only the names in "
+        (err or sys.stderr).write("nsrun: note: not root: nsrun's records are not readable, so only the names in "
                          f"{netns.NETNS_DIR} are shown, without profiles or other users' processes "
                          "(sudo nsrun ls shows all)\n")
     if as_json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1), file=out)
     elif not rows:
-        print("no namespaces")
+        print("no namespaces", file=out)
     else:
-        print(listing.table(rows))
+        print(listing.table(rows), file=out)
     return 0
 
 

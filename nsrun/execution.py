@@ -20,17 +20,24 @@ Standard library only: this is the hot path of `nsrun exec`.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import pwd
-import signal
 import sys
-from typing import TYPE_CHECKING
 
-from nsrun import kernel, netns, report
+from nsrun import kernel, report
 from nsrun.errors import UsageError
 
+TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
+
+    from nsrun.hostresolver import Wiring
+
+# The C module under `signal`: the same functions and constants as plain ints, without
+# signal.py's enums (importing enum costs a few ms on the exec path). No type stubs: Any.
+signal: Any = importlib.import_module("_signal")
 
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
@@ -80,10 +87,11 @@ def _warn(msg: str) -> None:
     os.write(2, f"nsrun: warning: {msg}\n".encode())
 
 
-def private_mounts(name: str, hide_resolver: Callable[[], None] | None = None) -> None:
+def private_mounts(name: str, wiring: Wiring | None = None, known: bool = False,
+                   hide_resolver: Callable[[], None] | None = None) -> None:
     """What `ip netns exec NAME` sets up after setns (iproute2 lib/namespace.c).
-    HIDE_RESOLVER: what masks the host's resolver (default: hostresolver.hide(NAME), which
-    imports and reads NAME's record; nsrun.spawn does both before it forks)."""
+    HIDE_RESOLVER: what masks the host's resolver (default: hostresolver.hide(NAME, WIRING,
+    KNOWN); nsrun.spawn imports it and reads NAME's record before it forks)."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
     flags = 0
@@ -102,7 +110,7 @@ def private_mounts(name: str, hide_resolver: Callable[[], None] | None = None) -
     if hide_resolver is None:
         from nsrun import hostresolver  # before the /etc/netns binds, which may land on its files
 
-        hostresolver.hide(name)
+        hostresolver.hide(name, wiring, known)
     else:
         hide_resolver()
     etc = f"/etc/netns/{name}"
@@ -185,12 +193,21 @@ def exec_error_status(err: int) -> int:
 
 def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Identity | None,
                    report_fd: int | None = None, parent_pid: int | None = None,
-                   session: tuple[int | None, tuple[int, ...]] | None = None) -> None:
+                   session: tuple[int | None, tuple[int, ...]] | None = None,
+                   netns_fd: int | None = None, wiring: Wiring | None = None, known: bool = False) -> None:
     """Become CMD inside NAME. Never returns: on failure, reports and exits 126/127/1.
-    SESSION (tty, onto): start a new session first, see `detach`."""
+    SESSION (tty, onto): start a new session first, see `detach`. NETNS_FD: NAME's
+    namespace as a descriptor (the service hands it over), entered instead of its path;
+    WIRING with KNOWN: what its record says, handed over too (hostresolver.Wiring)."""
     try:
-        netns.enter(name)
-        private_mounts(name)
+        if netns_fd is not None:
+            kernel.setns(netns_fd, kernel.CLONE_NEWNET)
+            os.close(netns_fd)
+        else:
+            from nsrun import netns
+
+            netns.enter(name)
+        private_mounts(name, wiring, known)
         if session is not None:
             detach(*session)
         become(ident, env)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import stat
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing costs ~5 ms to import: the exec path goes without it
 
 from nsrun import kernel
 
@@ -45,7 +45,33 @@ def _warn(msg: str) -> None:
     os.write(2, f"nsrun: warning: {msg}\n".encode())
 
 
-def no_resolver(rec: NsRecord) -> str | None:
+class Wiring:
+    """What `hide` reads of a namespace's record, handed over instead (the service sends it
+    with the namespace: the exec path then never imports the engine's record module, ~10 ms)."""
+
+    __slots__ = ("name", "profile", "mode", "dns", "host_resolver")
+
+    def __init__(self, name: str, profile: str | None, mode: str, dns: bool, host_resolver: bool) -> None:
+        self.name, self.profile, self.mode, self.dns, self.host_resolver = name, profile, mode, dns, host_resolver
+
+    @classmethod
+    def of(cls, rec: NsRecord | None) -> dict[str, object] | None:
+        """REC's wiring as the service sends it (nsrun.wire's `ready`), None without a record."""
+        if rec is None:
+            return None
+        return {"mode": rec.mode, "dns": rec.dns, "host_resolver": rec.host_resolver}
+
+    @classmethod
+    def parse(cls, name: str, profile: str | None, data: object) -> Wiring | None:
+        if not isinstance(data, dict):
+            return None
+        mode, dns, keep = data.get("mode"), data.get("dns"), data.get("host_resolver")
+        if not isinstance(mode, str) or not isinstance(dns, bool) or not isinstance(keep, bool):
+            return None
+        return cls(name, profile, mode, dns, keep)
+
+
+def no_resolver(rec: NsRecord | Wiring) -> str | None:
     """What to say when REC, a wired namespace, got no resolv.conf: the host names no
     resolver reachable from inside (only a loopback stub, in bridge mode), none at all."""
     if rec.mode not in WIRED or rec.dns:
@@ -54,20 +80,24 @@ def no_resolver(rec: NsRecord) -> str | None:
             f"from inside (only a loopback stub, or none); set `dns` in profile {rec.profile}")
 
 
-def hide(name: str) -> None:
+def hide(name: str, wiring: Wiring | None = None, known: bool = False) -> None:
     """In CMD's private mount namespace, inside NAME: mask the host's resolver endpoints
-    (unless NAME's profile keeps them), and say when NAME has no resolver of its own."""
-    from nsrun.engine import record
+    (unless NAME's profile keeps them), and say when NAME has no resolver of its own.
+    KNOWN: WIRING is what NAME's record says (None: no record), not to be read again."""
+    rec: NsRecord | Wiring | None = wiring
+    if not known:
+        from nsrun.engine import record
 
-    try:
-        rec = record.read(name)
-    except OSError:
-        return
+        try:
+            rec = record.read(name)
+        except OSError:
+            return
     hide_for(name, rec)
 
 
-def hide_for(name: str, rec: NsRecord | None) -> None:
-    """`hide`, with NAME's record REC read already (nsrun.spawn reads it before it forks)."""
+def hide_for(name: str, rec: NsRecord | Wiring | None) -> None:
+    """`hide`, with what NAME's record says known already (nsrun.spawn reads it before it
+    forks; the service's client gets it with the namespace)."""
     if rec is None or rec.mode not in WIRED:
         return
     missing = no_resolver(rec)

@@ -13,7 +13,6 @@ it). Standard library only: both sides are on the hot path.
 
 from __future__ import annotations
 
-import json
 import os
 
 
@@ -22,6 +21,8 @@ def _send(fd: int, line: str) -> None:
 
 
 def up(fd: int, address: str | None) -> None:
+    import json  # here: the exec path (nsrun.execution) imports this module, and json costs ~4 ms
+
     _send(fd, f"up {json.dumps({'address': address})}")
 
 
@@ -58,6 +59,8 @@ def parse(data: bytes) -> Report:
         if kind == "up":
             rep.started = True
             try:
+                import json
+
                 rep.address = json.loads(rest).get("address")
             except (ValueError, AttributeError):
                 pass

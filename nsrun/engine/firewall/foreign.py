@@ -50,6 +50,7 @@ from typing import Any
 
 from nsrun.engine.firewall import iptables as legacy
 from nsrun.engine.firewall import nftables
+from nsrun.engine.firewall.serial import serialized
 
 OPEN_PREFIX = "nsrun-open-"
 MARK = 0x00400000  # one bit; set only on replies forwarded out of an nsrun bridge
@@ -164,6 +165,7 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "fo
     return out
 
 
+@serialized
 def _blocks_legacy(mode: str, brnf: bool, backend: str) -> list[Block]:
     """A legacy FORWARD that drops (read only where the legacy filter table is loaded)."""
     if "filter" not in legacy.loaded_tables():
@@ -340,6 +342,7 @@ def open_way(bridge: str, mode: str, tag: str, backend: str,
     return opened
 
 
+@serialized
 def _legacy_open(bridge: str, tag: str) -> None:
     """`-i BRIDGE -o BRIDGE -j ACCEPT` tagged, at the top of legacy FORWARD (once)."""
     iptc = legacy.load()
@@ -430,6 +433,7 @@ def close(bridge: str) -> int:
     return gone
 
 
+@serialized
 def _legacy_close(bridge: str) -> int:
     with legacy._XtablesLock():
         return (legacy.delete_rules("filter", "FORWARD", lambda r: legacy._ours(r, bridge)

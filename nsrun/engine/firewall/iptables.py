@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nsrun.iptc import load
+from nsrun.engine.firewall.serial import serialized
 
 NAME = "iptables"
 
@@ -71,6 +72,7 @@ def _rules(bridge: str, subnet: str) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
+@serialized
 def ensure_nat(bridge: str, subnet: str, tag: str) -> None:
     """Masquerade SUBNET leaving through anything but BRIDGE, and accept its forwarding."""
     iptc = load()
@@ -136,6 +138,7 @@ def _build(iptc: Any, spec: dict[str, Any], wanted: str) -> Any:
     return rule
 
 
+@serialized
 def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None:
     """DNS to GATEWAY:53 arriving on BRIDGE goes to STUB:53 (see nsrun.engine.firewall);
     loopback sources and destinations other than through it are dropped on BRIDGE."""
@@ -163,6 +166,7 @@ CHAINS = (("nat", "POSTROUTING"), ("nat", "PREROUTING"), ("nat", "INPUT"), ("fil
           ("filter", "INPUT"))
 
 
+@serialized
 def remove(bridge: str | None) -> int:
     """Remove nsrun's rules for BRIDGE (every bridge when None). Returns how many went."""
     loaded = loaded_tables()
@@ -176,6 +180,7 @@ def remove(bridge: str | None) -> int:
     return gone
 
 
+@serialized
 def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool]) -> int:
     """Delete the rules of TABLE_NAME's CHAIN_NAME that WHICH picks, in one commit (the
     caller holds the xtables lock). How many went."""
@@ -193,6 +198,7 @@ def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool])
     return gone
 
 
+@serialized
 def bridges() -> set[str]:
     """The bridges nsrun holds rules for, by the rules' comments."""
     loaded = loaded_tables()

@@ -27,6 +27,8 @@ import ctypes
 import json
 from typing import Any
 
+from nsrun.engine.firewall.serial import serialized
+
 NAME = "nftables"
 TABLE_PREFIX = "nsrun-nat-"
 TAG = "nsrun:"
@@ -77,6 +79,7 @@ def available() -> bool:
     return True
 
 
+@serialized
 def run(commands: list[dict[str, Any]] | str) -> dict[str, Any]:
     """Run one JSON batch (a list of commands, applied atomically) or one listing command
     (`list ruleset`); return the parsed JSON output ({} when there is none)."""

@@ -1,0 +1,193 @@
+"""The client side of the service (nsrun.service): when `<state dir>/nsrun.sock` answers
+and NSRUN_DAEMON is not `0`, `nsrun -- CMD`, `exec`, `up`, `down`, `ls` and `gc` ask the
+service; when there is no socket, or it refuses the connection (no service, or a caller
+outside its group), every function here returns None and nsrun works without it, as before.
+
+A root caller's run: the service brings the namespace up and hands its descriptor back
+(and moves this process into the run's cgroup meanwhile); this process enters the
+namespace (private mounts, as `ip netns exec`: nsrun.execution), drops to the caller (`-u`,
+SUDO_UID) and becomes CMD by exec. CMD's exit
+status and signals are its own, and no nsrun process stays beside it: the service watches
+this process (a pidfd) and takes the namespace down when it ends.
+
+Not through the service (the supervisor is needed): CMD run as another user than root
+while nsrun has a terminal (its own session and a relayed pty), and an abstract
+NOTIFY_SOCKET (relayed). A caller other than root sends its stdio descriptors with the
+request (the policy path starts CMD for it); until that path is integrated the service
+refuses (exit 2).
+
+Standard library only until the namespace is entered: this is the hot path.
+"""
+
+from __future__ import annotations
+
+import _socket as socket  # see nsrun.wire: socket.py costs ~5 ms
+import os
+import sys
+
+from nsrun import wire
+
+TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
+if TYPE_CHECKING:
+    from typing import Any
+from nsrun.errors import NsrunError, UsageError
+
+
+def socket_path() -> str | None:
+    root = os.environ.get("NSRUN_STATE_DIR") or "/run/nsrun"
+    return f"{root}/{wire.SOCKET_NAME}" if os.path.isabs(root) else None
+
+
+def connect() -> socket.socket | None:
+    """A connection to the service, or None (none listens, or it is not for us)."""
+    if os.environ.get("NSRUN_DAEMON") == "0":
+        return None
+    path = socket_path()
+    if path is None:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:  # ENOENT, ECONNREFUSED, EACCES, ENOTDIR...: work without the service
+        sock.close()
+        return None
+    return sock
+
+
+def _ask(sock: socket.socket, msg: dict[str, Any], fds: tuple[int, ...] = ()) -> tuple[dict[str, Any], list[int]]:
+    """Send MSG; relay `output` replies; the first other reply (an `error` raised)."""
+    try:
+        wire.send(sock, msg, fds)
+        while True:
+            got = wire.recv(sock)
+            if got is None:
+                raise NsrunError("the nsrun service closed the connection (see its log)")
+            reply, got_fds = got
+            kind = reply.get("type")
+            if kind == "output":
+                data = reply.get("data")
+                if isinstance(data, str):
+                    stream = sys.stderr if reply.get("stream") == 2 else sys.stdout
+                    stream.write(data)
+                    stream.flush()
+                continue
+            if kind == "error":
+                wire.close_all(got_fds)
+                code, text = reply.get("code"), reply.get("message")
+                error = UsageError if code == 2 else NsrunError
+                exc = error(text if isinstance(text, str) else "the service failed")
+                if isinstance(code, int) and code not in (1, 2):
+                    exc.exit_code = code
+                raise exc
+            return reply, got_fds
+    except wire.ProtocolError as exc:
+        raise NsrunError(f"talking to the nsrun service: {exc}") from None
+    except OSError as exc:
+        raise NsrunError(f"talking to the nsrun service: {exc.strerror or exc}") from None
+
+
+def command(msg: dict[str, Any]) -> int | None:
+    """`up`, `down`, `ls`, `gc` through the service: the exit status, or None without one."""
+    sock = connect()
+    if sock is None:
+        return None
+    try:
+        reply, fds = _ask(sock, msg)
+    finally:
+        sock.close()
+    wire.close_all(fds)
+    code = reply.get("code")
+    if reply.get("type") != "exit" or not isinstance(code, int):
+        raise NsrunError("the nsrun service sent an unexpected reply")
+    return code
+
+
+def _firewall() -> str | None:
+    return os.environ.get("NSRUN_FIREWALL") or None
+
+
+def run(argv: list[str], profile: str | None, name: str | None, user: str | None) -> int | None:
+    """`nsrun [-p P] [-n N] [-u U] -- CMD` through the service: execs CMD (never returns)
+    for root, the exit status for others, or None to work without the service."""
+    msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
+                           "firewall": _firewall()}
+    return _enter("run", msg, name, user)
+
+
+def exec_in(name: str, argv: list[str], user: str | None) -> int | None:
+    """`nsrun exec NAME -- CMD` through the service (as `run`)."""
+    msg: dict[str, Any] = {"type": "exec", "name": name, "argv": argv, "user": user}
+    return _enter("exec", msg, name, user)
+
+
+def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None) -> int | None:
+    if os.geteuid() != 0:
+        return _not_root(msg)
+    from nsrun import execution, privilege
+
+    ident = execution.resolve_user(user)
+    if ident is not None and (execution.terminal_fds() or execution.has_controlling_terminal()):
+        return None  # a session and pty of CMD's own: the supervisor's (nsrun.run)
+    if os.environ.get("NOTIFY_SOCKET", "").startswith("@") and kind == "run":
+        return None  # relayed by the supervisor
+    sock = connect()
+    if sock is None:
+        return None
+    try:
+        privilege.require_root(state_dir=False)
+        reply, fds = _ask(sock, msg)
+    finally:
+        sock.close()
+    if reply.get("type") != "ready" or len(fds) != 1 or not isinstance(reply.get("name"), str):
+        wire.close_all(fds)
+        raise NsrunError("the nsrun service sent an unexpected reply")
+    ns = reply["name"]
+    for line in reply.get("notices") or ():
+        sys.stderr.write(f"{line}\n")
+    profile, address = reply.get("profile"), reply.get("address")
+    profile = profile if isinstance(profile, str) else None
+    env = execution.command_env(ns, profile, address if isinstance(address, str) else None, ident)
+    if kind == "exec" and env.get("NOTIFY_SOCKET", "").startswith("@"):
+        sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
+                         f"{ns}; `nsrun -n {ns} -- CMD` relays it\n")
+    sys.stderr.flush()
+    from nsrun.hostresolver import Wiring
+
+    execution.enter_and_exec(ns, msg["argv"], env, ident, netns_fd=fds[0],
+                             wiring=Wiring.parse(ns, profile, reply.get("wiring")), known=True)
+    return 1  # not reached: enter_and_exec execs or exits
+
+
+def _not_root(msg: dict[str, Any]) -> int | None:
+    """A caller without root: the service starts CMD as the caller (the policy path), with
+    this process's stdin, stdout and stderr, its environment and working directory; the
+    reply is CMD's end (`exit`: code, signal)."""
+    sock = connect()
+    if sock is None:
+        return None
+    tty = os.isatty(0)
+    winsize = None
+    if tty:
+        try:
+            size = os.get_terminal_size(0)
+            winsize = [size.lines, size.columns]
+        except OSError:
+            pass
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    msg = {**msg, "env": dict(os.environ), "cwd": cwd, "tty": tty, "winsize": winsize, "stdio": True}
+    try:
+        reply, fds = _ask(sock, msg, (0, 1, 2))
+    finally:
+        sock.close()
+    wire.close_all(fds)
+    code, signo = reply.get("code"), reply.get("signal")
+    if reply.get("type") != "exit" or not isinstance(code, int):
+        raise NsrunError("the nsrun service sent an unexpected reply")
+    if isinstance(signo, int) and signo > 0:
+        from nsrun import run as run_mod
+
+        run_mod.end_by(signo)
+    return code
