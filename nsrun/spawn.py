@@ -271,7 +271,7 @@ def _child(plan: _Plan, report: int) -> None:
         os.umask(plan.umask)
     try:
         netns.enter(plan.ns_name)
-        execution.private_mounts(plan.ns_name, plan.hide_resolver)
+        execution.private_mounts(plan.ns_name, hide_resolver=plan.hide_resolver)
     except OSError as exc:
         _fail(report, EXIT_SETUP, f"cannot enter namespace {plan.ns_name}: {exc.strerror or exc}")
     try:

@@ -93,8 +93,11 @@ def main(args: list[str]) -> int:
         warm()
         ctx = handlers.Context(user_limit=opts.user_limit,
                                root_limit=opts.root_limit or None, grace=opts.grace)
+        from nsrun import commands
+
+        ctx.bus = commands.system_bus()  # firewalld's (DBUS_SYSTEM_BUS_ADDRESS of the service)
         adopted, gone = ctx.runs.adopt()  # before the pool: the last service's members go
-        ctx.pool = pool.Pool(sizes) if sizes else None
+        ctx.pool = pool.Pool(sizes, bus=ctx.bus) if sizes else None
         log(f"listening on {where} (pid {os.getpid()}); adopted {adopted} running "
             f"namespace(s), took down {gone} whose program had ended")
         server.serve_forever(ctx, sock)

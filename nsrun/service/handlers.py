@@ -50,6 +50,7 @@ class Context:
         self.runs = runs or Runs(self.name_lock, **limits)
         self.pool = pool
         self.requests = 0
+        self.bus: str | None = None  # the system bus (firewalld), from the service's environment
 
     def name_lock(self, name: str) -> threading.Lock:
         """One request at a time per namespace name (the engine's file locks stay the
@@ -187,7 +188,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
                         rec, ns = pooled, pooled.name
                     else:
                         rec, _ = engine.up(ns, prof, persistent=not ephemeral, owner=owner if ephemeral else None,
-                                           firewall=firewall, notices=notices)
+                                           firewall=firewall, notices=notices, bus=ctx.bus)
                 except BaseException:
                     if ephemeral:
                         ctx.runs.release(caller.uid)

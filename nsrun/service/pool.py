@@ -66,9 +66,10 @@ def read_config(path: str | None) -> dict[str, int]:
 
 
 class Pool:
-    def __init__(self, sizes: dict[str, int], firewall: str | None = None) -> None:
+    def __init__(self, sizes: dict[str, int], firewall: str | None = None, bus: str | None = None) -> None:
         self.sizes = sizes
         self.firewall = firewall
+        self.bus = bus
         self.members: dict[str, list[str]] = {p: [] for p in sizes}
         self.lock = threading.Condition()
         self.stopping = False
@@ -130,7 +131,7 @@ class Pool:
                 name = names.ephemeral_name()
                 try:
                     prof = profiles.load(key)
-                    engine.up(name, prof, persistent=False, owner=self.owner, firewall=self.firewall)
+                    engine.up(name, prof, persistent=False, owner=self.owner, firewall=self.firewall, bus=self.bus)
                 except Exception as exc:
                     log(f"pool: making a namespace of profile {key} failed: {exc}; retrying in 5 s")
                     with self.lock:
