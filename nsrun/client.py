@@ -12,9 +12,9 @@ this process (a pidfd) and takes the namespace down when it ends.
 
 Not through the service (the supervisor is needed): CMD run as another user than root
 while nsrun has a terminal (its own session and a relayed pty), and an abstract
-NOTIFY_SOCKET (relayed). A caller other than root sends its stdio descriptors with the
-request (the policy path starts CMD for it); until that path is integrated the service
-refuses (exit 2).
+NOTIFY_SOCKET (relayed). A caller other than root sends its stdio descriptors (a pty's
+slave on a terminal, relayed here) with the request, and the service starts CMD as the
+caller, as its policy allows (nsrun.service.userpath).
 
 Standard library only until the namespace is entered: this is the hot path.
 """
@@ -58,6 +58,16 @@ def _ask(sock: socket.socket, msg: dict[str, Any], fds: tuple[int, ...] = ()) ->
     """Send MSG; relay `output` replies; the first other reply (an `error` raised)."""
     try:
         wire.send(sock, msg, fds)
+    except wire.ProtocolError as exc:
+        raise NsrunError(f"talking to the nsrun service: {exc}") from None
+    except OSError as exc:
+        raise NsrunError(f"talking to the nsrun service: {exc.strerror or exc}") from None
+    return _await(sock)
+
+
+def _await(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The service's next reply but `output` (relayed to stdout/stderr); `error` raised."""
+    try:
         while True:
             got = wire.recv(sock)
             if got is None:
@@ -159,29 +169,55 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None) -
 
 
 def _not_root(msg: dict[str, Any]) -> int | None:
-    """A caller without root: the service starts CMD as the caller (the policy path), with
-    this process's stdin, stdout and stderr, its environment and working directory; the
-    reply is CMD's end (`exit`: code, signal)."""
+    """A caller without root: the service starts CMD as the caller (its policy path,
+    nsrun.service.userpath), with this process's stdin, stdout and stderr, its environment
+    and working directory; the reply is CMD's end (`exit`: code, signal). On a terminal, CMD
+    gets a pty of this user's own whose slave is sent instead of the terminal, and this
+    process relays (raw mode, window size; ^C and ^Z are bytes the pty's line discipline
+    turns into CMD's signals), as `ssh -t` does. Otherwise the signals a process or a
+    terminal sends this one (INT, TERM, HUP, QUIT) are passed on as `signal` messages."""
     sock = connect()
     if sock is None:
         return None
-    tty = os.isatty(0)
-    winsize = None
-    if tty:
-        try:
-            size = os.get_terminal_size(0)
-            winsize = [size.lines, size.columns]
-        except OSError:
-            pass
+    from nsrun import terminal
+
+    ttys = terminal.user_terminal_fds()
+    master = slave = None
+    stdio: tuple[int, ...] = (0, 1, 2)
     try:
         cwd = os.getcwd()
     except OSError:
         cwd = "/"
-    msg = {**msg, "env": dict(os.environ), "cwd": cwd, "tty": tty, "winsize": winsize, "stdio": True}
     try:
-        reply, fds = _ask(sock, msg, (0, 1, 2))
+        if ttys:
+            master, slave = terminal.open_pty(ttys)
+            stdio = tuple(slave if fd in ttys else fd for fd in (0, 1, 2))
+        msg = {**msg, "env": dict(os.environ), "cwd": cwd, "tty": bool(ttys), "winsize": None, "stdio": True}
+        try:
+            wire.send(sock, msg, stdio)
+        except (OSError, wire.ProtocolError) as exc:
+            raise NsrunError(f"talking to the nsrun service: {exc}") from None
+        finally:
+            if slave is not None:
+                os.close(slave)
+        if master is not None:
+            try:
+                terminal.relay(master, sock.fileno(), ttys)
+            except terminal.Interrupted as exc:
+                os.close(master)  # CMD's terminal hangs up: CMD gets SIGHUP
+                master = None
+                sock.close()
+                from nsrun import run as run_mod
+
+                run_mod.end_by(exc.signum)
+                return 128 + exc.signum
+            reply, fds = _await(sock)
+        else:
+            reply, fds = _passing_signals(sock)
     finally:
         sock.close()
+        if master is not None:
+            os.close(master)
     wire.close_all(fds)
     code, signo = reply.get("code"), reply.get("signal")
     if reply.get("type") != "exit" or not isinstance(code, int):
@@ -191,3 +227,22 @@ def _not_root(msg: dict[str, Any]) -> int | None:
 
         run_mod.end_by(signo)
     return code
+
+
+def _passing_signals(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The final reply; meanwhile INT, TERM, HUP and QUIT go to CMD as `signal` messages."""
+    import signal
+
+    def on_signal(signum: int, frame: object) -> None:
+        try:
+            wire.send(sock, {"type": "signal", "signo": signum})
+        except OSError:
+            pass
+
+    passed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    old = {sig: signal.signal(sig, on_signal) for sig in passed}
+    try:
+        return _await(sock)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

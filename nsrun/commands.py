@@ -15,9 +15,10 @@ _ENV = "env"  # firewall=_ENV: read NSRUN_FIREWALL (the service passes its calle
 
 
 def up(name: str, profile_spec: str | None, *, firewall: str | None = _ENV,
-       out: TextIO | None = None, err: TextIO | None = None) -> int:
+       out: TextIO | None = None, err: TextIO | None = None, owner_uid: int | None = None) -> int:
     """OUT and ERR (default: this process's stdout and stderr) take what is printed: the
-    service (nsrun.service) hands writers that send it to its client."""
+    service (nsrun.service) hands writers that send it to its client. OWNER_UID: the caller
+    without root the service makes NAME for (its policy's "own" namespaces)."""
     from nsrun import engine, privilege
     from nsrun import profile as profiles
     from nsrun.names import check_name
@@ -29,6 +30,7 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = _ENV,
     prof = profiles.load(profile_spec)
     notices: list[str] = []
     rec, already = engine.up(name, prof, persistent=True,
+                             owner={"owner_uid": owner_uid} if owner_uid is not None else None,
                              firewall=requested_firewall() if firewall == _ENV else firewall,
                              notices=notices, bus=system_bus())
     say_notices(notices, err)

@@ -47,7 +47,8 @@ def up(name: str, prof: Profile, *, persistent: bool,
        owner: dict[str, Any] | None = None, firewall: str | None = None,
        notices: list[str] | None = None, bus: str | None = None) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
-    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor. FIREWALL: the
+    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor; its
+    `owner_uid`, a namespace made for a caller without root (the service's policy path). FIREWALL: the
     backend the caller asks for (a profile's `firewall` wins). BUS: the system bus's address,
     where firewalld is asked to let a nat bridge through (None: not asked). NOTICES, when given, gets what
     this setup opened in the host's own firewall (only the setup that opens a bridge's way
@@ -78,7 +79,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
             prefixlen=prof.subnet.prefixlen if prof.subnet else None,
             gateway=str(prof.gateway) if prof.gateway else None, dns=False,
             owner_pid=owner.get("owner_pid"), owner_start=owner.get("owner_start"),
-            host_resolver=prof.host_resolver,
+            host_resolver=prof.host_resolver, owner_uid=owner.get("owner_uid"),
         )
         steps = resources.for_mode(prof.mode)
         s = Setup(rec, prof, firewall, bus)

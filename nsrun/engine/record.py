@@ -70,6 +70,9 @@ class NsRecord(NamedTuple):
     wg_start: int | None = None
     # router profiles (nsrun.engine.resources.router): the host routes made via `address`.
     routes: tuple[str, ...] = ()
+    # the uid a namespace was made for through the service's policy path (a caller without
+    # root: nsrun.service.userpath); None for root's. The policy's "own" namespaces.
+    owner_uid: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
@@ -94,6 +97,7 @@ class NsRecord(NamedTuple):
             host_resolver=data.get("host_resolver") is True,
             wireguard=_str(data, "wireguard"), wg_pid=_int(data, "wg_pid"), wg_start=_int(data, "wg_start"),
             routes=tuple(r for r in _list(data, "routes") if isinstance(r, str)),
+            owner_uid=_int(data, "owner_uid"),
         )
 
     def owner(self) -> dict[str, Any]:

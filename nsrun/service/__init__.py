@@ -5,7 +5,8 @@ imports. See docs/service.md.
     nsrun/service/__init__.py   main: options, the socket, warm imports, adoption, serve
     nsrun/service/listen.py     the socket: systemd's (activation) or made here
     nsrun/service/server.py     the accept loop: a thread and one request per connection
-    nsrun/service/handlers.py   each request for a caller (SO_PEERCRED); the non-root seam
+    nsrun/service/handlers.py   each request for a caller (SO_PEERCRED)
+    nsrun/service/userpath.py   callers without root: the policy, CMD started as the caller
     nsrun/service/runs.py       ephemeral namespaces watched until their program ends
 
 Stopping the service leaves running programs alone: their namespaces' records name their
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="live ephemeral namespaces for root (0: unlimited, the default)")
     p.add_argument("--config", metavar="FILE", help="the service's config (the warm pool); default "
                                                    "/etc/nsrun/service.toml when it exists")
+    p.add_argument("--policy", metavar="FILE", default="/etc/nsrun/policy.toml",
+                   help="who may do what without root (docs/policy.md); read at each request of "
+                        "such a caller; default /etc/nsrun/policy.toml (missing: nobody)")
     p.add_argument("--grace", type=float, default=5.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL for what a program left inside")
     return p
@@ -95,6 +99,7 @@ def main(args: list[str]) -> int:
                                root_limit=opts.root_limit or None, grace=opts.grace)
         from nsrun import commands
 
+        ctx.policy = opts.policy
         ctx.bus = commands.system_bus()  # firewalld's (DBUS_SYSTEM_BUS_ADDRESS of the service)
         adopted, gone = ctx.runs.adopt()  # before the pool: the last service's members go
         ctx.pool = pool.Pool(sizes, bus=ctx.bus) if sizes else None

@@ -14,9 +14,9 @@ callers get today's behaviour, done by the warm engine:
 Every failure is an `error` reply with the exit status and message the same command gives
 without the service (the same exceptions, the same text).
 
-Callers other than root: `NON_ROOT` is the seam where the policy path plugs in (policy.toml
-decides; the service starts CMD as the caller, with the caller's stdio descriptors, and
-relays a pty). Until then it refuses, exit 2, and the refusal is logged with the uid.
+Callers other than root: `NON_ROOT`, the policy path (nsrun.service.userpath): policy.toml
+decides; the service starts CMD as the caller, with the caller's stdio descriptors (a pty's
+slave that the client relays when it is on a terminal).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Context:
         self.pool = pool
         self.requests = 0
         self.bus: str | None = None  # the system bus (firewalld), from the service's environment
+        self.policy = "/etc/nsrun/policy.toml"  # nsrun.policy.DEFAULT_PATH; `nsrun daemon --policy`
 
     def name_lock(self, name: str) -> threading.Lock:
         """One request at a time per namespace name (the engine's file locks stay the
@@ -83,18 +84,16 @@ class Sink:
 Reply = Callable[[dict[str, Any], list[int]], None]
 
 
-def refuse_non_root(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any],
-                    fds: list[int]) -> None:
-    """The non-root seam's placeholder: a refusal (exit 2), logged with the caller's uid.
-    The policy path replaces it (see docs/service.md, "Callers without root")."""
-    wire.close_all(fds)
-    log(f"refused {msg['type']} for uid {caller.uid} (pid {caller.pid}): not root, and no policy path yet")
-    raise UsageError(f"the nsrun service serves root only for now (you are uid {caller.uid}); "
-                     "use sudo nsrun ...")
+def non_root(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any],
+             fds: list[int]) -> None:
+    """A caller other than root: what /etc/nsrun/policy.toml allows it (nsrun.service.userpath)."""
+    from nsrun.service import userpath
+
+    userpath.serve(ctx, conn, caller, msg, fds)
 
 
-# Replaced by the lead's integration: called for every request of a caller other than root.
-NON_ROOT: Callable[[Context, socket.socket, Caller, dict[str, Any], list[int]], None] = refuse_non_root
+# Called for every request of a caller other than root (tests may replace it).
+NON_ROOT: Callable[[Context, socket.socket, Caller, dict[str, Any], list[int]], None] = non_root
 
 
 def dispatch(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any], fds: list[int]) -> None:

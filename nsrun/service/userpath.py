@@ -1,0 +1,310 @@
+"""Callers without root (nsrun.service.handlers.NON_ROOT): what /etc/nsrun/policy.toml
+lets them do, done by the service, with CMD started by the service as the caller.
+
+Who the caller is comes from SO_PEERCRED (uid, gid, pid) and the user database (its
+groups: nsrun.policy.Caller.from_uid), never from the request. What such a caller may
+never ask for, whatever the policy says: a profile by path (`-p /x.toml`: the service would
+read a file the caller chose), `-u` (another user), `gc` (it reclaims everyone's). Each
+refusal is exit 2 with one line, logged by the service with the uid.
+
+A run (`nsrun [-p P] [-n N] -- CMD`, `nsrun exec N -- CMD`): the policy decides (the
+profile for a new namespace, the named namespace to create or enter: its own by default,
+`owner_uid` in its record); the engine brings an ephemeral namespace up with the *client*
+as its owner (the client waits on the connection until CMD ends: when it dies, the
+service's watcher takes the namespace down and with it CMD, and gc reclaims it should the
+service be gone too); CMD is started by nsrun.spawn inside it as the caller (its uid, gid
+and groups, no capabilities, no_new_privs), with the client's argv, environment, working
+directory and the three descriptors the request carried (a pty's slave when the client is
+on a terminal: the client relays, nsrun.terminal.relay). While CMD runs, `signal` messages
+from the client reach it; when it ends, an ephemeral namespace is taken down (before the
+reply, as nsrun does without the service) and the `exit` reply carries CMD's code and
+signal.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+from typing import TYPE_CHECKING, Any
+
+from nsrun import wire
+from nsrun.errors import UsageError
+from nsrun.service.runs import Run, log
+
+if TYPE_CHECKING:
+    from nsrun.engine.record import NsRecord
+    from nsrun.policy import Caller as PolicyCaller
+    from nsrun.policy import Policy
+    from nsrun.service.handlers import Caller, Context
+
+# What a client may pass on to the CMD the service started for it (what a terminal or a
+# `kill` sends a process; never SIGKILL/SIGSTOP, which would bypass CMD's own cleanup).
+PASSED_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
+                            signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
+                            signal.SIGTSTP, signal.SIGALRM})
+
+
+def serve(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any], fds: list[int]) -> None:
+    """NON_ROOT: answer MSG for CALLER (uid != 0). Owns FDS."""
+    try:
+        kind = msg["type"]
+        if kind == "ls":
+            _no_fds(fds)
+            from nsrun.service import handlers
+
+            handlers.same_netns(caller)
+            handlers.ls(ctx, conn, caller, msg)
+            return
+        if kind in ("gc", "signal"):
+            what = "gc needs root (sudo nsrun gc)" if kind == "gc" else \
+                "no program started by the service runs on this connection"
+            _refuse(caller, kind, what)
+        from nsrun import policy as policies
+        from nsrun.service import handlers
+
+        handlers.same_netns(caller)
+        try:
+            pol = policies.load(ctx.policy)
+        except UsageError as exc:
+            log(f"refused {kind} for uid {caller.uid}: {exc}")
+            raise
+        who = policies.Caller.from_uid(caller.uid, caller.gid)
+        if kind in ("run", "exec"):
+            _stdio(msg, fds)
+            _run(ctx, conn, caller, who, pol, msg, fds)  # closes FDS once CMD has them
+        elif kind == "up":
+            _no_fds(fds)
+            _up(ctx, conn, caller, who, pol, msg)
+        elif kind == "down":
+            _no_fds(fds)
+            _down(ctx, conn, caller, who, pol, msg)
+        else:
+            _refuse(caller, kind, f"{kind} is not for callers without root")
+    finally:
+        wire.close_all(fds)
+
+
+def _refuse(caller: Caller, kind: str, why: str) -> None:
+    log(f"refused {kind} for uid {caller.uid} (pid {caller.pid}): {why}")
+    raise UsageError(why)
+
+
+def _check(caller: Caller, kind: str, reason: str | None) -> None:
+    if reason is not None:
+        _refuse(caller, kind, reason)
+
+
+def _no_fds(fds: list[int]) -> None:
+    if fds:
+        raise wire.ProtocolError("this request carries no descriptors")
+
+
+def _stdio(msg: dict[str, Any], fds: list[int]) -> None:
+    if not wire.field_bool(msg, "stdio") or len(fds) != 3:
+        raise wire.ProtocolError("a run of a caller without root carries its stdin, stdout and stderr "
+                                 "(stdio: true, 3 descriptors)")
+
+
+def _profile_name(caller: Caller, kind: str, spec: str | None) -> str:
+    from nsrun import policy as policies
+    from nsrun.profile import DEFAULT_PROFILE
+
+    if spec is not None and ("/" in spec or spec.endswith(".toml")):
+        _refuse(caller, kind, f"a profile file ({spec}) needs root: callers without root name a profile "
+                              "the service knows (nsrun profiles)")
+    name = spec or DEFAULT_PROFILE
+    _check(caller, kind, policies.profile_name_problem(name))
+    return name
+
+
+def _live_of(uid: int) -> int:
+    """Namespaces the service made for UID (ephemeral and named) that are still there."""
+    from nsrun.engine import record
+
+    return sum(1 for rec in record.all_ns().values() if rec.owner_uid == uid)
+
+
+def _within_limit(caller: Caller, who: PolicyCaller, pol: Policy, kind: str) -> None:
+    limit = pol.limit(who)
+    if limit is not None and _live_of(caller.uid) >= limit:
+        _refuse(caller, kind, f"{who.describe()} has {limit} live namespace(s), the policy's limit "
+                              f"(nsrun ls; nsrun down NAME)")
+
+
+def _owner_uid(name: str) -> int | None:
+    from nsrun.engine import record
+
+    rec = record.read(name)
+    return rec.owner_uid if rec is not None else None
+
+
+def _up(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
+        msg: dict[str, Any]) -> None:
+    from nsrun import commands, names, netns
+    from nsrun.service import handlers
+
+    name = wire.field_str(msg, "name", optional=False)
+    assert name is not None
+    names.check_name(name)
+    prof = _profile_name(caller, "up", wire.field_str(msg, "profile"))
+    with ctx.name_lock(name):
+        if netns.exists(name):
+            _check(caller, "up", pol.may_enter(who, name, _owner_uid(name)))
+        else:
+            _check(caller, "up", pol.may_create(who, name))
+            _within_limit(caller, who, pol, "up")
+        _check(caller, "up", pol.may_run(who, prof))
+        firewall = handlers._firewall(msg)
+        handlers._command(conn, lambda out, err: commands.up(
+            name, prof, firewall=firewall, out=out, err=err, owner_uid=caller.uid))  # type: ignore[arg-type]
+
+
+def _down(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
+          msg: dict[str, Any]) -> None:
+    from nsrun import names
+    from nsrun.service import handlers
+
+    name = wire.field_str(msg, "name", optional=False)
+    assert name is not None
+    names.check_name(name)
+    _check(caller, "down", pol.may_remove(who, name, _owner_uid(name)))
+    handlers.down(ctx, conn, caller, msg)
+
+
+def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
+         msg: dict[str, Any], held: list[int]) -> None:
+    """A run or exec; HELD: the request's stdin, stdout and stderr, closed (and emptied)
+    as soon as CMD has its own copies, so that the client sees its pty or pipes end with CMD."""
+    from nsrun import cgroup, engine, names, netns, spawn
+    from nsrun import profile as profiles
+    from nsrun.engine import record
+    from nsrun.service import handlers
+
+    kind = msg["type"]
+    argv = wire.field_argv(msg)
+    if not argv:
+        raise UsageError("missing command: nsrun [-p PROFILE] [-n NAME] -- CMD [ARG...]")
+    if wire.field_str(msg, "user") is not None:
+        _refuse(caller, kind, "-u needs root: the service runs CMD as you")
+    env = wire.field_env(msg)
+    cwd = wire.field_str(msg, "cwd") or "/"
+    if not os.path.isabs(cwd):
+        raise wire.ProtocolError("field 'cwd' must be an absolute path")
+    tty = wire.field_bool(msg, "tty")
+    name = wire.field_str(msg, "name")
+    if name is not None:
+        names.check_name(name)
+    spec = wire.field_str(msg, "profile") if kind == "run" else None
+    if kind == "exec" and name is None:
+        raise wire.ProtocolError("field 'name' is required")
+    ephemeral = name is None
+    ns = name or names.ephemeral_name()
+    pin: tuple[int, int | None] | None = None
+    group: str | None = None
+    rec: NsRecord | None = None
+    watched = False
+    try:
+        with ctx.name_lock(ns):
+            if ephemeral:
+                prof_name = _profile_name(caller, kind, spec)
+                _check(caller, kind, pol.may_run(who, prof_name))
+                _within_limit(caller, who, pol, kind)
+                prof = profiles.load(prof_name)
+                pin = handlers.pin_caller(conn, caller)  # the client: the run's owner
+                ctx.runs.reserve(caller.uid)
+                owner = {"owner_pid": caller.pid, "owner_start": pin[1], "owner_uid": caller.uid}
+                try:
+                    rec, _ = engine.up(ns, prof, persistent=False, owner=owner,
+                                       firewall=handlers._firewall(msg), bus=ctx.bus)
+                except BaseException:
+                    ctx.runs.release(caller.uid)
+                    raise
+                group = cgroup.create(ns)
+                ctx.runs.watch(Run(ns, rec.created, caller.uid, pin[0], group))
+                watched = True
+            elif netns.exists(ns):
+                if spec is not None:
+                    _profile_name(caller, kind, spec)
+                _check(caller, kind, pol.may_enter(who, ns, _owner_uid(ns)))
+                if spec is not None:
+                    error = profiles.mismatch(ns, record.read(ns), profiles.load(spec))
+                    if error:
+                        raise error
+                rec = record.read(ns)
+            elif kind == "exec":
+                raise UsageError(f"no namespace {ns} (`nsrun ls` lists them; `nsrun up {ns}` makes one)")
+            else:  # `-n NAME -- CMD` with NAME missing: made, persistent, as without the service
+                prof_name = _profile_name(caller, kind, spec)
+                _check(caller, kind, pol.may_create(who, ns))
+                _check(caller, kind, pol.may_run(who, prof_name))
+                _within_limit(caller, who, pol, kind)
+                rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True,
+                                   owner={"owner_uid": caller.uid}, firewall=handlers._firewall(msg),
+                                   bus=ctx.bus)
+        env = {**env, "NSRUN_NETNS": ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",
+               "NSRUN_ADDRESS": (rec.address if rec else None) or ""}
+        started = spawn.start(ns, argv, env, cwd, caller.uid, who.gid, who.groups,
+                              (held[0], held[1], held[2]), controlling_tty=tty, cgroup=group)
+    except BaseException:
+        if pin is not None and not watched:
+            os.close(pin[0])
+        raise
+    finally:
+        wire.close_all(held)
+        held.clear()
+    if started.failure is not None:
+        log(f"uid {caller.uid}: CMD did not start in {ns}: {started.failure[1]}")
+    status = _wait(conn, caller, started)
+    if ephemeral and rec is not None:
+        ctx.runs.take_down(ns, rec.created, group)  # before the reply, as without the service
+    try:
+        wire.send(conn, {"type": "exit", "code": status.code, "signal": status.signal})
+    except OSError:
+        pass  # the client is gone: its namespace went with it
+
+
+def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
+    """Until CMD ends: pass the client's `signal` messages on; when the client goes away,
+    hang CMD up (the watcher takes an ephemeral namespace down with whatever is left)."""
+    from nsrun import spawn
+
+    poller = select.poll()
+    poller.register(started.pidfd, select.POLLIN)
+    poller.register(conn, select.POLLIN)
+    client = True
+    while True:
+        for fd, events in poller.poll():
+            if fd == started.pidfd:
+                status = spawn.wait_status(started)
+                assert status is not None
+                return status
+            if not events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                continue
+            if not client:
+                continue
+            try:
+                got = wire.recv(conn)
+            except (OSError, wire.ProtocolError) as exc:
+                log(f"uid {caller.uid}: dropping a bad message while CMD runs: {exc}")
+                got = None
+            if got is None:  # the client went away: CMD loses its caller, as on a hangup
+                client = False
+                poller.unregister(conn)
+                _send(started.pidfd, signal.SIGHUP)
+                continue
+            message, extra = got
+            wire.close_all(extra)
+            signo = message.get("signo")
+            if message.get("type") == "signal" and isinstance(signo, int) and signo in PASSED_SIGNALS:
+                _send(started.pidfd, signo)
+            else:
+                log(f"uid {caller.uid}: ignored a {message.get('type')!r} message while CMD runs")
+
+
+def _send(pidfd: int, signo: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signo)
+    except OSError:
+        pass  # CMD has ended meanwhile

@@ -1,0 +1,168 @@
+"""Issue 13, acceptance 5: callers without root, through the service, as its policy allows.
+
+The service runs in the lab host with a policy of the test's own (`--policy`, a root-owned
+file) that lets nobody use profiles gw1 and nat; the socket is opened to everyone (as if
+nobody were in group nsrun). nobody's `nsrun` is this checkout's (a world-readable copy,
+conftest.public_nsrun) run with setpriv: no sudo anywhere. The service starts CMD inside as
+nobody; a user the policy does not name (daemon), a profile file, `-u` and a profile the
+policy does not grant are each refused with exit 2, one line, and a line in the service's
+log with the uid.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CLIENT, LabRunner
+from nsrun import lab as labmod
+from test_service import Service, served
+from test_signals import SYSTEM_PYTHON, Term
+
+HOST_KINDS = ["legacy"]
+
+# CMD runs as nobody: a Python nobody may execute (the suite's may sit under /root)
+USER_CLIENT = [SYSTEM_PYTHON, *CLIENT[1:]]
+
+POLICY = """\
+version = 1
+[[allow]]
+users = ["nobody"]
+profiles = ["gw1", "nat"]
+limit = 4
+"""
+
+
+@pytest.fixture
+def user_service(lab: LabRunner, tmp_path: Path) -> Any:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    policy.chmod(0o644)
+    svc = Service(lab, tmp_path / "daemon.log", "--policy", str(policy)).start()
+    try:
+        os.chmod(svc.sock, 0o666)  # the test's socket is root's (no group nsrun here)
+        yield svc
+        assert svc.proc is not None and svc.proc.poll() is None, f"the service died: {svc.log()}"
+        svc.wait_idle()
+        assert "Traceback" not in svc.log(), svc.log()
+    finally:
+        svc.stop()
+
+
+def as_user(lab: LabRunner, user: str, *args: str) -> list[str]:
+    who = pwd.getpwnam(user)
+    return lab.host_argv(["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", "--init-groups",
+                          "--inh-caps=-all", *lab.nsrun_argv(*args)[2:]])
+
+
+def user_run(lab: LabRunner, public: dict[str, str], user: str, *args: str,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(as_user(lab, user, *args), env={**lab.env, **public, **(env or {})},
+                          capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def test_user_in_policy_runs_through_gw1_without_sudo(lab, user_service, public_nsrun):
+    nobody = pwd.getpwnam("nobody")
+    before = served(user_service)
+    r = user_run(lab, public_nsrun, "nobody", "-p", "gw1", "--", *USER_CLIENT)
+    assert (r.returncode, r.stdout.strip()) == (0, labmod.GW1_UP), (r.stderr, user_service.log())
+    script = ("id -u; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; echo \"wl=$WAYLAND_DISPLAY\"; "
+              "echo \"ns=$NSRUN_NETNS\"; pwd; exit 7")
+    r = user_run(lab, public_nsrun, "nobody", "-p", "nat", "--", "sh", "-c", script,
+                 env={"WAYLAND_DISPLAY": "wayland-test-1"})
+    lines = r.stdout.split("\n")
+    assert r.returncode == 7, (r.stdout, r.stderr, user_service.log())
+    assert int(lines[0]) == nobody.pw_uid
+    caps = dict(line.split(":\t") for line in lines[1:3])
+    assert int(caps["CapEff"], 16) == 0 and caps["NoNewPrivs"] == "1", caps
+    assert lines[3] == "wl=wayland-test-1"
+    assert lines[4].startswith("ns=nsrun-")
+    assert lines[5] == "/"  # the client's working directory
+    assert served(user_service) == before + 2  # both through the service
+    assert not [n for n in os.listdir(f"/run/netns") if n.startswith("nsrun-")]  # gone: ephemeral
+
+
+def test_user_signal_and_exit_status_pass_through(lab, user_service, public_nsrun):
+    """Without a terminal: a TERM sent to the client reaches CMD; CMD's signal is the
+    client's end."""
+    p = subprocess.Popen(as_user(lab, "nobody", "--", "sh", "-c",
+                                 "trap 'echo got-term; exit 5' TERM; echo ready; sleep 30 & wait"),
+                         env={**lab.env, **public_nsrun}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd="/")
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        p.terminate()
+        out, err = p.communicate(timeout=30)
+        assert (p.returncode, out.strip()) == (5, "got-term"), (out, err, user_service.log())
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    r = user_run(lab, public_nsrun, "nobody", "--", "sh", "-c", "kill -USR1 $$")
+    assert r.returncode == -10, (r.returncode, r.stderr)
+
+
+def test_user_on_a_terminal_gets_a_pty_and_ctrl_c_stops_cmd(lab, user_service, public_nsrun):
+    script = "tty; stty size; echo ready; sleep 30; echo not-interrupted"
+    term = Term(as_user(lab, "nobody", "-p", "nat", "--", "sh", "-c", script),
+                {**lab.env, **public_nsrun}, size=(33, 101))
+    try:
+        outer = term.line_after("shelltty")
+        inner = term.expect(r"\n(/dev/pts/\d+)\r?\n").group(1)
+        assert inner != outer  # a pty of its own, not the caller's terminal
+        assert term.expect(r"\n(\d+ \d+)\r?\n").group(1) == "33 101"
+        term.expect("ready")
+        time.sleep(0.2)
+        term.type(b"\x03")  # ^C: a byte the pty turns into CMD's SIGINT
+        assert term.line_after("rc") == "-2", term.out  # the client ends by CMD's signal
+        assert "not-interrupted" not in term.out.decode()
+        assert term.line_after("mode") == "same"
+    finally:
+        term.close()
+    term = Term(as_user(lab, "nobody", "--", "sh", "-c", "exit 3"), {**lab.env, **public_nsrun})
+    try:
+        assert term.line_after("rc") == "3"
+    finally:
+        term.close()
+
+
+@pytest.mark.parametrize("who,args,words", [
+    ("daemon", ("-p", "nat", "--", "true"), "daemon"),  # a user the policy does not name
+    ("nobody", ("-p", "/etc/passwd", "--", "true"), "profile file"),  # a path
+    ("nobody", ("-p", "isolated", "--", "true"), "isolated"),  # a profile it does not grant
+    ("nobody", ("-u", "root", "--", "true"), "-u needs root"),
+])
+def test_refusals_exit_2_with_a_log_line(lab, user_service, public_nsrun, who, args, words):
+    uid = pwd.getpwnam(who).pw_uid
+    r = user_run(lab, public_nsrun, who, *args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, (r.stderr, user_service.log())
+    assert "Traceback" not in r.stderr
+    assert f"for uid {uid}" in user_service.log()
+
+
+def test_user_named_namespace_own_by_default(lab, user_service, public_nsrun):
+    """nobody makes a named namespace of its own, runs in it, and takes it down; daemon is
+    refused it; root's namespaces are not nobody's to enter."""
+    r = user_run(lab, public_nsrun, "nobody", "up", "mine", "-p", "nat")
+    assert r.returncode == 0, (r.stderr, user_service.log())
+    try:
+        r = user_run(lab, public_nsrun, "nobody", "exec", "mine", "--", "id", "-u")
+        assert (r.returncode, r.stdout.strip()) == (0, str(pwd.getpwnam("nobody").pw_uid)), r.stderr
+        assert lab.nsrun("up", "roots", "-p", "isolated").returncode == 0
+        try:
+            r = user_run(lab, public_nsrun, "nobody", "exec", "roots", "--", "true")
+            assert r.returncode == 2 and "roots" in r.stderr, r.stderr
+        finally:
+            assert lab.nsrun("down", "roots").returncode == 0
+    finally:
+        r = user_run(lab, public_nsrun, "nobody", "down", "mine")
+        assert r.returncode == 0, (r.stderr, user_service.log())
+    assert "mine" not in lab.nsrun("ls").stdout
