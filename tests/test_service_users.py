@@ -166,3 +166,33 @@ def test_user_named_namespace_own_by_default(lab, user_service, public_nsrun):
         r = user_run(lab, public_nsrun, "nobody", "down", "mine")
         assert r.returncode == 0, (r.stderr, user_service.log())
     assert "mine" not in lab.nsrun("ls").stdout
+
+
+def test_user_client_killed_leaves_nothing(lab, user_service, public_nsrun):
+    """A client SIGKILLed while its CMD runs: the service stops CMD and takes the namespace
+    down (the lab fixture then finds the lab host as it was)."""
+    p = subprocess.Popen(as_user(lab, "nobody", "--", "sh", "-c", "echo ready; exec sleep 300"),
+                         env={**lab.env, **public_nsrun}, stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        names = [n for n in os.listdir("/run/netns") if n.startswith("nsrun-")]
+        assert len(names) == 1, names
+        p.kill()
+        p.wait()
+        user_service.wait_idle()
+        assert not os.path.exists(f"/run/netns/{names[0]}")
+        left = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                and _cmdline(pid) == ["sleep", "300"]]
+        assert not left, left
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _cmdline(pid: str) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
