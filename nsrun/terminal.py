@@ -55,9 +55,15 @@ def _openpty() -> tuple[int, int]:
 
 
 def _like_user_terminal(slave: int, fds: tuple[int, ...]) -> None:
-    """The user's terminal settings (FDS[0]) on the new pty's SLAVE."""
+    """The user's terminal settings (FDS[0]) on the new pty's SLAVE. When stdin is not among
+    FDS (`nsrun -- CMD </dev/null` on a terminal), the relay never puts the user's terminal
+    in raw mode, so that terminal still turns each newline into CR LF: the pty must not do
+    it too (lines would end in CR CR LF), so its output is passed through as CMD wrote it."""
     try:
-        termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(fds[0]))
+        attrs = termios.tcgetattr(fds[0])
+        if 0 not in fds:
+            attrs[1] &= ~termios.OPOST
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
     except (termios.error, OSError):
         pass
 

@@ -213,3 +213,38 @@ def test_relay_drains_what_is_left_after_the_status() -> None:
         os.waitpid(pid, 0)
         os.close(fd)
     assert out.count(b"x") == size, (out.count(b"x"), out[-200:])
+
+
+def test_pty_output_processing_only_where_the_user_terminal_is_raw() -> None:
+    """With stdin among the terminals, the relay puts the user's terminal in raw mode and the
+    pty does the newline translation (OPOST as the user's terminal has it); with stdout alone
+    (stdin redirected), the user's terminal stays cooked and translates itself: the pty must
+    not (lines would end in CR CR LF)."""
+    import termios
+
+    from nsrun import terminal
+
+    user_master, user_slave = os.openpty()  # the user's terminal, on a descriptor other than 0
+    try:
+        assert termios.tcgetattr(user_slave)[1] & termios.OPOST
+        master, slave = terminal.open_pty((user_slave,))
+        try:
+            assert not termios.tcgetattr(slave)[1] & termios.OPOST
+        finally:
+            os.close(master)
+            os.close(slave)
+        saved = os.dup(0)
+        os.dup2(user_slave, 0)
+        try:
+            master, slave = terminal.open_pty((0,))
+            try:
+                assert termios.tcgetattr(slave)[1] & termios.OPOST
+            finally:
+                os.close(master)
+                os.close(slave)
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)
+    finally:
+        os.close(user_master)
+        os.close(user_slave)
