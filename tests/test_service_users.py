@@ -196,3 +196,31 @@ def _cmdline(pid: str) -> list[str]:
             return f.read().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return []
+
+
+def test_stopping_the_service_hangs_up_user_programs(lab, tmp_path, public_nsrun):
+    """`systemctl stop` (SIGTERM) while a caller without root runs a program: the service
+    hangs it up (SIGHUP), takes its namespace down, tells the client (which ends by SIGHUP)
+    and stops at once, instead of waiting for the program."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    svc = Service(lab, tmp_path / "daemon.log", "--policy", str(policy)).start()
+    try:
+        os.chmod(svc.sock, 0o666)
+        p = subprocess.Popen(as_user(lab, "nobody", "--", "sh", "-c", "echo ready; exec sleep 300"),
+                             env={**lab.env, **public_nsrun}, stdout=subprocess.PIPE, text=True, cwd="/")
+        try:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            names = [n for n in os.listdir("/run/netns") if n.startswith("nsrun-")]
+            t0 = time.monotonic()
+            svc.stop()
+            assert time.monotonic() - t0 < 20, svc.log()
+            assert p.wait(30) == -1, svc.log()  # the client ends by CMD's SIGHUP
+            assert names and not any(os.path.exists(f"/run/netns/{n}") for n in names)
+            assert "hung up 1 program" in svc.log()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    finally:
+        svc.stop()

@@ -113,6 +113,11 @@ def main(args: list[str]) -> int:
             listen.remove(*made)
             made = None
         sock.close()  # no new requests; those under way finish (a setup is not cut in half)
+        from nsrun.service import userpath
+
+        hung = userpath.hang_up_all()  # CMDs it started for callers without root: hung up
+        if hung:
+            log(f"stopping: hung up {hung} program(s) started for callers without root")
         if not server.ACTIVE.wait(60):
             log("stopping with requests still under way: `nsrun gc` reclaims what they leave")
         if ctx is not None and ctx.pool is not None:

@@ -27,6 +27,7 @@ import os
 import select
 import signal
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 from nsrun import wire
@@ -44,6 +45,22 @@ if TYPE_CHECKING:
 PASSED_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
                             signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
                             signal.SIGTSTP, signal.SIGALRM})
+
+
+# The CMDs started for callers without root that still run (pidfds), for a stopping service.
+_live: set[int] = set()
+_live_lock = threading.Lock()
+
+
+def hang_up_all() -> int:
+    """A stopping service: hang up every CMD it started for a caller without root (SIGHUP,
+    as a closed terminal or a dropped ssh connection would). Their handlers then take their
+    namespaces down and tell their clients, and the service can stop. How many."""
+    with _live_lock:
+        live = list(_live)
+    for pidfd in live:
+        _send(pidfd, signal.SIGHUP)
+    return len(live)
 
 
 def serve(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any], fds: list[int]) -> None:
@@ -256,7 +273,9 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
         held.clear()
     if started.failure is not None:
         log(f"uid {caller.uid}: CMD did not start in {ns}: {started.failure[1]}")
-    status = _wait(conn, caller, started)
+    with _live_lock:
+        _live.add(started.pidfd)
+    status = _wait(conn, caller, started)  # takes the pidfd out of _live before closing it
     if ephemeral and rec is not None:
         ctx.runs.take_down(ns, rec.created, group)  # before the reply, as without the service
     try:
@@ -277,6 +296,8 @@ def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
     while True:
         for fd, events in poller.poll():
             if fd == started.pidfd:
+                with _live_lock:  # before wait_status closes the pidfd (its number is reused)
+                    _live.discard(started.pidfd)
                 status = spawn.wait_status(started)
                 assert status is not None
                 return status
