@@ -43,6 +43,9 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "install.sh: creating the virtual environment $venv"
     python3 -m venv "$venv"
 fi
+# wheel first: python-iptables ships a setup.py only, which pip builds as a wheel when it can
+# (otherwise through the deprecated `setup.py install`, with a warning)
+"$venv/bin/python" -m pip install -q --disable-pip-version-check wheel
 "$venv/bin/python" -m pip install -q --disable-pip-version-check ".$extras"
 ln -sfn "$venv/bin/nsrun" /usr/local/bin/nsrun
 
