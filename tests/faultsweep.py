@@ -1,7 +1,9 @@
-"""Kill an operation at its Nth line of nsrun code (NSRUN_FAULT_LINE, nsrun.fault.trace_lines)
-for N = first, first + stride, ... until it runs to its end, reclaiming after each kill and
-checking the lab host is exactly as before: the crash-safety sweep of issue 15 (acceptance 3).
-Used by tests/test_fault_lines.py (a sample) and tests/stress/ (every line, random kills)."""
+"""Kill an operation at its Nth line event of nsrun code (NSRUN_FAULT_LINE,
+nsrun.fault.trace_lines) for N = first, first + stride, ... until it runs to its end, or at
+the first execution of its Nth distinct source line (NSRUN_FAULT_DISTINCT,
+nsrun.fault.trace_distinct) for N = 1..D, reclaiming after each kill and checking the lab
+host is exactly as before: the crash-safety sweep of issue 15 (acceptance 3). Used by
+tests/test_fault_lines.py (samples) and tests/stress/ (every line, random kills)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import os
 import random
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 KILLED = (-signal.SIGKILL, 128 + signal.SIGKILL)
@@ -40,10 +44,15 @@ OPERATIONS: dict[str, tuple[list[str], Callable[[Any], None] | None]] = {
 }
 
 
-def reclaim(lab: Any) -> None:
-    """What an operator does after a crash: gc, then `down` of the names the operations use
+# The names each operation may leave behind (the ephemeral runs' are their own, gc's to find).
+NAMES: dict[str, tuple[str, ...]] = {"up": ("sweep",), "down": ("sweep",), "run-nat": (),
+                                     "run-bridge": (), "gc": ("sweep", "sweepb")}
+
+
+def reclaim(lab: Any, names: tuple[str, ...] = ("sweep", "sweepb")) -> None:
+    """What an operator does after a crash: gc, then `down` of the NAMES the operations use
     (a killed `up` may have finished; a killed `down` may not have begun), then gc again."""
-    for args in (["gc"], ["down", "sweep"], ["down", "sweepb"], ["gc"]):
+    for args in (["gc"], *(["down", name] for name in names), ["gc"]):
         r = lab.nsrun(*args)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
 
@@ -74,6 +83,106 @@ def sweep(lab: Any, op: str, first: int, stride: int, limit: int | None = None) 
         assert not leak, f"{op} killed at line {n}: after gc the lab host differs: {leak}"
         n += stride
     return kills, n
+
+
+@dataclass
+class Distinct:
+    """What a counting run of an operation reached: D distinct lines ("FILE:LINE") in the
+    order each process first reached them (a forked child's follow its parent's up to the
+    fork), and the set of them all."""
+    d: int = 0
+    lines: set[str] = field(default_factory=set)
+    by_rank: dict[int, set[str]] = field(default_factory=dict)
+    # Ranks at which every process reached a line of a module's own code (its import): no
+    # host change happens there, so a kill at one leaves what a kill at the line whose import
+    # ran it leaves; the sweep takes them last.
+    module_ranks: set[int] = field(default_factory=set)
+
+
+def _logged(path: str) -> list[list[str]]:
+    try:
+        with open(path) as f:
+            return [line.split() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def count_distinct(lab: Any, op: str) -> Distinct:
+    """Run OP to its end under NSRUN_FAULT_DISTINCT=0: the distinct lines it executes."""
+    argv, prepare = OPERATIONS[op]
+    baseline = lab.snapshot()
+    # Once untraced first, then reclaimed, as before every kill: a first run on a fresh state
+    # directory runs lines (making it) that the kills' runs do not, which would shift the ranks.
+    for _ in range(2 if prepare else 1):  # gc's and down's prepare make states of their own
+        if prepare:
+            prepare(lab)
+        assert lab.nsrun(*argv, timeout=120).returncode == 0
+        reclaim(lab, NAMES[op])
+    if prepare:
+        prepare(lab)
+    with tempfile.TemporaryDirectory(prefix="nsrun-distinct-") as tmp:
+        log = os.path.join(tmp, "lines")
+        r = lab.nsrun(*argv, env={"NSRUN_FAULT_DISTINCT": "0", "NSRUN_FAULT_LOG": log}, timeout=120)
+        assert r.returncode == 0, (op, r.returncode, r.stderr)
+        out = Distinct()
+        in_function: set[int] = set()
+        for _pid, rank, where, code in _logged(log):
+            out.d = max(out.d, int(rank))
+            out.lines.add(where)
+            out.by_rank.setdefault(int(rank), set()).add(where)
+            (out.module_ranks if code == "<module>" else in_function).add(int(rank))
+        out.module_ranks -= in_function
+    reclaim(lab, NAMES[op])
+    leak = diff(baseline, lab.snapshot())
+    assert not leak, f"{op} run to its end under the line counter: the lab host differs: {leak}"
+    return out
+
+
+def kill_distinct(lab: Any, op: str, n: int, baseline: dict[str, Any]) -> list[str] | None:
+    """Kill OP at the first execution of its Nth distinct line (in each of its processes that
+    reaches one), reclaim, and compare with BASELINE (AssertionError on a leak). The lines
+    the kills hit ("FILE:LINE", one per process killed); None when OP ran to its end."""
+    argv, prepare = OPERATIONS[op]
+    if prepare:
+        prepare(lab)
+    with tempfile.TemporaryDirectory(prefix="nsrun-distinct-") as tmp:
+        log = os.path.join(tmp, "kills")
+        r = _run_group(lab, argv, {"NSRUN_FAULT_DISTINCT": str(n), "NSRUN_FAULT_LOG": log})
+        hit = [rec[3] for rec in _logged(log) if rec[0] == "kill"]
+    assert r.returncode in (0, *KILLED) or hit, (op, n, r.returncode, r.stderr)
+    reclaim(lab, NAMES[op])
+    leak = diff(baseline, lab.snapshot())
+    assert not leak, f"{op} killed at distinct line {n} ({hit}): after gc the lab host differs: {leak}"
+    if not hit:
+        assert r.returncode == 0, (op, n, r.returncode, r.stderr)
+        return None
+    return hit
+
+
+def _run_group(lab: Any, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """nsrun ARGV in a process group of its own, waited for until every process of the group
+    is gone: a process killed at a line may leave another of the operation's (a run's setup
+    child, whose parent-death signal then ends it) still at work, which the reclaim must not
+    race."""
+    p = subprocess.Popen(lab.nsrun_argv(*argv), env={**lab.env, **env}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out, err = p.communicate(timeout=120)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, f"{argv}: processes of the killed operation survive"
+        time.sleep(0.02)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def spread(d: int) -> list[int]:
+    """1..D in an order that covers the range evenly at every prefix (bit-reversed ranks): a
+    sweep cut short has killed all along the operation, not only its beginning."""
+    bits = max(1, (d - 1).bit_length())
+    return sorted(range(1, d + 1), key=lambda n: int(format(n - 1, f"0{bits}b")[::-1], 2))
 
 
 def random_group_kills(lab: Any, count: int, seed: int) -> int:
