@@ -185,12 +185,21 @@ def spread(d: int) -> list[int]:
     return sorted(range(1, d + 1), key=lambda n: int(format(n - 1, f"0{bits}b")[::-1], 2))
 
 
-def random_group_kills(lab: Any, count: int, seed: int) -> int:
+@dataclass
+class RandomKills:
+    killed: int = 0  # process groups that died of the SIGKILL
+    completed: int = 0  # operations that had ended before it
+    failed: list[str] = field(default_factory=list)  # those of them that did not exit 0
+
+
+def random_group_kills(lab: Any, count: int, seed: int) -> RandomKills:
     """COUNT whole-process-group SIGKILLs at random moments of random operations (nat and
-    bridge runs, up, down, gc, two at once), then reclaim: 0 leaks. How many killed."""
+    bridge runs, up, down, gc, two at once), then reclaim: 0 leaks. An operation that ended
+    before its kill must not have failed for a reason of the harness's (exit 2) or by an
+    internal error; the others that did not exit 0 (on what earlier kills left) are counted."""
     rng = random.Random(seed)
     baseline = lab.snapshot()
-    killed = 0
+    out = RandomKills()
     for i in range(count):
         op = rng.choice(list(OPERATIONS) + ["pair"])
         ops = [rng.choice(["run-nat", "run-bridge", "up"]) for _ in range(2)] if op == "pair" else [op]
@@ -199,19 +208,25 @@ def random_group_kills(lab: Any, count: int, seed: int) -> int:
             argv, prepare = OPERATIONS[o]
             if prepare:
                 prepare(lab)
-            procs.append(subprocess.Popen(lab.nsrun_argv(*argv), env=lab.env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, start_new_session=True))
+            procs.append((o, subprocess.Popen(lab.nsrun_argv(*argv), env=lab.env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True)))
         time.sleep(rng.uniform(0.0, 0.8))
-        for p in procs:
+        for o, p in procs:
             try:
                 os.killpg(p.pid, signal.SIGKILL)
-                killed += 1
             except ProcessLookupError:
                 pass
-            p.wait()
+            _, err = p.communicate(timeout=60)
+            if p.returncode in KILLED:
+                out.killed += 1
+                continue
+            out.completed += 1
+            assert p.returncode != 2 and "internal error" not in err, (o, p.returncode, err)
+            if p.returncode != 0:
+                out.failed.append(f"{o}: {p.returncode} {err.strip()[:200]}")
         if i % 10 == 9 or i == count - 1:
             time.sleep(0.3)  # CMDs orphaned by the kill get their parent-death signal
             reclaim(lab)
             leak = diff(baseline, lab.snapshot())
             assert not leak, f"after {i + 1} random kills (seed {seed}) and gc, the lab host differs: {leak}"
-    return killed
+    return out

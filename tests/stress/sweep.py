@@ -90,5 +90,8 @@ def test_every_line(lab, op):
 
 
 def test_random_group_kills(lab):
-    killed = faultsweep.random_group_kills(lab, count=KILLS, seed=1015)
-    print(f"\nrandom: {KILLS} rounds, {killed} process groups killed, 0 leaks")
+    out = faultsweep.random_group_kills(lab, count=KILLS, seed=1015)
+    print(f"\nrandom: {KILLS} rounds, {out.killed} process groups killed, {out.completed} operations "
+          f"ended before their kill ({len(out.failed)} of them not with 0), 0 leaks")
+    for line in out.failed:
+        print("  ", line)
