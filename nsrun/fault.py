@@ -8,6 +8,10 @@ is taken down (by `down`, the end of a run, or gc): `undo-processes` (what ran i
 stopped) and `undo-STEP` after each resource's removal (`undo_steps(mode)`). Inside steps:
 `bridge-link` (the bridge link is made, nothing else of it yet) and `forwarding-restored`
 (ip_forward is put back, its saved value not yet removed).
+
+Below the steps, two trace functions kill at a line of nsrun's own code (NSRUN_FAULT_LINE,
+NSRUN_FAULT_DISTINCT, set up by nsrun/__main__.py before anything else of nsrun is
+imported): the crash tests' sweeps over every line of an operation (tests/faultsweep.py).
 """
 
 from __future__ import annotations
