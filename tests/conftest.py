@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,15 @@ class LabRunner:
                               check=check, timeout=30)
 
     def host_json(self, *argv: str) -> Any:
-        return json.loads(self.host(*argv).stdout or "null")
+        # `ip` fails a dump the kernel marks interrupted (links changed meanwhile: a namespace
+        # just deleted takes its veths with it a moment later, in the kernel's own time).
+        for _ in range(20):
+            r = self.host(*argv, check=False)
+            if r.returncode == 0 or "Dump was interrupted" not in r.stderr:
+                break
+            time.sleep(0.05)
+        assert r.returncode == 0, (argv, r.returncode, r.stderr)
+        return json.loads(r.stdout or "null")
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self)

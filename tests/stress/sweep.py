@@ -64,12 +64,14 @@ def test_every_distinct_line(lab):
         op = min(left, key=lambda o: (len(done[o]) >= first[o], len(done[o]) / max(1, first[o])))
         n = next(n for n in order[op] if n not in done[op])
         start = time.monotonic()
+        settled = len(faultsweep.SETTLED)
         hit = faultsweep.kill_distinct(lab, op, n, baseline)
         done[op][n] = hit
         seconds.append(time.monotonic() - start)
         if RECORD:
             with open(RECORD, "a") as f:
-                f.write(json.dumps({"op": op, "n": n, "hit": hit, "seconds": round(seconds[-1], 2)}) + "\n")
+                f.write(json.dumps({"op": op, "n": n, "hit": hit, "seconds": round(seconds[-1], 2),
+                                    "settled": faultsweep.SETTLED[settled:]}) + "\n")
     print()
     for op in ops:
         c = counted[op]
@@ -80,7 +82,8 @@ def test_every_distinct_line(lab):
               f"{len(hit & c.lines)} of {len(c.lines)} counted (+{len(hit - c.lines)} not in the "
               f"counting run), 0 leaks")
     if seconds:
-        print(f"{len(seconds)} kills, {sum(seconds) / len(seconds):.2f} s each")
+        print(f"{len(seconds)} kills, {sum(seconds) / len(seconds):.2f} s each; {len(faultsweep.SETTLED)} "
+              "differences gone when looked at again (this run's)")
 
 
 @pytest.mark.parametrize("op", list(faultsweep.OPERATIONS))
@@ -95,3 +98,4 @@ def test_random_group_kills(lab):
           f"ended before their kill ({len(out.failed)} of them not with 0), 0 leaks")
     for line in out.failed:
         print("  ", line)
+    print(f"{len(faultsweep.SETTLED)} differences gone when looked at again:", *faultsweep.SETTLED, sep="\n  ")
