@@ -54,18 +54,64 @@ def pytest_configure(config: pytest.Config) -> None:
     # test session's DNS files (nor the machine's) show in this one's snapshots.
     os.makedirs("/etc/netns", mode=0o755, exist_ok=True)
     kernel.mount("nsrun-tests", "/etc/netns", "tmpfs", 0)
+    for path in ("/run/netns", "/etc/netns"):
+        SESSION_MOUNTS[path] = os.stat(path).st_dev
+
+
+# The session's private tmpfs mounts, by path: their device numbers. A directory that is a
+# mount point in another mount namespace can still be removed (Linux >= 3.18), which detaches
+# every mount on it in every namespace: another test session that made /run/netns or
+# /etc/netns, and removes it at its end, would take this session's mounts away, and with them
+# the labs' namespaces, and show the machine's directories in their place.
+SESSION_MOUNTS: dict[str, int] = {}
+
+
+def session_mounts_lost() -> str | None:
+    """Which of the session's private mounts is gone (None: all are there)."""
+    for path, dev in SESSION_MOUNTS.items():
+        try:
+            if os.stat(path).st_dev == dev:
+                continue
+        except OSError:
+            pass
+        return (f"{path}, this test session's private mount, was detached (another test session "
+                "removed the directory under it)")
+    return None
+
+
+def _mounted_elsewhere(path: str) -> bool:
+    """PATH is a mount point in a mount namespace other than this process's: another test
+    session's private mount, which removing the directory would detach."""
+    own = os.readlink("/proc/self/ns/mnt")
+    seen = {own}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as f:
+                if any(line.split()[4] == path for line in f):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Leave the machine's /run/netns and /etc/netns as found: empty directories made for the
-    session go."""
+    session go, unless another test session has its own mount there still (removing the
+    directory would detach that, see SESSION_MOUNTS; the last session to end removes it)."""
     from nsrun import kernel
 
     for made, path in ((CREATED_RUN_NETNS, "/run/netns"), (CREATED_ETC_NETNS, "/etc/netns")):
         if made:
             try:
                 kernel.umount2(path, kernel.MNT_DETACH)
-                os.rmdir(path)
+                if not _mounted_elsewhere(path):
+                    os.rmdir(path)
             except OSError:
                 pass
 
@@ -241,11 +287,15 @@ def lab(lab_session: Any) -> Iterator[LabRunner]:
     """The lab, with a fresh nsrun state dir; fails the test if the lab host changed."""
     statedir = Path(f"/run/nsrun-test-{lab_session.id}-{os.getpid()}")
     runner = LabRunner(lab_session, statedir)
+    lost = session_mounts_lost()
+    if lost:
+        pytest.fail(lost, pytrace=False)
     before = runner.snapshot()
     try:
         yield runner
         after = runner.snapshot()
         diff = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+        assert not diff or not session_mounts_lost(), session_mounts_lost()
         assert not diff, f"the lab host changed: {json.dumps(diff, indent=1)[:4000]}"
         if lab_session.kind != "legacy":
             # An nf_tables host: no legacy table may ever appear, and iptables-nft says nothing.

@@ -62,6 +62,20 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> str:
     return json.dumps({k: (before[k], after[k]) for k in keys})[:3000] if keys else ""
 
 
+class Detached(Exception):
+    """The test session's private /run/netns or /etc/netns is gone (conftest.SESSION_MOUNTS):
+    the lab is lost, and what the host looks like says nothing of nsrun. Not a leak; the
+    sweeps stop (and resume, in a new session, from their records)."""
+
+
+def check_mounts() -> None:
+    from conftest import session_mounts_lost
+
+    lost = session_mounts_lost()
+    if lost:
+        raise Detached(lost)
+
+
 # Differences that were gone when looked at again, nothing done meanwhile (a killed process's
 # namespace is freed by the kernel a moment after its last process is gone, and its veths
 # with it): each is kept here, so that the sweeps can say how many they saw.
@@ -70,16 +84,20 @@ SETTLED: list[str] = []
 
 def leak(lab: Any, baseline: dict[str, Any]) -> str:
     """How the lab host differs from BASELINE ("" when it does not), looked at up to three
-    times a second apart before a difference counts."""
+    times a second apart before a difference counts. Detached when the session's mounts went
+    (a difference then says nothing)."""
     found = diff(baseline, lab.snapshot())
     for _ in range(3):
         if not found:
             break
+        check_mounts()
         time.sleep(1.0)
         again = diff(baseline, lab.snapshot())
         if not again:
             SETTLED.append(found)
         found = again
+    if found:
+        check_mounts()
     return found
 
 
@@ -91,6 +109,7 @@ def sweep(lab: Any, op: str, first: int, stride: int, limit: int | None = None) 
     kills = 0
     n = first
     while limit is None or kills < limit:
+        check_mounts()
         if prepare:
             prepare(lab)
         r = lab.nsrun(*argv, env={"NSRUN_FAULT_LINE": str(n)}, timeout=120)
@@ -164,6 +183,7 @@ def kill_distinct(lab: Any, op: str, n: int, baseline: dict[str, Any]) -> list[s
     reaches one), reclaim, and compare with BASELINE (AssertionError on a leak). The lines
     the kills hit ("FILE:LINE", one per process killed); None when OP ran to its end."""
     argv, prepare = OPERATIONS[op]
+    check_mounts()
     if prepare:
         prepare(lab)
     with tempfile.TemporaryDirectory(prefix="nsrun-distinct-") as tmp:
@@ -222,6 +242,7 @@ def random_group_kills(lab: Any, count: int, seed: int) -> RandomKills:
     baseline = lab.snapshot()
     out = RandomKills()
     for i in range(count):
+        check_mounts()
         op = rng.choice(list(OPERATIONS) + ["pair"])
         ops = [rng.choice(["run-nat", "run-bridge", "up"]) for _ in range(2)] if op == "pair" else [op]
         procs = []

@@ -57,6 +57,7 @@ def test_every_distinct_line(lab):
                 seconds.append(rec["seconds"])
     baseline = lab.snapshot()
     deadline = _deadline()
+    detached = ""
     while time.time() < deadline:
         left = [op for op in ops if len(done[op]) < counted[op].d]
         if not left:
@@ -65,7 +66,11 @@ def test_every_distinct_line(lab):
         n = next(n for n in order[op] if n not in done[op])
         start = time.monotonic()
         settled = len(faultsweep.SETTLED)
-        hit = faultsweep.kill_distinct(lab, op, n, baseline)
+        try:
+            hit = faultsweep.kill_distinct(lab, op, n, baseline)
+        except faultsweep.Detached as exc:
+            detached = str(exc)
+            break
         done[op][n] = hit
         seconds.append(time.monotonic() - start)
         if RECORD:
@@ -81,6 +86,8 @@ def test_every_distinct_line(lab):
               f"{sum(1 for n in done[op] if n not in c.module_ranks)} of them done), {kills} killed, distinct lines covered "
               f"{len(hit & c.lines)} of {len(c.lines)} counted (+{len(hit - c.lines)} not in the "
               f"counting run), 0 leaks")
+    if detached:
+        pytest.fail(f"stopped: {detached}; run again to resume from {RECORD or 'the start'}")
     if seconds:
         print(f"{len(seconds)} kills, {sum(seconds) / len(seconds):.2f} s each; {len(faultsweep.SETTLED)} "
               "differences gone when looked at again (this run's)")
