@@ -28,6 +28,7 @@ CLIENT = [sys.executable, "-m", "nsrun.lab", "client"]
 IS_ROOT = os.geteuid() == 0
 
 MACHINE_NETNS_FD = -1
+OVERLAY_BASE = ""  # NSRUN_TEST_OVERLAY=1: the session's own upper layers for /etc and /run
 CREATED_RUN_NETNS = False
 CREATED_ETC_NETNS = False
 lab_only = pytest.mark.skipif(not IS_ROOT, reason="integration tests need root")
@@ -41,13 +42,28 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from nsrun import kernel
 
-    global MACHINE_NETNS_FD, CREATED_RUN_NETNS, CREATED_ETC_NETNS
+    global MACHINE_NETNS_FD, CREATED_RUN_NETNS, CREATED_ETC_NETNS, OVERLAY_BASE
     CREATED_RUN_NETNS = not os.path.isdir("/run/netns")
     CREATED_ETC_NETNS = not os.path.isdir("/etc/netns")
     os.makedirs("/run/netns", mode=0o755, exist_ok=True)
     MACHINE_NETNS_FD = os.open("/run/netns", os.O_RDONLY | os.O_DIRECTORY)  # the machine's view
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
+    if os.environ.get("NSRUN_TEST_OVERLAY") == "1":
+        # /etc and /run as overlays whose upper layers are the session's own: its /run/netns
+        # and /etc/netns are then directories no other session can remove (SESSION_MOUNTS),
+        # and nothing the session writes there reaches the machine's.
+        import tempfile
+
+        OVERLAY_BASE = tempfile.mkdtemp(prefix="nsrun-session-")
+        kernel.mount("nsrun-tests", OVERLAY_BASE, "tmpfs", 0)
+        for top in ("/etc", "/run"):
+            upper, work = f"{OVERLAY_BASE}{top}/upper", f"{OVERLAY_BASE}{top}/work"
+            os.makedirs(upper)
+            os.makedirs(work)
+            subprocess.run(["mount", "-t", "overlay", "nsrun-tests", "-o",
+                            f"lowerdir={top},upperdir={upper},workdir={work}", top], check=True)
+        CREATED_RUN_NETNS = CREATED_ETC_NETNS = False  # made, if at all, in the overlays
     os.makedirs("/run/netns", mode=0o755, exist_ok=True)
     kernel.mount("nsrun-tests", "/run/netns", "tmpfs", 0)
     # A private /etc/netns too, made for the session when the machine has none: then no other
@@ -114,6 +130,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
                     os.rmdir(path)
             except OSError:
                 pass
+    if OVERLAY_BASE:
+        try:
+            kernel.umount2(OVERLAY_BASE, kernel.MNT_DETACH)
+            os.rmdir(OVERLAY_BASE)
+        except OSError:
+            pass
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -53,3 +53,30 @@ def test_this_session_notices_its_mounts_detached(monkeypatch):
     finally:
         if os.path.isdir(top):
             os.rmdir(top)
+
+
+@needs_root
+def test_a_mount_inside_an_overlay_survives_the_removal_of_the_directory_below():
+    # NSRUN_TEST_OVERLAY=1: the session's /etc/netns and /run/netns are mounted on directories
+    # of overlays of /etc and /run; another session removing the machine's directory does
+    # not detach them.
+    top = tempfile.mkdtemp(prefix="nsrun-mounts-")
+    lower, base = os.path.join(top, "etc"), os.path.join(top, "base")
+    os.makedirs(os.path.join(lower, "netns"))
+    os.mkdir(base)
+    script = (f"mount -t tmpfs b {base} && mkdir {base}/u {base}/w && "
+              f"mount -t overlay o -o lowerdir={lower},upperdir={base}/u,workdir={base}/w {lower} && "
+              f"mount -t tmpfs s {lower}/netns && touch {lower}/netns/lab && echo ready && "
+              f"read line && ls {lower}/netns")
+    p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        os.rmdir(os.path.join(lower, "netns"))  # the machine's, as another session's end would
+        out, _ = p.communicate("go\n", timeout=30)
+        assert out.split() == ["lab"], out
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        subprocess.run(["rm", "-rf", top])
