@@ -228,20 +228,26 @@ def spread(d: int) -> list[int]:
 
 @dataclass
 class RandomKills:
+    rounds: int = 0
     killed: int = 0  # process groups that died of the SIGKILL
     completed: int = 0  # operations that had ended before it
     failed: list[str] = field(default_factory=list)  # those of them that did not exit 0
 
 
 def random_group_kills(lab: Any, count: int, seed: int) -> RandomKills:
-    """COUNT whole-process-group SIGKILLs at random moments of random operations (nat and
-    bridge runs, up, down, gc, two at once), then reclaim: 0 leaks. An operation that ended
-    before its kill must not have failed for a reason of the harness's (exit 2) or by an
-    internal error; the others that did not exit 0 (on what earlier kills left) are counted."""
+    """Whole-process-group SIGKILLs at random moments of random operations (nat and bridge
+    runs, up, down, gc, two at once), round after round until COUNT of them killed a group
+    still at work (some end first), reclaiming every ten rounds and at the end: 0 leaks. An
+    operation that ended before its kill must not have failed for a reason of the harness's
+    (exit 2) or by an internal error; the others that did not exit 0 (on what earlier kills
+    left) are counted."""
     rng = random.Random(seed)
     baseline = lab.snapshot()
     out = RandomKills()
-    for i in range(count):
+    i = -1
+    while out.killed < count:
+        i += 1
+        out.rounds = i + 1
         check_mounts()
         op = rng.choice(list(OPERATIONS) + ["pair"])
         ops = [rng.choice(["run-nat", "run-bridge", "up"]) for _ in range(2)] if op == "pair" else [op]
@@ -266,7 +272,7 @@ def random_group_kills(lab: Any, count: int, seed: int) -> RandomKills:
             assert p.returncode != 2 and "internal error" not in err, (o, p.returncode, err)
             if p.returncode != 0:
                 out.failed.append(f"{o}: {p.returncode} {err.strip()[:200]}")
-        if i % 10 == 9 or i == count - 1:
+        if i % 10 == 9 or out.killed >= count:
             time.sleep(0.3)  # CMDs orphaned by the kill get their parent-death signal
             reclaim(lab)
             left = leak(lab, baseline)

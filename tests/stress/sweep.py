@@ -101,7 +101,7 @@ def test_every_line(lab, op):
 
 def test_random_group_kills(lab):
     out = faultsweep.random_group_kills(lab, count=KILLS, seed=1015)
-    print(f"\nrandom: {KILLS} rounds, {out.killed} process groups killed, {out.completed} operations "
+    print(f"\nrandom: {out.rounds} rounds, {out.killed} process groups killed, {out.completed} operations "
           f"ended before their kill ({len(out.failed)} of them not with 0), 0 leaks")
     for line in out.failed:
         print("  ", line)
