@@ -1,7 +1,7 @@
-"""Issue 15, acceptance 3 (a sample; tests/stress/ has the whole sweep): kill `up`, `down`,
-an ephemeral nat run, a bridge-mode run and `gc` at lines of nsrun's own code
-(NSRUN_FAULT_LINE), reclaim, and find the lab host exactly as before; then random
-whole-group SIGKILLs across mixed operations."""
+"""Issue 15, acceptance 3 (samples; tests/stress/ has the whole sweep): kill `up`, `down`,
+an ephemeral nat run, a bridge-mode run and `gc` at line events of nsrun's own code
+(NSRUN_FAULT_LINE), kill `up` at distinct lines (NSRUN_FAULT_DISTINCT), reclaim, and find
+the lab host exactly as before; then random whole-group SIGKILLs across mixed operations."""
 
 from __future__ import annotations
 

@@ -4,16 +4,22 @@ every (STRIDE-th) line event (NSRUN_FAULT_LINE), then 1,000 random whole-group S
 across mixed operations: after each reclaim, 0 leaks. Prints the counts. Hours long, so not
 collected by default (not named test_*.py); run it as
 
-    python3 -m pytest -q -s tests/stress/sweep.py -k distinct    # every distinct line
-    python3 -m pytest -q -s tests/stress/sweep.py -k random      # the random kills
-    python3 -m pytest -q -s tests/stress/sweep.py -k every_line  # every line event
+    NSRUN_TEST_OVERLAY=1 python3 -m pytest -q -s tests/stress/sweep.py -k distinct    # every distinct line
+    NSRUN_TEST_OVERLAY=1 python3 -m pytest -q -s tests/stress/sweep.py -k random      # the random kills
+    NSRUN_TEST_OVERLAY=1 python3 -m pytest -q -s tests/stress/sweep.py -k every_line  # every line event
 
-NSRUN_STRESS_KILLS (default 1000) scales the random kills, NSRUN_STRESS_STRIDE (default 1)
-the line events. The distinct-line sweep counts each operation's D lines first, then kills
-at N = 1..D of all five operations taking turns (the one least covered next, each one's Ns in
-bit-reversed order), so that one cut short by NSRUN_STRESS_UNTIL (HH:MM, UTC) has covered
-each operation evenly; NSRUN_STRESS_RECORD names a file of JSON lines, one per kill (the
-lines hit, the seconds taken), from which a later run resumes."""
+(NSRUN_TEST_OVERLAY=1, see conftest.py: other test sessions coming and going on the machine
+cannot take this one's /run/netns and /etc/netns away in the middle of an hour-long run.)
+
+NSRUN_STRESS_KILLS (default 1000) is how many random kills must land on a group still at
+work; NSRUN_STRESS_STRIDE (default 1) thins the line events. The distinct-line sweep counts
+each operation's D lines first (a run to its end under NSRUN_FAULT_DISTINCT=0), then kills
+at N = 1..D, the five operations taking turns (the one least covered next): first the Ns
+whose line is in a function, then those of module code run by an import (which changes
+nothing on the host: a kill there leaves what a kill at the import leaves), each group in
+bit-reversed order, so that a sweep cut short by NSRUN_STRESS_UNTIL (HH:MM, UTC) has
+covered each operation evenly. NSRUN_STRESS_RECORD names a file of JSON lines, one per kill
+(the N, the lines hit, the seconds taken), from which a later run resumes."""
 
 from __future__ import annotations
 
