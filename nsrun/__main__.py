@@ -4,6 +4,10 @@ if os.environ.get("NSRUN_FAULT_LINE", "").isdigit():  # the crash tests' kill at
     from nsrun import fault
 
     fault.trace_lines(int(os.environ["NSRUN_FAULT_LINE"]))
+elif os.environ.get("NSRUN_FAULT_DISTINCT", "").isdigit():  # ... at the Nth distinct line
+    from nsrun import fault
+
+    fault.trace_distinct(int(os.environ["NSRUN_FAULT_DISTINCT"]), os.environ.get("NSRUN_FAULT_LOG"))
 
 from nsrun.cli import main  # noqa: E402
 

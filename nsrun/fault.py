@@ -8,25 +8,55 @@ is taken down (by `down`, the end of a run, or gc): `undo-processes` (what ran i
 stopped) and `undo-STEP` after each resource's removal (`undo_steps(mode)`). Inside steps:
 `bridge-link` (the bridge link is made, nothing else of it yet) and `forwarding-restored`
 (ip_forward is put back, its saved value not yet removed).
+
+Below the steps, two trace functions kill at a line of nsrun's own code (NSRUN_FAULT_LINE,
+NSRUN_FAULT_DISTINCT, set up by nsrun/__main__.py before anything else of nsrun is
+imported): the crash tests' sweeps over every line of an operation (tests/faultsweep.py).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _tracer(local: Callable[[FrameType, str, Any], Any]) -> None:
+    """Trace every line of nsrun's own code with LOCAL, in this thread and in those started
+    later (the engine's netlink thread, netns.in_thread, runs while its caller waits)."""
+    import sys
+    import threading
+
+    here = _HERE
+
+    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename.startswith(here) else None
+
+    sys.settrace(on_call)
+    threading.settrace(on_call)
+
+
+def _append(log: str, text: str) -> None:
+    """One line at the end of LOG, opened anew each time: nsrun closes descriptors it did not
+    make (before exec), so one kept open could end up naming another file."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def trace_lines(nth: int) -> None:
-    """Die by SIGKILL at the NTH line of nsrun's own code this process executes (in any of
-    its threads; a forked child goes on counting from where its parent was): the crash
-    tests' NSRUN_FAULT_LINE=N, read by nsrun/__main__.py, to kill at every line of an
+    """Die by SIGKILL at the NTH line event of nsrun's own code this process executes (in any
+    of its threads; a forked child goes on counting from where its parent was): the crash
+    tests' NSRUN_FAULT_LINE=N, read by nsrun/__main__.py, to kill at every line event of an
     operation in turn. Slow (a trace function): for tests only."""
-    import sys
-    import threading
-    from types import FrameType
-
-    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
     count = [0]
 
     def local(frame: FrameType, event: str, arg: Any) -> Any:
@@ -36,11 +66,44 @@ def trace_lines(nth: int) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
         return local
 
-    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
-        return local if frame.f_code.co_filename.startswith(here) else None
+    _tracer(local)
 
-    sys.settrace(on_call)
-    threading.settrace(on_call)
+
+def trace_distinct(nth: int, log: str | None) -> None:
+    """Die by SIGKILL at the first execution of the NTH distinct source line (file, line) of
+    nsrun's own code this process reaches: the crash tests' NSRUN_FAULT_DISTINCT=N, so that
+    N = 1..D kills an operation once at each of the D lines it executes, where counting line
+    events (trace_lines) would kill it thousands of times inside the same loops.
+
+    N = 0 kills nothing and appends each new line to LOG as it is first reached
+    ("PID RANK FILE:LINE CODE", FILE relative to the package, CODE the function's name or
+    <module>): the counting run that finds D and which lines those are. Otherwise the line
+    killed at is appended to LOG just before the kill ("kill PID RANK FILE:LINE CODE"): which line N named in that run is read from there, not
+    assumed, since a line may be reached in another order from run to run (a retry, a branch
+    taken on what an earlier kill left). The order is deterministic within a process: the
+    only other thread, netns.in_thread's, runs while the thread that started it waits. A
+    forked child (a run's setup child) inherits the lines seen so far and goes on counting
+    from there, as its parent does: each process dies at its own NTH new line, so one N may
+    kill both."""
+    seen: set[tuple[str, int]] = set()
+    strip = len(_HERE)
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            key = (frame.f_code.co_filename, frame.f_lineno)
+            if key not in seen:
+                seen.add(key)
+                rank = len(seen)
+                where = f"{key[0][strip:]}:{key[1]} {frame.f_code.co_name}"
+                if rank == nth:
+                    if log:
+                        _append(log, f"kill {os.getpid()} {rank} {where}\n")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                elif nth == 0 and log:
+                    _append(log, f"{os.getpid()} {rank} {where}\n")
+        return local
+
+    _tracer(local)
 
 
 def checkpoint(step: str) -> None:

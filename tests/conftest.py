@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ CLIENT = [sys.executable, "-m", "nsrun.lab", "client"]
 IS_ROOT = os.geteuid() == 0
 
 MACHINE_NETNS_FD = -1
+OVERLAY_BASE = ""  # NSRUN_TEST_OVERLAY=1: the session's own upper layers for /etc and /run
 CREATED_RUN_NETNS = False
 CREATED_ETC_NETNS = False
 lab_only = pytest.mark.skipif(not IS_ROOT, reason="integration tests need root")
@@ -40,33 +42,100 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from nsrun import kernel
 
-    global MACHINE_NETNS_FD, CREATED_RUN_NETNS, CREATED_ETC_NETNS
+    global MACHINE_NETNS_FD, CREATED_RUN_NETNS, CREATED_ETC_NETNS, OVERLAY_BASE
     CREATED_RUN_NETNS = not os.path.isdir("/run/netns")
     CREATED_ETC_NETNS = not os.path.isdir("/etc/netns")
     os.makedirs("/run/netns", mode=0o755, exist_ok=True)
     MACHINE_NETNS_FD = os.open("/run/netns", os.O_RDONLY | os.O_DIRECTORY)  # the machine's view
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
+    if os.environ.get("NSRUN_TEST_OVERLAY") == "1":
+        # /etc and /run as overlays whose upper layers are the session's own: its /run/netns
+        # and /etc/netns are then directories no other session can remove (SESSION_MOUNTS),
+        # and nothing the session writes there reaches the machine's.
+        import tempfile
+
+        OVERLAY_BASE = tempfile.mkdtemp(prefix="nsrun-session-")
+        kernel.mount("nsrun-tests", OVERLAY_BASE, "tmpfs", 0)
+        for top in ("/etc", "/run"):
+            upper, work = f"{OVERLAY_BASE}{top}/upper", f"{OVERLAY_BASE}{top}/work"
+            os.makedirs(upper)
+            os.makedirs(work)
+            subprocess.run(["mount", "-t", "overlay", "nsrun-tests", "-o",
+                            f"lowerdir={top},upperdir={upper},workdir={work}", top], check=True)
+        CREATED_RUN_NETNS = CREATED_ETC_NETNS = False  # made, if at all, in the overlays
     os.makedirs("/run/netns", mode=0o755, exist_ok=True)
     kernel.mount("nsrun-tests", "/run/netns", "tmpfs", 0)
     # A private /etc/netns too, made for the session when the machine has none: then no other
     # test session's DNS files (nor the machine's) show in this one's snapshots.
     os.makedirs("/etc/netns", mode=0o755, exist_ok=True)
     kernel.mount("nsrun-tests", "/etc/netns", "tmpfs", 0)
+    for path in ("/run/netns", "/etc/netns"):
+        SESSION_MOUNTS[path] = os.stat(path).st_dev
+
+
+# The session's private tmpfs mounts, by path: their device numbers. A directory that is a
+# mount point in another mount namespace can still be removed (Linux >= 3.18), which detaches
+# every mount on it in every namespace: another test session that made /run/netns or
+# /etc/netns, and removes it at its end, would take this session's mounts away, and with them
+# the labs' namespaces, and show the machine's directories in their place.
+SESSION_MOUNTS: dict[str, int] = {}
+
+
+def session_mounts_lost() -> str | None:
+    """Which of the session's private mounts is gone (None: all are there)."""
+    for path, dev in SESSION_MOUNTS.items():
+        try:
+            if os.stat(path).st_dev == dev:
+                continue
+        except OSError:
+            pass
+        return (f"{path}, this test session's private mount, was detached (another test session "
+                "removed the directory under it)")
+    return None
+
+
+def _mounted_elsewhere(path: str) -> bool:
+    """PATH is a mount point in a mount namespace other than this process's: another test
+    session's private mount, which removing the directory would detach."""
+    own = os.readlink("/proc/self/ns/mnt")
+    seen = {own}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as f:
+                if any(line.split()[4] == path for line in f):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Leave the machine's /run/netns and /etc/netns as found: empty directories made for the
-    session go."""
+    session go, unless another test session has its own mount there still (removing the
+    directory would detach that, see SESSION_MOUNTS; the last session to end removes it)."""
     from nsrun import kernel
 
     for made, path in ((CREATED_RUN_NETNS, "/run/netns"), (CREATED_ETC_NETNS, "/etc/netns")):
         if made:
             try:
                 kernel.umount2(path, kernel.MNT_DETACH)
-                os.rmdir(path)
+                if not _mounted_elsewhere(path):
+                    os.rmdir(path)
             except OSError:
                 pass
+    if OVERLAY_BASE:
+        try:
+            kernel.umount2(OVERLAY_BASE, kernel.MNT_DETACH)
+            os.rmdir(OVERLAY_BASE)
+        except OSError:
+            pass
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -147,7 +216,15 @@ class LabRunner:
                               check=check, timeout=30)
 
     def host_json(self, *argv: str) -> Any:
-        return json.loads(self.host(*argv).stdout or "null")
+        # `ip` fails a dump the kernel marks interrupted (links changed meanwhile: a namespace
+        # just deleted takes its veths with it a moment later, in the kernel's own time).
+        for _ in range(20):
+            r = self.host(*argv, check=False)
+            if r.returncode == 0 or "Dump was interrupted" not in r.stderr:
+                break
+            time.sleep(0.05)
+        assert r.returncode == 0, (argv, r.returncode, r.stderr)
+        return json.loads(r.stdout or "null")
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self)
@@ -234,11 +311,15 @@ def lab(lab_session: Any) -> Iterator[LabRunner]:
     """The lab, with a fresh nsrun state dir; fails the test if the lab host changed."""
     statedir = Path(f"/run/nsrun-test-{lab_session.id}-{os.getpid()}")
     runner = LabRunner(lab_session, statedir)
+    lost = session_mounts_lost()
+    if lost:
+        pytest.fail(lost, pytrace=False)
     before = runner.snapshot()
     try:
         yield runner
         after = runner.snapshot()
         diff = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+        assert not diff or not session_mounts_lost(), session_mounts_lost()
         assert not diff, f"the lab host changed: {json.dumps(diff, indent=1)[:4000]}"
         if lab_session.kind != "legacy":
             # An nf_tables host: no legacy table may ever appear, and iptables-nft says nothing.

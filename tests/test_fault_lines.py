@@ -1,7 +1,7 @@
-"""Issue 15, acceptance 3 (a sample; tests/stress/ has the whole sweep): kill `up`, `down`,
-an ephemeral nat run, a bridge-mode run and `gc` at lines of nsrun's own code
-(NSRUN_FAULT_LINE), reclaim, and find the lab host exactly as before; then random
-whole-group SIGKILLs across mixed operations."""
+"""Issue 15, acceptance 3 (samples; tests/stress/ has the whole sweep): kill `up`, `down`,
+an ephemeral nat run, a bridge-mode run and `gc` at line events of nsrun's own code
+(NSRUN_FAULT_LINE), kill `up` at distinct lines (NSRUN_FAULT_DISTINCT), reclaim, and find
+the lab host exactly as before; then random whole-group SIGKILLs across mixed operations."""
 
 from __future__ import annotations
 
@@ -21,4 +21,20 @@ def test_killed_at_sampled_lines_then_gc_leaks_nothing(lab, op):
 
 
 def test_random_whole_group_kills_then_gc_leak_nothing(lab):
-    assert faultsweep.random_group_kills(lab, count=10, seed=15) >= 5
+    out = faultsweep.random_group_kills(lab, count=8, seed=15)
+    assert out.killed >= 8 and out.completed + out.killed >= out.rounds, out
+
+
+def test_killed_at_distinct_lines_then_gc_leaks_nothing(lab):
+    # The distinct-line mode (NSRUN_FAULT_DISTINCT) of the whole sweep: count the lines `up`
+    # runs, kill it at three of them; each kill lands on the line the count put at that rank,
+    # give or take one (the netlink thread's first lines and `th.join()`, which its caller
+    # reaches meanwhile, come in either order).
+    counted = faultsweep.count_distinct(lab, "up")
+    assert counted.d > 200 and len(counted.lines) == counted.d  # one process: ranks are lines
+    baseline = lab.snapshot()
+    for n in (counted.d // 4, counted.d // 2, 3 * counted.d // 4):
+        hit = faultsweep.kill_distinct(lab, "up", n, baseline)
+        assert hit is not None and len(hit) == 1, hit
+        near = set().union(*(counted.by_rank.get(k, set()) for k in (n - 1, n, n + 1)))
+        assert hit[0] in near, (n, hit, near)
