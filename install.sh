@@ -60,4 +60,4 @@ mv -f "$launcher" /usr/local/bin/nsrun
 install -D -m 0644 completions/nsrun.bash /usr/local/share/bash-completion/completions/nsrun
 install -D -m 0644 completions/_nsrun /usr/local/share/zsh/site-functions/_nsrun
 install -D -m 0644 completions/nsrun.fish /usr/local/share/fish/vendor_completions.d/nsrun.fish
-echo "install.sh: nsrun $("$venv/bin/python" -c 'import nsrun; print(nsrun.__version__)') is /usr/local/bin/nsrun -> $venv/bin/nsrun"
+echo "install.sh: nsrun $("$venv/bin/python" -c 'import nsrun; print(nsrun.__version__)') is /usr/local/bin/nsrun (in $venv)"

@@ -157,6 +157,46 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if only:
             kinds = [k for k in kinds if k in only.split(",")] or kinds[:1]
         metafunc.parametrize("host_kind", kinds, indirect=True, scope="session")
+    if getattr(metafunc.module, "VIA_SERVICE", False) and "via" in metafunc.fixturenames:
+        # issue 13: the module's tests once more through `nsrun daemon` (legacy host only:
+        # pytest_collection_modifyitems drops the other kinds' service variants)
+        metafunc.parametrize("via", ["daemonless", "service"], indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("via") == "service" and params.get("host_kind", "legacy") != "legacy":
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def via(request: pytest.FixtureRequest, lab: LabRunner, tmp_path: Path) -> Iterator[str]:
+    """`service`: an `nsrun daemon` in the lab host for the test (the nsrun it runs finds its
+    socket in the lab's state directory and goes through it); stopped after the test, once
+    every namespace it watches is down, before the lab host is compared. `daemonless`: none."""
+    how = str(getattr(request, "param", "daemonless"))
+    if how != "service":
+        yield how
+        return
+    from test_service import Service
+
+    svc = Service(lab, tmp_path / "daemon.log").start()
+    lab.service = svc
+    try:
+        yield how
+        assert svc.proc is not None and svc.proc.poll() is None, f"the service died: {svc.log()}"
+        svc.wait_idle()
+        assert "Traceback" not in svc.log(), svc.log()
+    finally:
+        lab.service = None
+        svc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +234,14 @@ class LabRunner:
             self.env.pop(key, None)
         if getattr(lab, "firewalld", None) is not None:  # the lab's own system bus, firewalld on it
             self.env["DBUS_SYSTEM_BUS_ADDRESS"] = lab.firewalld.bus
+        self.service: Any = None  # the `via` fixture's `nsrun daemon`, when the test goes through one
+
+    def settle(self) -> None:
+        """After an ephemeral run returned: through the service, a root caller's CMD is the
+        client itself, so its namespace goes just *after* it exits (the service's watcher);
+        wait for that. Without the service, nothing is left by then: no wait."""
+        if self.service is not None:
+            self.service.wait_idle()
 
     def host_argv(self, argv: list[str]) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.lab.host}", *argv]

@@ -7,6 +7,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from conftest import CLIENT, PROFILES, write_profile
 from nsrun import lab as labmod
 
@@ -15,6 +17,8 @@ GW2_RANGE = (ipaddress.IPv4Address("192.168.1.150"), ipaddress.IPv4Address("192.
 REPORT = "echo $NSRUN_ADDRESS; " + " ".join(CLIENT)
 
 HOST_KINDS = ["legacy", "nftables", "docker"]
+VIA_SERVICE = True  # each test also through `nsrun daemon` (conftest's `via`, issue 13)
+pytestmark = pytest.mark.usefixtures("via")
 
 
 def _routing(lab):
@@ -98,6 +102,7 @@ def test_uplink_without_address_is_bridged_then_released(lab, tmp_path):
         assert dummy.get("master") == "nsrtest3"
         out, err = p.communicate(timeout=30)
         assert p.returncode == 0, err
+        lab.settle()
         dummy = lab.host_json("ip", "-j", "link", "show", "nsrdummy0")[0]
         assert "master" not in dummy
         assert lab.host("ip", "link", "show", "nsrtest3", check=False).returncode != 0
@@ -119,6 +124,7 @@ def test_strict_rp_filter_on_the_bridge_is_loosened_only_while_needed(lab):
         finally:
             out, err = p.communicate("go\n", timeout=60)
         assert p.returncode == 0 and out.strip() == labmod.GW1_UP, err
+        lab.settle()
         assert lab.host("cat", key).stdout.strip() == "1"
     finally:
         lab.host("sh", "-c", f"echo {original} > {key}")
