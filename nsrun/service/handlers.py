@@ -210,6 +210,8 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
         os.close(fd)
         if watched:
             _move(group, caller.pid, moved)
+        if ctx.pool is not None and ephemeral:
+            ctx.pool.refill()  # after the reply: a member made meanwhile would slow it (the GIL)
 
 
 def _move(group: str | None, pid: int, moved: threading.Event) -> None:

@@ -92,7 +92,8 @@ class Pool:
                 if not self.members[key]:
                     return None
                 name = self.members[key].pop(0)
-                self.lock.notify_all()  # the refill makes another
+                # no refill yet: the handler asks for it once the client has its reply
+                # (`refill`); making a member now would hold the GIL while it answers
             with name_lock(name), record.ns_lock(name) as lock:
                 rec = record.read(name)
                 if (rec is None or rec.state != "up" or rec.owner_pid != self.owner["owner_pid"]
@@ -105,6 +106,11 @@ class Pool:
                 rec = rec._replace(owner_pid=owner["owner_pid"], owner_start=owner["owner_start"])
                 record.save(rec)
                 return rec
+
+    def refill(self) -> None:
+        """Make new members for those taken (in the background thread)."""
+        with self.lock:
+            self.lock.notify_all()
 
     def _drop(self, name: str, rec: Any) -> bool:
         from nsrun import engine
