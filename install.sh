@@ -5,7 +5,7 @@
 #     nftables, util-linux (nsenter, setpriv, unshare);
 #   - a virtual environment, /opt/nsrun (NSRUN_VENV overrides): Debian's python3 refuses
 #     `pip install` outside one (PEP 668);
-#   - nsrun on PATH (a symbolic link /usr/local/bin/nsrun), and completion for bash, zsh
+#   - nsrun on PATH (a small launcher, /usr/local/bin/nsrun), and completion for bash, zsh
 #     and fish under /usr/local/share.
 # `./install.sh --test` also installs the test extras (pytest, hypothesis, mypy) into the
 # virtual environment; then `/opt/nsrun/bin/python -m pytest -q` runs the tests.
