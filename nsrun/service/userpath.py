@@ -242,14 +242,14 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
                 ctx.runs.watch(Run(ns, rec.created, caller.uid, pin[0], group))
                 watched = True
             elif netns.exists(ns):
+                rec = record.read(ns)
                 if spec is not None:
                     _profile_name(caller, kind, spec)
-                _check(caller, kind, pol.may_enter(who, ns, _owner_uid(ns)))
+                _check(caller, kind, pol.may_enter(who, ns, rec.owner_uid if rec else None))
                 if spec is not None:
-                    error = profiles.mismatch(ns, record.read(ns), profiles.load(spec))
+                    error = profiles.mismatch(ns, rec, profiles.load(spec))
                     if error:
                         raise error
-                rec = record.read(ns)
             elif kind == "exec":
                 raise UsageError(f"no namespace {ns} (`nsrun ls` lists them; `nsrun up {ns}` makes one)")
             else:  # `-n NAME -- CMD` with NAME missing: made, persistent, as without the service
