@@ -15,11 +15,9 @@ C. VmRSS of the idle service, after the runs above. Target: < 60 MiB.
 D. `nsrun -p nat -- true` through a service with a warm pool of 4 nat namespaces, against
    the hand-typed sequence. Target: <= 0.5x by hand.
 
-Contenders alternate run by run (bench/common.py). nsrun is this checkout, run as a console
-script would run it (PYTHONPATH = the repo), by --nsrun's interpreter or sys.executable.
-Run as root, in a private mount namespace (the lab's namespaces are mounted in /run/netns):
-    unshare -m --propagation slave sh -c 'mount -t tmpfs b /run/netns &&
-        mount -t tmpfs b /etc/netns && python3 bench/service_bench.py'
+Contenders alternate run by run (bench/common.py). nsrun is this checkout, run as
+install.sh's launcher runs it (nsrun.launcher: `python -I -S`), by --python's interpreter.
+Run as root: `python3 bench/service_bench.py [--python /opt/nsrun/bin/python] [--only D]`.
 """
 
 from __future__ import annotations
@@ -111,7 +109,7 @@ class Daemon:
             self.log.unlink()
 
 
-def body(s: Session, runs: int) -> list[Row]:
+def body(s: Session, runs: int, only: str = "ABCD") -> list[Row]:
     rows: list[Row] = []
     alone = {**s.env, "NSRUN_DAEMON": "0"}
     with s.scope():
@@ -137,94 +135,100 @@ def body(s: Session, runs: int) -> list[Row]:
             ns = s.ns(f"b{i}")
             return timed(["sh", "-ec", batch_script(ns, f"vb{i}", f"{HAND_NET}.{2 + i % 250}")])
 
-        s.check_in_lab()
-        samples = alternate([
-            Contender("nsrun -p nat -- true, service", service_run),
-            Contender("nsrun -p nat -- true, daemonless warm", lambda _: timed(s.nsrun_argv("-p", "nat", "--", "true"), env=alone)),
-            Contender("ip, typed by hand", by_hand),
-            Contender("ip -batch, peer made inside", batch),
-            Contender("unshare -n true", lambda _: timed(["unshare", "-n", "true"])),
-        ], runs, progress="A run")
-        hand = median(samples["ip, typed by hand"])
-        samples["  service, until torn down"] = teardown[-len(samples["ip, typed by hand"]):]
-        got = timing_rows("A run", samples, ref="ip, typed by hand")
-        for r in got:
-            if r.what == "nsrun -p nat -- true, service":
-                r.target = f"<= {TARGET_RUN:g}x by hand"
-                r.ok = r.value / 1000 <= TARGET_RUN * hand
-        rows += got
+        if "A" in only:
+            s.check_in_lab()
+            samples = alternate([
+                Contender("nsrun -p nat -- true, service", service_run),
+                Contender("nsrun -p nat -- true, daemonless warm", lambda _: timed(s.nsrun_argv("-p", "nat", "--", "true"), env=alone)),
+                Contender("ip, typed by hand", by_hand),
+                Contender("ip -batch, peer made inside", batch),
+                Contender("unshare -n true", lambda _: timed(["unshare", "-n", "true"])),
+            ], runs, progress="A run")
+            hand = median(samples["ip, typed by hand"])
+            samples["  service, until torn down"] = teardown[-len(samples["ip, typed by hand"]):]
+            got = timing_rows("A run", samples, ref="ip, typed by hand")
+            for r in got:
+                if r.what == "nsrun -p nat -- true, service":
+                    r.target = f"<= {TARGET_RUN:g}x by hand"
+                    r.ok = r.value / 1000 <= TARGET_RUN * hand
+            rows += got
 
-        samples = alternate([
-            Contender("nsrun exec NAME -- true, service", lambda _: timed(s.nsrun_argv("exec", warm, "--", "true"), env=s.env)),
-            Contender("nsrun exec NAME -- true, daemonless", lambda _: timed(s.nsrun_argv("exec", warm, "--", "true"), env=alone)),
-            Contender("ip netns exec NAME true", lambda _: timed(["ip", "netns", "exec", warm, "true"])),
-            Contender("python3 -I -S -c pass", lambda _: timed([PY, "-I", "-S", "-c", "pass"])),
-        ], runs * 2, progress="B exec")
-        ip_m = median(samples["ip netns exec NAME true"])
-        py_m = median(samples["python3 -I -S -c pass"])
-        got = timing_rows("B exec", samples, ref="ip netns exec NAME true")
-        for r in got:
-            if r.what.startswith("nsrun exec"):
-                r.ratio += f"; {r.value / 1000 / py_m:.2f}x python -I -S"
-            if r.what == "nsrun exec NAME -- true, service":
-                r.target = f"<= {TARGET_EXEC:g}x ip netns exec"
-                r.ok = r.value / 1000 <= TARGET_EXEC * ip_m
-        rows += got
+        if "B" in only:
+            samples = alternate([
+                Contender("nsrun exec NAME -- true, service", lambda _: timed(s.nsrun_argv("exec", warm, "--", "true"), env=s.env)),
+                Contender("nsrun exec NAME -- true, daemonless", lambda _: timed(s.nsrun_argv("exec", warm, "--", "true"), env=alone)),
+                Contender("ip netns exec NAME true", lambda _: timed(["ip", "netns", "exec", warm, "true"])),
+                Contender("python3 -I -S -c pass", lambda _: timed([PY, "-I", "-S", "-c", "pass"])),
+            ], runs * 2, progress="B exec")
+            ip_m = median(samples["ip netns exec NAME true"])
+            py_m = median(samples["python3 -I -S -c pass"])
+            got = timing_rows("B exec", samples, ref="ip netns exec NAME true")
+            for r in got:
+                if r.what.startswith("nsrun exec"):
+                    r.ratio += f"; {r.value / 1000 / py_m:.2f}x python -I -S"
+                if r.what == "nsrun exec NAME -- true, service":
+                    r.target = f"<= {TARGET_EXEC:g}x ip netns exec"
+                    r.ok = r.value / 1000 <= TARGET_EXEC * ip_m
+            rows += got
 
-        d.wait_idle()
-        time.sleep(1.0)
-        rss = [d.rss_mib()]
-        for _ in range(4):
-            time.sleep(0.25)
-            rss.append(d.rss_mib())
-        rows.append(Row("C memory", "idle service VmRSS (engine imported)", median(rss), "MiB", p90(rss),
-                        len(rss), "", f"< {TARGET_RSS_MIB:g} MiB", median(rss) < TARGET_RSS_MIB))
+        if "C" in only:
+            d.wait_idle()
+            time.sleep(1.0)
+            rss = [d.rss_mib()]
+            for _ in range(4):
+                time.sleep(0.25)
+                rss.append(d.rss_mib())
+            rows.append(Row("C memory", "idle service VmRSS (engine imported)", median(rss), "MiB", p90(rss),
+                            len(rss), "", f"< {TARGET_RSS_MIB:g} MiB", median(rss) < TARGET_RSS_MIB))
 
-        # D: the same service with a warm pool of 4 nat namespaces (nsrun.service.pool).
-        d.stop()
-        assert s.statedir is not None
-        conf = s.statedir / "service.toml"
-        conf.write_text("[pool]\nnat = 4\n")
-        conf.chmod(0o644)
-        d.start("--config", str(conf))
-        d.wait_idle(120, pool=4)
+        if "D" in only:
+            # D: the same service with a warm pool of 4 nat namespaces (nsrun.service.pool).
+            d.stop()
+            assert s.statedir is not None
+            conf = s.statedir / "service.toml"
+            conf.write_text("[pool]\nnat = 4\n")
+            conf.chmod(0o644)
+            d.start("--config", str(conf))
+            d.wait_idle(120, pool=4)
 
-        def pooled(_: int) -> float:
-            dt = timed(s.nsrun_argv("-p", "nat", "--", "true"), env=s.env)
-            d.wait_idle(120, pool=4)  # taken down and refilled before the next contender
-            return dt
+            def pooled(_: int) -> float:
+                dt = timed(s.nsrun_argv("-p", "nat", "--", "true"), env=s.env)
+                d.wait_idle(120, pool=4)  # taken down and refilled before the next contender
+                return dt
 
-        samples = alternate([
-            Contender("nsrun -p nat -- true, service, pool of 4", pooled),
-            Contender("ip, typed by hand", by_hand),
-        ], runs, progress="D pool")
-        hand = median(samples["ip, typed by hand"])
-        got = timing_rows("D pool", samples, ref="ip, typed by hand")
-        for r in got:
-            if r.what.endswith("pool of 4"):
-                r.target = f"<= {TARGET_POOL:g}x by hand"
-                r.ok = r.value / 1000 <= TARGET_POOL * hand
-        rows += got
+            samples = alternate([
+                Contender("nsrun -p nat -- true, service, pool of 4", pooled),
+                Contender("ip, typed by hand", by_hand),
+            ], runs, progress="D pool")
+            hand = median(samples["ip, typed by hand"])
+            got = timing_rows("D pool", samples, ref="ip, typed by hand")
+            for r in got:
+                if r.what.endswith("pool of 4"):
+                    r.target = f"<= {TARGET_POOL:g}x by hand"
+                    r.ok = r.value / 1000 <= TARGET_POOL * hand
+            rows += got
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=30, help="rounds for A (B does twice as many); default 30")
+    p.add_argument("--only", default="ABCD", metavar="PARTS", help="the parts to run (default: ABCD)")
     p.add_argument("--python", default=PY, help="the interpreter of nsrun's console script (default: "
                                                "this one; install.sh's is /opt/nsrun/bin/python)")
     a = p.parse_args(argv)
     if not a.nsrun:  # this checkout, as its console script would run it
         shim = Path(f"/run/nsrun-bench-shim-{os.getpid()}")
-        shim.write_text(f"#!{a.python}\nimport sys\nfrom nsrun.cli import main\nsys.exit(main())\n")
-        shim.chmod(0o755)
+        from nsrun import launcher
+
+        launcher.write(str(shim), a.python)  # as install.sh's /usr/local/bin/nsrun, of this checkout
         os.environ["PYTHONPATH"] = str(REPO)
         a.nsrun = str(shim)
         try:
-            return main_wrapper("issue 13: the warm path (A run, B exec, C memory)", lambda s: body(s, a.runs), a)
+            return main_wrapper("issue 13: the warm path (A run, B exec, C memory)", lambda s: body(s, a.runs, a.only.upper()), a)
         finally:
             shim.unlink()
-    return main_wrapper("issue 13: the warm path (A run, B exec, C memory)", lambda s: body(s, a.runs), a)
+    return main_wrapper("issue 13: the warm path (A run, B exec, C memory)", lambda s: body(s, a.runs, a.only.upper()), a)
 
 
 if __name__ == "__main__":
