@@ -4,8 +4,10 @@ Every benchmark runs inside a throwaway lab of network namespaces (`nsrun.lab.La
 the bench process builds the lab, then moves its *main thread's network namespace only*
 into the lab host (setns, what `nsenter --net=/run/netns/HOST` does), so every command
 it starts (nsrun, ip, unshare, iperf3) acts on the lab host and never on this machine's
-own network. /run/netns and /etc/netns are shared mount-wise, as with nsenter. Moving the
-bench process itself (instead of prefixing each command with nsenter) keeps nsenter's
+own network. The bench has a mount namespace of its own (slave to the machine's) with
+private tmpfs mounts on /run/netns and /etc/netns (nsrun.lab.private_dir): the lab's
+namespaces and nsrun's DNS files are mounted there only, and nothing of them stays on the
+machine, not even the /run/netns mount `ip netns add` makes. Moving the bench process itself (instead of prefixing each command with nsenter) keeps nsenter's
 ~1 ms exec out of every measurement.
 
 nsrun runs with a private NSRUN_STATE_DIR (/run/nsrun-bench-LABID) and NSRUN_PROFILE_PATH
@@ -41,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from nsrun import kernel, netns  # noqa: E402
-from nsrun.lab import Lab  # noqa: E402
+from nsrun.lab import Lab, mounted_elsewhere, private_dir  # noqa: E402
 
 PY = sys.executable
 BUSY_AT_START: float | None = None
@@ -204,18 +206,18 @@ def _thread_netns() -> int:
 
 def find_nsrun(explicit: str | None, scratch: Path) -> tuple[list[str], str]:
     """The nsrun users run: --nsrun, else the console script beside sys.executable or on
-    PATH. If nsrun is not installed, a console-script equivalent (what pip generates) is
-    written into SCRATCH and run with PYTHONPATH=repo. Returns (argv prefix, description)."""
+    PATH. If nsrun is not installed, the launcher install.sh writes (nsrun.launcher) is
+    written into SCRATCH, for this checkout. Returns (argv prefix, description)."""
     if explicit:
         return [explicit], explicit
     for cand in (str(Path(PY).parent / "nsrun"), shutil.which("nsrun")):
         if cand and os.access(cand, os.X_OK):
             return [cand], cand
+    from nsrun import launcher
+
     shim = scratch / "nsrun"
-    shim.write_text(f"#!{PY}\nimport sys\nfrom nsrun.cli import main\n"
-                    "if __name__ == '__main__':\n    sys.exit(main())\n")
-    os.chmod(shim, 0o755)
-    return [str(shim)], f"{shim} (nsrun is not installed: a console-script equivalent, PYTHONPATH={REPO})"
+    launcher.write(str(shim), PY)
+    return [str(shim)], f"{shim} (nsrun is not installed: install.sh's launcher of {REPO})"
 
 
 class Session:
@@ -237,10 +239,20 @@ class Session:
         self.base_links = _root_links()
         self.names: set[str] = set()   # every /run/netns name the bench made or asked for
         self.closed = False
+        self.mounts = contextlib.ExitStack()
+
+    def _private_mounts(self) -> None:
+        """This process (single-threaded still) into a mount namespace of its own, slave to
+        the machine's, with /run/netns and /etc/netns its private tmpfs mounts."""
+        kernel.unshare(kernel.CLONE_NEWNS)
+        kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
+        self.mounts.enter_context(private_dir("/run/netns", 0o755, "nsrun-bench"))
+        self.mounts.enter_context(private_dir("/etc/netns", 0o755, "nsrun-bench"))
 
     # setup
     def open(self) -> "Session":
         _install_signals()
+        self._private_mounts()
         self.root_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         print("building the lab of namespaces...", file=sys.stderr)
         self.lab = Lab()
@@ -271,7 +283,7 @@ class Session:
                    NSRUN_PROFILE_PATH=f"{REPO / 'profiles'}:{profiles}")
         for key in ("SUDO_UID", "SUDO_GID", "SUDO_USER", "NSRUN_FAULT", "NOTIFY_SOCKET", "NSRUN_DEBUG"):
             env.pop(key, None)
-        if "console-script equivalent" in self.nsrun_desc:
+        if "install.sh's launcher of" in self.nsrun_desc:
             env["PYTHONPATH"] = str(REPO) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.env = env
         # From here on, this thread (and every child it starts) is in the lab host.
@@ -372,11 +384,7 @@ class Session:
                 d = f"/etc/netns/{name}"
                 if os.path.isdir(d):
                     shutil.rmtree(d, ignore_errors=True)
-            if not self.base_etc_netns:
-                try:
-                    os.rmdir("/etc/netns")
-                except OSError:
-                    pass
+            self.mounts.close()  # the private /run/netns and /etc/netns (and the directories, if made)
             left = self.leftovers()
             if left:
                 print("bench: LEFT BEHIND: " + "; ".join(left), file=sys.stderr)
@@ -411,7 +419,7 @@ class Session:
             ours = [n for n in os.listdir("/etc/netns") if n in self.names]
             if ours:
                 left.append(f"/etc/netns: {', '.join(ours)}")
-            elif not self.base_etc_netns and not os.listdir("/etc/netns"):
+            elif not self.base_etc_netns and not os.listdir("/etc/netns") and not mounted_elsewhere("/etc/netns"):
                 left.append("/etc/netns (empty directory)")
         if self.statedir is not None and self.statedir.exists():
             left.append(str(self.statedir))

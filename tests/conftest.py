@@ -45,8 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
     global MACHINE_NETNS_FD, CREATED_RUN_NETNS, CREATED_ETC_NETNS, OVERLAY_BASE
     CREATED_RUN_NETNS = not os.path.isdir("/run/netns")
     CREATED_ETC_NETNS = not os.path.isdir("/etc/netns")
-    os.makedirs("/run/netns", mode=0o755, exist_ok=True)
-    MACHINE_NETNS_FD = os.open("/run/netns", os.O_RDONLY | os.O_DIRECTORY)  # the machine's view
+    if not CREATED_RUN_NETNS:  # the machine's view (not made for it: with an overlay, made
+        MACHINE_NETNS_FD = os.open("/run/netns", os.O_RDONLY | os.O_DIRECTORY)  # there only)
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
     if os.environ.get("NSRUN_TEST_OVERLAY") == "1":
@@ -95,38 +95,18 @@ def session_mounts_lost() -> str | None:
     return None
 
 
-def _mounted_elsewhere(path: str) -> bool:
-    """PATH is a mount point in a mount namespace other than this process's: another test
-    session's private mount, which removing the directory would detach."""
-    own = os.readlink("/proc/self/ns/mnt")
-    seen = {own}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            ns = os.readlink(f"/proc/{pid}/ns/mnt")
-            if ns in seen:
-                continue
-            seen.add(ns)
-            with open(f"/proc/{pid}/mountinfo") as f:
-                if any(line.split()[4] == path for line in f):
-                    return True
-        except OSError:
-            continue
-    return False
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Leave the machine's /run/netns and /etc/netns as found: empty directories made for the
     session go, unless another test session has its own mount there still (removing the
     directory would detach that, see SESSION_MOUNTS; the last session to end removes it)."""
     from nsrun import kernel
+    from nsrun import lab as lab_mod
 
     for made, path in ((CREATED_RUN_NETNS, "/run/netns"), (CREATED_ETC_NETNS, "/etc/netns")):
         if made:
             try:
                 kernel.umount2(path, kernel.MNT_DETACH)
-                if not _mounted_elsewhere(path):
+                if not lab_mod.mounted_elsewhere(path):
                     os.rmdir(path)
             except OSError:
                 pass

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import CLIENT
-from nsrun import kernel, names
+from nsrun import names
+from nsrun import lab as lab_mod
 from nsrun.fault import steps
 
 pytestmark = pytest.mark.skipif(not shutil.which("wireguard-go") or not shutil.which("wg"),
@@ -31,52 +31,11 @@ VPNLAB = str(Path(__file__).resolve().parent / "vpnlab.py")
 CLIENT_ADDR, CLIENT_ADDR6 = "10.77.0.2", "fd77::2"
 
 
-def _mounted_elsewhere(path: str) -> bool:
-    """Whether a mount namespace other than this process's has a mount on PATH (another test
-    session's private tmpfs: removing the directory would detach it)."""
-    mine = os.stat("/proc/self/ns/mnt").st_ino
-    seen = {mine}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
-            if ns in seen:
-                continue
-            seen.add(ns)
-            with open(f"/proc/{pid}/mountinfo") as fh:
-                if any(line.split()[4] == path for line in fh):
-                    return True
-        except (OSError, IndexError):
-            continue
-    return False
-
-
-@contextmanager
-def _private_dir(path: str, mode: int) -> Iterator[None]:
-    """PATH as a tmpfs of the session's mount namespace only. The directory, when a test
-    session made it (MODE, empty), goes again afterwards, by whichever session is the last
-    to use it: test sessions run side by side, and removing the directory while another
-    session's tmpfs sits on it would detach that (its wireguard-go would then write to the
-    machine's /run)."""
-    made = not os.path.isdir(path)
-    os.makedirs(path, mode=mode, exist_ok=True)
-    kernel.mount("nsrun-tests-wg", path, "tmpfs", 0)
-    try:
-        yield
-    finally:
-        kernel.umount2(path, kernel.MNT_DETACH)
-        try:
-            ours = made or (os.stat(path).st_mode & 0o777 == mode and not os.listdir(path))
-            if ours and not _mounted_elsewhere(path):
-                os.rmdir(path)
-        except OSError:
-            pass
-
-
 @pytest.fixture(scope="module")
 def wg_sockets() -> Iterator[None]:
     """A private /run/wireguard: the UAPI sockets of the lab's wireguard-go processes never
     appear on the machine."""
-    with _private_dir("/run/wireguard", 0o700):
+    with lab_mod.private_dir("/run/wireguard", 0o700, "nsrun-tests-wg"):
         yield
 
 
