@@ -159,6 +159,35 @@ def _service_form(args: list[str]) -> dict[str, object] | None:
     return None
 
 
+def _shell_form(args: list[str]) -> tuple[str, str | None, str | None, bool] | None:
+    """`shell NAME [-p P] [-u U] [--keep]` in its plain forms: (NAME, P, U, keep); None
+    sends it to typer (help, odd spellings, errors: typer's words, without the service)."""
+    if len(args) < 2 or args[1].startswith("-"):
+        return None
+    opts: dict[str, str] = {}
+    keep = False
+    rest = args[2:]
+    while rest:
+        arg = rest[0]
+        if arg == "--keep" and not keep:
+            keep, rest = True, rest[1:]
+            continue
+        key, eq, value = arg.partition("=")
+        field = {"-p": "profile", "--profile": "profile", "-u": "user", "--user": "user"}.get(key)
+        if field is None or field in opts or (eq and key.startswith("-") and not key.startswith("--")):
+            return None
+        if not eq:
+            if len(rest) < 2:
+                return None
+            value, rest = rest[1], rest[2:]
+        else:
+            rest = rest[1:]
+        if not value or value.startswith("-"):
+            return None
+        opts[field] = value
+    return args[1], opts.get("profile"), opts.get("user"), keep
+
+
 def _through_service(args: list[str]) -> int | None:
     if os.environ.get("NSRUN_DAEMON") == "0" or not args or args[0] not in ("up", "down", "ls", "gc"):
         return None
@@ -187,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         served = _through_service(args)
         if served is not None:
             return served
+        if args[0] == "shell" and os.environ.get("NSRUN_DAEMON") != "0":
+            form = _shell_form(args)
+            if form is not None:
+                from nsrun import client
+
+                served = client.shell(*form)
+                if served is not None:  # a root caller's shell was exec'd: only others get here
+                    _exit(served)
         if args[0] == "ls" and args[1:] in ([], ["--json"]):  # no typer: fast, and for any user
             from nsrun import commands
 

@@ -1,6 +1,6 @@
 """The client side of the service (nsrun.service): when `<state dir>/nsrun.sock` answers
-and NSRUN_DAEMON is not `0`, `nsrun -- CMD`, `exec`, `up`, `down`, `ls` and `gc` ask the
-service; when there is no socket, or it refuses the connection (no service, or a caller
+and NSRUN_DAEMON is not `0`, `nsrun -- CMD`, `exec`, `shell`, `up`, `down`, `ls` and `gc`
+ask the service; when there is no socket, or it refuses the connection (no service, or a caller
 outside its group), every function here returns None and nsrun works without it, as before.
 
 A root caller's run: the service brings the namespace up and hands its descriptor back
@@ -29,6 +29,7 @@ from nsrun import wire
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 from nsrun.errors import NsrunError, UsageError
 
@@ -130,7 +131,64 @@ def exec_in(name: str, argv: list[str], user: str | None) -> int | None:
     return _enter("exec", msg, name, user)
 
 
-def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None) -> int | None:
+def shell(name: str, profile: str | None, user: str | None, keep: bool) -> int | None:
+    """`nsrun shell NAME` through the service: the shell as `nsrun -n NAME -- SHELL` runs it.
+    A NAME the request makes goes again when the shell ends (the service watches it, as an
+    ephemeral run's), unless KEEP; an existing NAME is entered and left as it was. The
+    messages are those without the service, but that a root caller's shell is this process
+    (exec'd): nothing of nsrun is left to say that NAME was removed."""
+    if not connect_possible():
+        return None
+    from nsrun import names
+
+    names.check_name(name)
+    argv = [_shell_of(user)]
+    msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
+                           "firewall": _firewall(), "remove": not keep}
+    if os.geteuid() != 0:
+        existed = os.path.lexists(f"/run/netns/{name}")
+        if not existed:
+            _say_created(name, profile, keep)
+        code = _not_root(msg)
+        if code is not None and not existed and not keep and not os.path.lexists(f"/run/netns/{name}"):
+            sys.stderr.write(f"nsrun: removed namespace {name}\n")
+        return code
+    return _enter("run", msg, name, user, created=lambda prof: _say_created(name, prof, keep))
+
+
+def connect_possible() -> bool:
+    """False when `connect` would surely find no service (NSRUN_DAEMON=0, no socket file)."""
+    path = socket_path()
+    return os.environ.get("NSRUN_DAEMON") != "0" and path is not None and os.path.exists(path)
+
+
+def _shell_of(user: str | None) -> str:
+    """$SHELL, else the login shell of -u USER (or of the caller), else /bin/sh."""
+    sh = os.environ.get("SHELL", "")
+    if not sh:
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(user) if user is not None and not user.isdigit() else \
+                pwd.getpwuid(int(user) if user is not None else os.getuid())
+            sh = entry.pw_shell
+        except (KeyError, ValueError, OverflowError):
+            pass
+    return sh or "/bin/sh"
+
+
+def _say_created(name: str, profile: str | None, keep: bool) -> None:
+    made = f"namespace {name}" + (f" (profile {profile})" if profile else "")
+    if keep:
+        sys.stderr.write(f"nsrun: created {made}; it stays after the shell exits (`nsrun down {name}` "
+                         "removes it)\n")
+    else:
+        sys.stderr.write(f"nsrun: creating {made}; it is removed when the shell exits (--keep keeps it)\n")
+
+
+def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
+           created: Callable[[str | None], None] | None = None) -> int | None:
+    """CREATED: called with the profile when the service made the namespace (`shell`)."""
     if os.geteuid() != 0:
         return _not_root(msg)
     from nsrun import execution, privilege
@@ -156,6 +214,8 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None) -
         sys.stderr.write(f"{line}\n")
     profile, address = reply.get("profile"), reply.get("address")
     profile = profile if isinstance(profile, str) else None
+    if created is not None and reply.get("created") is True:
+        created(profile)
     env = execution.command_env(ns, profile, address if isinstance(address, str) else None, ident)
     if kind == "exec" and env.get("NOTIFY_SOCKET", "").startswith("@"):
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "

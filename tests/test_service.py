@@ -210,6 +210,39 @@ def test_exec_up_down_ls_gc_through_the_service(lab, service):
     assert served(service) == before + 10
 
 
+def test_shell_through_the_service(lab, service):
+    """`nsrun shell NAME`: a missing NAME is made for the shell and goes when it exits, as
+    without the service; with --keep it stays, and an existing NAME is entered and left."""
+    before = served(service)
+    sh = {"SHELL": "/bin/sh"}
+    alone = lab.nsrun("shell", "svsh0", env={**sh, "NSRUN_DAEMON": "0"}, input="exit 0\n")
+    r = lab.nsrun("shell", "svsh", env=sh, input="echo $NSRUN_NETNS $NSRUN_PROFILE; exit 3\n")
+    assert (r.returncode, r.stdout) == (3, "svsh nat\n"), r.stderr
+    assert r.stderr == alone.stderr.split("\n")[0].replace("svsh0", "svsh") + "\n"
+    assert r.stderr == ("nsrun: creating namespace svsh (profile nat); it is removed when the shell "
+                        "exits (--keep keeps it)\n")
+    service.wait_idle()
+    assert not os.path.exists("/run/netns/svsh") and "svsh" not in lab.nsrun("ls").stdout
+    r = lab.nsrun("shell", "svk", "-p", "gw1", "--keep", env=sh, input="exit\n")
+    assert r.returncode == 0 and "created namespace svk (profile gw1); it stays" in r.stderr, r.stderr
+    try:
+        service.wait_idle()
+        r = lab.nsrun("shell", "svk", env=sh, input="echo $NSRUN_PROFILE; " + " ".join(CLIENT) + "\n")
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"gw1\n{labmod.GW1_UP}\n", ""), r.stderr
+        via = lab.nsrun("shell", "svk", "-p", "nat", env=sh, input="exit\n")
+        daemonless = lab.nsrun("shell", "svk", "-p", "nat", env={**sh, "NSRUN_DAEMON": "0"}, input="exit\n")
+        assert via.returncode == 2 and (via.stderr, via.returncode) == (daemonless.stderr, daemonless.returncode)
+        service.wait_idle()
+        assert os.path.exists("/run/netns/svk")  # an existing NAME is left as it was
+    finally:
+        assert lab.nsrun("down", "svk").returncode == 0
+    assert served(service) == before + 6  # three shells, the mismatch, ls, down
+    for args in (("shell", "bad/name"), ("shell", "x", "-p", "nope")):
+        via = lab.nsrun(*args, env=sh, input="exit\n")
+        daemonless = lab.nsrun(*args, env={**sh, "NSRUN_DAEMON": "0"}, input="exit\n")
+        assert via.returncode == 2 and (via.returncode, via.stderr) == (daemonless.returncode, daemonless.stderr)
+
+
 def test_errors_match_daemonless(lab, service, tmp_path):
     bad = write_profile(tmp_path, "bad", 'mode = "nat"\nsubnet = "10.251.0.0/24\n')
     cases = [("-p", "nope", "--", "true"), ("-p", str(bad), "--", "true"), ("-n", "bad/name", "--", "true"),

@@ -168,6 +168,28 @@ def test_user_named_namespace_own_by_default(lab, user_service, public_nsrun):
     assert "mine" not in lab.nsrun("ls").stdout
 
 
+def test_user_shell_through_the_service(lab, user_service, public_nsrun):
+    """nobody's `nsrun shell NAME`: NAME is made, nobody's shell runs in it as nobody, and
+    NAME goes when the shell exits; with --keep it stays, nobody's own."""
+    env = {**lab.env, **public_nsrun, "SHELL": "/bin/sh"}
+    before = served(user_service)
+    r = subprocess.run(as_user(lab, "nobody", "shell", "myshell"), env=env, input="id -u; echo $NSRUN_NETNS; exit 4\n",
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    assert (r.returncode, r.stdout) == (4, f"{pwd.getpwnam('nobody').pw_uid}\nmyshell\n"), (r.stderr, user_service.log())
+    assert r.stderr == ("nsrun: creating namespace myshell; it is removed when the shell exits (--keep keeps it)\n"
+                        "nsrun: removed namespace myshell\n")
+    assert not os.path.exists("/run/netns/myshell")
+    r = subprocess.run(as_user(lab, "nobody", "shell", "mykept", "-p", "gw1", "--keep"), env=env,
+                       input=" ".join(USER_CLIENT) + "\n", capture_output=True, text=True, timeout=60, cwd="/")
+    assert (r.returncode, r.stdout.strip()) == (0, labmod.GW1_UP), (r.stderr, user_service.log())
+    try:
+        assert "mykept" in lab.nsrun("ls").stdout
+    finally:
+        r = user_run(lab, public_nsrun, "nobody", "down", "mykept")
+        assert r.returncode == 0, (r.stderr, user_service.log())
+    assert served(user_service) == before + 4  # two shells, root's ls, down
+
+
 def test_user_client_killed_leaves_nothing(lab, user_service, public_nsrun):
     """A client SIGKILLed while its CMD runs: the service stops CMD and takes the namespace
     down (the lab fixture then finds the lab host as it was)."""

@@ -217,30 +217,39 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
     if kind == "exec" and name is None:
         raise wire.ProtocolError("field 'name' is required")
     ephemeral = name is None
+    remove = wire.field_bool(msg, "remove")  # `nsrun shell NAME`: a NAME made here goes with CMD
     ns = name or names.ephemeral_name()
     pin: tuple[int, int | None] | None = None
     group: str | None = None
     rec: NsRecord | None = None
-    watched = False
+    owned = False  # the namespace was made for this CMD, and goes when it ends
+
+    def owned_up(prof_name: str) -> NsRecord:
+        """NS brought up owned by the client (gc reclaims it should the service die), and
+        watched (the client gone, it goes)."""
+        nonlocal pin, group, owned
+        prof = profiles.load(prof_name)
+        pin = handlers.pin_caller(conn, caller)  # the client: the run's owner
+        ctx.runs.reserve(caller.uid)
+        owner = {"owner_pid": caller.pid, "owner_start": pin[1], "owner_uid": caller.uid}
+        try:
+            made, _ = engine.up(ns, prof, persistent=False, owner=owner, firewall=handlers._firewall(msg),
+                                bus=ctx.bus)
+        except BaseException:
+            ctx.runs.release(caller.uid)
+            raise
+        group = cgroup.create(ns)
+        ctx.runs.watch(Run(ns, made.created, caller.uid, pin[0], group))
+        owned = True
+        return made
+
     try:
         with ctx.name_lock(ns):
             if ephemeral:
                 prof_name = _profile_name(caller, kind, spec)
                 _check(caller, kind, pol.may_run(who, prof_name))
                 _within_limit(caller, who, pol, kind)
-                prof = profiles.load(prof_name)
-                pin = handlers.pin_caller(conn, caller)  # the client: the run's owner
-                ctx.runs.reserve(caller.uid)
-                owner = {"owner_pid": caller.pid, "owner_start": pin[1], "owner_uid": caller.uid}
-                try:
-                    rec, _ = engine.up(ns, prof, persistent=False, owner=owner,
-                                       firewall=handlers._firewall(msg), bus=ctx.bus)
-                except BaseException:
-                    ctx.runs.release(caller.uid)
-                    raise
-                group = cgroup.create(ns)
-                ctx.runs.watch(Run(ns, rec.created, caller.uid, pin[0], group))
-                watched = True
+                rec = owned_up(prof_name)
             elif netns.exists(ns):
                 rec = record.read(ns)
                 if spec is not None:
@@ -257,15 +266,18 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
                 _check(caller, kind, pol.may_create(who, ns))
                 _check(caller, kind, pol.may_run(who, prof_name))
                 _within_limit(caller, who, pol, kind)
-                rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True,
-                                   owner={"owner_uid": caller.uid}, firewall=handlers._firewall(msg),
-                                   bus=ctx.bus)
+                if remove:
+                    rec = owned_up(prof_name)
+                else:
+                    rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True,
+                                       owner={"owner_uid": caller.uid}, firewall=handlers._firewall(msg),
+                                       bus=ctx.bus)
         env = {**env, "NSRUN_NETNS": ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",
                "NSRUN_ADDRESS": (rec.address if rec else None) or ""}
         started = spawn.start(ns, argv, env, cwd, caller.uid, who.gid, who.groups,
                               (held[0], held[1], held[2]), controlling_tty=tty, cgroup=group)
     except BaseException:
-        if pin is not None and not watched:
+        if pin is not None and not owned:
             os.close(pin[0])
         raise
     finally:
@@ -276,7 +288,7 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
     with _live_lock:
         _live.add(started.pidfd)
     status = _wait(conn, caller, started)  # takes the pidfd out of _live before closing it
-    if ephemeral and rec is not None:
+    if owned and rec is not None:
         ctx.runs.take_down(ns, rec.created, group)  # before the reply, as without the service
     try:
         wire.send(conn, {"type": "exit", "code": status.code, "signal": status.signal})
