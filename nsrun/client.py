@@ -132,11 +132,12 @@ def exec_in(name: str, argv: list[str], user: str | None) -> int | None:
 
 
 def shell(name: str, profile: str | None, user: str | None, keep: bool) -> int | None:
-    """`nsrun shell NAME` through the service: the shell as `nsrun -n NAME -- SHELL` runs it.
-    A NAME the request makes goes again when the shell ends (the service watches it, as an
-    ephemeral run's), unless KEEP; an existing NAME is entered and left as it was. The
-    messages are those without the service, but that a root caller's shell is this process
-    (exec'd): nothing of nsrun is left to say that NAME was removed."""
+    """`nsrun shell NAME` through the service: the shell as `nsrun -n NAME -- SHELL` runs it;
+    an existing NAME is entered and left as it was. A caller without root: a NAME the
+    request makes goes again when the shell ends (`remove`: the service waits for the shell
+    it started), unless KEEP. A root caller's shell is this process, exec'd: nothing of
+    nsrun would be left to take a NAME made for it down and say so, so that one shell goes
+    without the service (None), under the supervisor, as before."""
     if not connect_possible():
         return None
     from nsrun import names
@@ -144,15 +145,17 @@ def shell(name: str, profile: str | None, user: str | None, keep: bool) -> int |
     names.check_name(name)
     argv = [_shell_of(user)]
     msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
-                           "firewall": _firewall(), "remove": not keep}
+                           "firewall": _firewall()}
     if os.geteuid() != 0:
         existed = os.path.lexists(f"/run/netns/{name}")
         if not existed:
             _say_created(name, profile, keep)
-        code = _not_root(msg)
+        code = _not_root({**msg, "remove": not keep})
         if code is not None and not existed and not keep and not os.path.lexists(f"/run/netns/{name}"):
             sys.stderr.write(f"nsrun: removed namespace {name}\n")
         return code
+    if not keep and not os.path.lexists(f"/run/netns/{name}"):
+        return None
     return _enter("run", msg, name, user, created=lambda prof: _say_created(name, prof, keep))
 
 

@@ -4,9 +4,8 @@ The caller is who SO_PEERCRED says (uid, gid, pid), never what the request says.
 callers get today's behaviour, done by the warm engine:
 
 - `run`: the namespace brought up (ephemeral unless `name`), its descriptor handed back in
-  a `ready` reply; the client enters it and becomes CMD (nsrun.client). An ephemeral one
-  (and a NAME made for a `remove` request: `nsrun shell NAME`) is watched
-  (nsrun.service.runs) and taken down when the client's process ends;
+  a `ready` reply; the client enters it and becomes CMD (nsrun.client). An ephemeral one is
+  watched (nsrun.service.runs) and taken down when the client's process ends;
 - `exec`: an existing namespace's descriptor;
 - `up`, `down`, `ls`, `gc`: the command layer (nsrun.commands), its stdout and stderr sent
   as `output` messages, then `exit`;
@@ -166,9 +165,9 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
     firewall = _firewall(msg)
     if name is not None:
         names.check_name(name)
+    if wire.field_bool(msg, "remove"):  # a root caller's `nsrun shell NAME` goes daemonless then
+        raise wire.ProtocolError("field 'remove' is for callers without root")
     ephemeral = name is None
-    # `nsrun shell NAME` without --keep: a NAME this request makes goes when the caller ends
-    remove = wire.field_bool(msg, "remove")
     ns = name or names.ephemeral_name()
     pidfd, start = pin_caller(conn, caller)
     group: str | None = None  # the run's cgroup (ephemeral runs)
@@ -181,10 +180,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
             if prof is None:  # NAME is up already, of the profile asked for (if any)
                 rec = record.read(ns)
             else:
-                # The run's own namespace (ephemeral, or a NAME made to go with the caller)
-                # is owned by the caller and watched; any other NAME made here stays.
-                owned = ephemeral or remove
-                if owned:
+                if ephemeral:
                     ctx.runs.reserve(caller.uid)
                 owner = {"owner_pid": caller.pid, "owner_start": start}
                 try:
@@ -192,13 +188,13 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
                     if pooled is not None:  # a namespace wired in advance (nsrun.service.pool)
                         rec, ns = pooled, pooled.name
                     else:
-                        rec, _ = engine.up(ns, prof, persistent=not owned, owner=owner if owned else None,
+                        rec, _ = engine.up(ns, prof, persistent=not ephemeral, owner=owner if ephemeral else None,
                                            firewall=firewall, notices=notices, bus=ctx.bus)
                 except BaseException:
-                    if owned:
+                    if ephemeral:
                         ctx.runs.release(caller.uid)
                     raise
-                if owned:
+                if ephemeral:
                     group = cgroup.path_for(ns, caller.pid)  # read before the client moves
                     # From here the run is the watcher's: a client that died meanwhile has
                     # a readable pidfd already, and its namespace goes at once.
