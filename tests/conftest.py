@@ -343,6 +343,7 @@ def lab(lab_session: Any) -> Iterator[LabRunner]:
     if lost:
         pytest.fail(lost, pytrace=False)
     before = runner.snapshot()
+    clean = False
     try:
         yield runner
         after = runner.snapshot()
@@ -354,15 +355,17 @@ def lab(lab_session: Any) -> Iterator[LabRunner]:
             assert after["ip_tables_names"] == "", after["ip_tables_names"]
             warn = runner.host("iptables-nft", "-S", check=False).stderr
             assert "legacy" not in warn, warn
+        clean = True  # the lab host, /run/netns, /etc/netns and the state files are as before
     finally:
-        # Whatever a failing test left: reclaim it so the next test starts clean.
-        if statedir.exists():
+        # Whatever a failing test left: reclaim it so the next test starts clean. (After a
+        # clean test there is nothing to reclaim: an `nsrun gc` would cost ~0.25 s a test.)
+        if statedir.exists() and not clean:
             subprocess.run(runner.nsrun_argv("gc"), env=runner.env, capture_output=True, timeout=60)
             for name in os.listdir(statedir / "ns") if (statedir / "ns").exists() else []:
                 if name.endswith(".json"):
                     subprocess.run(runner.nsrun_argv("down", name[:-5]), env=runner.env,
                                    capture_output=True, timeout=60)
-            shutil.rmtree(statedir, ignore_errors=True)
+        shutil.rmtree(statedir, ignore_errors=True)
 
 
 def write_profile(directory: Path, name: str, text: str, mode: int = 0o644) -> Path:
