@@ -140,21 +140,22 @@ def shell(name: str, profile: str | None, user: str | None, keep: bool) -> int |
     without the service (None), under the supervisor, as before."""
     if not connect_possible():
         return None
-    from nsrun import names
+    from nsrun import names, netns
 
     names.check_name(name)
+    where = netns.path(name)
     argv = [_shell_of(user)]
     msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
                            "firewall": _firewall()}
     if os.geteuid() != 0:
-        existed = os.path.lexists(f"/run/netns/{name}")
+        existed = os.path.lexists(where)
         if not existed:
             _say_created(name, profile, keep)
         code = _not_root({**msg, "remove": not keep})
-        if code is not None and not existed and not keep and not os.path.lexists(f"/run/netns/{name}"):
+        if code is not None and not existed and not keep and not os.path.lexists(where):
             sys.stderr.write(f"nsrun: removed namespace {name}\n")
         return code
-    if not keep and not os.path.lexists(f"/run/netns/{name}"):
+    if not keep and not os.path.lexists(where):
         return None
     return _enter("run", msg, name, user, created=lambda prof: _say_created(name, prof, keep))
 
