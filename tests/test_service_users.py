@@ -205,11 +205,26 @@ def test_user_client_killed_leaves_nothing(lab, user_service, public_nsrun):
         assert not os.path.exists(f"/run/netns/{names[0]}")
         left = [pid for pid in os.listdir("/proc") if pid.isdigit()
                 and _cmdline(pid) == ["sleep", "300"]]
-        assert not left, left
+        assert not left, [_described(pid) for pid in left]
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def _described(pid: str) -> str:
+    """PID's parent, state, network namespace and cgroup (whose `sleep` it is, when one
+    survives: this test's CMD, or another test's)."""
+    out = [pid]
+    for what, read in (("status", lambda: " ".join(line.strip() for line in open(f"/proc/{pid}/status")
+                                                    if line.startswith(("State:", "PPid:", "Uid:")))),
+                       ("netns", lambda: os.readlink(f"/proc/{pid}/ns/net")),
+                       ("cgroup", lambda: open(f"/proc/{pid}/cgroup").read().strip().replace("\n", " "))):
+        try:
+            out.append(f"{what}: {read()}")
+        except OSError as exc:
+            out.append(f"{what}: {exc.strerror}")
+    return "; ".join(out)
 
 
 def _cmdline(pid: str) -> list[str]:
