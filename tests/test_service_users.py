@@ -191,34 +191,68 @@ def test_user_shell_through_the_service(lab, user_service, public_nsrun):
 
 
 def test_user_client_killed_leaves_nothing(lab, user_service, public_nsrun):
-    """A client SIGKILLed while its CMD runs: the service stops CMD and takes the namespace
-    down (the lab fixture then finds the lab host as it was)."""
+    """A client SIGKILLed while its CMD runs: the service stops CMD (and anything else in the
+    run's namespace) and takes the namespace down (the lab fixture then finds the lab host as
+    it was)."""
     p = subprocess.Popen(as_user(lab, "nobody", "--", "sh", "-c", "echo ready; exec sleep 300"),
                          env={**lab.env, **public_nsrun}, stdout=subprocess.PIPE, text=True, cwd="/")
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         names = [n for n in os.listdir("/run/netns") if n.startswith("nsrun-")]
         assert len(names) == 1, names
+        ino = os.stat(f"/run/netns/{names[0]}").st_ino
+        assert user_service.proc is not None
+        cmd = [pid for pid in _inside(ino) if _parent(pid) == user_service.proc.pid]
+        assert len(cmd) == 1, [_described(pid) for pid in _inside(ino)]  # CMD, forked by the service
         p.kill()
         p.wait()
         user_service.wait_idle()
         assert not os.path.exists(f"/run/netns/{names[0]}")
-        left = [pid for pid in os.listdir("/proc") if pid.isdigit()
-                and _cmdline(pid) == ["sleep", "300"]]
+        # Nothing runs on in the namespace (it lives on as long as a process holds it), and
+        # CMD has ended: gone, or a zombie the service has yet to reap.
+        left = _inside(ino)
         assert not left, [_described(pid) for pid in left]
+        assert _state(cmd[0]) in ("gone", "Z"), _described(cmd[0])
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
 
 
+def _inside(ino: int) -> list[str]:
+    """The processes whose network namespace has inode INO (zombies have none)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and os.stat(f"/proc/{pid}/ns/net").st_ino == ino:
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _status(pid: str) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def _parent(pid: str) -> int | None:
+    ppid = _status(pid).get("PPid")
+    return int(ppid) if ppid else None
+
+
+def _state(pid: str) -> str:
+    return _status(pid).get("State", "gone").split()[0]
+
+
 def _described(pid: str) -> str:
-    """PID's parent, state, network namespace and cgroup (whose `sleep` it is, when one
-    survives: this test's CMD, or another test's)."""
-    out = [pid]
-    for what, read in (("status", lambda: " ".join(line.strip() for line in open(f"/proc/{pid}/status")
-                                                    if line.startswith(("State:", "PPid:", "Uid:")))),
-                       ("netns", lambda: os.readlink(f"/proc/{pid}/ns/net")),
+    """PID's command line, parent, state, uid, network namespace and cgroup."""
+    st = _status(pid)
+    out = [pid, " ".join(_cmdline(pid)), *(f"{k}: {st.get(k, '-')}" for k in ("State", "PPid", "Uid"))]
+    for what, read in (("netns", lambda: os.readlink(f"/proc/{pid}/ns/net")),
                        ("cgroup", lambda: open(f"/proc/{pid}/cgroup").read().strip().replace("\n", " "))):
         try:
             out.append(f"{what}: {read()}")
