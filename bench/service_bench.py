@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from common import (HAND_NET, PY, REPO, Contender, Row, Session, alternate,  # n
 from run_bench import batch_script, hand_script  # noqa: E402
 
 from nsrun import wire  # noqa: E402
+from nsrun.lab import stop_process  # noqa: E402
 
 TARGET_RUN = 1.0
 TARGET_EXEC = 6.0
@@ -98,12 +98,7 @@ class Daemon:
                 self.wait_idle(60)
             except (OSError, RuntimeError):
                 pass
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         self.proc = None
         if self.log.exists():
             self.log.unlink()

@@ -136,6 +136,17 @@ def _nft(text: str) -> Callable[[], None]:
     return apply
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 30, sig: int = signal.SIGTERM) -> None:
+    """Ask PROC to stop (SIG), wait up to GRACE seconds for it, then kill it; reaped either way."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def mounted_elsewhere(path: str) -> bool:
     """Whether a mount namespace other than this process's has a mount on PATH, this
     machine's directory (another test session's or bench's private tmpfs): removing the
@@ -337,12 +348,7 @@ class Lab:
             self.firewalld.stop()
             self.firewalld = None
         if self.server is not None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(5)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+            stop_process(self.server, 5)
             self.server = None
         for ns in self.namespaces:
             for pid in netns.pids_in(ns):
@@ -450,13 +456,7 @@ class Dockerd:
         import shutil
 
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc, 20)
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -563,13 +563,7 @@ class Firewalld:
         import shutil
 
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)  # sh exec'd firewalld: it is firewalld
-                try:
-                    self.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc)  # sh exec'd firewalld: it is firewalld
             self.proc = None
         try:  # its dbus-daemon, found by its pid and checked by its command line
             with open(f"{self.dir}/dbus.pid") as fh:

@@ -78,13 +78,8 @@ class Service:
             time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            labmod.stop_process(self.proc, sig=sig)
         self.proc = None
 
 
