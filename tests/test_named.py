@@ -205,7 +205,10 @@ def test_ephemeral_run_is_listed_while_it_runs(lab):
         rows: list[dict] = []
         while time.time() < deadline:
             rows = [r for r in _ls(lab).values() if r["managed"] and not r["persistent"]]
-            if rows and rows[0]["state"] == "up" and rows[0]["processes"]:
+            # (until CMD is exec'd: a look in the middle of the exec finds the old image's
+            # name and no command line, "[python]")
+            if rows and rows[0]["state"] == "up" and rows[0]["processes"] \
+                    and rows[0]["processes"][0]["command"] == "sleep 3":
                 break
             time.sleep(0.05)
         assert len(rows) == 1 and rows[0]["name"].startswith("nsrun-")

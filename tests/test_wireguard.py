@@ -124,7 +124,10 @@ def assert_no_key_in(paths: list[Path], *keys: str) -> None:
 
 def _capture(lab: Any) -> subprocess.Popen[str]:
     # Frames the lab host sends out of its uplink (-Q out): whatever leaves it, from any source.
-    proc = subprocess.Popen(lab.host_argv(["tcpdump", "-n", "-l", "-i", "eth0", "-e", "-Q", "out"]),
+    # --immediate-mode: each frame is handed over as it comes; without it libpcap's TPACKET_V3
+    # ring holds frames up to a second, and those still held when the capture stops are lost.
+    proc = subprocess.Popen(lab.host_argv(["tcpdump", "-n", "-l", "--immediate-mode", "-i", "eth0", "-e",
+                                           "-Q", "out"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = []
@@ -135,8 +138,13 @@ def _capture(lab: Any) -> subprocess.Popen[str]:
 
 
 def _stop_capture(cap: subprocess.Popen[str]) -> list[str]:
+    """Every frame captured: a moment for the last ones to be printed, then the capture
+    stops; one the kernel dropped fails the test (a leak could hide among them)."""
+    time.sleep(0.2)
     cap.terminate()
-    out, _ = cap.communicate(timeout=10)
+    out, err = cap.communicate(timeout=10)
+    dropped = re.search(r"(\d+) packets? dropped by kernel", err)
+    assert dropped is not None and dropped.group(1) == "0", err
     return [line for line in out.splitlines() if line.strip()]
 
 
