@@ -7,7 +7,9 @@ and `ready`; `steps(mode)` lists those a profile of MODE passes through. While a
 is taken down (by `down`, the end of a run, or gc): `undo-processes` (what ran inside is
 stopped) and `undo-STEP` after each resource's removal (`undo_steps(mode)`). Inside steps:
 `bridge-link` (the bridge link is made, nothing else of it yet) and `forwarding-restored`
-(ip_forward is put back, its saved value not yet removed).
+(ip_forward is put back, its saved value not yet removed). Any process: `state-write` (a
+state file is written to its temporary, not yet renamed into place: the first write of a
+run's setup is its record).
 
 Below the steps, two trace functions kill at a line of nsrun's own code (NSRUN_FAULT_LINE,
 NSRUN_FAULT_DISTINCT, set up by nsrun/__main__.py before anything else of nsrun is

@@ -278,6 +278,12 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
 
             cgroup.kill(group)  # what left the namespace but not the run (a root CMD may)
             cgroup.remove(group)
+    if prof is not None and not rep.started:
+        # A setup killed by a signal passed on to it (a SIGTERM to nsrun) may have been
+        # half-way through writing a state file: its temporary has no record to go with.
+        from nsrun.engine import gc
+
+        gc.remove_temporaries_of(pid)
     os.close(sigfd)  # what arrives from now on stays blocked, and goes with nsrun
     if rep.failure is not None:
         num, msg = rep.failure

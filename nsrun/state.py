@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nsrun import fault
 from nsrun.errors import NsrunError, UsageError
 
 DEFAULT_STATE_DIR = "/run/nsrun"
@@ -241,19 +242,27 @@ def _my_start() -> int | None:
     return _START[1]
 
 
-def temporary_writer_alive(fn: str) -> bool | None:
-    """Whether the writer of temporary FN (`.NAME.PID-START.tmp`, or the older `.NAME.PID.tmp`)
-    lives; None when FN is no such temporary."""
+def temporary_writer(fn: str) -> tuple[int, int | None] | None:
+    """The writer of temporary FN (`.NAME.PID-START.tmp`, or the older `.NAME.PID.tmp`):
+    (pid, start time or None); None when FN is no such temporary."""
     parts = fn.rsplit(".", 2)
     if not fn.startswith(".") or len(parts) != 3 or parts[2] != "tmp":
         return None
     pid, _, start = parts[1].partition("-")
     if not pid.isdigit() or not (start.isdigit() or start in ("", "None")):
         return None
-    now = process_start(int(pid))
+    return int(pid), int(start) if start.isdigit() else None
+
+
+def temporary_writer_alive(fn: str) -> bool | None:
+    """Whether the writer of temporary FN lives; None when FN is no such temporary."""
+    writer = temporary_writer(fn)
+    if writer is None:
+        return None
+    now = process_start(writer[0])
     if now is None:
         return False
-    return not start.isdigit() or int(start) == now
+    return writer[1] is None or writer[1] == now
 
 
 def write_text(path: Path, text: str) -> None:
@@ -267,6 +276,7 @@ def write_text(path: Path, text: str) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             write_all(fd, text.encode())
+            fault.checkpoint("state-write")
         finally:
             os.close(fd)
         os.replace(tmp, path)

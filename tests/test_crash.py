@@ -46,9 +46,10 @@ def test_bridge_mode_up_killed_then_gc(lab, step):
     assert lab.nsrun("gc").returncode == 0
 
 
-@pytest.mark.parametrize("step", ["bridge", "firewall", "netns", "veth", "address", "dns"])
+@pytest.mark.parametrize("step", ["state-write", "bridge", "firewall", "netns", "veth", "address", "dns"])
 def test_ephemeral_setup_killed_supervisor_cleans_up(lab, step):
-    # The setup child dies; the supervisor reports it and removes what was made.
+    # The setup child dies; the supervisor reports it and removes what was made (at
+    # state-write, in the middle of writing the run's record: its temporary too).
     r = lab.nsrun("--", "true", env={"NSRUN_FAULT": step})
     assert r.returncode == 128 + signal.SIGKILL
     gc = lab.nsrun("gc")
@@ -112,6 +113,23 @@ def test_sigkill_at_random_moments_then_gc(lab):
     gc = lab.nsrun("gc")
     assert gc.returncode == 0, gc.stderr
     # The lab fixture checks the lab host is exactly as before.
+
+
+def test_sigterm_at_random_moments_leaves_nothing_without_gc(lab):
+    """`systemctl stop` (SIGTERM to nsrun) at any moment of a run: nsrun passes it on, and
+    what the setup had made, or was writing, is gone when nsrun has ended; no gc needed."""
+    rng = random.Random(15)
+    before = lab.snapshot()
+    ended: dict[int, int] = {}
+    for i in range(40):
+        p = lab.popen("--", "true")
+        time.sleep(rng.uniform(0.0, 0.25))
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+        ended[p.returncode] = ended.get(p.returncode, 0) + 1
+        after = lab.snapshot()
+        assert after == before, (i, {k: (before[k], after[k]) for k in before if before[k] != after[k]})
+    assert ended.get(-signal.SIGTERM), ended  # some were stopped, not all over before the signal
 
 
 def test_next_run_reclaims_a_killed_ephemeral_run(lab):

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nsrun import state
 from nsrun.state import Lock
@@ -369,3 +371,30 @@ def test_a_gone_owner_is_not_alive_even_without_a_start_time() -> None:
     assert not state.owner_alive({"owner_pid": p.pid, "owner_start": None})
     assert not state.owner_alive({"owner_pid": p.pid})
     assert not state.owner_alive({"owner_pid": p.pid, "owner_start": 12345})
+
+
+def test_a_temporary_names_its_writer(statedir: Path) -> None:
+    tmp = state.temporary(state.record_path("nsrun-0a1b2c3d"))
+    assert state.temporary_writer(tmp.name) == (os.getpid(), state.process_start(os.getpid()))
+    assert state.temporary_writer_alive(tmp.name) is True
+
+
+@given(name=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=40),
+       pid=st.integers(1, 2**22), start=st.one_of(st.none(), st.integers(0, 2**63)))
+def test_temporary_writer_reads_back_what_temporary_writes(name: str, pid: int, start: int | None) -> None:
+    fn = f".{name}.{pid}-{start}.tmp"
+    assert state.temporary_writer(fn) == (pid, start)
+    assert state.temporary_writer(f".{name}.{pid}.tmp") == (pid, None)  # the older form
+
+
+@pytest.mark.parametrize("fn", ["nsrun-1.json", ".nsrun-1.json", "nsrun-1.json.12-3.tmp", ".x.12-3.tmpx",
+                                ".x.ab-3.tmp", ".x.12-c.tmp", ".x.-3.tmp", ".tmp"])
+def test_temporary_writer_of_other_files_is_none(fn: str) -> None:
+    assert state.temporary_writer(fn) is None
+    assert state.temporary_writer_alive(fn) is None
+
+
+def test_a_dead_writer_is_not_alive() -> None:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert state.temporary_writer_alive(f".nsrun-1.json.{child.pid}-1.tmp") is False

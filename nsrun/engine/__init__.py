@@ -27,6 +27,7 @@ still use is plain file and mount work (no pyroute2, no python-iptables).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -117,7 +118,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
 def down(name: str, *, grace: float = 5.0, refuse_busy: bool = False) -> bool:
     """Take NAME down with all nsrun made for it. False when there was nothing to do."""
     names.check_name(name)
-    if record.read(name) is None and not netns.exists(name):
+    if record.read(name) is None and not netns.exists(name) and not os.path.lexists(record.lock_path(name)):
         return False  # nothing to take down (and no lock file to write, on a full disk too)
     with record.ns_lock(name) as lock:
         rec = record.read(name)

@@ -85,17 +85,35 @@ def reclaim(planned: NsRecord, blocking: bool = True, grace: float = 5.0) -> boo
 def _temporaries(sc: Scan) -> list[Action]:
     """Files state.write_text (or a lease's reserve) was writing when its process died
     (state.temporary: `.NAME.PID-START.tmp`), in every directory of the state directory."""
+    return [Action(str(path), "a write cut short by a crash", partial(_remove_temporary, path))
+            for path in _dead_temporaries(sc.bridges)]
+
+
+def _dead_temporaries(bridges: list[str], writer: int | None = None) -> list[Path]:
+    """The temporaries whose writer is dead (only WRITER's, a pid, when given)."""
     out = []
-    for d in [state.root(), state.ns_dir(), *(state.net_dir(b) for b in sc.bridges)]:
+    for d in [state.root(), state.ns_dir(), *(state.net_dir(b) for b in bridges)]:
         try:
             entries = os.listdir(d)
         except OSError:
             continue
         for fn in entries:
+            found = state.temporary_writer(fn)
+            if found is None or writer is not None and found[0] != writer:
+                continue
             if state.temporary_writer_alive(fn) is False:
-                path = d / fn
-                out.append(Action(str(path), "a write cut short by a crash", partial(_remove_temporary, path)))
+                out.append(d / fn)
     return out
+
+
+def remove_temporaries_of(writer: int) -> int:
+    """Remove what process WRITER (dead: a run's setup, killed by the signal passed on to
+    it) was writing; how many. The rest of its work is its namespace's, taken down by the
+    record; only these have no record to be found by, short of a full gc."""
+    removed = 0
+    for path in _dead_temporaries(record.net_bridges(), writer):
+        removed += _remove_temporary(path)
+    return removed
 
 
 def _remove_temporary(path: Path) -> bool:

@@ -24,6 +24,7 @@ is `nsrun.state`'s business; this module is the only one that reads their keys.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from nsrun import state
@@ -196,7 +197,11 @@ def all_ns() -> dict[str, NsRecord]:
 
 def ns_lock(name: str, blocking: bool = True) -> state.Lock:
     """Taken while NAME is brought up or down (and by gc before it acts on NAME)."""
-    return state.Lock(state.ns_dir() / f"{name}.lock", blocking=blocking)
+    return state.Lock(lock_path(name), blocking=blocking)
+
+
+def lock_path(name: str) -> Path:
+    return state.ns_dir() / f"{name}.lock"
 
 
 # -- bridge records ----------------------------------------------------------------------
