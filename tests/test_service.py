@@ -24,7 +24,7 @@ import pytest
 import test_run
 from conftest import CLIENT, REPO, LabRunner, write_profile
 from nsrun import lab as labmod
-from nsrun import wire
+from nsrun import netns, wire
 
 HOST_KINDS = ["legacy"]
 
@@ -129,24 +129,13 @@ def test_no_nsrun_process_resident_beside_cmd(lab, service, tmp_path):
                 if not Path(f"/proc/{q}/cmdline").read_bytes().startswith(b"nsenter")]
         assert tree == [pid], tree
         ino = os.stat(f"/proc/{pid}/ns/net").st_ino
-        assert _in_netns(ino) == [pid]
+        assert netns.pids_by_inode().get(ino) == [pid]
         assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0030\x00"
         assert service.status()["runs"] == 1
     finally:
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=10)
     assert p.returncode == -signal.SIGTERM  # native: nsenter's child sleep died of it
-
-
-def _in_netns(ino: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}/ns/net").st_ino == ino:
-                out.append(int(entry))
-        except OSError:
-            continue
-    return out
 
 
 def _descendants(top: int) -> list[int]:

@@ -22,6 +22,7 @@ import pytest
 
 from conftest import CLIENT, LabRunner
 from nsrun import lab as labmod
+from nsrun import netns
 from test_service import Service, served
 from test_signals import SYSTEM_PYTHON, Term
 
@@ -221,14 +222,7 @@ def test_user_client_killed_leaves_nothing(lab, user_service, public_nsrun):
 
 def _inside(ino: int) -> list[str]:
     """The processes whose network namespace has inode INO (zombies have none)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            if pid.isdigit() and os.stat(f"/proc/{pid}/ns/net").st_ino == ino:
-                found.append(pid)
-        except OSError:
-            pass
-    return found
+    return [str(pid) for pid in netns.pids_by_inode().get(ino, [])]
 
 
 def _status(pid: str) -> dict[str, str]:

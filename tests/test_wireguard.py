@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import CLIENT
-from nsrun import names
+from nsrun import names, netns
 from nsrun import lab as lab_mod
 from nsrun.fault import steps
 
@@ -57,15 +57,9 @@ def inside(name: str, *argv: str, check: bool = True) -> subprocess.CompletedPro
 
 def wg_processes(lab: Any) -> list[int]:
     """The wireguard-go processes in the lab host's network namespace (whatever they serve)."""
-    ino = os.stat(f"/run/netns/{lab.lab.host}").st_ino
-    out = []
-    for pid in subprocess.run(["pgrep", "-x", "wireguard-go"], capture_output=True, text=True).stdout.split():
-        try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino == ino:
-                out.append(int(pid))
-        except OSError:
-            pass
-    return out
+    inside = set(netns.pids_in(lab.lab.host))
+    found = subprocess.run(["pgrep", "-x", "wireguard-go"], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found if int(pid) in inside]
 
 
 def wg_profile(directory: Path, conf: Path, name: str = "wg") -> Path:
