@@ -658,3 +658,38 @@ def test_warm_pool(lab, tmp_path):
     loose = write_profile(tmp_path, "loose", "[pool]\nnat = 1\n", mode=0o666)
     r = lab.nsrun("daemon", "--config", str(loose))
     assert r.returncode == 2 and "writable" in r.stderr, r.stderr
+
+
+# -- the service's per-name locks ---------------------------------------------------------------
+
+def test_name_locks_serialise_one_name_and_are_kept_only_while_used():
+    """Every ephemeral run has a name of its own: a lock kept per name ever seen would grow
+    for as long as the service runs."""
+    import threading
+
+    from nsrun.service.handlers import Context
+
+    ctx = Context()
+    events: list[str] = []
+
+    def second() -> None:
+        with ctx.name_lock("web"):
+            events.append("second")
+
+    with ctx.name_lock("web"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.1)
+        events.append("first")  # the second waits for it
+        assert ctx.names_locked() == 1
+        with ctx.name_lock("db"):  # other names do not wait
+            assert ctx.names_locked() == 2
+    t.join(10)
+    assert events == ["first", "second"]
+    for i in range(1000):
+        with ctx.name_lock(f"nsrun-{i:08x}"):
+            pass
+    with pytest.raises(RuntimeError):
+        with ctx.name_lock("web"):
+            raise RuntimeError("a failed request")
+    assert ctx.names_locked() == 0

@@ -21,11 +21,12 @@ slave that the client relays when it is on a terminal).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from nsrun import wire
@@ -45,7 +46,7 @@ class Context:
     """What the handlers share: the runs watched, the per-name locks, counters."""
 
     def __init__(self, runs: Runs | None = None, pool: Pool | None = None, **limits: Any) -> None:
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, list[Any]] = {}  # name: [its lock, how many hold or wait for it]
         self._locks_lock = threading.Lock()
         self.runs = runs or Runs(self.name_lock, **limits)
         self.pool = pool
@@ -53,14 +54,30 @@ class Context:
         self.bus: str | None = None  # the system bus (firewalld), from the service's environment
         self.policy = "/etc/nsrun/policy.toml"  # nsrun.policy.DEFAULT_PATH; `nsrun daemon --policy`
 
-    def name_lock(self, name: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def name_lock(self, name: str) -> Iterator[None]:
         """One request at a time per namespace name (the engine's file locks stay the
-        truth across processes; this keeps the service's own threads in line)."""
+        truth across processes; this keeps the service's own threads in line). A name's
+        lock is kept while someone holds or waits for it, no longer: every ephemeral run
+        has a name of its own, and a service runs for months."""
         with self._locks_lock:
-            lock = self._locks.get(name)
-            if lock is None:
-                lock = self._locks[name] = threading.Lock()
-            return lock
+            entry = self._locks.get(name)
+            if entry is None:
+                entry = self._locks[name] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._locks_lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[name]
+
+    def names_locked(self) -> int:
+        """How many names have a lock now (held or waited for)."""
+        with self._locks_lock:
+            return len(self._locks)
 
 
 class Sink:

@@ -30,6 +30,7 @@ import select
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 from nsrun import state
@@ -51,7 +52,7 @@ def log(msg: str) -> None:
 
 
 class Runs:
-    def __init__(self, name_lock: Callable[[str], threading.Lock], grace: float = 5.0,
+    def __init__(self, name_lock: Callable[[str], AbstractContextManager[None]], grace: float = 5.0,
                  user_limit: int | None = 8, root_limit: int | None = None) -> None:
         self.name_lock = name_lock
         self.grace = grace
