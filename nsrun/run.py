@@ -55,8 +55,10 @@ SUPERVISED = frozenset(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIG
 
 def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, Any],
            argv: list[str], ident: execution.Identity | None, report_fd: int, parent: int,
-           session: tuple[int | None, tuple[int, ...]] | None, group: str | None) -> None:
-    """In the forked child: set up (when PROF is given), then become CMD. Never returns."""
+           session: tuple[int | None, tuple[int, ...]] | None, group: str | None,
+           claim: state.Lock | None) -> None:
+    """In the forked child: set up (when PROF is given; under CLAIM, an ephemeral NAME's
+    lock), then become CMD. Never returns."""
     code = 1
     try:
         execution.reset_signals()  # the setup dies of what is passed on to it, as CMD would
@@ -73,7 +75,7 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             gc.quick()  # ephemeral namespaces whose nsrun was killed
             notices: list[str] = []
             rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner,
-                               firewall=firewall, notices=notices, bus=commands.system_bus())
+                               firewall=firewall, notices=notices, bus=commands.system_bus(), lock=claim)
             commands.say_notices(notices)
             address, profile_name = rec.address, rec.profile
             if group is not None:
@@ -205,9 +207,24 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
 
     Returns nsrun's exit status and, when CMD died of a signal, that signal (which the
     caller should end by: `end_by`)."""
-    ephemeral = name is None
+    signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED)  # for good: see end_by
+    # Blocked before the claim: a SIGTERM from now on is passed on to the setup (through
+    # the signalfd), never the end of a process that holds a claimed name's lock file.
+    claim: state.Lock | None = None  # an ephemeral name's lock, held until the child's setup
     if name is None:
-        name = names.ephemeral_name()
+        from nsrun import engine
+
+        name, claim = engine.claim_ephemeral()
+    try:
+        return _supervise(argv, prof, name, ident, claim)
+    finally:
+        if claim is not None:
+            claim.abandon()  # not handed over: nothing was forked to use it
+
+
+def _supervise(argv: list[str], prof: Profile | None, name: str, ident: execution.Identity | None,
+               claim: state.Lock | None) -> tuple[int, int | None]:
+    ephemeral = claim is not None
     owner = state.me()
     detached = ident is not None  # another user than root: a session (and terminal) of its own
     ttys = execution.terminal_fds() if detached else ()
@@ -228,7 +245,6 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
 
         group = cgroup.path_for(name)
     session = (pty.slave if pty is not None else None, ttys) if detached else None
-    signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED)  # for good: see end_by
     sigfd = kernel.signalfd(SUPERVISED)
     r, w = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
@@ -239,7 +255,9 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
         os.close(sigfd)
         if pty is not None:
             os.close(pty.master)
-        _child(name, prof, not ephemeral, owner, argv, ident, w, owner["owner_pid"], session, group)
+        _child(name, prof, not ephemeral, owner, argv, ident, w, owner["owner_pid"], session, group, claim)
+    if claim is not None:
+        claim.hand_over()  # the child's setup holds NAME's lock now, and releases it
     os.close(w)
     try:
         if pty is not None:

@@ -176,7 +176,8 @@ class Lock:
     """An exclusive flock on a file; released on close or process death (never stale).
 
     The holder may unlink the file (`discard()`): a waiter that then gets the lock sees that
-    its file is no longer the one at the path and starts again on the new one.
+    its file is no longer the one at the path and starts again on the new one. Entering a
+    lock held already (a claim handed to `engine.up`) keeps it: the `with` then releases it.
     """
 
     def __init__(self, path: Path, blocking: bool = True) -> None:
@@ -186,6 +187,8 @@ class Lock:
         self._discard = False
 
     def __enter__(self) -> "Lock":
+        if self.fd >= 0:
+            return self
         while True:
             ensure_dir(self.path.parent)
             try:
@@ -211,6 +214,19 @@ class Lock:
     def discard(self) -> None:
         """Remove the lock file when the lock is released."""
         self._discard = True
+
+    def abandon(self) -> None:
+        """Release the lock if still held, and remove its file (a claim that went unused)."""
+        if self.fd >= 0:
+            self._discard = True
+            self.__exit__()
+
+    def hand_over(self) -> None:
+        """Close this process's descriptor and nothing else: the lock stays with a forked
+        child's copy of it (flock belongs to the open file, not to a descriptor)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:

@@ -183,3 +183,76 @@ def test_the_engine_imports_no_heavy_library_until_it_acts(module):
             "print(sorted(m for m in ('pyroute2', 'iptc', 'typer', 'psutil') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+# -- ephemeral names: claimed, not trusted to the odds -------------------------------------
+
+def _draws(monkeypatch, *drawn: str) -> list[str]:
+    """names.ephemeral_name returns DRAWN in order (and fails past it); what is left."""
+    from nsrun import names
+
+    left = list(drawn)
+    monkeypatch.setattr(names, "ephemeral_name", lambda: left.pop(0))
+    return left
+
+
+@pytest.fixture
+def claims(tmp_path, monkeypatch):
+    """A state directory of its own, and no namespaces but those the test names."""
+    from nsrun import netns
+
+    monkeypatch.setenv("NSRUN_STATE_DIR", str(tmp_path))
+    foreign: set[str] = set()
+    monkeypatch.setattr(netns, "exists", lambda name: name in foreign)
+    return foreign
+
+
+def test_a_name_being_claimed_or_up_is_drawn_again(claims, monkeypatch, tmp_path):
+    from nsrun import engine
+
+    _draws(monkeypatch, "nsrun-0000000a", "nsrun-0000000a", "nsrun-0000000b")
+    first, held = engine.claim_ephemeral()
+    assert first == "nsrun-0000000a" and held.fd >= 0
+    second, other = engine.claim_ephemeral()  # a's lock is held: b, not a shared namespace
+    assert second == "nsrun-0000000b"
+    other.abandon()
+    held.abandon()
+    assert not list(tmp_path.rglob("*.lock"))  # claims not used leave no lock file
+
+
+def test_a_name_with_a_record_or_a_namespace_is_drawn_again_and_left_alone(claims, monkeypatch, tmp_path):
+    from nsrun import engine
+
+    record.save(_ns(name="nsrun-0000000a", persistent=False))  # a crashed run's, gc's to reclaim
+    claims.add("nsrun-0000000b")  # a namespace nsrun did not make
+    left = _draws(monkeypatch, "nsrun-0000000a", "nsrun-0000000b", "nsrun-0000000c", "nsrun-0000000d")
+    name, lock = engine.claim_ephemeral()
+    assert name == "nsrun-0000000c" and left == ["nsrun-0000000d"]
+    lock.abandon()
+    assert record.read("nsrun-0000000a") is not None  # untouched
+    assert not record.lock_path("nsrun-0000000b").exists()  # nothing of ours beside a foreign one
+
+
+def test_claiming_gives_up_after_its_draws_with_a_clear_error(claims, monkeypatch):
+    from nsrun import engine
+    from nsrun.errors import NsrunError
+
+    held = record.ns_lock("nsrun-0000000a").__enter__()
+    try:
+        _draws(monkeypatch, *["nsrun-0000000a"] * engine.EPHEMERAL_DRAWS)
+        with pytest.raises(NsrunError, match="no free ephemeral namespace name"):
+            engine.claim_ephemeral()
+    finally:
+        held.abandon()
+
+
+def test_up_takes_a_claim_and_refuses_another_names_lock(claims, monkeypatch):
+    from nsrun import engine, profile
+
+    _draws(monkeypatch, "nsrun-0000000a")
+    name, claim = engine.claim_ephemeral()
+    other = record.ns_lock("nsrun-0000000f")
+    with pytest.raises(ValueError, match="is not the lock of"):
+        engine.up(name, profile.load("nat"), persistent=False, lock=other)
+    assert other.fd == -1  # not taken
+    claim.abandon()

@@ -7,12 +7,15 @@ import os
 import pwd
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import CLIENT, write_profile
+from conftest import CLIENT, REPO, write_profile
 from nsrun import lab as labmod
+from nsrun import names
 
 INSIDE = "ip -4 -j addr; echo '#'; ip -4 -j route; echo '#'; cat /etc/resolv.conf; echo '#'; env | grep ^NSRUN_ | sort"
 
@@ -149,6 +152,52 @@ def test_concurrent_runs_get_distinct_addresses(lab):
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     addrs = [o[0].strip() for o in outs]
     assert len(set(addrs)) == 8, addrs
+
+
+DRAWS = str(Path(__file__).resolve().parent / "engine_support" / "draws.py")
+
+
+def drawing(lab, draws: list[str], *args: str, **kw) -> subprocess.Popen[str]:
+    """`nsrun ARGS` in the lab host, its ephemeral names drawn from DRAWS first."""
+    return subprocess.Popen(lab.host_argv([sys.executable, DRAWS, *args]),
+                            env={**lab.env, "NSRUN_TEST_DRAWS": ",".join(draws)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, **kw)
+
+
+@pytest.mark.parametrize("second", ["nat", "gw1"])
+def test_a_run_that_draws_a_live_runs_name_gets_a_namespace_of_its_own(lab, second):
+    x, y = names.ephemeral_name(), names.ephemeral_name()
+    second_draw_gets_its_own(lab, x, y, second, lambda draws, *args, **kw: drawing(lab, draws, *args, **kw))
+
+
+def second_draw_gets_its_own(lab, x: str, y: str, second: str, start, settle=lambda: None) -> None:
+    """Ephemeral names are random, 32 bits: two runs can draw one. The second must neither
+    share the first's namespace (same profile) nor fail on it (another profile), and its end
+    must not take the first's down: it draws again. START(DRAWS, *ARGS, **KW) starts
+    `nsrun ARGS` whose names are drawn from DRAWS first (the first run's: X; the second's: X, Y);
+    SETTLE waits until the runs that ended are down."""
+    first = start([x], "-p", "nat", "--", "sh", "-c", 'echo "$NSRUN_NETNS"; exec cat >/dev/null',
+                  stdin=subprocess.PIPE)
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == x
+        second_run = start([x, y], "-p", second, "--", "sh", "-c", 'echo "$NSRUN_NETNS $NSRUN_PROFILE"')
+        out, err = second_run.communicate(timeout=60)
+        assert second_run.returncode == 0, err
+        assert out.split() == [y, second]
+        deadline = time.monotonic() + 20  # through a service, Y goes just after its CMD
+        while os.path.exists(f"/run/netns/{y}"):
+            assert time.monotonic() < deadline, f"{y} stayed"
+            time.sleep(0.02)
+        assert os.path.exists(f"/run/netns/{x}"), "the second run's end took the first's namespace"
+        r = lab.nsrun("exec", x, "--", *CLIENT)  # and it still leaves as it did
+        assert r.returncode == 0 and r.stdout.strip() == labmod.GW2_UP, r.stderr
+    finally:
+        assert first.stdin is not None
+        first.stdin.close()
+        first.wait(timeout=60)
+    assert first.returncode == 0, first.stderr.read() if first.stderr else ""
+    settle()
+    assert not os.path.exists(f"/run/netns/{x}")
 
 
 # -- clear errors, exit 2, one line, nothing changed -------------------------------------

@@ -24,7 +24,7 @@ import pytest
 import test_run
 from conftest import CLIENT, REPO, LabRunner, write_profile
 from nsrun import lab as labmod
-from nsrun import netns, wire
+from nsrun import names, netns, wire
 
 HOST_KINDS = ["legacy"]
 
@@ -32,15 +32,22 @@ HOST_KINDS = ["legacy"]
 class Service:
     """`nsrun daemon` in the lab host, in the foreground."""
 
-    def __init__(self, lab: LabRunner, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, lab: LabRunner, log: Path, *args: str, env: dict[str, str] | None = None,
+                 draws: list[str] | None = None) -> None:
+        """DRAWS: the service's ephemeral names are drawn from these first (test_run.DRAWS)."""
         self.lab, self.log_path, self.args, self.extra_env = lab, log, args, env or {}
+        self.draws = draws
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock = lab.statedir / wire.SOCKET_NAME
 
     def start(self, wait: bool = True) -> "Service":
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.lab.nsrun_argv("daemon", *self.args),
-                                         env={**self.lab.env, **self.extra_env}, stdin=subprocess.DEVNULL,
+            argv = self.lab.nsrun_argv("daemon", *self.args)
+            env = {**self.lab.env, **self.extra_env}
+            if self.draws is not None:
+                argv = self.lab.host_argv([sys.executable, test_run.DRAWS, "daemon", *self.args])
+                env["NSRUN_TEST_DRAWS"] = ",".join(self.draws)
+            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, cwd=REPO)
         if wait:
             deadline = time.monotonic() + 30
@@ -243,6 +250,38 @@ def test_daemonless_when_no_service_or_disabled(lab, service):
     r = lab.nsrun("--", "true", env={"NSRUN_DAEMON": "0"})
     assert r.returncode == 0, r.stderr
     assert served(service) == before
+
+
+@pytest.mark.parametrize("second", ["nat", "gw1"])
+def test_run_that_draws_a_live_runs_name_through_the_service(lab, tmp_path, second):
+    x, y = names.ephemeral_name(), names.ephemeral_name()
+    svc = Service(lab, tmp_path / "daemon.log", draws=[x, x, y]).start()
+    try:
+        test_run.second_draw_gets_its_own(lab, x, y, second, lambda _draws, *args, **kw: lab.popen(*args, **kw),
+                                          svc.wait_idle)
+        assert served(svc) >= 3, svc.log()  # the runs went through it (the exec too)
+        assert "Traceback" not in svc.log(), svc.log()
+    finally:
+        svc.stop()
+
+
+def test_a_run_that_draws_a_pool_members_name_draws_again(lab, tmp_path):
+    x, y = names.ephemeral_name(), names.ephemeral_name()
+    conf = write_profile(tmp_path, "service", "[pool]\nnat = 1\n")
+    svc = Service(lab, tmp_path / "pool.log", "--config", str(conf), draws=[x, x, y]).start()
+    try:
+        deadline = time.monotonic() + 30
+        while svc.status()["pool"] < 1:
+            assert time.monotonic() < deadline, svc.log()
+            time.sleep(0.05)
+        assert os.path.exists(f"/run/netns/{x}")  # the member
+        r = lab.nsrun("-p", "gw1", "--", "sh", "-c", 'echo "$NSRUN_NETNS"')  # not pooled: drawn
+        assert (r.returncode, r.stdout.strip()) == (0, y), r.stderr
+        svc.wait_idle()
+        assert os.path.exists(f"/run/netns/{x}") and svc.status()["pool"] == 1
+    finally:
+        svc.stop()
+    assert not os.path.exists(f"/run/netns/{x}")  # a stopped service takes its members down
 
 
 def test_per_user_limit(lab, tmp_path):

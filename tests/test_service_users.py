@@ -22,7 +22,8 @@ import pytest
 
 from conftest import CLIENT, LabRunner
 from nsrun import lab as labmod
-from nsrun import netns
+from nsrun import names, netns
+import test_run
 from test_service import Service, served
 from test_signals import SYSTEM_PYTHON, Term
 
@@ -40,14 +41,20 @@ limit = 4
 """
 
 
-@pytest.fixture
-def user_service(lab: LabRunner, tmp_path: Path) -> Any:
+def policy_service(lab: LabRunner, tmp_path: Path, draws: list[str] | None = None) -> Service:
+    """The service, started with POLICY (and DRAWS: test_service.Service)."""
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     policy.chmod(0o644)
-    svc = Service(lab, tmp_path / "daemon.log", "--policy", str(policy)).start()
+    svc = Service(lab, tmp_path / "daemon.log", "--policy", str(policy), draws=draws).start()
+    os.chmod(svc.sock, 0o666)  # the test's socket is root's (no group nsrun here)
+    return svc
+
+
+@pytest.fixture
+def user_service(lab: LabRunner, tmp_path: Path) -> Any:
+    svc = policy_service(lab, tmp_path)
     try:
-        os.chmod(svc.sock, 0o666)  # the test's socket is root's (no group nsrun here)
         yield svc
         assert svc.proc is not None and svc.proc.poll() is None, f"the service died: {svc.log()}"
         svc.wait_idle()
@@ -87,6 +94,21 @@ def test_user_in_policy_runs_through_gw1_without_sudo(lab, user_service, public_
     assert lines[5] == "/"  # the client's working directory
     assert served(user_service) == before + 2  # both through the service
     assert not [n for n in os.listdir(f"/run/netns") if n.startswith("nsrun-")]  # gone: ephemeral
+
+
+@pytest.mark.parametrize("second", ["nat", "gw1"])
+def test_user_run_that_draws_a_live_runs_name_draws_again(lab, tmp_path, public_nsrun, second):
+    x, y = names.ephemeral_name(), names.ephemeral_name()
+    svc = policy_service(lab, tmp_path, draws=[x, x, y])
+    try:
+        def start(_draws: list[str], *args: str, **kw: Any) -> subprocess.Popen[str]:
+            return subprocess.Popen(as_user(lab, "nobody", *args), env={**lab.env, **public_nsrun}, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", **kw)
+
+        test_run.second_draw_gets_its_own(lab, x, y, second, start, svc.wait_idle)
+        assert "Traceback" not in svc.log(), svc.log()
+    finally:
+        svc.stop()
 
 
 def test_user_signal_and_exit_status_pass_through(lab, user_service, public_nsrun):

@@ -221,6 +221,51 @@ def test_lock_of_a_killed_holder_is_free(tmp_path: Path) -> None:
     assert try_lock(path)  # never stale: no pid file to clean up
 
 
+def test_entering_a_held_lock_keeps_it_and_the_with_releases_it(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    claim = Lock(path, blocking=False).__enter__()
+    fd = claim.fd
+    with claim as again:  # engine.up(lock=CLAIM): no second open file, which flock would exclude
+        assert again is claim and claim.fd == fd
+        assert not try_lock_elsewhere(path)
+    assert claim.fd == -1 and try_lock_elsewhere(path) and path.exists()
+
+
+def test_abandon_releases_and_removes_and_is_a_no_op_once_released(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    claim = Lock(path).__enter__()
+    claim.abandon()
+    assert claim.fd == -1 and not path.exists()
+    with Lock(path) as lock:  # a claim used (released by its `with`) keeps its file
+        pass
+    lock.abandon()
+    assert path.exists()
+
+
+def test_hand_over_leaves_the_lock_with_a_forked_child(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    claim = Lock(path, blocking=False).__enter__()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: holds the lock through its copy until told to go
+        os.close(go_w)
+        os.read(go_r, 1)
+        with claim:
+            pass
+        os._exit(0)
+    os.close(go_r)
+    try:
+        claim.hand_over()
+        assert claim.fd == -1
+        assert not try_lock_elsewhere(path)  # still held: by the child
+    finally:
+        os.write(go_w, b"x")
+        os.close(go_w)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert try_lock_elsewhere(path)
+
+
 def _count(path: Path, counter: Path, times: int) -> None:
     for _ in range(times):
         with Lock(path):

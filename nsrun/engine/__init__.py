@@ -44,9 +44,55 @@ class Busy(NsrunError):
     pass
 
 
+EPHEMERAL_DRAWS = 16
+
+
+def claim_ephemeral() -> tuple[str, state.Lock]:
+    """A name for an ephemeral namespace that is no one else's, and its lock, held: under
+    it, NAME has no record and no namespace. Hand the lock to `up` (LOCK=), which releases
+    it; a claim not used is released with `abandon()` (its lock file goes).
+
+    Ephemeral names are drawn at random (names.ephemeral_name: 32 bits), so two runs may
+    draw one name; this claim, not the odds, is what keeps them apart: the second draws
+    again. (A run that took a live namespace of its name for its own would share it, and
+    take it down under the other run at its end.)"""
+    for _ in range(EPHEMERAL_DRAWS):
+        name = names.ephemeral_name()
+        lock = record.ns_lock(name, blocking=False)
+        try:
+            lock.__enter__()
+        except BlockingIOError:
+            continue  # being brought up or down, by someone else
+        try:
+            taken = os.path.lexists(state.record_path(name))  # any record, even one unreadable
+            if not taken and not netns.exists(name):
+                return name, lock
+        except BaseException:
+            lock.__exit__()
+            raise
+        if not taken:
+            lock.abandon()  # a namespace not nsrun's: no lock file of ours stays beside it
+        lock.__exit__()  # (a record: a crashed run's, gc's to reclaim, its lock file with it)
+    raise NsrunError(f"no free ephemeral namespace name in {EPHEMERAL_DRAWS} draws")
+
+
+def up_ephemeral(prof: Profile, *, owner: dict[str, Any], firewall: str | None = None,
+                 notices: list[str] | None = None, bus: str | None = None) -> NsRecord:
+    """An ephemeral namespace of PROF under a name claimed for it (claim_ephemeral): its
+    record (`.name`). OWNER, FIREWALL, NOTICES, BUS: as for `up`."""
+    name, claim = claim_ephemeral()
+    try:
+        rec, _ = up(name, prof, persistent=False, owner=owner, firewall=firewall, notices=notices, bus=bus,
+                    lock=claim)
+    finally:
+        claim.abandon()  # when up did not take it
+    return rec
+
+
 def up(name: str, prof: Profile, *, persistent: bool,
        owner: dict[str, Any] | None = None, firewall: str | None = None,
-       notices: list[str] | None = None, bus: str | None = None) -> tuple[NsRecord, bool]:
+       notices: list[str] | None = None, bus: str | None = None,
+       lock: state.Lock | None = None) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
     live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor; its
     `owner_uid`, a namespace made for a caller without root (the service's policy path). FIREWALL: the
@@ -54,13 +100,18 @@ def up(name: str, prof: Profile, *, persistent: bool,
     where firewalld is asked to let a nat bridge through (None: not asked). NOTICES, when given, gets what
     this setup opened in the host's own firewall (only the setup that opens a bridge's way
     reports it: once per bridge) and what it left as found (a resolv.conf that is not
-    nsrun's), one line each, for the caller to say."""
+    nsrun's), one line each, for the caller to say. LOCK: NAME's lock, held already (an
+    ephemeral name's claim: claim_ephemeral); up releases it."""
     from nsrun import profile
     from nsrun.engine import resources
     from nsrun.engine.context import Setup
 
     names.check_name(name)
-    with record.ns_lock(name) as lock:
+    if lock is None:
+        lock = record.ns_lock(name)
+    elif lock.path != record.lock_path(name):
+        raise ValueError(f"{lock.path} is not the lock of {name}")
+    with lock:
         rec = record.read(name)
         if netns.exists(name):
             if rec is None:

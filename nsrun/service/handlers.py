@@ -185,13 +185,13 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
     if wire.field_bool(msg, "remove"):  # a root caller's `nsrun shell NAME` goes daemonless then
         raise wire.ProtocolError("field 'remove' is for callers without root")
     ephemeral = name is None
-    ns = name or names.ephemeral_name()
+    ns = name or ""  # an ephemeral run's: a pool member's name, or one claimed below
     pidfd, start = pin_caller(conn, caller)
     group: str | None = None  # the run's cgroup (ephemeral runs)
     moved = threading.Event()
     watched = False
     try:
-        with ctx.name_lock(ns):
+        with ctx.name_lock(name) if name is not None else contextlib.nullcontext():
             prof = run_mod._profile_for(name, spec)
             notices: list[str] = []
             if prof is None:  # NAME is up already, of the profile asked for (if any)
@@ -204,9 +204,12 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
                     pooled = ctx.pool.take(spec, prof, owner, ctx.name_lock) if ephemeral and ctx.pool else None
                     if pooled is not None:  # a namespace wired in advance (nsrun.service.pool)
                         rec, ns = pooled, pooled.name
+                    elif ephemeral:
+                        rec = engine.up_ephemeral(prof, owner=owner, firewall=firewall, notices=notices, bus=ctx.bus)
+                        ns = rec.name
                     else:
-                        rec, _ = engine.up(ns, prof, persistent=not ephemeral, owner=owner if ephemeral else None,
-                                           firewall=firewall, notices=notices, bus=ctx.bus)
+                        rec, _ = engine.up(ns, prof, persistent=True, firewall=firewall, notices=notices,
+                                           bus=ctx.bus)
                 except BaseException:
                     if ephemeral:
                         ctx.runs.release(caller.uid)

@@ -123,7 +123,7 @@ class Pool:
             return False
 
     def _refill(self) -> None:
-        from nsrun import engine, names
+        from nsrun import engine
         from nsrun import profile as profiles
 
         while True:
@@ -134,10 +134,9 @@ class Pool:
                     return
                 wanted = [p for p, n in self.sizes.items() if len(self.members[p]) < n]
             for key in wanted:
-                name = names.ephemeral_name()
                 try:
                     prof = profiles.load(key)
-                    engine.up(name, prof, persistent=False, owner=self.owner, firewall=self.firewall, bus=self.bus)
+                    name = engine.up_ephemeral(prof, owner=self.owner, firewall=self.firewall, bus=self.bus).name
                 except Exception as exc:
                     log(f"pool: making a namespace of profile {key} failed: {exc}; retrying in 5 s")
                     with self.lock:

@@ -23,6 +23,7 @@ signal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -218,7 +219,7 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
         raise wire.ProtocolError("field 'name' is required")
     ephemeral = name is None
     remove = wire.field_bool(msg, "remove")  # `nsrun shell NAME`: a NAME made here goes with CMD
-    ns = name or names.ephemeral_name()
+    ns = name or ""  # an ephemeral run's: claimed in owned_up
     pin: tuple[int, int | None] | None = None
     group: str | None = None
     rec: NsRecord | None = None
@@ -227,14 +228,18 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
     def owned_up(prof_name: str) -> NsRecord:
         """NS brought up owned by the client (gc reclaims it should the service die), and
         watched (the client gone, it goes)."""
-        nonlocal pin, group, owned
+        nonlocal ns, pin, group, owned
         prof = profiles.load(prof_name)
         pin = handlers.pin_caller(conn, caller)  # the client: the run's owner
         ctx.runs.reserve(caller.uid)
         owner = {"owner_pid": caller.pid, "owner_start": pin[1], "owner_uid": caller.uid}
         try:
-            made, _ = engine.up(ns, prof, persistent=False, owner=owner, firewall=handlers._firewall(msg),
-                                bus=ctx.bus)
+            if ephemeral:
+                made = engine.up_ephemeral(prof, owner=owner, firewall=handlers._firewall(msg), bus=ctx.bus)
+                ns = made.name
+            else:
+                made, _ = engine.up(ns, prof, persistent=False, owner=owner, firewall=handlers._firewall(msg),
+                                    bus=ctx.bus)
         except BaseException:
             ctx.runs.release(caller.uid)
             raise
@@ -244,7 +249,7 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
         return made
 
     try:
-        with ctx.name_lock(ns):
+        with ctx.name_lock(ns) if not ephemeral else contextlib.nullcontext():
             if ephemeral:
                 prof_name = _profile_name(caller, kind, spec)
                 _check(caller, kind, pol.may_run(who, prof_name))
