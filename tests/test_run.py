@@ -170,6 +170,16 @@ def test_a_run_that_draws_a_live_runs_name_gets_a_namespace_of_its_own(lab, seco
     second_draw_gets_its_own(lab, x, y, second, lambda draws, *args, **kw: drawing(lab, draws, *args, **kw))
 
 
+def test_concurrent_runs_that_all_draw_one_name_get_one_namespace_each(lab):
+    x = names.ephemeral_name()
+    procs = [drawing(lab, [x], "--", "sh", "-c", 'echo "$NSRUN_NETNS $NSRUN_ADDRESS"; sleep 1') for _ in range(8)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    got = [o[0].split() for o in outs]
+    assert len({ns for ns, _ in got}) == 8 and len({a for _, a in got}) == 8, got
+    assert [ns for ns, _ in got].count(x) == 1, got  # one run had it; the other seven drew again
+
+
 def second_draw_gets_its_own(lab, x: str, y: str, second: str, start, settle=lambda: None) -> None:
     """Ephemeral names are random, 32 bits: two runs can draw one. The second must neither
     share the first's namespace (same profile) nor fail on it (another profile), and its end
