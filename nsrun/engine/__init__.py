@@ -71,7 +71,7 @@ def claim_ephemeral() -> tuple[str, state.Lock]:
             lock.__exit__()
             raise
         if not taken:
-            lock.abandon()  # a namespace not nsrun's: no lock file of ours stays beside it
+            lock.discard()  # a namespace not nsrun's: no lock file of ours stays beside it
         lock.__exit__()  # (a record: a crashed run's, gc's to reclaim, its lock file with it)
     raise NsrunError(f"no free ephemeral namespace name in {EPHEMERAL_DRAWS} draws")
 
