@@ -157,11 +157,15 @@ def test_concurrent_runs_get_distinct_addresses(lab):
 DRAWS = str(Path(__file__).resolve().parent / "engine_support" / "draws.py")
 
 
+def drawing_argv(lab, draws: list[str], *args: str) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of `nsrun ARGS` in the lab host, its ephemeral names drawn
+    from DRAWS first."""
+    return lab.host_argv([sys.executable, DRAWS, *args]), {**lab.env, "NSRUN_TEST_DRAWS": ",".join(draws)}
+
+
 def drawing(lab, draws: list[str], *args: str, **kw) -> subprocess.Popen[str]:
-    """`nsrun ARGS` in the lab host, its ephemeral names drawn from DRAWS first."""
-    return subprocess.Popen(lab.host_argv([sys.executable, DRAWS, *args]),
-                            env={**lab.env, "NSRUN_TEST_DRAWS": ",".join(draws)}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, **kw)
+    argv, env = drawing_argv(lab, draws, *args)
+    return subprocess.Popen(argv, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, **kw)
 
 
 @pytest.mark.parametrize("second", ["nat", "gw1"])

@@ -42,12 +42,10 @@ class Service:
 
     def start(self, wait: bool = True) -> "Service":
         with open(self.log_path, "ab") as log:
-            argv = self.lab.nsrun_argv("daemon", *self.args)
-            env = {**self.lab.env, **self.extra_env}
+            argv, env = self.lab.nsrun_argv("daemon", *self.args), self.lab.env
             if self.draws is not None:
-                argv = self.lab.host_argv([sys.executable, test_run.DRAWS, "daemon", *self.args])
-                env["NSRUN_TEST_DRAWS"] = ",".join(self.draws)
-            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                argv, env = test_run.drawing_argv(self.lab, self.draws, "daemon", *self.args)
+            self.proc = subprocess.Popen(argv, env={**env, **self.extra_env}, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, cwd=REPO)
         if wait:
             deadline = time.monotonic() + 30
