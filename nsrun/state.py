@@ -273,8 +273,12 @@ def temporary_writer(fn: str) -> tuple[int, int | None] | None:
 def temporary_writer_alive(fn: str) -> bool | None:
     """Whether the writer of temporary FN lives; None when FN is no such temporary."""
     writer = temporary_writer(fn)
-    if writer is None:
-        return None
+    return None if writer is None else writer_alive(writer)
+
+
+def writer_alive(writer: tuple[int, int | None]) -> bool:
+    """Whether WRITER (temporary_writer's pid and start time) lives: a temporary of the
+    older form, with no start time, is judged by its pid alone."""
     now = process_start(writer[0])
     if now is None:
         return False

@@ -101,7 +101,7 @@ def _dead_temporaries(bridges: list[str], writer: int | None = None) -> list[Pat
             found = state.temporary_writer(fn)
             if found is None or writer is not None and found[0] != writer:
                 continue
-            if state.temporary_writer_alive(fn) is False:
+            if not state.writer_alive(found):
                 out.append(d / fn)
     return out
 
