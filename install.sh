@@ -49,9 +49,9 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check ".$extras"
 # /usr/local/bin/nsrun: a launcher of nsrun's own rather than pip's console script, which
 # imports `re` (~7 ms of a ~20 ms run through the service); it runs Python with -I -S
-# (nsrun/launcher.py says why). Written beside and renamed over: never written through.
-# -I: nsrun.launcher is the installed one, not this checkout's (no current directory on sys.path)
-"$venv/bin/python" -I -m nsrun.launcher /usr/local/bin/nsrun
+# (nsrun/cli/launcher.py says why). Written beside and renamed over: never written through.
+# -I: nsrun.cli.launcher is the installed one, not this checkout's (no current directory on sys.path)
+"$venv/bin/python" -I -m nsrun.cli.launcher /usr/local/bin/nsrun
 
 install -D -m 0644 completions/nsrun.bash /usr/local/share/bash-completion/completions/nsrun
 install -D -m 0644 completions/_nsrun /usr/local/share/zsh/site-functions/_nsrun

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from nsrun import kernel, netns  # noqa: E402
+from nsrun.linux import kernel, netns  # noqa: E402
 from nsrun.lab import Lab, mounted_elsewhere, private_dir  # noqa: E402
 
 PY = sys.executable
@@ -206,14 +206,14 @@ def _thread_netns() -> int:
 
 def find_nsrun(explicit: str | None, scratch: Path) -> tuple[list[str], str]:
     """The nsrun users run: --nsrun, else the console script beside sys.executable or on
-    PATH. If nsrun is not installed, the launcher install.sh writes (nsrun.launcher) is
+    PATH. If nsrun is not installed, the launcher install.sh writes (nsrun.cli.launcher) is
     written into SCRATCH, for this checkout. Returns (argv prefix, description)."""
     if explicit:
         return [explicit], explicit
     for cand in (str(Path(PY).parent / "nsrun"), shutil.which("nsrun")):
         if cand and os.access(cand, os.X_OK):
             return [cand], cand
-    from nsrun import launcher
+    from nsrun.cli import launcher
 
     shim = scratch / "nsrun"
     launcher.write(str(shim), PY)

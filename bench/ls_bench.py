@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nsrun import netns  # noqa: E402
+from nsrun.linux import netns  # noqa: E402
 
 from common import (Contender, Row, Session, alternate, base_parser, main_wrapper, median,  # noqa: E402
                     p90, run, timed, timing_rows)

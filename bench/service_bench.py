@@ -16,7 +16,7 @@ D. `nsrun -p nat -- true` through a service with a warm pool of 4 nat namespaces
    the hand-typed sequence. Target: <= 0.5x by hand.
 
 Contenders alternate run by run (bench/common.py). nsrun is this checkout, run as
-install.sh's launcher runs it (nsrun.launcher: `python -I -S`), by --python's interpreter.
+install.sh's launcher runs it (nsrun.cli.launcher: `python -I -S`), by --python's interpreter.
 Run as root: `python3 bench/service_bench.py [--python /opt/nsrun/bin/python] [--only D]`.
 """
 
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.nsrun:  # this checkout, as its console script would run it
         shim = Path(f"/run/nsrun-bench-shim-{os.getpid()}")
-        from nsrun import launcher
+        from nsrun.cli import launcher
 
         launcher.write(str(shim), a.python)  # as install.sh's /usr/local/bin/nsrun, of this checkout
         os.environ["PYTHONPATH"] = str(REPO)

@@ -9,6 +9,6 @@ elif os.environ.get("NSRUN_FAULT_DISTINCT", "").isdigit():  # ... at the Nth dis
 
     fault.trace_distinct(int(os.environ["NSRUN_FAULT_DISTINCT"]), os.environ.get("NSRUN_FAULT_LOG"))
 
-from nsrun.cli import main  # noqa: E402
+from nsrun.cli.main import main  # noqa: E402
 
 raise SystemExit(main())

@@ -465,7 +465,7 @@ def _open_as_caller(path: Path) -> int:
     about it (does it exist? what is on line 3?) would show them what they may not read.
     Root and non-sudo callers open it as themselves. The effective ids are switched and put
     back around the one open() (the real and saved uid stay root's)."""
-    from nsrun import execution
+    from nsrun.process import execution
 
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
     caller = execution.resolve_user(None) if os.geteuid() == 0 else None

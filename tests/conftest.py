@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     only there, invisible to the machine and gone with the session even if it is killed."""
     if not IS_ROOT or os.environ.get("NSRUN_TEST_SHARED_MOUNTS"):
         return
-    from nsrun import kernel
+    from nsrun.linux import kernel
 
     global MACHINE_NETNS_FD, CREATED_RUN_NETNS, CREATED_ETC_NETNS, OVERLAY_BASE
     CREATED_RUN_NETNS = not os.path.isdir("/run/netns")
@@ -99,7 +99,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Leave the machine's /run/netns and /etc/netns as found: empty directories made for the
     session go, unless another test session has its own mount there still (removing the
     directory would detach that, see SESSION_MOUNTS; the last session to end removes it)."""
-    from nsrun import kernel
+    from nsrun.linux import kernel
     from nsrun import lab as lab_mod
 
     for made, path in ((CREATED_RUN_NETNS, "/run/netns"), (CREATED_ETC_NETNS, "/etc/netns")):
@@ -116,13 +116,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.rmdir(OVERLAY_BASE)
         except OSError:
             pass
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "lab" in item.fixturenames:
-            item.add_marker(pytest.mark.lab)
-            item.add_marker(lab_only)
 
 
 # Test modules that run against several kinds of host name them in HOST_KINDS; the rest run
@@ -146,6 +139,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
+        if "lab" in item.fixturenames:
+            item.add_marker(pytest.mark.lab)
+            item.add_marker(lab_only)
         params = getattr(getattr(item, "callspec", None), "params", {})
         if params.get("via") == "service" and params.get("host_kind", "legacy") != "legacy":
             drop.append(item)

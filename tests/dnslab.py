@@ -25,7 +25,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nsrun import kernel  # noqa: E402
+from nsrun.linux import kernel  # noqa: E402
 
 
 def _qname(data: bytes) -> tuple[str, int, int]:

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PROFILES, REPO, write_profile
-from nsrun import cli, commands, listing, netns, unit
+from nsrun.cli import main
+from nsrun.commands import namespaces, listing, unit
+from nsrun.linux import netns
 from nsrun import profile as profiles
 from nsrun.errors import UsageError
 
@@ -29,7 +31,7 @@ def _profile_path(monkeypatch):
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    code = cli.main(list(args))
+    code = main.main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -54,8 +56,8 @@ def test_help_after_run_options_shows_the_help(capsys, args):
 
 def test_help_after_double_dash_belongs_to_cmd():
     # `nsrun -- CMD --help` passes --help to CMD: the parser leaves it in CMD.
-    assert cli.parse_run(["-p", "nat", "--", "curl", "--help"]) == ({"profile": "nat"}, ["curl", "--help"])
-    assert not cli._wants_help(["-p", "nat", "--", "curl", "--help"])
+    assert main.parse_run(["-p", "nat", "--", "curl", "--help"]) == ({"profile": "nat"}, ["curl", "--help"])
+    assert not main._wants_help(["-p", "nat", "--", "curl", "--help"])
 
 
 def test_top_level_help_lists_the_run_options(capsys):
@@ -127,7 +129,7 @@ def test_ls_table_shows_control_characters_escaped(monkeypatch, capsys):
              "gateway": None, "bridge": None, "rx_bytes": None, "tx_bytes": None, "created": None,
              "processes": []}]
     monkeypatch.setattr(listing, "collect", lambda: rows)
-    commands.ls(False)
+    namespaces.ls(False)
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert len(lines) == 3, out  # the header and one line per namespace
@@ -198,13 +200,13 @@ def test_complete_lists_profiles_and_namespaces(capsys, tmp_path, monkeypatch):
     code, out, _ = run_main(capsys, "__complete", "namespaces")
     assert code == 0 and out == "blue\nred\n"
     code, out, _ = run_main(capsys, "__complete", "commands")
-    assert out.split() == list(cli.SUBCOMMANDS)
+    assert out.split() == list(main.SUBCOMMANDS)
 
 
 def test_completion_scripts_know_every_subcommand():
     for script in ("nsrun.bash", "_nsrun", "nsrun.fish"):
         text = (COMPLETIONS / script).read_text()
-        for sub in cli.SUBCOMMANDS:
+        for sub in main.SUBCOMMANDS:
             assert re.search(rf"\b{sub}\b", text), (script, sub)
         for opt in ("--profile", "--name", "--user", "--keep", "--json", "--dry-run", "--install"):
             spelled = f"-l {opt[2:]}" if script.endswith(".fish") else opt
@@ -242,7 +244,7 @@ def test_bash_completion_lists_profiles_namespaces_and_commands(lab, tmp_path):
         assert r.returncode == 0, r.stderr
         return r.stdout.split()
 
-    assert complete("nsrun ") == list(cli.SUBCOMMANDS)
+    assert complete("nsrun ") == list(main.SUBCOMMANDS)
     assert complete("nsrun d") == ["down", "demo", "doctor"]
     assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun -p "))
     assert complete("nsrun up blue -p g") == ["gw1", "gw2"]
@@ -265,7 +267,7 @@ def test_fish_completion_lists_profiles_and_namespaces(lab, tmp_path):
         assert r.returncode == 0, r.stderr
         return [line.split("\t")[0] for line in r.stdout.splitlines()]
 
-    assert set(cli.SUBCOMMANDS) <= set(complete("nsrun "))
+    assert set(main.SUBCOMMANDS) <= set(complete("nsrun "))
     assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun -p "))
     assert {"gw1", "gw2", "isolated", "nat"} <= set(complete("nsrun up blue --profile "))
     assert lab.lab.host in complete("nsrun exec ")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from nsrun.cli import RUN_USAGE, parse_run
+from nsrun.cli.main import RUN_USAGE, parse_run
 from nsrun.errors import UsageError
 
 PROPS = settings(max_examples=300, deadline=None)

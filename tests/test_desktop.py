@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import IS_ROOT
-from nsrun import desktop
+from nsrun.process import desktop
 
 root_only = pytest.mark.skipif(not IS_ROOT, reason="making files of other users needs root")
 UID = 4242  # a user that owns nothing on the machine

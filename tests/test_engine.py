@@ -96,7 +96,7 @@ def test_gc_never_takes_down_a_namespace_recreated_while_it_waited(lab):
     # gc must re-judge under the lock, not tear down the new namespace.
     name = "racy"
     assert lab.nsrun("up", name, "-p", "nat").returncode == 0
-    from nsrun import netns
+    from nsrun.linux import netns
 
     netns.delete(name)  # the first thing `down` does after stopping processes
     lock_path = lab.statedir / "ns" / f"{name}.lock"
@@ -176,7 +176,7 @@ def test_a_record_of_a_newer_schema_or_no_name_is_not_read():
     assert NetRecord.from_json({"mode": "nat", "schema": SCHEMA + 1}) is None
 
 
-@pytest.mark.parametrize("module", ["nsrun.cli", "nsrun.run", "nsrun.engine", "nsrun.engine.record",
+@pytest.mark.parametrize("module", ["nsrun.cli.main", "nsrun.process.supervise", "nsrun.engine", "nsrun.engine.record",
                                     "nsrun.engine.resources", "nsrun.engine.gc"])
 def test_the_engine_imports_no_heavy_library_until_it_acts(module):
     code = (f"import sys, {module}; "
@@ -199,7 +199,7 @@ def _draws(monkeypatch, *drawn: str) -> list[str]:
 @pytest.fixture
 def claims(tmp_path, monkeypatch):
     """A state directory of its own, and no namespaces but those the test names."""
-    from nsrun import netns
+    from nsrun.linux import netns
 
     monkeypatch.setenv("NSRUN_STATE_DIR", str(tmp_path))
     foreign: set[str] = set()

@@ -116,17 +116,17 @@ def test_bridge_records_say_backend_rules_and_openings_and_older_ones_are_read()
 
 
 def test_nsrun_firewall_is_read_by_the_command_layer_and_checked(monkeypatch):
-    from nsrun import commands
+    from nsrun.commands import namespaces
     from nsrun.engine import firewall
     from nsrun.errors import NsrunError, UsageError
 
     monkeypatch.setenv("NSRUN_FIREWALL", "nftables")
-    assert commands.requested_firewall() == "nftables"
+    assert namespaces.requested_firewall() == "nftables"
     monkeypatch.setenv("NSRUN_FIREWALL", "")
-    assert commands.requested_firewall() is None
+    assert namespaces.requested_firewall() is None
     monkeypatch.setenv("NSRUN_FIREWALL", "pf")
     with pytest.raises(UsageError, match="NSRUN_FIREWALL: 'pf' is not one of nftables, iptables"):
-        commands.requested_firewall()
+        namespaces.requested_firewall()
     with pytest.raises(NsrunError, match="unknown firewall backend 'pf'"):
         firewall.choose("pf")
     assert firewall.choose("iptables") == "iptables"
@@ -151,8 +151,8 @@ def test_bad_nsrun_firewall_is_exit_2_before_anything(tmp_path):
 def test_the_opening_is_a_resource_of_both_wired_modes_with_its_fault_step():
     from nsrun import fault
     from nsrun.engine import resources
-    from nsrun.engine.resources import firewall, opening
+    from nsrun.engine.resources import masquerade, opening
 
-    assert resources.MODES["nat"].index(opening) == resources.MODES["nat"].index(firewall) + 1
+    assert resources.MODES["nat"].index(opening) == resources.MODES["nat"].index(masquerade) + 1
     assert resources.MODES["bridge"].index(opening) == 1
     assert "foreign" in fault.STEPS and hasattr(opening, "prepare")  # refuses before anything is made

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from conftest import CLIENT
-from nsrun import kernel
+from nsrun.linux import kernel
 
 
 def _mount_tmpfs(path: str, opts: str) -> None:

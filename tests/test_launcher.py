@@ -1,4 +1,4 @@
-"""nsrun.launcher: the command install.sh writes at /usr/local/bin/nsrun (no root needed)."""
+"""nsrun.cli.launcher: the command install.sh writes at /usr/local/bin/nsrun (no root needed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import nsrun
-from nsrun import launcher
+from nsrun.cli import launcher
 
 
 def test_the_launcher_runs_nsrun_isolated_and_without_site(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_the_launcher_runs_nsrun_isolated_and_without_site(tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr
     assert nsrun.__version__ in r.stdout
     probe = tmp_path / "probe"
-    probe.write_text(body.replace("from nsrun.cli import main\nsys.exit(main())\n",
+    probe.write_text(body.replace("from nsrun.cli.main import main\nsys.exit(main())\n",
                                   "import nsrun\nprint(sys.flags.isolated, sys.flags.no_site, nsrun.__file__)\n"))
     probe.chmod(0o755)
     out = subprocess.run([str(probe)], capture_output=True, text=True, env=env, check=True).stdout.split()
@@ -58,7 +58,7 @@ def test_the_launcher_replaces_a_link_at_its_path_and_never_writes_through_it(tm
 
 
 def test_the_launcher_command_line(tmp_path: Path) -> None:
-    run = [sys.executable, "-m", "nsrun.launcher"]
+    run = [sys.executable, "-m", "nsrun.cli.launcher"]
     r = subprocess.run(run, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("usage:")
     r = subprocess.run([*run, str(tmp_path / "missing-dir" / "nsrun")], capture_output=True, text=True)

@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from nsrun import lease, state
+from nsrun.engine import allocator
+from nsrun import state
 from nsrun.errors import NsrunError
-from nsrun.lease import FileStore, MemoryStore, allocate, candidates
+from nsrun.engine.allocator import FileStore, MemoryStore, allocate, candidates
 
 PROPS = settings(max_examples=200, deadline=None)
 
@@ -385,4 +386,4 @@ def test_concurrent_allocations_exhaust_the_pool_exactly(statedir: Path) -> None
 def test_state_module_is_what_filestore_uses(statedir: Path) -> None:
     assert FileStore("br0").base == state.net_dir("br0") == statedir / "net" / "br0"
     assert isinstance(FileStore("br0").lock(), state.Lock)
-    assert lease.Store  # the protocol the two stores implement
+    assert allocator.Store  # the protocol the two stores implement

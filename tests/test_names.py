@@ -257,7 +257,8 @@ def test_name_regex_is_not_fooled_by_a_trailing_newline() -> None:
 
 KERNEL_PROBE = r"""
 import sys
-from nsrun import names, netlink
+from nsrun import names
+from nsrun.linux import netlink
 ipr = netlink.IPRoute()
 bad = []
 for ifname in sys.stdin.read().split("\0"):

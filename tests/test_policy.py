@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nsrun import policy, profile
-from nsrun.policy import Caller, Policy, PolicyError
+from nsrun.service import policy
+from nsrun import profile
+from nsrun.service.policy import Caller, Policy, PolicyError
 
 SRC = "/etc/nsrun/policy.toml"
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

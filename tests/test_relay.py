@@ -28,7 +28,7 @@ from test_signals import SYSTEM_PYTHON, Term
 
 SERVICE = r"""
 import os, socket, subprocess, sys
-from nsrun import spawn
+from nsrun.process import spawn
 ns, public, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
 svc, cli = socket.socketpair()
 client = subprocess.Popen(["/usr/bin/python3", "-c", os.environ["CLIENT"]],
@@ -53,7 +53,7 @@ sys.exit(rc)
 
 CLIENT = r"""
 import os, socket, sys
-from nsrun import terminal
+from nsrun.process import terminal
 sock = socket.socket(fileno=int(os.environ["CLIENT_FD"]))
 print("client", os.getpid(), flush=True)
 master, slave = terminal.open_pty()
@@ -166,7 +166,7 @@ def test_a_killed_client_gives_the_terminal_back_and_hangs_cmd_up(lab: Any, ns: 
 
 DRAIN = r"""
 import os, threading, sys
-from nsrun import terminal
+from nsrun.process import terminal
 master, slave = terminal.open_pty()
 done_r, done_w = os.pipe()
 def cmd():
@@ -222,7 +222,7 @@ def test_pty_output_processing_only_where_the_user_terminal_is_raw() -> None:
     not (lines would end in CR CR LF)."""
     import termios
 
-    from nsrun import terminal
+    from nsrun.process import terminal
 
     user_master, user_slave = os.openpty()  # the user's terminal, on a descriptor other than 0
     try:

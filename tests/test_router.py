@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from nsrun import netns
+from nsrun.linux import netns
 
 VPNLAB = str(Path(__file__).resolve().parent / "vpnlab.py")
 

@@ -24,7 +24,8 @@ import pytest
 import test_run
 from conftest import CLIENT, REPO, LabRunner, write_profile
 from nsrun import lab as labmod
-from nsrun import names, netns, wire
+from nsrun import names, wire
+from nsrun.linux import netns
 
 HOST_KINDS = ["legacy"]
 
@@ -410,7 +411,7 @@ def test_200_concurrent_runs(lab, service, tmp_path):
 def _own_cgroup(tmp_path: Path) -> Path | None:
     """A cgroup of the test's own for the clients (their run cgroups are made under it, so
     that other users' runs on the machine do not show), or None without cgroup v2."""
-    from nsrun import cgroup
+    from nsrun.linux import cgroup
 
     base = cgroup.path_for("x")
     if base is None:

@@ -22,7 +22,8 @@ import pytest
 
 from conftest import CLIENT, LabRunner
 from nsrun import lab as labmod
-from nsrun import names, netns
+from nsrun import names
+from nsrun.linux import netns
 import test_run
 from test_service import Service, served
 from test_signals import SYSTEM_PYTHON, Term

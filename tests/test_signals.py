@@ -364,7 +364,7 @@ def test_a_forking_process_does_not_escape_teardown(lab):
 def test_stop_processes_without_cgroup_loops_until_none(lab, monkeypatch):
     """Where there is no cgroup v2 (netns.stop_processes alone): it keeps killing what it
     finds until a scan finds nothing."""
-    from nsrun import cgroup, netns
+    from nsrun.linux import cgroup, netns
 
     monkeypatch.setattr(cgroup, "of_namespace", lambda name, pids: set())
     name = f"nsrun-t{os.getpid() % 100000:05d}"
@@ -383,7 +383,7 @@ def test_stop_processes_without_cgroup_loops_until_none(lab, monkeypatch):
 
 def test_run_cgroup_is_removed(lab):
     """The run's cgroup (where cgroup v2 is writable) is gone after the run."""
-    from nsrun import cgroup
+    from nsrun.linux import cgroup
 
     r = lab.nsrun("-p", "isolated", "--", "sh", "-c", "echo $NSRUN_NETNS; cat /proc/self/cgroup")
     assert r.returncode == 0, r.stderr
@@ -400,7 +400,7 @@ def test_run_cgroup_is_removed(lab):
 
 def test_report_protocol_round_trip():
     """Issue 10: the pipe protocol is written and read in one module."""
-    from nsrun import report
+    from nsrun.process import report
 
     def sent(*writes: tuple[str, tuple[object, ...]]) -> report.Report:
         r, w = os.pipe()
@@ -425,7 +425,7 @@ def test_report_protocol_round_trip():
 def test_cgroup_of_a_killed_supervisor_is_reclaimed(lab):
     """The supervisor is SIGKILLed; CMD ignores the parent-death SIGTERM. The next run's
     quick reclaim kills CMD through the run's cgroup and removes the cgroup."""
-    from nsrun import cgroup
+    from nsrun.linux import cgroup
 
     if cgroup.mountpoint() is None:
         pytest.skip("no cgroup v2 here")
@@ -454,7 +454,7 @@ def test_cgroup_of_a_killed_supervisor_is_reclaimed(lab):
 def test_cgroup_leftovers_are_listed_for_gc(lab):
     """A run cgroup whose namespace is gone and that holds no process (its supervisor
     crashed and CMD ended) is what gc removes (cgroup.leftovers)."""
-    from nsrun import cgroup
+    from nsrun.linux import cgroup
 
     path = cgroup.create("nsrun-deadbeef")
     if path is None:

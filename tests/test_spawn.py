@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from nsrun import spawn
+from nsrun.process import spawn
 from nsrun.errors import UsageError
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # executable by nobody
@@ -383,7 +383,7 @@ def test_like_nsrun_exec_in_a_wired_namespace(lab: Any, monkeypatch: pytest.Monk
 
 def test_umask_and_cgroup(ns: str) -> None:
     """CMD gets the caller's umask, and starts in the run's cgroup when one is given."""
-    from nsrun import cgroup
+    from nsrun.linux import cgroup
 
     assert Run(ns, ["sh", "-c", "umask"], umask=0o027).out == "0027\n"
     group = cgroup.create(f"spawn-test-{os.getpid()}")

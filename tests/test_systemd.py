@@ -38,7 +38,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import PROFILES, REPO, write_profile
-from nsrun import unit
+from nsrun.commands import unit
 from nsrun.errors import UsageError
 
 SYSTEMD_DIR = REPO / "systemd"

@@ -306,12 +306,12 @@ def test_profile_wireguard_refusals(text: str, want: str) -> None:
 
 def test_profiles_show_summarises_the_file_without_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
     conf = write(tmp_path / "w.conf", GOOD, 0o600)
     write(tmp_path / "w.toml", f'mode = "wireguard"\nwireguard = "{conf}"\n', 0o644)
     monkeypatch.setenv("NSRUN_PROFILE_PATH", str(tmp_path))
-    commands.profiles_show("w")
+    namespaces.profiles_show("w")
     out = capsys.readouterr().out
     assert f"wireguard = '{conf}'" in out
     assert "# wireguard address = 10.2.0.2/32, fd00:2::2/128, 10.3.0.2/32" in out
@@ -319,7 +319,7 @@ def test_profiles_show_summarises_the_file_without_keys(tmp_path: Path, monkeypa
     for key in (PRIV, PUB, PSK, PUB2):
         assert key not in out and base64.b64decode(key).hex() not in out
     os.chmod(conf, 0o644)
-    commands.profiles_show("w")
+    namespaces.profiles_show("w")
     assert "# wireguard file INVALID: " in capsys.readouterr().out
 
 
@@ -346,10 +346,10 @@ def test_wg_ifname_is_a_valid_derived_ifname(name: str) -> None:
 
 
 def test_uapi_request_carries_hex_keys_and_every_peer_setting() -> None:
-    from nsrun import wireguard
+    from nsrun.engine import wgdevice
 
     c = parse(GOOD)
-    req = wireguard.uapi_config(c)
+    req = wgdevice.uapi_config(c)
     assert req.endswith("\n\n") and req.count("\n\n") == 1
     lines = req.splitlines()
     assert lines[:2] == ["set=1", f"private_key={base64.b64decode(PRIV).hex()}"]

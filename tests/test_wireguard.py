@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from conftest import CLIENT
-from nsrun import names, netns
+from nsrun import names
+from nsrun.linux import netns
 from nsrun import lab as lab_mod
 from nsrun.fault import steps
 

@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from nsrun import lab as labmod  # noqa: E402
-from nsrun import netns  # noqa: E402
+from nsrun.linux import netns  # noqa: E402
 
 PROVIDER = "192.0.2.1"
 PROVIDER_UP = "192.0.2.254"

@@ -31,7 +31,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nsrun import fault, names, netns, state
+from nsrun import fault, names, state
+from nsrun.linux import netns
 from nsrun.engine import record
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError, UsageError

@@ -102,7 +102,7 @@ class Setup:
     def ipr(self) -> Any:
         """A netlink socket in the host's namespace, opened on first use."""
         if self._ipr is None:
-            from nsrun import netlink
+            from nsrun.linux import netlink
 
             self._ipr = self._stack.enter_context(netlink.IPRoute())
         return self._ipr

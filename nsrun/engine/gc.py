@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
-from nsrun import names, netns, state
+from nsrun import names, state
+from nsrun.linux import netns
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan
 from nsrun.engine.record import NsRecord

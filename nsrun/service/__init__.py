@@ -56,10 +56,10 @@ def warm() -> None:
     """Import what a setup and a teardown need, once, now."""
     import nsrun.engine.gc  # noqa: F401
     import nsrun.engine.resources  # noqa: F401
-    import nsrun.listing  # noqa: F401
-    import nsrun.netlink  # noqa: F401  (pyroute2)
+    import nsrun.commands.listing  # noqa: F401
+    import nsrun.linux.netlink  # noqa: F401  (pyroute2)
     import nsrun.profile  # noqa: F401
-    import nsrun.run  # noqa: F401
+    import nsrun.process.supervise  # noqa: F401
     from nsrun.engine.firewall import detect  # noqa: F401
 
 
@@ -72,7 +72,7 @@ def main(args: list[str]) -> int:
         raise UsageError("nsrun daemon: limits must be 0 or more, --grace 0 to 3600")
     import faulthandler
 
-    from nsrun import privilege
+    from nsrun.process import privilege
     from nsrun.service import handlers, listen, pool, server
 
     faulthandler.enable()  # a crash in a C library (libnftables, libiptc) says where, in the log
@@ -97,10 +97,10 @@ def main(args: list[str]) -> int:
         warm()
         ctx = handlers.Context(user_limit=opts.user_limit,
                                root_limit=opts.root_limit or None, grace=opts.grace)
-        from nsrun import commands
+        from nsrun.commands import namespaces
 
         ctx.policy = opts.policy
-        ctx.bus = commands.system_bus()  # firewalld's (DBUS_SYSTEM_BUS_ADDRESS of the service)
+        ctx.bus = namespaces.system_bus()  # firewalld's (DBUS_SYSTEM_BUS_ADDRESS of the service)
         adopted, gone = ctx.runs.adopt()  # before the pool: the last service's members go
         ctx.pool = pool.Pool(sizes, bus=ctx.bus) if sizes else None
         log(f"listening on {where} (pid {os.getpid()}); adopted {adopted} running "

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from nsrun import wire
 from nsrun.errors import UsageError
-from nsrun.hostresolver import Wiring
+from nsrun.process.hostresolver import Wiring
 from nsrun.service.pool import Pool
 from nsrun.service.runs import Run, Runs, log
 
@@ -170,8 +170,9 @@ def pin_caller(conn: socket.socket, caller: Caller) -> tuple[int, int | None]:
 
 
 def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
-    from nsrun import cgroup, engine, names, netns
-    from nsrun import run as run_mod
+    from nsrun.linux import cgroup, netns
+    from nsrun import engine, names
+    from nsrun.process import supervise as run_mod
     from nsrun.engine import record
 
     argv = wire.field_argv(msg)
@@ -238,7 +239,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
 
 def _move(group: str | None, pid: int, moved: threading.Event) -> None:
     """The client into its run's cgroup, while it enters the namespace (see runs.py)."""
-    from nsrun import cgroup
+    from nsrun.linux import cgroup
 
     try:
         if group is not None and cgroup.create("", group) is not None:
@@ -248,7 +249,8 @@ def _move(group: str | None, pid: int, moved: threading.Event) -> None:
 
 
 def exec_(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
-    from nsrun import names, netns
+    from nsrun import names
+    from nsrun.linux import netns
     from nsrun.engine import record
 
     name = wire.field_str(msg, "name", optional=False)
@@ -281,39 +283,41 @@ def _command(conn: socket.socket, body: Callable[[Sink, Sink], int]) -> None:
 
 
 def up(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
-    from nsrun import commands, names
+    from nsrun.commands import namespaces
+    from nsrun import names
 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
     names.check_name(name)
     spec, firewall = wire.field_str(msg, "profile"), _firewall(msg)
     with ctx.name_lock(name):
-        _command(conn, lambda out, err: commands.up(name, spec, firewall=firewall, out=out, err=err))  # type: ignore[arg-type]
+        _command(conn, lambda out, err: namespaces.up(name, spec, firewall=firewall, out=out, err=err))  # type: ignore[arg-type]
 
 
 def down(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
-    from nsrun import commands, names
+    from nsrun.commands import namespaces
+    from nsrun import names
 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
     names.check_name(name)
     grace, busy = wire.field_num(msg, "grace", 5.0), wire.field_bool(msg, "refuse_busy")
     with ctx.name_lock(name):
-        _command(conn, lambda out, err: commands.down(name, grace, busy, out=out))  # type: ignore[arg-type]
+        _command(conn, lambda out, err: namespaces.down(name, grace, busy, out=out))  # type: ignore[arg-type]
 
 
 def ls(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
     as_json = wire.field_bool(msg, "json")
-    _command(conn, lambda out, err: commands.ls(as_json, out=out, err=err))  # type: ignore[arg-type]
+    _command(conn, lambda out, err: namespaces.ls(as_json, out=out, err=err))  # type: ignore[arg-type]
 
 
 def gc(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
     dry = wire.field_bool(msg, "dry_run")
-    _command(conn, lambda out, err: commands.gc(dry, out=out, err=err))  # type: ignore[arg-type]
+    _command(conn, lambda out, err: namespaces.gc(dry, out=out, err=err))  # type: ignore[arg-type]
 
 
 def signal_(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:

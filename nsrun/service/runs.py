@@ -143,7 +143,8 @@ class Runs:
 
     def take_down(self, name: str, created: float | None, group: str | None) -> None:
         """Take NAME down if its record is still the one made at CREATED; then its cgroup."""
-        from nsrun import cgroup, engine
+        from nsrun.linux import cgroup
+        from nsrun import engine
         from nsrun.engine import record
 
         try:
@@ -167,7 +168,7 @@ class Runs:
     def adopt(self) -> tuple[int, int]:
         """Watch the ephemeral namespaces whose owner lives; take down those whose owner is
         gone. (adopted, taken down)."""
-        from nsrun import cgroup
+        from nsrun.linux import cgroup
         from nsrun.engine import record
 
         adopted = gone = 0

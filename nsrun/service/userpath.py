@@ -37,8 +37,8 @@ from nsrun.service.runs import Run, log
 
 if TYPE_CHECKING:
     from nsrun.engine.record import NsRecord
-    from nsrun.policy import Caller as PolicyCaller
-    from nsrun.policy import Policy
+    from nsrun.service.policy import Caller as PolicyCaller
+    from nsrun.service.policy import Policy
     from nsrun.service.handlers import Caller, Context
 
 # What a client may pass on to the CMD the service started for it (what a terminal or a
@@ -79,7 +79,7 @@ def serve(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]
             what = "gc needs root (sudo nsrun gc)" if kind == "gc" else \
                 "no program started by the service runs on this connection"
             _refuse(caller, kind, what)
-        from nsrun import policy as policies
+        from nsrun.service import policy as policies
         from nsrun.service import handlers
 
         handlers.same_netns(caller)
@@ -126,7 +126,7 @@ def _stdio(msg: dict[str, Any], fds: list[int]) -> None:
 
 
 def _profile_name(caller: Caller, kind: str, spec: str | None) -> str:
-    from nsrun import policy as policies
+    from nsrun.service import policy as policies
     from nsrun.profile import DEFAULT_PROFILE
 
     if spec is not None and ("/" in spec or spec.endswith(".toml")):
@@ -160,7 +160,9 @@ def _owner_uid(name: str) -> int | None:
 
 def _up(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
         msg: dict[str, Any]) -> None:
-    from nsrun import commands, names, netns
+    from nsrun.commands import namespaces
+    from nsrun import names
+    from nsrun.linux import netns
     from nsrun.service import handlers
 
     name = wire.field_str(msg, "name", optional=False)
@@ -175,7 +177,7 @@ def _up(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, po
             _within_limit(caller, who, pol, "up")
         _check(caller, "up", pol.may_run(who, prof))
         firewall = handlers._firewall(msg)
-        handlers._command(conn, lambda out, err: commands.up(
+        handlers._command(conn, lambda out, err: namespaces.up(
             name, prof, firewall=firewall, out=out, err=err, owner_uid=caller.uid))  # type: ignore[arg-type]
 
 
@@ -195,7 +197,9 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
          msg: dict[str, Any], held: list[int]) -> None:
     """A run or exec; HELD: the request's stdin, stdout and stderr, closed (and emptied)
     as soon as CMD has its own copies, so that the client sees its pty or pipes end with CMD."""
-    from nsrun import cgroup, engine, names, netns, spawn
+    from nsrun.linux import cgroup, netns
+    from nsrun import engine, names
+    from nsrun.process import spawn
     from nsrun import profile as profiles
     from nsrun.engine import record
     from nsrun.service import handlers
@@ -304,7 +308,7 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
 def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
     """Until CMD ends: pass the client's `signal` messages on; when the client goes away,
     hang CMD up (the watcher takes an ephemeral namespace down with whatever is left)."""
-    from nsrun import spawn
+    from nsrun.process import spawn
 
     poller = select.poll()
     poller.register(started.pidfd, select.POLLIN)

@@ -12,7 +12,8 @@ import os
 import socket
 import sys
 
-from nsrun import engine, netns, profile
+from nsrun import engine, profile
+from nsrun.linux import netns
 from nsrun.engine import gc, record, resources
 from nsrun.errors import NsrunError
 
@@ -77,7 +78,7 @@ def interleaved(prof: profile.Profile, out: dict[str, object]) -> None:
     A's firewall step runs while B still holds a lease, then A's bridge step after B's
     lease went, before B's firewall step."""
     from nsrun.engine.firewall import iptables
-    from nsrun.engine.resources import bridge, firewall, lease, veth
+    from nsrun.engine.resources import bridge, masquerade, lease, veth
 
     a, _ = engine.up("drv-a", prof, persistent=True)
     b, _ = engine.up("drv-b", prof, persistent=True)
@@ -85,11 +86,11 @@ def interleaved(prof: profile.Profile, out: dict[str, object]) -> None:
         netns.delete(rec.name)
         veth.remove(rec)
     lease.remove(a)
-    firewall.remove(a)  # B holds a lease: nothing to do yet
+    masquerade.remove(a)  # B holds a lease: nothing to do yet
     lease.remove(b)
     bridge.remove(a)  # the bridge is unused now
     out["rules_after_a"] = sorted(iptables.bridges())
-    firewall.remove(b)
+    masquerade.remove(b)
     bridge.remove(b)
     for rec in (a, b):
         engine.teardown(rec)  # the rest (dns, veth, the records)

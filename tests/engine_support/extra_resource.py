@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from functools import partial
 
-from nsrun import netlink
+from nsrun.linux import netlink
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord

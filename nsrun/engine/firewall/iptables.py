@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from nsrun.iptc import load
+from nsrun.linux.iptc import load
 from nsrun.engine.firewall.serial import serialized
 
 NAME = "iptables"

@@ -9,7 +9,7 @@ Adding a resource is a module plus an entry in MODES.
 
     namespace  /run/netns/NAME                         (all modes)
     bridge     the host bridge, rp_filter              (nat, bridge)
-    firewall   NAT rules (a backend), ip_forward       (nat)
+    masquerade NAT rules (a backend), ip_forward       (nat)
     opening    accepts in the host's own firewall      (nat, bridge)
     lease      the address, from the bridge's pool     (nat, bridge)
     veth       eth0 inside, nsrXXXX on the bridge      (nat, bridge)
@@ -22,12 +22,11 @@ Adding a resource is a module plus an entry in MODES.
 from __future__ import annotations
 
 from nsrun.engine.context import Resource
-from nsrun.engine.resources import (address, bridge, dns, firewall, lease, namespace, opening, router,
-                                    veth, wireguard)
+from nsrun.engine.resources import address, bridge, dns, masquerade, lease, namespace, opening, router, veth, wireguard
 
 MODES: dict[str, list[Resource]] = {
     # nat: the lease is taken at once, under the bridge lock the bridge step holds.
-    "nat": [bridge, firewall, opening, lease, namespace, veth, address, router, dns],
+    "nat": [bridge, masquerade, opening, lease, namespace, veth, address, router, dns],
     # bridge: the lease is taken from inside, after an ARP probe on the LAN.
     "bridge": [bridge, opening, namespace, veth, lease, address, router, dns],
     "isolated": [namespace],

@@ -6,7 +6,8 @@ no orphans on the host.
 
 from __future__ import annotations
 
-from nsrun import names, netns
+from nsrun import names
+from nsrun.linux import netns
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 
@@ -18,7 +19,7 @@ def create(s: Setup) -> None:
 
 
 def _configure(s: Setup) -> None:
-    from nsrun import arp, netlink
+    from nsrun.linux import arp, netlink
 
     prof, address = s.prof, s.rec.address
     assert prof.subnet is not None and address is not None

@@ -27,11 +27,13 @@ import socket
 from functools import partial
 from typing import Any
 
-from nsrun import fault, lease, names, state, sysctl
+from nsrun import fault, names, state
+from nsrun.engine import allocator
+from nsrun.linux import sysctl
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
-from nsrun.engine.resources import firewall
+from nsrun.engine.resources import masquerade
 from nsrun.engine.resources.lease import unused
 from nsrun.errors import NsrunError, UsageError
 
@@ -41,7 +43,7 @@ STEP = "bridge"
 def create(s: Setup) -> None:
     prof = s.prof
     assert prof.bridge is not None
-    s.held.enter_context(lease.FileStore(prof.bridge).lock())
+    s.held.enter_context(allocator.FileStore(prof.bridge).lock())
     if prof.mode == "nat":
         _ensure_nat(s)
     else:
@@ -54,7 +56,7 @@ def _in_use_elsewise(s: Setup, net: NetRecord | None) -> None:
 
 
 def _ensure_nat(s: Setup) -> None:
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     prof, ipr = s.prof, s.ipr
     assert prof.bridge and prof.subnet and prof.gateway
@@ -138,7 +140,7 @@ def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[s
     """Bring BRIDGE to what nsrun makes of it, from whatever a crash left: the link (made
     when missing), nsrun's alias, the MTU, the address, the uplink port, up. Idempotent: each
     piece is set only when it differs."""
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     idx = netlink.index(ipr, bridge)
     made = idx is None
@@ -182,7 +184,7 @@ def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[s
 
 
 def _ensure_lan(s: Setup) -> None:
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     prof, ipr = s.prof, s.ipr
     assert prof.bridge
@@ -279,7 +281,7 @@ def remove_if_unused(bridge: str) -> bool:
             if net.firewall is not None:
                 # Its rules outlive this record by no moment: the firewall step of the
                 # namespace that left last may have run while another still held a lease.
-                firewall.retire(bridge, net)
+                masquerade.retire(bridge, net)
             if net.rp_filter is not None:
                 try:
                     sysctl.write(sysctl.iface_key(bridge, "rp_filter"), net.rp_filter)
@@ -287,7 +289,7 @@ def remove_if_unused(bridge: str) -> bool:
                     pass
             record.remove_net(bridge)
             if net.mode == "nat":
-                firewall.forwarding_restore()  # a crash may have cut the firewall step's short
+                masquerade.forwarding_restore()  # a crash may have cut the firewall step's short
         for fn in ("last_reserved", ".last_reserved.tmp"):
             state.remove(base / fn)
         try:
@@ -305,7 +307,7 @@ def remove_if_unused(bridge: str) -> bool:
 def _delete(bridge: str, uplink: str | None, uplink_up: bool | None = None) -> bool:
     """Delete a bridge nsrun created, unless ports other than its uplink remain; the uplink
     is released (no master, as nsrun found it) and, if it was down then, set down again."""
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     with netlink.IPRoute() as ipr:
         idx = netlink.index(ipr, bridge)
@@ -325,4 +327,4 @@ def orphans(scan: Scan) -> list[Action]:
     """Bridges nsrun set up that no lease uses."""
     return [Action(f"bridge {bridge}'s shared pieces", "no namespace uses it",
                    partial(remove_if_unused, bridge))
-            for bridge in scan.bridges if not lease.FileStore(bridge).any_taken()]
+            for bridge in scan.bridges if not allocator.FileStore(bridge).any_taken()]

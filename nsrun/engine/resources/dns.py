@@ -34,7 +34,8 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from nsrun import netns, state
+from nsrun.linux import netns
+from nsrun import state
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError, UsageError

@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
-from nsrun import lease, names, netns, state
+from nsrun.engine import allocator
+from nsrun import names, state
+from nsrun.linux import netns
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
@@ -28,18 +30,18 @@ STEP = "lease"
 def create(s: Setup) -> None:
     prof = s.prof
     assert prof.bridge is not None
-    store = lease.FileStore(prof.bridge)
+    store = allocator.FileStore(prof.bridge)
     if prof.mode == "nat":
-        addr = lease.allocate(store, prof.pool(), s.name)
+        addr = allocator.allocate(store, prof.pool(), s.name)
     else:
         addr = netns.in_thread(lambda: _claim_on_lan(store, s), enter=s.name)
     s.update(address=str(ipaddress.IPv4Address(addr)))
     s.held.close()  # the bridge lock: this namespace holds a lease now
 
 
-def _claim_on_lan(store: lease.FileStore, s: Setup) -> int:
+def _claim_on_lan(store: allocator.FileStore, s: Setup) -> int:
     """Bridge mode, inside the namespace: lease an address nothing on the LAN answers for."""
-    from nsrun import arp, netlink
+    from nsrun.linux import arp, netlink
 
     prof = s.prof
     with netlink.IPRoute() as inner:
@@ -53,7 +55,7 @@ def _claim_on_lan(store: lease.FileStore, s: Setup) -> int:
             return True
         return not arp.probe(names.INNER_IFNAME, str(ipaddress.IPv4Address(a)), prof.probe_ms)
 
-    return lease.allocate(store, prof.pool(), s.name, usable)
+    return allocator.allocate(store, prof.pool(), s.name, usable)
 
 
 def _wait_carrier() -> None:
@@ -80,7 +82,7 @@ def remove(rec: NsRecord) -> None:
     """Release REC's lease (its address when recorded, else any its name holds)."""
     if not rec.bridge:
         return
-    store = lease.FileStore(rec.bridge)
+    store = allocator.FileStore(rec.bridge)
     if rec.name not in store.taken().values():
         return  # nothing of REC's (only REC's holder, us, makes its lease): no lock to write
     with store.lock():
@@ -94,7 +96,7 @@ def remove(rec: NsRecord) -> None:
 def unused(bridge: str) -> Iterator[state.Lock | None]:
     """BRIDGE's lock, yielded when no namespace holds a lease on it (None when one does, or
     when nsrun has nothing of BRIDGE): for taking its shared pieces away."""
-    store = lease.FileStore(bridge)
+    store = allocator.FileStore(bridge)
     if not (store.base / "lock").exists():
         # Everything nsrun keeps for BRIDGE is made under this lock, whose file goes last:
         # without it there is nothing to take away (a directory at most, left by a lock
@@ -112,7 +114,7 @@ def unused(bridge: str) -> Iterator[state.Lock | None]:
 def orphans(scan: Scan) -> list[Action]:
     out = []
     for bridge in scan.bridges:
-        for addr, owner in lease.FileStore(bridge).taken().items():
+        for addr, owner in allocator.FileStore(bridge).taken().items():
             if owner not in scan.records:  # a stale record's leases go with its teardown
                 ip = str(ipaddress.IPv4Address(addr))
                 out.append(Action(f"lease {bridge}/{ip}", f"owner {owner} is gone",
@@ -121,7 +123,7 @@ def orphans(scan: Scan) -> list[Action]:
 
 
 def _release_orphan(bridge: str, addr: int, owner: str) -> bool:
-    store = lease.FileStore(bridge)
+    store = allocator.FileStore(bridge)
     with store.lock():
         if record.read(owner) is not None or store.taken().get(addr) != owner:
             return False  # an owner that came back meanwhile, or released already

@@ -9,7 +9,7 @@ over is the engine's to judge (nsrun.engine.gc).
 
 from __future__ import annotations
 
-from nsrun import netns
+from nsrun.linux import netns
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 
@@ -17,7 +17,7 @@ STEP = "netns"
 
 
 def inside(s: Setup) -> None:
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     with netlink.IPRoute() as ipr:
         ipr.link("set", index=1, state="up")

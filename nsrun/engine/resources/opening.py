@@ -27,7 +27,7 @@ from __future__ import annotations
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
-from nsrun.engine.resources import firewall as fw_resource
+from nsrun.engine.resources import masquerade as fw_resource
 from nsrun.errors import NsrunError
 
 STEP = "foreign"

@@ -24,7 +24,7 @@ import socket
 from functools import partial
 from typing import Any
 
-from nsrun import sysctl
+from nsrun.linux import sysctl
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
@@ -75,7 +75,7 @@ def create(s: Setup) -> None:
 def remove(rec: NsRecord) -> None:
     if not rec.routes or rec.address is None:
         return
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     with netlink.IPRoute() as ipr:
         for dst in rec.routes:
@@ -84,7 +84,7 @@ def remove(rec: NsRecord) -> None:
 
 def _delete(ipr: Any, dst: str, gateway: str) -> None:
     """Delete nsrun's route to DST via GATEWAY; quietly nothing when it is gone."""
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     try:
         ipr.route("del", dst=dst, gateway=gateway, proto=PROTO, table=MAIN_TABLE)
@@ -94,7 +94,7 @@ def _delete(ipr: Any, dst: str, gateway: str) -> None:
 
 
 def orphans(scan: Scan) -> list[Action]:
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     if not scan.bridges:
         return []
@@ -114,7 +114,7 @@ def orphans(scan: Scan) -> list[Action]:
 
 
 def _remove_orphan(dst: str, gateway: str) -> None:
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     if any(r.address == gateway for r in record.all_ns().values()):
         return  # a namespace took that address meanwhile: its route now

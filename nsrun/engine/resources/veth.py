@@ -33,7 +33,8 @@ import time
 from functools import partial
 from typing import Any
 
-from nsrun import names, netns, sysctl
+from nsrun import names
+from nsrun.linux import netns, sysctl
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
@@ -43,7 +44,7 @@ STEP = "veth"
 
 
 def inside(s: Setup) -> None:
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     assert s.rec.veth is not None
     sysctl.write("net/ipv6/conf/default/disable_ipv6", "1")
@@ -67,7 +68,7 @@ def inside(s: Setup) -> None:
 
 def create(s: Setup) -> None:
     """Plug the host end into the bridge, with nsrun's alias."""
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     veth, ipr = s.rec.veth, s.ipr
     assert veth is not None and s.prof.bridge is not None
@@ -166,7 +167,7 @@ def link_alias(ifname: str) -> str | None:
 
 
 def orphans(scan: Scan) -> list[Action]:
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     out = []
     with netlink.IPRoute() as ipr:

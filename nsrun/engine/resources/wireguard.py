@@ -29,7 +29,9 @@ import os
 from functools import partial
 from typing import Any
 
-from nsrun import fault, names, netns, wireguard
+from nsrun import fault, names
+from nsrun.linux import netns
+from nsrun.engine import wgdevice
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
@@ -53,23 +55,23 @@ def prepare(s: Setup) -> None:
 
 
 def create(s: Setup) -> None:
-    from nsrun import netlink
+    from nsrun.linux import netlink
     from nsrun.wgconf import WgConfig
 
     conf = s.data[STEP]
     assert isinstance(conf, WgConfig)
-    impl = "kernel" if wireguard.kernel_available() else "userspace"
+    impl = "kernel" if wgdevice.kernel_available() else "userspace"
     ifname = names.wg_ifname(s.name)
     s.update(wireguard=impl)  # before the first change
     ipr = s.ipr
     delete_link(ifname)  # a crashed setup's, by its derived name (nothing when absent)
     if impl == "userspace":
-        pid, start = wireguard.start_userspace(ifname)
+        pid, start = wgdevice.start_userspace(ifname)
         s.update(wg_pid=pid, wg_start=start)
         fault.checkpoint("wg-started")
-        wireguard.configure_userspace(ifname, conf)
+        wgdevice.configure_userspace(ifname, conf)
     else:
-        wireguard.kernel_create(ipr, ifname, conf)
+        wgdevice.kernel_create(ipr, ifname, conf)
         fault.checkpoint("wg-started")
     fault.checkpoint("wg-configured")
     idx = netlink.index(ipr, ifname)
@@ -84,7 +86,7 @@ def create(s: Setup) -> None:
     finally:
         os.close(ns_fd)
     fault.checkpoint("wg-moved")
-    netns.in_thread(lambda: wireguard.configure_inside(ifname, conf), enter=s.name)
+    netns.in_thread(lambda: wgdevice.configure_inside(ifname, conf), enter=s.name)
     fault.checkpoint("wg-inside")
     if conf.dns:
         s.update(dns=True)  # before the file: a crash while it is written leaves a record of it
@@ -100,12 +102,12 @@ def remove(rec: NsRecord) -> None:
     ifname = names.wg_ifname(rec.name)
     # Daemons serving the derived name here, in the host's namespace (where they were started;
     # one elsewhere serves some other host's namespace of the same name).
-    procs = {(pid, start) for pid, start, _ in wireguard.processes(ifname) if wireguard.in_this_namespace(pid)}
-    if rec.wg_pid is not None and wireguard.alive(rec.wg_pid, rec.wg_start):
+    procs = {(pid, start) for pid, start, _ in wgdevice.processes(ifname) if wgdevice.in_this_namespace(pid)}
+    if rec.wg_pid is not None and wgdevice.alive(rec.wg_pid, rec.wg_start):
         procs.add((rec.wg_pid, rec.wg_start))
     for pid, start in procs:
-        wireguard.stop(pid, start)
-    wireguard.remove_stale_socket(ifname)
+        wgdevice.stop(pid, start)
+    wgdevice.remove_stale_socket(ifname)
     delete_link(ifname)  # still in the host's namespace when the setup died before the move
     if rec.dns:
         dns.remove_files(rec.name)
@@ -119,7 +121,7 @@ def orphans(scan: Scan) -> list[Action]:
     setup that died before the move), links here whose alias names a namespace that is
     gone, UAPI sockets no daemon listens on. What may be another state directory's setup in
     progress (its namespace exists, or an unconfigured tun younger than SETUP_GRACE) is left."""
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     recorded = {names.wg_ifname(n) for n in scan.records}
     owners: dict[str, str | None] = {}  # nsrun-named links here -> the namespace in their alias
@@ -131,8 +133,8 @@ def orphans(scan: Scan) -> list[Action]:
                 owners[ifname] = alias[len(names.IFALIAS_PREFIX):] if alias.startswith(names.IFALIAS_PREFIX) else None
     out: list[Action] = []
     taken: set[str] = set()
-    for pid, start, ifname in wireguard.processes():
-        if ifname in recorded or ifname not in owners or not wireguard.in_this_namespace(pid):
+    for pid, start, ifname in wgdevice.processes():
+        if ifname in recorded or ifname not in owners or not wgdevice.in_this_namespace(pid):
             continue  # recorded, or its tun was moved: it serves a namespace, and goes with it
         owner = owners[ifname]
         if owner is not None and netns.exists(owner):
@@ -147,15 +149,15 @@ def orphans(scan: Scan) -> list[Action]:
             out.append(Action(f"link {ifname}", f"its namespace {owner} is gone",
                               partial(_reclaim, owner, ifname, None, None)))
     try:
-        socks = sorted(os.listdir(wireguard.SOCKET_DIR))
+        socks = sorted(os.listdir(wgdevice.SOCKET_DIR))
     except OSError:
         socks = []
     for fn in socks:
         ifname = fn[:-5]
         if fn.endswith(".sock") and names.is_wg_ifname(ifname) and ifname not in recorded | taken:
-            if not wireguard.uapi_ready(wireguard.socket_path(ifname)):
-                out.append(Action(wireguard.socket_path(ifname), "no wireguard-go listens on it",
-                                  partial(wireguard.remove_stale_socket, ifname)))
+            if not wgdevice.uapi_ready(wgdevice.socket_path(ifname)):
+                out.append(Action(wgdevice.socket_path(ifname), "no wireguard-go listens on it",
+                                  partial(wgdevice.remove_stale_socket, ifname)))
     return out
 
 
@@ -169,8 +171,8 @@ def _reclaim(owner: str | None, ifname: str, pid: int | None, start: int | None)
     """Stop PID and delete IFNAME's link here, re-checked under OWNER's lock when known."""
     def act() -> None:
         if pid is not None:
-            wireguard.stop(pid, start)
-        wireguard.remove_stale_socket(ifname)
+            wgdevice.stop(pid, start)
+        wgdevice.remove_stale_socket(ifname)
         delete_link(ifname)
 
     if owner is None:
@@ -186,5 +188,5 @@ def status(rec: NsRecord) -> dict[str, Any] | None:
     """For `nsrun ls`: see nsrun.wireguard.status. None for a namespace without WireGuard."""
     if rec.wireguard is None:
         return None
-    return wireguard.status(rec.name, rec.wireguard)
+    return wgdevice.status(rec.name, rec.wireguard)
 

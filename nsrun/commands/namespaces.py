@@ -19,7 +19,8 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = _ENV,
     """OUT and ERR (default: this process's stdout and stderr) take what is printed: the
     service (nsrun.service) hands writers that send it to its client. OWNER_UID: the caller
     without root the service makes NAME for (its policy's "own" namespaces)."""
-    from nsrun import engine, privilege
+    from nsrun import engine
+    from nsrun.process import privilege
     from nsrun import profile as profiles
     from nsrun.names import check_name
 
@@ -41,7 +42,7 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = _ENV,
         print(f"{name} is already up (profile {rec.profile}{',' + where if where else ''})", file=out)
     else:
         print(f"{name} is up: profile {rec.profile}{where}", file=out)
-    from nsrun import hostresolver
+    from nsrun.process import hostresolver
 
     missing = hostresolver.no_resolver(rec)
     if missing:
@@ -81,8 +82,8 @@ def say_notices(notices: list[str], err: TextIO | None = None) -> None:
 
 def doctor(as_json: bool) -> int:
     """Would each profile work on this host? Changes nothing; exit 0 only when all would."""
-    from nsrun import doctor as doctor_mod
-    from nsrun import privilege
+    from nsrun.commands import doctor as doctor_mod
+    from nsrun.process import privilege
 
     privilege.require_root(state_dir=False)  # reading the firewall needs CAP_NET_ADMIN
     findings = doctor_mod.run(requested_firewall(), system_bus())
@@ -101,7 +102,8 @@ def doctor(as_json: bool) -> int:
 
 
 def down(name: str, grace: float, refuse_busy: bool, out: TextIO | None = None) -> int:
-    from nsrun import engine, privilege
+    from nsrun import engine
+    from nsrun.process import privilege
 
     privilege.require_root()
     if engine.down(name, grace=grace, refuse_busy=refuse_busy):
@@ -113,7 +115,7 @@ def gc(dry_run: bool, out: TextIO | None = None, err: TextIO | None = None) -> i
     """Print each action before it is applied, and after it when its re-check under its
     lock found it no longer left over (so it was kept); a failing one is reported and gc
     goes on (exit 1 at the end)."""
-    from nsrun import privilege
+    from nsrun.process import privilege
     from nsrun.engine import gc as engine_gc
     from nsrun.engine.context import Action
 
@@ -139,7 +141,8 @@ def gc(dry_run: bool, out: TextIO | None = None, err: TextIO | None = None) -> i
 
 
 def ls(as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    from nsrun import listing, netns
+    from nsrun.commands import listing
+    from nsrun.linux import netns
 
     out = out or sys.stdout
     rows = listing.collect()

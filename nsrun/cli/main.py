@@ -74,7 +74,7 @@ def complete(what: str) -> int:
 
         names = [name for name, _ in profile.available()]
     elif what == "namespaces":
-        from nsrun import netns
+        from nsrun.linux import netns
 
         names = netns.names()
     elif what == "commands":
@@ -107,14 +107,14 @@ def _fast_exec(args: list[str]) -> list[str] | None:
         user, rest = rest[0].partition("=")[2], rest[1:]
     if rest[:1] != ["--"] or len(rest) < 2:
         return None
-    from nsrun import client
+    from nsrun.process import client
 
     code = client.exec_in(args[1], rest[1:], user)  # through the service, when one listens
     if code is not None:
         _exit(code)
-    from nsrun import run
+    from nsrun.process import supervise
 
-    run.exec_in(args[1], rest[1:], user)
+    supervise.exec_in(args[1], rest[1:], user)
     return []  # not reached: exec_in execs or raises
 
 
@@ -196,7 +196,7 @@ def _through_service(args: list[str]) -> int | None:
     msg = _service_form(args)
     if msg is None:
         return None
-    from nsrun import client
+    from nsrun.process import client
 
     return client.command(msg)
 
@@ -219,32 +219,32 @@ def main(argv: list[str] | None = None) -> int:
         if args[0] == "shell" and os.environ.get("NSRUN_DAEMON") != "0":
             form = _shell_form(args)
             if form is not None:
-                from nsrun import client
+                from nsrun.process import client
 
                 served = client.shell(*form)
                 if served is not None:  # a root caller's shell was exec'd: only others get here
                     _exit(served)
         if args[0] == "ls" and args[1:] in ([], ["--json"]):  # no typer: fast, and for any user
-            from nsrun import commands
+            from nsrun.commands import namespaces
 
-            return commands.ls(as_json=bool(args[1:]))
+            return namespaces.ls(as_json=bool(args[1:]))
         if args[0] == "__complete":
             return complete(args[1] if len(args) > 1 else "")
         if args[0].startswith("-") and _wants_help(args):
             args = ["--help"]
         if args[0] in SUBCOMMANDS or args[0] in ("-h", "--help", "--version"):
-            from nsrun import app
+            from nsrun.cli import app
 
             return app.main(args)
         opts, cmd = parse_run(args)
-        from nsrun import client
+        from nsrun.process import client
 
         served = client.run(cmd, opts.get("profile"), opts.get("name"), opts.get("user"))
         if served is not None:  # a root caller's CMD was exec'd: only others get here
             _exit(served)
-        from nsrun import run
+        from nsrun.process import supervise
 
-        code = run.run(cmd, opts.get("profile"), opts.get("name"), opts.get("user"))
+        code = supervise.run(cmd, opts.get("profile"), opts.get("name"), opts.get("user"))
         # Everything is cleaned up and written: skip the interpreter's teardown (~10 ms).
         sys.stdout.flush()
         sys.stderr.flush()

@@ -45,7 +45,8 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from nsrun import fault, state, sysctl
+from nsrun import fault, state
+from nsrun.linux import sysctl
 from nsrun.engine import firewall, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
@@ -237,9 +238,9 @@ def orphans(scan: Scan) -> list[Action]:
 
 
 def _leased(bridge: str) -> bool:
-    from nsrun import lease
+    from nsrun.engine import allocator
 
-    return lease.FileStore(bridge).any_taken()
+    return allocator.FileStore(bridge).any_taken()
 
 
 def _gone(bridges: set[str]) -> set[str]:

@@ -25,7 +25,8 @@ import os
 import pwd
 import sys
 
-from nsrun import kernel, report
+from nsrun.linux import kernel
+from nsrun.process import report
 from nsrun.errors import UsageError
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from nsrun.hostresolver import Wiring
+    from nsrun.process.hostresolver import Wiring
 
 # The C module under `signal`: the same functions and constants as plain ints, without
 # signal.py's enums (importing enum costs a few ms on the exec path). No type stubs: Any.
@@ -108,7 +109,7 @@ def private_mounts(name: str, wiring: Wiring | None = None, known: bool = False,
     except OSError as exc:
         _warn(f"mount of /sys failed: {exc.strerror}")
     if hide_resolver is None:
-        from nsrun import hostresolver  # before the /etc/netns binds, which may land on its files
+        from nsrun.process import hostresolver  # before the /etc/netns binds, which may land on its files
 
         hostresolver.hide(name, wiring, known)
     else:
@@ -204,7 +205,7 @@ def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Ident
             kernel.setns(netns_fd, kernel.CLONE_NEWNET)
             os.close(netns_fd)
         else:
-            from nsrun import netns
+            from nsrun.linux import netns
 
             netns.enter(name)
         private_mounts(name, wiring, known)
@@ -243,7 +244,7 @@ def command_env(name: str, profile: str | None, address: str | None,
     user (IDENT), that user's desktop session where sudo stripped it (nsrun.desktop)."""
     env = dict(os.environ)
     if ident is not None:
-        from nsrun import desktop
+        from nsrun.process import desktop
 
         desktop.apply(env, ident.uid)
     env["NSRUN_NETNS"] = name

@@ -1,4 +1,4 @@
-"""`python -m nsrun.launcher PATH`: write nsrun's command at PATH (install.sh:
+"""`python -m nsrun.cli.launcher PATH`: write nsrun's command at PATH (install.sh:
 /usr/local/bin/nsrun), a launcher of nsrun's own rather than pip's console script.
 
 Every run pays for the interpreter's start before nsrun does anything, and most of what a
@@ -39,10 +39,10 @@ def site_paths(python: str) -> list[str]:
 
 def text(python: str, paths: list[str]) -> str:
     return (f"#!{python} -IS\n"
-            "# nsrun launcher (written by nsrun.launcher: see its docstring)\n"
+            "# nsrun launcher (written by nsrun.cli.launcher: see its docstring)\n"
             "import sys\n"
             f"sys.path += {paths!r}\n"
-            "from nsrun.cli import main\n"
+            "from nsrun.cli.main import main\n"
             "sys.exit(main())\n")
 
 
@@ -73,12 +73,12 @@ def write(path: str, python: str | None = None) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2) or argv[0].startswith("-"):
-        sys.stderr.write("usage: python -m nsrun.launcher PATH [PYTHON]\n")
+        sys.stderr.write("usage: python -m nsrun.cli.launcher PATH [PYTHON]\n")
         return 2
     try:
         write(argv[0], argv[1] if len(argv) == 2 else None)
     except (OSError, subprocess.CalledProcessError, ValueError, SyntaxError) as exc:
-        sys.stderr.write(f"nsrun.launcher: {argv[0]}: {exc}\n")
+        sys.stderr.write(f"nsrun.cli.launcher: {argv[0]}: {exc}\n")
         return 1
     return 0
 

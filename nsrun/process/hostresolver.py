@@ -30,7 +30,7 @@ import stat
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import: the exec path goes without it
 
-from nsrun import kernel
+from nsrun.linux import kernel
 
 if TYPE_CHECKING:
     from nsrun.engine.record import NsRecord

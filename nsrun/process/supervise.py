@@ -37,14 +37,16 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from nsrun import execution, kernel, names, netns, report, state
+from nsrun.process import execution, report
+from nsrun.linux import kernel, netns
+from nsrun import names, state
 from nsrun.engine import record
 from nsrun.errors import NsrunError, UsageError
 
 if TYPE_CHECKING:
-    from nsrun.notify import Relay
+    from nsrun.process.notify import Relay
     from nsrun.profile import Profile
-    from nsrun.terminal import Pty
+    from nsrun.process.terminal import Pty
 
 # Stop or continue the supervisor itself: never blocked, never passed on.
 STOPPERS = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT})
@@ -68,19 +70,20 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
         address = None
         profile_name = None
         if prof is not None:
-            from nsrun import commands, engine
+            from nsrun.commands import namespaces
+            from nsrun import engine
             from nsrun.engine import gc
 
-            firewall = commands.requested_firewall()  # NSRUN_FIREWALL: read here, not in the engine
+            firewall = namespaces.requested_firewall()  # NSRUN_FIREWALL: read here, not in the engine
             gc.quick()  # ephemeral namespaces whose nsrun was killed
             notices: list[str] = []
             rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner,
-                               firewall=firewall, notices=notices, bus=commands.system_bus(), lock=claim)
-            commands.say_notices(notices)
+                               firewall=firewall, notices=notices, bus=namespaces.system_bus(), lock=claim)
+            namespaces.say_notices(notices)
             address, profile_name = rec.address, rec.profile
             if group is not None:
                 # Only now, the record written: whoever reclaims this run finds the cgroup too.
-                from nsrun import cgroup
+                from nsrun.linux import cgroup
 
                 if cgroup.create(name) == group:
                     cgroup.enter(group)
@@ -230,18 +233,18 @@ def _supervise(argv: list[str], prof: Profile | None, name: str, ident: executio
     ttys = execution.terminal_fds() if detached else ()
     pty: Pty | None = None
     if ttys:
-        from nsrun import terminal
+        from nsrun.process import terminal
 
         assert ident is not None
         pty = terminal.Pty(ttys, ident.uid, ident.gid)
     relay: Relay | None = None
     if os.environ.get("NOTIFY_SOCKET", "").startswith("@"):  # abstract: CMD cannot reach it
-        from nsrun import notify
+        from nsrun.process import notify
 
         relay = notify.open_relay(ident.uid if ident else None, ident.gid if ident else None)
     group = None  # the run's cgroup, made by the child (nsrun.cgroup)
     if ephemeral and prof is not None:
-        from nsrun import cgroup
+        from nsrun.linux import cgroup
 
         group = cgroup.path_for(name)
     session = (pty.slave if pty is not None else None, ttys) if detached else None
@@ -292,7 +295,7 @@ def _supervise(argv: list[str], prof: Profile | None, name: str, ident: executio
                 code = 1
             died_of = None
         if group is not None:
-            from nsrun import cgroup
+            from nsrun.linux import cgroup
 
             cgroup.kill(group)  # what left the namespace but not the run (a root CMD may)
             cgroup.remove(group)
@@ -331,7 +334,7 @@ def end_by(signum: int) -> None:
 
 
 def run(argv: list[str], profile_spec: str | None, name: str | None, user: str | None) -> int:
-    from nsrun import privilege
+    from nsrun.process import privilege
 
     privilege.require_root()
     if not argv:
@@ -364,7 +367,7 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
     """`nsrun exec NAME -- CMD`: become CMD inside NAME; no supervisor is left behind,
     unless CMD runs as another user than root while nsrun has a terminal: then a
     supervisor stays to give CMD a session and pty of its own (see supervise)."""
-    from nsrun import privilege
+    from nsrun.process import privilege
 
     privilege.require_root()
     names.check_name(name)
@@ -399,7 +402,7 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
     The shell's exit status."""
     import pwd
 
-    from nsrun import privilege
+    from nsrun.process import privilege
 
     privilege.require_root()
     names.check_name(name)
@@ -415,13 +418,14 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
     if prof is None:  # NAME exists: enter it, change nothing
         exec_in(name, argv, user)
         return 1  # not reached: exec_in execs or raises
-    from nsrun import commands, engine
+    from nsrun.commands import namespaces
+    from nsrun import engine
 
     if keep:
         notices: list[str] = []
-        engine.up(name, prof, persistent=True, firewall=commands.requested_firewall(), notices=notices,
-                  bus=commands.system_bus())
-        commands.say_notices(notices)
+        engine.up(name, prof, persistent=True, firewall=namespaces.requested_firewall(), notices=notices,
+                  bus=namespaces.system_bus())
+        namespaces.say_notices(notices)
         sys.stderr.write(f"nsrun: created namespace {name} (profile {prof.name}); it stays after the "
                          f"shell exits (`nsrun down {name}` removes it)\n")
         exec_in(name, argv, user)

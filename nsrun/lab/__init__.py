@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from nsrun import kernel, netns, sysctl
+from nsrun.linux import kernel, netns, sysctl
 
 LAN = "192.168.1.0/24"
 HOST_ADDR = "192.168.1.10"
@@ -57,8 +57,8 @@ def _in_child(ns: str, func: Callable[[], None]) -> None:
 
 def _masquerade(out_if: str) -> Callable[[], None]:
     def apply() -> None:
-        from nsrun import iptc as iptc_loader
-        from nsrun import sysctl
+        from nsrun.linux import iptc as iptc_loader
+        from nsrun.linux import sysctl
 
         iptc = iptc_loader.load()
         sysctl.write("net.ipv4.ip_forward", "1")
@@ -117,7 +117,7 @@ NFT_BRIDGE_DROP = """table bridge filter {
 
 
 def _legacy_in_use() -> None:
-    from nsrun import iptc as iptc_loader
+    from nsrun.linux import iptc as iptc_loader
 
     iptc = iptc_loader.load()
     rule = iptc.Rule()
@@ -230,7 +230,7 @@ class Lab:
         return self
 
     def _build(self) -> None:
-        from nsrun import netlink
+        from nsrun.linux import netlink
 
         for ns in self.namespaces:
             netns.create(ns, lambda: None)
@@ -628,6 +628,3 @@ def main(argv: list[str]) -> int:
     print("usage: python -m nsrun.lab serve NETNS_PATH PORT | client [HOST]", file=sys.stderr)
     return 2
 
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

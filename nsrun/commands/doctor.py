@@ -12,7 +12,8 @@ The findings are data; nsrun.commands.doctor prints them.
 
 from __future__ import annotations
 
-from nsrun import profile, sysctl
+from nsrun import profile
+from nsrun.linux import sysctl
 from nsrun.engine.resources import dns
 from nsrun.errors import UsageError
 
@@ -24,7 +25,7 @@ def _finding(level: str, prof: str, what: str, fix: str = "") -> dict[str, str]:
 def _link_kind(name: str) -> str | None:
     """'bridge', another kind, '' for a link of no kind; None when NAME does not exist.
     Through netlink: /sys may be another namespace's (`nsenter --net` keeps the mounts)."""
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     with netlink.IPRoute() as ipr:
         idx = netlink.index(ipr, name)
@@ -127,7 +128,8 @@ def check_profile(prof: profile.Profile, requested: str | None, bus: str | None 
 
 def forwarding_findings(name: str) -> list[dict[str, str]]:
     """net.ipv4.ip_forward managed by someone else than nsrun (nsrun.forwarding)."""
-    from nsrun import forwarding, state
+    from nsrun.linux import forwarding
+    from nsrun import state
 
     out = []
     files = forwarding.sysctl_files()

@@ -140,7 +140,8 @@ def shell(name: str, profile: str | None, user: str | None, keep: bool) -> int |
     without the service (None), under the supervisor, as before."""
     if not connect_possible():
         return None
-    from nsrun import names, netns
+    from nsrun import names
+    from nsrun.linux import netns
 
     names.check_name(name)
     where = netns.path(name)
@@ -195,7 +196,7 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
     """CREATED: called with the profile when the service made the namespace (`shell`)."""
     if os.geteuid() != 0:
         return _not_root(msg)
-    from nsrun import execution, privilege
+    from nsrun.process import execution, privilege
 
     ident = execution.resolve_user(user)
     if ident is not None and (execution.terminal_fds() or execution.has_controlling_terminal()):
@@ -225,7 +226,7 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
                          f"{ns}; `nsrun -n {ns} -- CMD` relays it\n")
     sys.stderr.flush()
-    from nsrun.hostresolver import Wiring
+    from nsrun.process.hostresolver import Wiring
 
     execution.enter_and_exec(ns, msg["argv"], env, ident, netns_fd=fds[0],
                              wiring=Wiring.parse(ns, profile, reply.get("wiring")), known=True)
@@ -243,7 +244,7 @@ def _not_root(msg: dict[str, Any]) -> int | None:
     sock = connect()
     if sock is None:
         return None
-    from nsrun import terminal
+    from nsrun.process import terminal
 
     ttys = terminal.user_terminal_fds()
     master = slave = None
@@ -271,7 +272,7 @@ def _not_root(msg: dict[str, Any]) -> int | None:
                 os.close(master)  # CMD's terminal hangs up: CMD gets SIGHUP
                 master = None
                 sock.close()
-                from nsrun import run as run_mod
+                from nsrun.process import supervise as run_mod
 
                 run_mod.end_by(exc.signum)
                 return 128 + exc.signum
@@ -287,7 +288,7 @@ def _not_root(msg: dict[str, Any]) -> int | None:
     if reply.get("type") != "exit" or not isinstance(code, int):
         raise NsrunError("the nsrun service sent an unexpected reply")
     if isinstance(signo, int) and signo > 0:
-        from nsrun import run as run_mod
+        from nsrun.process import supervise as run_mod
 
         run_mod.end_by(signo)
     return code

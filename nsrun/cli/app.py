@@ -84,9 +84,9 @@ def up(name: str = NameArg,
 
     Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr
     """
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
-    return commands.up(name, profile)
+    return namespaces.up(name, profile)
 
 
 @app.command()
@@ -97,9 +97,9 @@ def down(name: str = NameArg,
 
     Processes still inside get SIGTERM, then SIGKILL after --grace seconds.
     """
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
-    return commands.down(name, grace, refuse_busy)
+    return namespaces.down(name, grace, refuse_busy)
 
 
 @app.command("exec")
@@ -110,9 +110,9 @@ def exec_(name: str = NameArg,
 
     Example: sudo nsrun exec blue -- ping -c1 192.168.1.1
     """
-    from nsrun import run
+    from nsrun.process import supervise
 
-    run.exec_in(name, list(cmd or []), user)
+    supervise.exec_in(name, list(cmd or []), user)
 
 
 @app.command()
@@ -124,9 +124,9 @@ def shell(name: str = NameArg, profile: Optional[str] = ProfileOpt,
 
     NSRUN_NETNS is set inside, for the prompt: PS1="[$NSRUN_NETNS] $PS1".
     """
-    from nsrun import run
+    from nsrun.process import supervise
 
-    return run.shell(name, profile, user, keep)
+    return supervise.shell(name, profile, user, keep)
 
 
 @app.command()
@@ -134,42 +134,42 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Findings as a JSO
     """Check, changing nothing, whether each profile would work on this host: the host's
     firewall (which chain drops forwarding, and whether nsrun can open it), the backend,
     br_netfilter, bridges and uplinks, DNS. Exit 0 only when every profile would work."""
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
-    return commands.doctor(as_json)
+    return namespaces.doctor(as_json)
 
 
 @app.command("ls")
 def ls_(as_json: bool = typer.Option(False, "--json", help="A JSON list of objects.")) -> int:
     """Namespaces: profile, kind, addresses, processes inside, traffic, age."""
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
-    return commands.ls(as_json)
+    return namespaces.ls(as_json)
 
 
 @app.command()
 def gc(dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; change nothing.")) -> int:
     """Reclaim what crashed runs left behind; never touches live runs or what nsrun did not make."""
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
-    return commands.gc(dry_run)
+    return namespaces.gc(dry_run)
 
 
 @profiles_app.callback()
 def profiles_list(ctx: typer.Context) -> None:
     """List profiles with mode and description; `profiles show NAME` prints one resolved."""
     if ctx.invoked_subcommand is None:
-        from nsrun import commands
+        from nsrun.commands import namespaces
 
-        commands.profiles_list()
+        namespaces.profiles_list()
 
 
 @profiles_app.command("show")
 def profiles_show(name: str = typer.Argument(..., metavar="PROFILE", help="Profile name or path.")) -> None:
     """Print profile NAME as it will be applied (defaults filled in), or its errors."""
-    from nsrun import commands
+    from nsrun.commands import namespaces
 
-    commands.profiles_show(name)
+    namespaces.profiles_show(name)
 
 
 @app.command()
@@ -181,7 +181,7 @@ def unit(name: str = typer.Argument(..., metavar="NAME", help="Service name: the
 
     Example: nsrun unit web -p gw1 -u nobody -- /usr/bin/python3 -m http.server 8080
     """
-    from nsrun import unit as unit_mod
+    from nsrun.commands import unit as unit_mod
 
     unit_mod.main(name, profile, user, list(cmd or []), install)
 
@@ -198,8 +198,8 @@ def daemon(ctx: typer.Context) -> int:
 @app.command()
 def demo() -> None:
     """The seed's scenario in a throwaway lab of namespaces: nothing outside it is touched."""
-    from nsrun import demo as demo_mod
-    from nsrun import privilege
+    from nsrun.commands import demo as demo_mod
+    from nsrun.process import privilege
 
     privilege.require_root(state_dir=False)  # the lab has a state directory of its own
     demo_mod.main()

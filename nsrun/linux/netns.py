@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from nsrun import kernel
+from nsrun.linux import kernel
 
 NETNS_DIR = "/run/netns"
 FIRST_SCANS = 4  # scans that find no process before a namespace counts as empty at once
@@ -185,7 +185,7 @@ def stop_processes(name: str, grace: float, kill_timeout: float = 5.0) -> bool:
     passes, for a process stuck in the kernel): a best effort against a process that
     forks in a loop, where cgroup.kill is exact. True when the namespace looks empty.
     """
-    from nsrun import cgroup
+    from nsrun.linux import cgroup
 
     ino = inode(name)
     if ino is None:

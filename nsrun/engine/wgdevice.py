@@ -31,7 +31,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from nsrun import names, state, sysctl
+from nsrun import names, state
+from nsrun.linux import sysctl
 from nsrun.errors import NsrunError, UsageError
 
 if TYPE_CHECKING:
@@ -261,7 +262,7 @@ def kernel_create(ipr: Any, ifname: str, conf: WgConfig) -> None:
 def configure_inside(ifname: str, conf: WgConfig) -> None:
     """In the target namespace: IPv6 off on the interface unless the config has a v6
     address; addresses, up; the default routes through the tunnel."""
-    from nsrun import netlink
+    from nsrun.linux import netlink
 
     v6 = conf.has_v6
     key = f"net/ipv6/conf/{ifname}/disable_ipv6"
@@ -317,7 +318,7 @@ def status(name: str, impl: str) -> dict[str, Any]:
             if peer is not None and key.startswith("last_handshake_time"):
                 peer["latest_handshake"] = (secs + nsecs / 1e9) if (secs or nsecs) else None
         return out
-    from nsrun import netns  # kernel: generic netlink inside the namespace (untested here)
+    from nsrun.linux import netns  # kernel: generic netlink inside the namespace (untested here)
 
     def read() -> list[Any]:
         from pyroute2.netlink.generic.wireguard import WireGuard

@@ -173,7 +173,8 @@ def _resolve_command(cmd0: str) -> str:
 
 def build(name: str, profile: str | None, user: str | None, cmd: list[str]) -> str:
     """Check the arguments and render the unit (UsageError on bad input)."""
-    from nsrun import execution, names
+    from nsrun.process import execution
+    from nsrun import names
     from nsrun import profile as profiles
 
     try:

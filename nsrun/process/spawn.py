@@ -50,7 +50,9 @@ import termios
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from nsrun import execution, hostresolver, kernel, names, netns
+from nsrun.process import execution, hostresolver
+from nsrun.linux import kernel, netns
+from nsrun import names
 from nsrun.engine import record
 from nsrun.errors import NsrunError, UsageError
 

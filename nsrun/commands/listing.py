@@ -16,7 +16,8 @@ import struct
 import time
 from typing import Any
 
-from nsrun import kernel, netns, state
+from nsrun.linux import kernel, netns
+from nsrun import state
 from nsrun.engine import record
 
 SIOCGIFCONF = 0x8912
@@ -150,9 +151,9 @@ def collect() -> list[dict[str, Any]]:
         else:
             row["addresses"] = live_addrs.get(name, [])
         if rec and rec.wireguard is not None:
-            from nsrun import wireguard
+            from nsrun.engine import wgdevice
 
-            wg = wireguard.status(name, rec.wireguard) if name in present else None
+            wg = wgdevice.status(name, rec.wireguard) if name in present else None
             row["wireguard"] = wg
             if wg is not None and wg["peers"]:
                 row["rx_bytes"] = sum(p["rx_bytes"] or 0 for p in wg["peers"])

@@ -1,0 +1,1 @@
+"""The command line: nsrun's one grammar, its dispatch, the typer help, the launcher."""

@@ -1,0 +1,1 @@
+"""The printing layer: one module per command, over the engine and the process side."""
