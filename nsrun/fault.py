@@ -3,9 +3,10 @@ right after setup step STEP, as a crash or `kill -9` would.
 
 The steps are the engine's: `record` (the record is written), each resource's SUBSTEPS
 (points inside its create, if it has any) and STEP after it is made (nsrun.engine.resources),
-and `ready`; `steps(mode)` lists those a profile of MODE passes through. While a namespace
+and `ready`; `nsrun.engine.resources.steps(mode)` lists those a profile of MODE passes
+through. While a namespace
 is taken down (by `down`, the end of a run, or gc): `undo-processes` (what ran inside is
-stopped) and `undo-STEP` after each resource's removal (`undo_steps(mode)`). Inside steps:
+stopped) and `undo-STEP` after each resource's removal (`resources.undo_steps(mode)`). Inside steps:
 `bridge-link` (the bridge link is made, nothing else of it yet) and `forwarding-restored`
 (ip_forward is put back, its saved value not yet removed). Any process: `state-write` (a
 state file is written to its temporary, not yet renamed into place: the first write of a
@@ -111,30 +112,3 @@ def trace_distinct(nth: int, log: str | None) -> None:
 def checkpoint(step: str) -> None:
     if os.environ.get("NSRUN_FAULT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def steps(mode: str | None = None) -> tuple[str, ...]:
-    """The steps of MODE's setup in order (of every mode's, when None)."""
-    from nsrun.engine import resources  # here: the resources import this module
-
-    out: list[str] = ["record"]
-    for r in resources.every() if mode is None else resources.for_mode(mode):
-        out.extend(getattr(r, "SUBSTEPS", ()))
-        out.append(r.STEP)
-    return (*out, "ready")
-
-
-def undo_steps(mode: str | None = None) -> tuple[str, ...]:
-    """The steps of taking a namespace of MODE down, in order (of every mode's, when None)."""
-    from nsrun.engine import resources
-
-    done = resources.every() if mode is None else resources.for_mode(mode)
-    return ("undo-processes", *(f"undo-{r.STEP}" for r in reversed(done)))
-
-
-def __getattr__(attr: str) -> Any:
-    if attr == "STEPS":  # computed on use
-        return steps()
-    if attr == "UNDO_STEPS":
-        return undo_steps()
-    raise AttributeError(attr)

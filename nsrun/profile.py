@@ -12,13 +12,11 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from nsrun.errors import ProfileError, UsageError
 from nsrun.names import ifname_problem
 
-if TYPE_CHECKING:
-    from nsrun.engine.record import NsRecord
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +34,9 @@ KEYS = (
 # Keys of one mode only, listed among the known keys when that mode is chosen.
 WIREGUARD_KEYS = ("wireguard",)
 FIREWALLS = ("nftables", "iptables")  # the firewall seam's backends (nsrun.engine.firewall)
+
+# Whom a profile path given on the command line is opened as: (uid, gid, groups).
+Reader = tuple[int, int, tuple[int, ...]]
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
     "nat": {"bridge", "subnet", "range", "gateway", "dns", "search", "host_resolver", "mtu", "forward",
@@ -116,6 +117,16 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
             out["routes"] = [str(r) for r in self.routes]
             out["firewall"] = self.firewall or "auto"
         return out
+
+
+def requested_firewall(value: str | None, what: str = "NSRUN_FIREWALL") -> str | None:
+    """A firewall backend asked for outside a profile (WHAT: NSRUN_FIREWALL, which the CLI
+    reads and the service's client sends): None when empty, else one of FIREWALLS."""
+    if not value:
+        return None
+    if value not in FIREWALLS:
+        raise UsageError(f"{what}: {value!r} is not one of {', '.join(FIREWALLS)}")
+    return value
 
 
 def _type_error(source: str, key: str, want: str, value: Any) -> ProfileError:
@@ -418,16 +429,16 @@ def find(spec: str) -> Path:
     )
 
 
-def read_checked(path: Path, source: str | None = None, as_caller: bool = False) -> str:
+def read_checked(path: Path, source: str | None = None, reader: Reader | None = None) -> str:
     """Read PATH, refusing (when running as root) files a non-root user could have written.
     Errors name SOURCE (default: PATH), e.g. the path as the user wrote it.
 
     The checks are made on the open file, so the file cannot be swapped between check and use.
-    AS_CALLER: open it with the sudo caller's rights (see _open_as_caller).
+    READER: open it with those ids' rights (see _open_as).
     """
     source = str(path) if source is None else source
     try:
-        fd = _open_as_caller(path) if as_caller else os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = _open_as(path, reader)
     except FileNotFoundError:
         raise UsageError(f"{source}: no such profile file") from None
     except OSError as exc:
@@ -459,22 +470,20 @@ def read_text(fd: int, source: str, limit: int = MAX_FILE_BYTES) -> str:
         raise ProfileError(source, None, f"is not UTF-8 text (byte {exc.start})") from None
 
 
-def _open_as_caller(path: Path) -> int:
-    """Open PATH, a profile path given on the command line, with the rights of the user who
-    ran `sudo nsrun` (SUDO_UID): root would otherwise read any file for them, and the errors
-    about it (does it exist? what is on line 3?) would show them what they may not read.
-    Root and non-sudo callers open it as themselves. The effective ids are switched and put
+def _open_as(path: Path, reader: Reader | None) -> int:
+    """Open PATH, a profile path given on the command line, with READER's rights (the user
+    who ran `sudo nsrun`, as the caller works it out): root would otherwise read any file
+    for them, and the errors about it (does it exist? what is on line 3?) would show them
+    what they may not read. None: as this process. The effective ids are switched and put
     back around the one open() (the real and saved uid stay root's)."""
-    from nsrun.process import execution
-
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-    caller = execution.resolve_user(None) if os.geteuid() == 0 else None
-    if caller is None:
+    if reader is None or os.geteuid() != 0:
         return os.open(path, flags)
+    uid, gid, groups = reader
     saved_groups = os.getgroups()
-    os.setgroups(list(caller.groups))
-    os.setegid(caller.gid)
-    os.seteuid(caller.uid)
+    os.setgroups(list(groups))
+    os.setegid(gid)
+    os.seteuid(uid)
     try:
         return os.open(path, flags)
     finally:
@@ -483,7 +492,8 @@ def _open_as_caller(path: Path) -> int:
         os.setgroups(saved_groups)
 
 
-def load(spec: str | None) -> Profile:
+def load(spec: str | None, reader: Reader | None = None) -> Profile:
+    """The profile SPEC names (a name on the search path, or a path, opened as READER)."""
     spec = spec or DEFAULT_PROFILE
     path = find(spec)
     name = path.stem if is_path_spec(spec) else spec
@@ -492,7 +502,7 @@ def load(spec: str | None) -> Profile:
     # Errors name the path as given (`./x.toml`, not `x.toml`); the profile's source, which
     # records compare, stays the path as before.
     try:
-        return parse(read_checked(path, spec, as_caller=True), str(path), name)
+        return parse(read_checked(path, spec, reader), str(path), name)
     except ProfileError as exc:
         raise ProfileError(spec, exc.key, exc.reason) from None
 
@@ -508,11 +518,3 @@ def available() -> list[tuple[str, Path]]:
         for p in entries:
             seen.setdefault(p.stem, p)
     return sorted(seen.items())
-
-
-def mismatch(name: str, rec: NsRecord | None, wanted: Profile) -> UsageError | None:
-    """The error for asking NAME, up per its record REC, to be of another profile."""
-    if rec is None or rec.profile_source == wanted.source:
-        return None
-    return UsageError(f"namespace {name} is up with profile {rec.profile}, not {wanted.name}; "
-                      f"`nsrun down {name}` first")

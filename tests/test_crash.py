@@ -11,7 +11,7 @@ import time
 import pytest
 
 import faultsweep
-from nsrun.fault import steps
+from nsrun.engine.resources import steps
 
 HOST_KINDS = ["legacy", "nftables", "docker"]
 

@@ -328,9 +328,9 @@ def test_firewalld_killed_at_each_setup_step_then_gc_leaves_nothing(lab):
     """SIGKILL after each step of a nat `up`, then gc: firewalld's zones and the whole
     ruleset as before (the fixture), the zone binding undone through the record."""
     _firewalld_only(lab)
-    from nsrun import fault
+    from nsrun.engine import resources
 
-    for step in fault.steps("nat"):
+    for step in resources.steps("nat"):
         r = lab.nsrun("up", "fwkill", "-p", "nat", env={"NSRUN_FAULT": step})
         assert r.returncode == -9, (step, r.stderr)
         if step == "ready":  # the setup had finished: up until `down`

@@ -115,18 +115,18 @@ def test_bridge_records_say_backend_rules_and_openings_and_older_ones_are_read()
     assert half is not None and half.firewall == "nftables" and not half.firewall_ok  # a crash between
 
 
-def test_nsrun_firewall_is_read_by_the_command_layer_and_checked(monkeypatch):
-    from nsrun.commands import namespaces
+def test_nsrun_firewall_is_read_by_the_command_line_and_checked(monkeypatch):
+    from nsrun.cli import environment
     from nsrun.engine import firewall
     from nsrun.errors import NsrunError, UsageError
 
     monkeypatch.setenv("NSRUN_FIREWALL", "nftables")
-    assert namespaces.requested_firewall() == "nftables"
+    assert environment.firewall() == "nftables"
     monkeypatch.setenv("NSRUN_FIREWALL", "")
-    assert namespaces.requested_firewall() is None
+    assert environment.firewall() is None
     monkeypatch.setenv("NSRUN_FIREWALL", "pf")
     with pytest.raises(UsageError, match="NSRUN_FIREWALL: 'pf' is not one of nftables, iptables"):
-        namespaces.requested_firewall()
+        environment.firewall()
     with pytest.raises(NsrunError, match="unknown firewall backend 'pf'"):
         firewall.choose("pf")
     assert firewall.choose("iptables") == "iptables"
@@ -149,10 +149,9 @@ def test_bad_nsrun_firewall_is_exit_2_before_anything(tmp_path):
 
 
 def test_the_opening_is_a_resource_of_both_wired_modes_with_its_fault_step():
-    from nsrun import fault
     from nsrun.engine import resources
     from nsrun.engine.resources import masquerade, opening
 
     assert resources.MODES["nat"].index(opening) == resources.MODES["nat"].index(masquerade) + 1
     assert resources.MODES["bridge"].index(opening) == 1
-    assert "foreign" in fault.STEPS and hasattr(opening, "prepare")  # refuses before anything is made
+    assert "foreign" in resources.steps() and hasattr(opening, "prepare")  # refuses before anything is made

@@ -15,7 +15,7 @@ import pytest
 from conftest import CLIENT, write_profile
 from nsrun import lab as labmod
 from nsrun import names
-from nsrun.fault import undo_steps
+from nsrun.engine.resources import undo_steps
 
 
 def _gc_until_clean(lab) -> None:

@@ -343,11 +343,11 @@ def test_install_never_replaces_a_unit_nsrun_did_not_write(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["bad/name", "-p", "gw1", "--", "/bin/true"], "invalid service name 'bad/name'"),
-    (["web", "-p", "gw1"], "missing command"),
+    (["web", "-p", "gw1"], "missing `-- CMD`"),
     (["web", "-p", "no-such-profile", "--", "/bin/true"], "unknown profile"),
     (["web", "-p", "gw1", "-u", "no-such-user-xyz", "--", "/bin/true"], "unknown user"),
     (["web", "-p", "gw1", "--", "no-such-command-xyz"], "command not found"),
-    (["web", "-p", "gw1", "--frobnicate", "--", "/bin/true"], "No such option: --frobnicate"),
+    (["web", "-p", "gw1", "--frobnicate", "--", "/bin/true"], "unknown option '--frobnicate'"),
     (["web", "-p", "gw1", "-p", "nat", "--", "/bin/true"], "given twice"),
 ])
 def test_cli_errors_are_usage_errors(args, message):

@@ -306,12 +306,12 @@ def test_profile_wireguard_refusals(text: str, want: str) -> None:
 
 def test_profiles_show_summarises_the_file_without_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from nsrun.commands import namespaces
+    from nsrun.commands import catalog
 
     conf = write(tmp_path / "w.conf", GOOD, 0o600)
     write(tmp_path / "w.toml", f'mode = "wireguard"\nwireguard = "{conf}"\n', 0o644)
     monkeypatch.setenv("NSRUN_PROFILE_PATH", str(tmp_path))
-    namespaces.profiles_show("w")
+    catalog.show("w")
     out = capsys.readouterr().out
     assert f"wireguard = '{conf}'" in out
     assert "# wireguard address = 10.2.0.2/32, fd00:2::2/128, 10.3.0.2/32" in out
@@ -319,7 +319,7 @@ def test_profiles_show_summarises_the_file_without_keys(tmp_path: Path, monkeypa
     for key in (PRIV, PUB, PSK, PUB2):
         assert key not in out and base64.b64decode(key).hex() not in out
     os.chmod(conf, 0o644)
-    namespaces.profiles_show("w")
+    catalog.show("w")
     assert "# wireguard file INVALID: " in capsys.readouterr().out
 
 

@@ -23,7 +23,7 @@ from conftest import CLIENT
 from nsrun import names
 from nsrun.linux import netns
 from nsrun import lab as lab_mod
-from nsrun.fault import steps
+from nsrun.engine.resources import steps
 
 pytestmark = pytest.mark.skipif(not shutil.which("wireguard-go") or not shutil.which("wg"),
                                 reason="needs wireguard-go and wireguard-tools (Debian packages)")

@@ -1,4 +1,4 @@
-"""`nsrun demo`: the seed's scenario, end to end, in a throwaway lab of namespaces.
+"""`nsrun demo`: two programs, two gateways, end to end, in a throwaway lab of namespaces.
 
 Builds the lab (nsrun.lab), then, inside the lab host and with the bundled profiles:
 the host's own connection, a nat run, and two runs at once through gw1 and gw2. Each
@@ -28,7 +28,11 @@ def _line(label: str, proc: subprocess.Popen[str]) -> bool:
     return False
 
 
-def main() -> None:
+def demo() -> int:
+    """Build the lab, show each run's gateway, remove the lab; NsrunError when a step failed."""
+    from nsrun.process import privilege
+
+    privilege.require_root(state_dir=False)  # the lab has a state directory of its own
     lab = labmod.Lab()
     statedir = f"/run/nsrun-demo-{lab.id}"
     env = dict(os.environ, NSRUN_STATE_DIR=statedir, NSRUN_PROFILE_PATH=str(profile.bundled_dir()))
@@ -63,3 +67,4 @@ def main() -> None:
         from nsrun.errors import NsrunError
 
         raise NsrunError("the demo did not complete")
+    return 0

@@ -7,7 +7,7 @@ Findings come in two levels:
   chain of the host's firewall it will open, and that it closes it again).
 Each finding names what it found and the fix. Reading the firewall takes no legacy table
 into use: legacy tables are read only when /proc/net/ip_tables_names lists them.
-The findings are data; nsrun.commands.doctor prints them.
+The findings are data (`run`); `doctor` prints them.
 """
 
 from __future__ import annotations
@@ -164,3 +164,26 @@ def run(requested: str | None, bus: str | None = None) -> list[dict[str, str]]:
             continue
         findings.extend(check_profile(prof, requested, bus, fwd))
     return findings
+
+
+def doctor(as_json: bool, firewall: str | None = None, bus: str | None = None) -> int:
+    """`nsrun doctor [--json]`: would each profile work on this host (FIREWALL asked for,
+    firewalld on BUS)? Changes nothing; exit 0 only when all would."""
+    import json
+
+    from nsrun.process import privilege
+
+    privilege.require_root(state_dir=False)  # reading the firewall needs CAP_NET_ADMIN
+    findings = run(firewall, bus)
+    problems = [f for f in findings if f["level"] == "problem"]
+    if as_json:
+        print(json.dumps({"ok": not problems, "findings": findings}, indent=1))
+    else:
+        for f in findings:
+            fix = f" (fix: {f['fix']})" if f["fix"] else ""
+            print(f"{f['profile']}: {f['level']}: {f['what']}{fix}")
+        if problems:
+            print(f"{len(problems)} problem(s): the profiles named above would not work")
+        else:
+            print("all clear: every profile would work on this host")
+    return 1 if problems else 0

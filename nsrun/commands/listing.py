@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from nsrun.linux import kernel, netns
 from nsrun import state
@@ -242,3 +242,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in shown) for i in range(len(head) - 1)]
     return "\n".join("  ".join(f"{c:<{w}}" for c, w in zip(row[:-1], widths)) + "  " + row[-1]
                      for row in shown)
+
+
+def ls(as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`nsrun ls [--json]`, printed to OUT (a note to ERR when the records are unreadable)."""
+    import json
+    import sys
+
+    out = out or sys.stdout
+    rows = collect()
+    if rows and rows[0]["managed"] is None or not rows and not readable():
+        (err or sys.stderr).write("nsrun: note: not root: nsrun's records are not readable, so only the names in "
+                         f"{netns.NETNS_DIR} are shown, without profiles or other users' processes "
+                         "(sudo nsrun ls shows all)\n")
+    if as_json:
+        print(json.dumps(rows, indent=1), file=out)
+    elif not rows:
+        print("no namespaces", file=out)
+    else:
+        print(table(rows), file=out)
+    return 0

@@ -183,7 +183,7 @@ def build(name: str, profile: str | None, user: str | None, cmd: list[str]) -> s
         raise UsageError(str(exc).replace("namespace name", "service name")) from None
     if not cmd:
         raise UsageError(f"missing command; usage: {USAGE}")
-    profiles.load(profile)  # must load now, or the service would fail at start
+    profiles.load(profile, execution.profile_reader())  # must load now, or the service would fail at start
     spec = profile or profiles.DEFAULT_PROFILE
     if profiles.is_path_spec(spec):
         spec = os.path.abspath(spec)  # systemd starts services in /
@@ -262,14 +262,16 @@ def install(name: str, text: str, directory: str | None = None) -> tuple[Path, b
     return path, replaced
 
 
-def main(name: str, profile: str | None, user: str | None, cmd: list[str], install_it: bool) -> None:
+def unit(name: str, profile: str | None, user: str | None, cmd: list[str], install_it: bool) -> int:
+    """`nsrun unit NAME [-p P] [-u U] [--install] -- CMD`: print the unit, or write it."""
     text = build(name, profile, user, cmd)
     if not install_it:
         sys.stdout.write(text)
-        return
+        return 0
     path, replaced = install(name, text)
     unit = unit_name(name)
     print(f"{'replaced' if replaced else 'wrote'} {path}")
     print(f"next: systemctl daemon-reload && systemctl enable --now {unit}")
     if replaced:
         print(f"      (already running? systemctl restart {unit})")
+    return 0

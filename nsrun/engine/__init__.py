@@ -45,13 +45,35 @@ class Busy(NsrunError):
     pass
 
 
+def mismatch(name: str, rec: NsRecord | None, wanted: Profile) -> UsageError | None:
+    """The error for asking NAME, up per its record REC, to be of another profile."""
+    if rec is None or rec.profile_source == wanted.source:
+        return None
+    return UsageError(f"namespace {name} is up with profile {rec.profile}, not {wanted.name}; "
+                      f"`nsrun down {name}` first")
+
+
+def profile_for(name: str | None, spec: str | None, load: Callable[[str | None], Profile]) -> Profile | None:
+    """The profile to make NAME with when it is missing (or ephemeral: NAME None), loaded
+    by LOAD(SPEC); None when NAME exists, after checking that SPEC, if given, is the
+    profile it is up with. (LOAD is the caller's: the engine reads no profile path.)"""
+    if name is None or not netns.exists(name):
+        return load(spec)
+    if spec is not None:
+        error = mismatch(name, record.read(name), load(spec))
+        if error:
+            raise error
+    return None
+
+
 EPHEMERAL_DRAWS = 16
 
 
 def claim_ephemeral() -> tuple[str, state.Lock]:
     """A name for an ephemeral namespace that is no one else's, and its lock, held: under
     it, NAME has no record and no namespace. Hand the lock to `up` (LOCK=), which releases
-    it; a claim not used is released with `abandon()` (its lock file goes).
+    it; a claim not used is released with `abandon()` (its lock file goes). `up(None, ...)`
+    claims for its caller.
 
     Ephemeral names are drawn at random (names.ephemeral_name: 32 bits), so two runs may
     draw one name; this claim, not the odds, is what keeps them apart: the second draws
@@ -77,33 +99,30 @@ def claim_ephemeral() -> tuple[str, state.Lock]:
     raise NsrunError(f"no free ephemeral namespace name in {EPHEMERAL_DRAWS} draws")
 
 
-def up_ephemeral(prof: Profile, *, owner: dict[str, Any], firewall: str | None = None,
-                 notices: list[str] | None = None, bus: str | None = None) -> NsRecord:
-    """An ephemeral namespace of PROF under a name claimed for it (claim_ephemeral): its
-    record (`.name`). OWNER, FIREWALL, NOTICES, BUS: as for `up`."""
-    name, claim = claim_ephemeral()
-    try:
-        rec, _ = up(name, prof, persistent=False, owner=owner, firewall=firewall, notices=notices, bus=bus,
-                    lock=claim)
-    finally:
-        claim.abandon()  # when up did not take it
-    return rec
-
-
-def up(name: str, prof: Profile, *, persistent: bool,
+def up(name: str | None, prof: Profile, *, persistent: bool,
        owner: dict[str, Any] | None = None, firewall: str | None = None,
        notices: list[str] | None = None, bus: str | None = None,
        lock: state.Lock | None = None) -> tuple[NsRecord, bool]:
-    """Bring NAME up per PROF: (its record, whether it was up already). Idempotent for a
-    live NAME of PROF. OWNER (state.me()) marks an ephemeral run's supervisor; its
-    `owner_uid`, a namespace made for a caller without root (the service's policy path). FIREWALL: the
-    backend the caller asks for (a profile's `firewall` wins). BUS: the system bus's address,
-    where firewalld is asked to let a nat bridge through (None: not asked). NOTICES, when given, gets what
-    this setup opened in the host's own firewall (only the setup that opens a bridge's way
-    reports it: once per bridge) and what it left as found (a resolv.conf that is not
-    nsrun's), one line each, for the caller to say. LOCK: NAME's lock, held already (an
-    ephemeral name's claim: claim_ephemeral); up releases it."""
-    from nsrun import profile
+    """Bring NAME up per PROF: (its record, whether it was up already). The one way every
+    caller (a run, `up`, the service, its policy path and its pool) brings a namespace up.
+
+    Idempotent for a live NAME of PROF. NAME None: an ephemeral namespace under a name
+    claimed for it (claim_ephemeral; the record's `.name`). OWNER (state.me()) marks an
+    ephemeral run's supervisor; its `owner_uid`, a namespace made for a caller without root.
+    FIREWALL: the backend the caller asks for (a profile's `firewall` wins). BUS: the system
+    bus's address, where firewalld is asked to let a nat bridge through (None: not asked).
+    NOTICES, when given, gets what this setup opened in the host's own firewall (once per
+    bridge) and what it left as found (a resolv.conf that is not nsrun's), one line each,
+    for the caller to say. LOCK: NAME's lock, held already (a claim); up releases it."""
+    if name is None:  # ephemeral: a name claimed for it (claim_ephemeral), its lock held
+        if persistent or lock is not None:
+            raise ValueError("an ephemeral namespace is neither persistent nor locked beforehand")
+        name, lock = claim_ephemeral()
+        try:
+            return up(name, prof, persistent=False, owner=owner, firewall=firewall, notices=notices, bus=bus,
+                      lock=lock)
+        finally:
+            lock.abandon()  # when up did not take it
     from nsrun.engine import resources
     from nsrun.engine.context import Setup
 
@@ -118,7 +137,7 @@ def up(name: str, prof: Profile, *, persistent: bool,
             if rec is None:
                 raise UsageError(f"namespace {name} exists and was not made by nsrun (use `nsrun exec {name}`)")
             if rec.state == "up":
-                error = profile.mismatch(name, rec, prof)
+                error = mismatch(name, rec, prof)
                 if error:
                     raise error
                 return rec, True

@@ -113,15 +113,13 @@ def command(msg: dict[str, Any]) -> int | None:
     return code
 
 
-def _firewall() -> str | None:
-    return os.environ.get("NSRUN_FIREWALL") or None
-
-
-def run(argv: list[str], profile: str | None, name: str | None, user: str | None) -> int | None:
+def run(argv: list[str], profile: str | None, name: str | None, user: str | None,
+        firewall: str | None = None) -> int | None:
     """`nsrun [-p P] [-n N] [-u U] -- CMD` through the service: execs CMD (never returns)
-    for root, the exit status for others, or None to work without the service."""
+    for root, the exit status for others, or None to work without the service. FIREWALL:
+    the backend asked for (NSRUN_FIREWALL, read by the CLI), sent on."""
     msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
-                           "firewall": _firewall()}
+                           "firewall": firewall}
     return _enter("run", msg, name, user)
 
 
@@ -131,7 +129,8 @@ def exec_in(name: str, argv: list[str], user: str | None) -> int | None:
     return _enter("exec", msg, name, user)
 
 
-def shell(name: str, profile: str | None, user: str | None, keep: bool) -> int | None:
+def shell(name: str, profile: str | None, user: str | None, keep: bool,
+          firewall: str | None = None) -> int | None:
     """`nsrun shell NAME` through the service: the shell as `nsrun -n NAME -- SHELL` runs it;
     an existing NAME is entered and left as it was. A caller without root: a NAME the
     request makes goes again when the shell ends (`remove`: the service waits for the shell
@@ -147,7 +146,7 @@ def shell(name: str, profile: str | None, user: str | None, keep: bool) -> int |
     where = netns.path(name)
     argv = [_shell_of(user)]
     msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
-                           "firewall": _firewall()}
+                           "firewall": firewall}
     if os.geteuid() != 0:
         existed = os.path.lexists(where)
         if not existed:

@@ -84,6 +84,15 @@ def resolve_user(user: str | None, environ: dict[str, str] | os._Environ[str] = 
                     pw.pw_name, pw.pw_dir)
 
 
+def profile_reader() -> tuple[int, int, tuple[int, ...]] | None:
+    """Whom a profile path on the command line is opened as (nsrun.profile.load's READER):
+    the sudo caller, when root runs nsrun under sudo; None (this process) otherwise."""
+    if os.geteuid() != 0:
+        return None
+    ident = resolve_user(None)
+    return (ident.uid, ident.gid, ident.groups) if ident is not None else None
+
+
 def _warn(msg: str) -> None:
     os.write(2, f"nsrun: warning: {msg}\n".encode())
 

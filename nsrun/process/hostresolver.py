@@ -62,6 +62,11 @@ class Wiring:
         return {"mode": rec.mode, "dns": rec.dns, "host_resolver": rec.host_resolver}
 
     @classmethod
+    def from_record(cls, rec: NsRecord) -> Wiring:
+        """What REC says, as `hide` reads it (a record just written: not read again)."""
+        return cls(rec.name, rec.profile, rec.mode, rec.dns, rec.host_resolver)
+
+    @classmethod
     def parse(cls, name: str, profile: str | None, data: object) -> Wiring | None:
         if not isinstance(data, dict):
             return None

@@ -13,7 +13,7 @@ nsrun with CMD, and its shell sees the job stop) and reads them from a signalfd,
 records name the sender. A signal sent by a process (`kill`, systemd) is passed on to
 CMD, unless the sender is inside the run's namespace (CMD itself or its children: what
 they send to nsrun's process group has reached CMD already). A signal the kernel sent
-(a terminal's ^C, ^\, hangup, window change) is not passed on when CMD shares nsrun's
+(a terminal's ^C, ^\\, hangup, window change) is not passed on when CMD shares nsrun's
 process group: the terminal signalled CMD's group, which is nsrun's, so CMD has it
 already and a second copy would interrupt its cleanup. When CMD runs in a session of its
 own (another user than root: see execution.detach), the terminal's INT, QUIT and HUP
@@ -42,6 +42,7 @@ from nsrun.linux import kernel, netns
 from nsrun import names, state
 from nsrun.engine import record
 from nsrun.errors import NsrunError, UsageError
+from nsrun.process.hostresolver import Wiring
 
 if TYPE_CHECKING:
     from nsrun.process.notify import Relay
@@ -58,9 +59,9 @@ SUPERVISED = frozenset(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIG
 def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, Any],
            argv: list[str], ident: execution.Identity | None, report_fd: int, parent: int,
            session: tuple[int | None, tuple[int, ...]] | None, group: str | None,
-           claim: state.Lock | None) -> None:
+           claim: state.Lock | None, firewall: str | None, bus: str | None) -> None:
     """In the forked child: set up (when PROF is given; under CLAIM, an ephemeral NAME's
-    lock), then become CMD. Never returns."""
+    lock; FIREWALL and BUS as engine.up takes them), then become CMD. Never returns."""
     code = 1
     try:
         execution.reset_signals()  # the setup dies of what is passed on to it, as CMD would
@@ -69,18 +70,18 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             os._exit(1)
         address = None
         profile_name = None
+        wiring = None
         if prof is not None:
-            from nsrun.commands import namespaces
             from nsrun import engine
             from nsrun.engine import gc
 
-            firewall = namespaces.requested_firewall()  # NSRUN_FIREWALL: read here, not in the engine
             gc.quick()  # ephemeral namespaces whose nsrun was killed
             notices: list[str] = []
             rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner,
-                               firewall=firewall, notices=notices, bus=namespaces.system_bus(), lock=claim)
-            namespaces.say_notices(notices)
+                               firewall=firewall, notices=notices, bus=bus, lock=claim)
+            say(notices)
             address, profile_name = rec.address, rec.profile
+            wiring = Wiring.from_record(rec)  # what the mounts need of it: not read again
             if group is not None:
                 # Only now, the record written: whoever reclaims this run finds the cgroup too.
                 from nsrun.linux import cgroup
@@ -90,12 +91,13 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
         else:
             found = record.read(name)
             address, profile_name = (found.address, found.profile) if found else (None, None)
+            wiring = Wiring.from_record(found) if found else None
         report.up(report_fd, address)
         env = execution.command_env(name, profile_name, address, ident)
         if env.get("WATCHDOG_PID") == str(parent):  # systemd's watchdog is CMD's to serve
             env["WATCHDOG_PID"] = str(os.getpid())
         execution.enter_and_exec(name, argv, env, ident, report_fd=report_fd, parent_pid=parent,
-                                 session=session)
+                                 session=session, wiring=wiring, known=True)
     except NsrunError as exc:
         code = exc.exit_code
         report.error(report_fd, code, str(exc))
@@ -205,8 +207,10 @@ class _Wait:
 
 
 def supervise(argv: list[str], prof: Profile | None, name: str | None,
-              ident: execution.Identity | None) -> tuple[int, int | None]:
-    """Run ARGV in NAME (ephemeral when None; created per PROF when missing).
+              ident: execution.Identity | None, firewall: str | None = None,
+              bus: str | None = None) -> tuple[int, int | None]:
+    """Run ARGV in NAME (ephemeral when None; created per PROF when missing, FIREWALL and
+    BUS as engine.up takes them).
 
     Returns nsrun's exit status and, when CMD died of a signal, that signal (which the
     caller should end by: `end_by`)."""
@@ -219,14 +223,14 @@ def supervise(argv: list[str], prof: Profile | None, name: str | None,
 
         name, claim = engine.claim_ephemeral()
     try:
-        return _supervise(argv, prof, name, ident, claim)
+        return _supervise(argv, prof, name, ident, claim, firewall, bus)
     finally:
         if claim is not None:
             claim.abandon()  # not handed over: nothing was forked to use it
 
 
 def _supervise(argv: list[str], prof: Profile | None, name: str, ident: execution.Identity | None,
-               claim: state.Lock | None) -> tuple[int, int | None]:
+               claim: state.Lock | None, firewall: str | None, bus: str | None) -> tuple[int, int | None]:
     ephemeral = claim is not None
     owner = state.me()
     detached = ident is not None  # another user than root: a session (and terminal) of its own
@@ -258,7 +262,8 @@ def _supervise(argv: list[str], prof: Profile | None, name: str, ident: executio
         os.close(sigfd)
         if pty is not None:
             os.close(pty.master)
-        _child(name, prof, not ephemeral, owner, argv, ident, w, owner["owner_pid"], session, group, claim)
+        _child(name, prof, not ephemeral, owner, argv, ident, w, owner["owner_pid"], session, group, claim,
+               firewall, bus)
     if claim is not None:
         claim.hand_over()  # the child's setup holds NAME's lock now, and releases it
     os.close(w)
@@ -333,7 +338,10 @@ def end_by(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
-def run(argv: list[str], profile_spec: str | None, name: str | None, user: str | None) -> int:
+def run(argv: list[str], profile_spec: str | None, name: str | None, user: str | None,
+        firewall: str | None = None, bus: str | None = None) -> int:
+    """`nsrun [-p P] [-n N] [-u U] -- CMD` without the service: CMD's exit status (or the
+    end by CMD's signal). FIREWALL, BUS: as engine.up takes them (the CLI reads them)."""
     from nsrun.process import privilege
 
     privilege.require_root()
@@ -342,25 +350,25 @@ def run(argv: list[str], profile_spec: str | None, name: str | None, user: str |
     if name is not None:
         names.check_name(name)
     ident = execution.resolve_user(user)
-    prof = _profile_for(name, profile_spec)
-    code, died_of = supervise(argv, prof, name, ident)
+    prof = profile_for(name, profile_spec)
+    code, died_of = supervise(argv, prof, name, ident, firewall, bus)
     if died_of is not None:
         end_by(died_of)
     return code
 
 
-def _profile_for(name: str | None, spec: str | None) -> Profile | None:
-    """The profile to create NAME with when it is missing (or ephemeral); None when NAME
-    exists, after checking that SPEC, if given, is the profile it is up with."""
-    from nsrun import profile
+def profile_for(name: str | None, spec: str | None) -> Profile | None:
+    """engine.profile_for, a path SPEC read with the sudo caller's rights."""
+    from nsrun import engine, profile
 
-    if name is None or not netns.exists(name):
-        return profile.load(spec)
-    if spec is not None:
-        error = profile.mismatch(name, record.read(name), profile.load(spec))
-        if error:
-            raise error
-    return None
+    reader = execution.profile_reader()
+    return engine.profile_for(name, spec, lambda s: profile.load(s, reader))
+
+
+def say(notices: list[str]) -> None:
+    """What a setup opened in the host's firewall (engine.up's NOTICES), a line each."""
+    for line in notices:
+        sys.stderr.write(line + "\n")
 
 
 def exec_in(name: str, argv: list[str], user: str | None) -> None:
@@ -394,7 +402,8 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
     execution.enter_and_exec(name, argv, env, ident)
 
 
-def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = False) -> int:
+def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = False,
+          firewall: str | None = None, bus: str | None = None) -> int:
     """`nsrun shell NAME`: the user's shell inside NAME. An existing NAME is entered and left
     as it was. A missing NAME is created (per PROFILE) and, unless KEEP, removed again when
     the shell exits: the shell then runs under the supervisor (supervise()), which waits for
@@ -407,7 +416,7 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
     privilege.require_root()
     names.check_name(name)
     ident = execution.resolve_user(user)
-    prof = _profile_for(name, profile_spec)
+    prof = profile_for(name, profile_spec)
     sh = os.environ.get("SHELL", "")
     if not sh and ident is not None:
         try:
@@ -418,14 +427,12 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
     if prof is None:  # NAME exists: enter it, change nothing
         exec_in(name, argv, user)
         return 1  # not reached: exec_in execs or raises
-    from nsrun.commands import namespaces
     from nsrun import engine
 
     if keep:
         notices: list[str] = []
-        engine.up(name, prof, persistent=True, firewall=namespaces.requested_firewall(), notices=notices,
-                  bus=namespaces.system_bus())
-        namespaces.say_notices(notices)
+        engine.up(name, prof, persistent=True, firewall=firewall, notices=notices, bus=bus)
+        say(notices)
         sys.stderr.write(f"nsrun: created namespace {name} (profile {prof.name}); it stays after the "
                          f"shell exits (`nsrun down {name}` removes it)\n")
         exec_in(name, argv, user)
@@ -433,7 +440,7 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
     sys.stderr.write(f"nsrun: creating namespace {name} (profile {prof.name}); it is removed when the "
                      f"shell exits (--keep keeps it)\n")
     try:
-        code, died_of = supervise(argv, prof, name, ident)
+        code, died_of = supervise(argv, prof, name, ident, firewall, bus)
     finally:
         if netns.exists(name) or record.read(name) is not None:
             engine.down(name)

@@ -136,7 +136,8 @@ class Pool:
             for key in wanted:
                 try:
                     prof = profiles.load(key)
-                    name = engine.up_ephemeral(prof, owner=self.owner, firewall=self.firewall, bus=self.bus).name
+                    name = engine.up(None, prof, persistent=False, owner=self.owner, firewall=self.firewall,
+                                     bus=self.bus)[0].name
                 except Exception as exc:
                     log(f"pool: making a namespace of profile {key} failed: {exc}; retrying in 5 s")
                     with self.lock:

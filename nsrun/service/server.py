@@ -10,14 +10,17 @@ own NsrunError, and anything unexpected is logged with its traceback and answere
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
 import traceback
+from typing import Any
 
 from nsrun import wire
 from nsrun.errors import NsrunError
-from nsrun.service import handlers
+from nsrun.service import handlers, userpath
+from nsrun.service.callers import Caller, Context, same_netns
 from nsrun.service.runs import log
 
 REQUEST_TIMEOUT = 10.0
@@ -25,13 +28,13 @@ SEND_TIMEOUT = 30.0
 MAX_CLIENTS = 512
 
 
-def peer(conn: socket.socket) -> handlers.Caller:
+def peer(conn: socket.socket) -> Caller:
     raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
-    return handlers.Caller(uid, gid, pid)
+    return Caller(uid, gid, pid)
 
 
-def serve_one(ctx: handlers.Context, conn: socket.socket) -> None:
+def serve_one(ctx: Context, conn: socket.socket) -> None:
     """Read one request from CONN, answer it, close CONN."""
     fds: list[int] = []
     try:
@@ -46,7 +49,7 @@ def serve_one(ctx: handlers.Context, conn: socket.socket) -> None:
             if msg["type"] != "status":
                 with ctx_lock:
                     ctx.requests += 1
-            handlers.dispatch(ctx, conn, caller, msg, fds)
+            dispatch(ctx, conn, caller, msg, fds)
             fds = []  # the handler owns them now (closed or passed on)
         except wire.ProtocolError as exc:
             log(f"bad request from uid {caller.uid} (pid {caller.pid}): {exc}")
@@ -63,6 +66,26 @@ def serve_one(ctx: handlers.Context, conn: socket.socket) -> None:
     finally:
         wire.close_all(fds)
         conn.close()
+
+
+def dispatch(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any], fds: list[int]) -> None:
+    """MSG of CALLER to its handler: root's (nsrun.service.handlers), or the policy path's
+    for everyone else (nsrun.service.userpath)."""
+    kind = msg["type"]
+    if kind == "status":
+        wire.close_all(fds)
+        wire.send(conn, {"type": "status", "runs": ctx.runs.live(), "requests": ctx.requests,
+                         "pid": os.getpid(), "pool": ctx.pool.ready() if ctx.pool else 0})
+        return
+    if kind not in wire.REQUESTS:
+        raise wire.ProtocolError(f"unknown request type {kind!r}")
+    if caller.uid != 0:
+        userpath.serve(ctx, conn, caller, msg, fds)
+        return
+    same_netns(caller)
+    if fds:
+        raise wire.ProtocolError("a root caller's request carries no descriptors")
+    handlers.HANDLERS[kind](ctx, conn, caller, msg)
 
 
 def _reply_error(conn: socket.socket, code: int, message: str) -> None:
@@ -100,7 +123,7 @@ class Active:
 ACTIVE = Active()
 
 
-def serve_forever(ctx: handlers.Context, sock: socket.socket) -> None:
+def serve_forever(ctx: Context, sock: socket.socket) -> None:
     slots = threading.BoundedSemaphore(MAX_CLIENTS)
     while True:
         try:

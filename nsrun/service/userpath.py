@@ -1,4 +1,4 @@
-"""Callers without root (nsrun.service.handlers.NON_ROOT): what /etc/nsrun/policy.toml
+"""Callers without root (the server's dispatch sends them here): what /etc/nsrun/policy.toml
 lets them do, done by the service, with CMD started by the service as the caller.
 
 Who the caller is comes from SO_PEERCRED (uid, gid, pid) and the user database (its
@@ -23,23 +23,23 @@ signal.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nsrun import wire
 from nsrun.errors import UsageError
+from nsrun.service import handlers
+from nsrun.service.callers import Caller, Context, firewall_of, pin_caller, run_command, same_netns
 from nsrun.service.runs import Run, log
 
 if TYPE_CHECKING:
     from nsrun.engine.record import NsRecord
     from nsrun.service.policy import Caller as PolicyCaller
     from nsrun.service.policy import Policy
-    from nsrun.service.handlers import Caller, Context
 
 # What a client may pass on to the CMD the service started for it (what a terminal or a
 # `kill` sends a process; never SIGKILL/SIGSTOP, which would bypass CMD's own cleanup).
@@ -65,14 +65,12 @@ def hang_up_all() -> int:
 
 
 def serve(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any], fds: list[int]) -> None:
-    """NON_ROOT: answer MSG for CALLER (uid != 0). Owns FDS."""
+    """Answer MSG for CALLER (uid != 0), as the policy allows. Owns FDS."""
     try:
         kind = msg["type"]
         if kind == "ls":
             _no_fds(fds)
-            from nsrun.service import handlers
-
-            handlers.same_netns(caller)
+            same_netns(caller)
             handlers.ls(ctx, conn, caller, msg)
             return
         if kind in ("gc", "signal"):
@@ -80,9 +78,8 @@ def serve(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]
                 "no program started by the service runs on this connection"
             _refuse(caller, kind, what)
         from nsrun.service import policy as policies
-        from nsrun.service import handlers
 
-        handlers.same_netns(caller)
+        same_netns(caller)
         try:
             pol = policies.load(ctx.policy)
         except UsageError as exc:
@@ -160,10 +157,9 @@ def _owner_uid(name: str) -> int | None:
 
 def _up(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
         msg: dict[str, Any]) -> None:
-    from nsrun.commands import namespaces
     from nsrun import names
+    from nsrun.commands import namespaces
     from nsrun.linux import netns
-    from nsrun.service import handlers
 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
@@ -176,15 +172,14 @@ def _up(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, po
             _check(caller, "up", pol.may_create(who, name))
             _within_limit(caller, who, pol, "up")
         _check(caller, "up", pol.may_run(who, prof))
-        firewall = handlers._firewall(msg)
-        handlers._command(conn, lambda out, err: namespaces.up(
-            name, prof, firewall=firewall, out=out, err=err, owner_uid=caller.uid))  # type: ignore[arg-type]
+        firewall = firewall_of(msg)
+        run_command(conn, lambda out, err: namespaces.up(
+            name, prof, firewall=firewall, bus=ctx.bus, out=out, err=err, owner_uid=caller.uid))
 
 
 def _down(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
           msg: dict[str, Any]) -> None:
     from nsrun import names
-    from nsrun.service import handlers
 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
@@ -193,16 +188,31 @@ def _down(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, 
     handlers.down(ctx, conn, caller, msg)
 
 
-def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
-         msg: dict[str, Any], held: list[int]) -> None:
-    """A run or exec; HELD: the request's stdin, stdout and stderr, closed (and emptied)
-    as soon as CMD has its own copies, so that the client sees its pty or pipes end with CMD."""
-    from nsrun.linux import cgroup, netns
-    from nsrun import engine, names
-    from nsrun.process import spawn
-    from nsrun import profile as profiles
-    from nsrun.engine import record
-    from nsrun.service import handlers
+class _Request(NamedTuple):
+    """A run or exec of a caller without root, its fields checked."""
+
+    kind: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    tty: bool
+    name: str | None  # None: an ephemeral namespace
+    spec: str | None  # the profile asked for (runs only)
+    remove: bool  # `nsrun shell NAME`: a NAME made for CMD goes with it
+
+
+class _Place(NamedTuple):
+    """Where CMD runs: the namespace, its record, and when it was made for this CMD (it goes
+    when CMD ends), its cgroup and that it is watched."""
+
+    ns: str
+    rec: NsRecord | None
+    owned: bool = False
+    group: str | None = None
+
+
+def _request(caller: Caller, msg: dict[str, Any]) -> _Request:
+    from nsrun import names
 
     kind = msg["type"]
     argv = wire.field_argv(msg)
@@ -214,91 +224,106 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
     cwd = wire.field_str(msg, "cwd") or "/"
     if not os.path.isabs(cwd):
         raise wire.ProtocolError("field 'cwd' must be an absolute path")
-    tty = wire.field_bool(msg, "tty")
     name = wire.field_str(msg, "name")
     if name is not None:
         names.check_name(name)
-    spec = wire.field_str(msg, "profile") if kind == "run" else None
     if kind == "exec" and name is None:
         raise wire.ProtocolError("field 'name' is required")
-    ephemeral = name is None
-    remove = wire.field_bool(msg, "remove")  # `nsrun shell NAME`: a NAME made here goes with CMD
-    ns = name or ""  # an ephemeral run's: claimed in owned_up
-    pin: tuple[int, int | None] | None = None
-    group: str | None = None
-    rec: NsRecord | None = None
-    owned = False  # the namespace was made for this CMD, and goes when it ends
+    return _Request(kind, argv, env, cwd, wire.field_bool(msg, "tty"), name,
+                    wire.field_str(msg, "profile") if kind == "run" else None, wire.field_bool(msg, "remove"))
 
-    def owned_up(prof_name: str) -> NsRecord:
-        """NS brought up owned by the client (gc reclaims it should the service die), and
-        watched (the client gone, it goes)."""
-        nonlocal ns, pin, group, owned
-        prof = profiles.load(prof_name)
-        pin = handlers.pin_caller(conn, caller)  # the client: the run's owner
+
+def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
+           req: _Request, firewall: str | None) -> _Place:
+    """The namespace REQ's CMD runs in, as the policy allows: an ephemeral one made for it,
+    NAME entered, or NAME made (and, for `shell`, made for it)."""
+    from nsrun import engine
+    from nsrun import profile as profiles
+    from nsrun.engine import record
+    from nsrun.linux import netns
+
+    kind, ns = req.kind, req.name
+    if ns is None:
+        prof_name = _profile_name(caller, kind, req.spec)
+        _check(caller, kind, pol.may_run(who, prof_name))
+        _within_limit(caller, who, pol, kind)
+        return _owned_up(ctx, conn, caller, None, prof_name, firewall)
+    with ctx.name_lock(ns):
+        if netns.exists(ns):
+            rec = record.read(ns)
+            if req.spec is not None:
+                _profile_name(caller, kind, req.spec)
+            _check(caller, kind, pol.may_enter(who, ns, rec.owner_uid if rec else None))
+            if req.spec is not None:
+                error = engine.mismatch(ns, rec, profiles.load(req.spec))
+                if error:
+                    raise error
+            return _Place(ns, rec)
+        if kind == "exec":
+            raise UsageError(f"no namespace {ns} (`nsrun ls` lists them; `nsrun up {ns}` makes one)")
+        # `-n NAME -- CMD` with NAME missing: made, persistent, as without the service
+        prof_name = _profile_name(caller, kind, req.spec)
+        _check(caller, kind, pol.may_create(who, ns))
+        _check(caller, kind, pol.may_run(who, prof_name))
+        _within_limit(caller, who, pol, kind)
+        if req.remove:
+            return _owned_up(ctx, conn, caller, ns, prof_name, firewall)
+        rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True, owner={"owner_uid": caller.uid},
+                           firewall=firewall, bus=ctx.bus)
+        return _Place(ns, rec)
+
+
+def _owned_up(ctx: Context, conn: socket.socket, caller: Caller, name: str | None, prof_name: str,
+              firewall: str | None) -> _Place:
+    """NAME (ephemeral when None) brought up owned by the client (gc reclaims it should the
+    service die), and watched (the client gone, it goes): the watcher holds the client's
+    pidfd from then on."""
+    from nsrun import engine
+    from nsrun import profile as profiles
+    from nsrun.linux import cgroup
+
+    prof = profiles.load(prof_name)
+    pidfd, start = pin_caller(conn, caller)  # the client: the run's owner
+    try:
         ctx.runs.reserve(caller.uid)
-        owner = {"owner_pid": caller.pid, "owner_start": pin[1], "owner_uid": caller.uid}
+        owner = {"owner_pid": caller.pid, "owner_start": start, "owner_uid": caller.uid}
         try:
-            if ephemeral:
-                made = engine.up_ephemeral(prof, owner=owner, firewall=handlers._firewall(msg), bus=ctx.bus)
-                ns = made.name
-            else:
-                made, _ = engine.up(ns, prof, persistent=False, owner=owner, firewall=handlers._firewall(msg),
-                                    bus=ctx.bus)
+            made, _ = engine.up(name, prof, persistent=False, owner=owner, firewall=firewall, bus=ctx.bus)
         except BaseException:
             ctx.runs.release(caller.uid)
             raise
-        group = cgroup.create(ns)
-        ctx.runs.watch(Run(ns, made.created, caller.uid, pin[0], group))
-        owned = True
-        return made
+    except BaseException:
+        os.close(pidfd)
+        raise
+    group = cgroup.create(made.name)
+    ctx.runs.watch(Run(made.name, made.created, caller.uid, pidfd, group))
+    return _Place(made.name, made, owned=True, group=group)
+
+
+def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
+         msg: dict[str, Any], held: list[int]) -> None:
+    """A run or exec; HELD: the request's stdin, stdout and stderr, closed (and emptied)
+    as soon as CMD has its own copies, so that the client sees its pty or pipes end with CMD."""
+    from nsrun.process import spawn
 
     try:
-        with ctx.name_lock(ns) if not ephemeral else contextlib.nullcontext():
-            if ephemeral:
-                prof_name = _profile_name(caller, kind, spec)
-                _check(caller, kind, pol.may_run(who, prof_name))
-                _within_limit(caller, who, pol, kind)
-                rec = owned_up(prof_name)
-            elif netns.exists(ns):
-                rec = record.read(ns)
-                if spec is not None:
-                    _profile_name(caller, kind, spec)
-                _check(caller, kind, pol.may_enter(who, ns, rec.owner_uid if rec else None))
-                if spec is not None:
-                    error = profiles.mismatch(ns, rec, profiles.load(spec))
-                    if error:
-                        raise error
-            elif kind == "exec":
-                raise UsageError(f"no namespace {ns} (`nsrun ls` lists them; `nsrun up {ns}` makes one)")
-            else:  # `-n NAME -- CMD` with NAME missing: made, persistent, as without the service
-                prof_name = _profile_name(caller, kind, spec)
-                _check(caller, kind, pol.may_create(who, ns))
-                _check(caller, kind, pol.may_run(who, prof_name))
-                _within_limit(caller, who, pol, kind)
-                if remove:
-                    rec = owned_up(prof_name)
-                else:
-                    rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True,
-                                       owner={"owner_uid": caller.uid}, firewall=handlers._firewall(msg),
-                                       bus=ctx.bus)
-        env = {**env, "NSRUN_NETNS": ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",
+        req = _request(caller, msg)
+        place = _place(ctx, conn, caller, who, pol, req, firewall_of(msg))
+        rec = place.rec
+        env = {**req.env, "NSRUN_NETNS": place.ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",
                "NSRUN_ADDRESS": (rec.address if rec else None) or ""}
-        started = spawn.start(ns, argv, env, cwd, caller.uid, who.gid, who.groups,
-                              (held[0], held[1], held[2]), controlling_tty=tty, cgroup=group)
-    except BaseException:
-        if pin is not None and not owned:
-            os.close(pin[0])
-        raise
+        started = spawn.start(place.ns, req.argv, env, req.cwd, caller.uid, who.gid, who.groups,
+                              (held[0], held[1], held[2]), controlling_tty=req.tty, cgroup=place.group)
     finally:
         wire.close_all(held)
         held.clear()
     if started.failure is not None:
-        log(f"uid {caller.uid}: CMD did not start in {ns}: {started.failure[1]}")
+        log(f"uid {caller.uid}: CMD did not start in {place.ns}: {started.failure[1]}")
     with _live_lock:
         _live.add(started.pidfd)
     status = _wait(conn, caller, started)  # takes the pidfd out of _live before closing it
-    if owned and rec is not None:
-        ctx.runs.take_down(ns, rec.created, group)  # before the reply, as without the service
+    if place.owned and rec is not None:
+        ctx.runs.take_down(place.ns, rec.created, place.group)  # before the reply, as without the service
     try:
         wire.send(conn, {"type": "exit", "code": status.code, "signal": status.signal})
     except OSError:

@@ -42,8 +42,7 @@ import importlib
 from types import ModuleType
 
 from nsrun.errors import NsrunError
-
-NAMES = ("iptables", "nftables")
+from nsrun.profile import FIREWALLS
 
 
 def choose(requested: str | None = None) -> str:
@@ -51,8 +50,8 @@ def choose(requested: str | None = None) -> str:
     detect.choose() finds. NsrunError when neither can work here."""
     from nsrun.engine.firewall import detect
 
-    if requested is not None and requested not in NAMES:
-        raise NsrunError(f"unknown firewall backend {requested!r} (known: {', '.join(NAMES)})")
+    if requested is not None and requested not in FIREWALLS:
+        raise NsrunError(f"unknown firewall backend {requested!r} (known: {', '.join(FIREWALLS)})")
     try:
         return detect.choose(requested)
     except detect.NoBackend as exc:
@@ -60,6 +59,6 @@ def choose(requested: str | None = None) -> str:
 
 
 def backend(name: str) -> ModuleType:
-    if name not in NAMES:
-        raise NsrunError(f"unknown firewall backend {name!r} (known: {', '.join(NAMES)})")
+    if name not in FIREWALLS:
+        raise NsrunError(f"unknown firewall backend {name!r} (known: {', '.join(FIREWALLS)})")
     return importlib.import_module(f"{__name__}.{name}")

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 
-from nsrun.engine.firewall import NAMES
 from nsrun.engine.firewall import iptables as legacy
 from nsrun.engine.firewall import nftables
+from nsrun.profile import FIREWALLS
 
 IPTABLES_PATHS = ("/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables")
 
@@ -56,8 +56,8 @@ def nft_tables() -> list[tuple[str, str]]:
 
 def choose(requested: str | None = None) -> str:
     if requested:
-        if requested not in NAMES:
-            raise ValueError(f"unknown firewall backend {requested!r} (one of {', '.join(NAMES)})")
+        if requested not in FIREWALLS:
+            raise ValueError(f"unknown firewall backend {requested!r} (one of {', '.join(FIREWALLS)})")
         return requested
     have_nft = nftables.available()
     if have_nft and nft_tables():

@@ -47,3 +47,19 @@ def for_mode(mode: str) -> list[Resource]:
     """MODE's resources in the order they are made (every one for an unknown mode: a
     record that names none is taken down with all that may exist)."""
     return list(MODES.get(mode) or every())
+
+
+def steps(mode: str | None = None) -> tuple[str, ...]:
+    """The fault-injection steps of MODE's setup in order (nsrun.fault), of every mode's
+    when None: `record`, each resource's SUBSTEPS and STEP, `ready`."""
+    out: list[str] = ["record"]
+    for r in every() if mode is None else for_mode(mode):
+        out.extend(getattr(r, "SUBSTEPS", ()))
+        out.append(r.STEP)
+    return (*out, "ready")
+
+
+def undo_steps(mode: str | None = None) -> tuple[str, ...]:
+    """The steps of taking a namespace of MODE down, in order (of every mode's, when None)."""
+    done = every() if mode is None else for_mode(mode)
+    return ("undo-processes", *(f"undo-{r.STEP}" for r in reversed(done)))

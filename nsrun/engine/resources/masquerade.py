@@ -52,6 +52,7 @@ from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources.lease import unused
 from nsrun.errors import NsrunError
+from nsrun.profile import FIREWALLS
 
 STEP = "firewall"
 
@@ -175,7 +176,7 @@ def retire(bridge: str, net: NetRecord) -> None:
     from nsrun.engine.firewall import foreign
 
     if net.mode == "nat":
-        for name in [net.firewall] if net.firewall else firewall.NAMES:
+        for name in [net.firewall] if net.firewall else FIREWALLS:
             firewall.backend(name).remove(bridge)
     if net.dns_forward is not None:
         # The bridge is nsrun's (nat mode): its value is a new link's, the default's.
@@ -224,7 +225,7 @@ def orphans(scan: Scan) -> list[Action]:
             out.append(Action(f"firewall rules for {bridge}", "no namespace uses it",
                               partial(remove_if_unused, bridge)))
     known = set(scan.bridges)
-    for name in firewall.NAMES:  # neither looks by loading a legacy table or a missing library
+    for name in FIREWALLS:  # neither looks by loading a legacy table or a missing library
         for bridge in sorted(_gone(firewall.backend(name).bridges() - known)):
             out.append(Action(f"{name} rules for {bridge}", "their bridge is gone",
                               partial(_remove_gone, name, bridge)))

@@ -1,0 +1,128 @@
+"""What the service's handlers share: who the caller is (SO_PEERCRED, never the request),
+the per-name locks and counters (Context), the checks every request makes of its caller,
+and the writer that sends a command's output to the client (Sink). Both the root handlers
+(nsrun.service.handlers) and the policy path (nsrun.service.userpath) import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, TextIO, cast
+
+from nsrun import profile, state, wire
+from nsrun.errors import UsageError
+from nsrun.service.pool import Pool
+from nsrun.service.runs import Runs
+
+
+class Caller(NamedTuple):
+    uid: int
+    gid: int
+    pid: int
+
+
+class Context:
+    """What the handlers share: the runs watched, the per-name locks, counters."""
+
+    def __init__(self, runs: Runs | None = None, pool: Pool | None = None, **limits: Any) -> None:
+        self._locks: dict[str, list[Any]] = {}  # name: [its lock, how many hold or wait for it]
+        self._locks_lock = threading.Lock()
+        self.runs = runs or Runs(self.name_lock, **limits)
+        self.pool = pool
+        self.requests = 0
+        self.bus: str | None = None  # the system bus (firewalld), from the service's environment
+        self.policy = "/etc/nsrun/policy.toml"  # nsrun.policy.DEFAULT_PATH; `nsrun daemon --policy`
+
+    @contextlib.contextmanager
+    def name_lock(self, name: str) -> Iterator[None]:
+        """One request at a time per namespace name (the engine's file locks stay the
+        truth across processes; this keeps the service's own threads in line). A name's
+        lock is kept while someone holds or waits for it, no longer: every ephemeral run
+        has a name of its own, and a service runs for months."""
+        with self._locks_lock:
+            entry = self._locks.get(name)
+            if entry is None:
+                entry = self._locks[name] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._locks_lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[name]
+
+    def names_locked(self) -> int:
+        """How many names have a lock now (held or waited for)."""
+        with self._locks_lock:
+            return len(self._locks)
+
+
+class Sink:
+    """A text stream whose writes go to the client as `output` messages (on flush, and at
+    the end of the request)."""
+
+    def __init__(self, conn: socket.socket, stream: int) -> None:
+        self.conn, self.stream = conn, stream
+        self.buf: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.buf.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buf:
+            data, self.buf = "".join(self.buf), []
+            wire.send(self.conn, {"type": "output", "stream": self.stream, "data": data})
+
+
+def same_netns(caller: Caller) -> None:
+    """The caller runs in the service's network namespace: the state directory's records
+    describe that one (nsrun.state.check_root refuses the same without the service)."""
+    try:
+        theirs = os.stat(f"/proc/{caller.pid}/ns/net")
+    except OSError:
+        raise UsageError("the caller is gone") from None
+    ours = os.stat("/proc/self/ns/net")
+    if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+        raise UsageError("the nsrun service belongs to another network namespace than this process's: "
+                         "run nsrun from that one (e.g. the host's), not from inside a namespace")
+
+
+def firewall_of(msg: dict[str, Any]) -> str | None:
+    """The firewall backend a request asks for (its client's NSRUN_FIREWALL), checked."""
+    return profile.requested_firewall(wire.field_str(msg, "firewall"))
+
+
+def pin_caller(conn: socket.socket, caller: Caller) -> tuple[int, int | None]:
+    """A pidfd of the caller's process and its start time, opened while the caller still
+    waits on this connection (so the pid is still the caller's, not a reused one)."""
+    try:
+        pidfd = os.pidfd_open(caller.pid)
+    except OSError:
+        raise UsageError("the caller is gone") from None
+    start = state.process_start(caller.pid)
+    p = select.poll()
+    p.register(conn, select.POLLRDHUP | select.POLLHUP)
+    if p.poll(0) or start is None:
+        os.close(pidfd)
+        raise UsageError("the caller is gone")
+    return pidfd, start
+
+
+def run_command(conn: socket.socket, body: Callable[[TextIO, TextIO], int]) -> None:
+    """Run BODY (a command of nsrun.commands, given the two Sinks as its stdout and
+    stderr) and send its output, then its exit status."""
+    out, err = Sink(conn, 1), Sink(conn, 2)
+    try:
+        code = body(cast(TextIO, out), cast(TextIO, err))  # Sink writes as a text stream does
+    finally:
+        out.flush()
+        err.flush()
+    wire.send(conn, {"type": "exit", "code": code})
