@@ -5,7 +5,7 @@ the bench process builds the lab, then moves its *main thread's network namespac
 into the lab host (setns, what `nsenter --net=/run/netns/HOST` does), so every command
 it starts (nsrun, ip, unshare, iperf3) acts on the lab host and never on this machine's
 own network. The bench has a mount namespace of its own (slave to the machine's) with
-private tmpfs mounts on /run/netns and /etc/netns (nsrun.lab.private_dir): the lab's
+private tmpfs mounts on /run/netns and /etc/netns (tests/support/mounts.py): the lab's
 namespaces and nsrun's DNS files are mounted there only, and nothing of them stays on the
 machine, not even the /run/netns mount `ip netns add` makes. Moving the bench process itself (instead of prefixing each command with nsenter) keeps nsenter's
 ~1 ms exec out of every measurement.
@@ -39,11 +39,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for where in (REPO, REPO / "tests"):  # nsrun, and the tests' harness (support.mounts)
+    if str(where) not in sys.path:
+        sys.path.insert(0, str(where))
 
+from nsrun.lab import Lab  # noqa: E402
 from nsrun.linux import kernel, netns  # noqa: E402
-from nsrun.lab import Lab, mounted_elsewhere, private_dir  # noqa: E402
+from support.mounts import mounted_elsewhere, private_dir  # noqa: E402
 
 PY = sys.executable
 BUSY_AT_START: float | None = None

@@ -100,13 +100,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session go, unless another test session has its own mount there still (removing the
     directory would detach that, see SESSION_MOUNTS; the last session to end removes it)."""
     from nsrun.linux import kernel
-    from nsrun import lab as lab_mod
+    from support.mounts import mounted_elsewhere
 
     for made, path in ((CREATED_RUN_NETNS, "/run/netns"), (CREATED_ETC_NETNS, "/etc/netns")):
         if made:
             try:
                 kernel.umount2(path, kernel.MNT_DETACH)
-                if not lab_mod.mounted_elsewhere(path):
+                if not mounted_elsewhere(path):
                     os.rmdir(path)
             except OSError:
                 pass
@@ -185,13 +185,13 @@ KIND_TOOLS = {"docker": "dockerd", "ufw": "ufw", "iptables-nft": "iptables-nft",
 
 @pytest.fixture(scope="session")
 def lab_session(host_kind: str) -> Iterator[Any]:
-    from nsrun.lab import Lab
+    from support.hostkinds import HostLab
 
     tool = KIND_TOOLS.get(host_kind)
     if tool and not shutil.which(tool):
         pytest.skip(f"host kind {host_kind} needs {tool} (.ci/run installs it)")
 
-    lab = Lab(kind=host_kind).build()
+    lab = HostLab(kind=host_kind).build()
     try:
         yield lab
     finally:

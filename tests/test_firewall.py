@@ -16,6 +16,7 @@ import pytest
 
 from conftest import CLIENT, LabRunner
 from nsrun import lab as labmod
+from support.hostkinds import HostLab
 
 HOST_KINDS = ["legacy", "nftables", "iptables-nft", "brnf", "docker", "ufw", "firewalld", "firewalld-ruleset"]
 OPENED = "nsrun: opened forwarding for "
@@ -173,7 +174,7 @@ def test_doctor_and_run_refuse_where_the_way_cannot_be_opened(tmp_path):
     A lab of its own: the legacy table loaded here stays for the lab's lifetime."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    with labmod.Lab(kind="nftables") as own:
+    with HostLab(kind="nftables") as own:
         r = LabRunner(own, Path(f"/run/nsrun-test-{own.id}-{os.getpid()}"))
         r.host("iptables-legacy", "-P", "FORWARD", "DROP")
         snap = r.snapshot()

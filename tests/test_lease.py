@@ -21,7 +21,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from nsrun.engine import allocator
 from nsrun import state
 from nsrun.errors import NsrunError
-from nsrun.engine.allocator import FileStore, MemoryStore, allocate, candidates
+from nsrun.engine.allocator import FileStore, allocate, candidates
+from support.fakes import MemoryStore
 
 PROPS = settings(max_examples=200, deadline=None)
 

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 import conftest
-from nsrun import lab as lab_mod
+from support.mounts import mounted_elsewhere
 
 needs_root = pytest.mark.skipif(not conftest.IS_ROOT, reason="mounts need root")
 
@@ -28,13 +28,13 @@ def test_a_mount_in_another_namespace_is_seen_and_removing_its_directory_detache
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        assert lab_mod.mounted_elsewhere(d)  # what pytest_unconfigure now asks first
+        assert mounted_elsewhere(d)  # what pytest_unconfigure now asks first
         # What the old pytest_unconfigure did: its rmdir succeeds, and the other
         # namespace's mount, with what it held, is gone.
         os.rmdir(d)
         r = subprocess.run(["nsenter", "-t", str(p.pid), "-m", "ls", d], capture_output=True, text=True)
         assert r.returncode != 0, r.stdout
-        assert not lab_mod.mounted_elsewhere(d)
+        assert not mounted_elsewhere(d)
     finally:
         p.kill()
         p.wait()

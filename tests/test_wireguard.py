@@ -22,7 +22,7 @@ import pytest
 from conftest import CLIENT
 from nsrun import names
 from nsrun.linux import netns
-from nsrun import lab as lab_mod
+from support.mounts import private_dir
 from nsrun.engine.resources import steps
 
 pytestmark = pytest.mark.skipif(not shutil.which("wireguard-go") or not shutil.which("wg"),
@@ -36,7 +36,7 @@ CLIENT_ADDR, CLIENT_ADDR6 = "10.77.0.2", "fd77::2"
 def wg_sockets() -> Iterator[None]:
     """A private /run/wireguard: the UAPI sockets of the lab's wireguard-go processes never
     appear on the machine."""
-    with lab_mod.private_dir("/run/wireguard", 0o700, "nsrun-tests-wg"):
+    with private_dir("/run/wireguard", 0o700, "nsrun-tests-wg"):
         yield
 
 

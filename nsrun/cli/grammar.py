@@ -266,16 +266,18 @@ def parse(argv: list[str]) -> Invocation:
 
 
 def canonical(inv: Invocation) -> list[str]:
-    """INV written out in one spelling (`--long VALUE`, arguments first): what parse reads
-    back as INV. For the typer help's check, and for tests."""
+    """INV written out in one spelling (`--long=VALUE`): what parse reads back as INV. For
+    the typer help's check, and for tests."""
     command = RUN if inv.command == "run" else COMMANDS[inv.command]
-    out = [] if command is RUN else inv.command.split()
-    out += [str(inv.values[field]) for field, _, _ in command.args]
+    options: list[str] = []
     for opt in command.options:
         value = inv.values.get(opt.field, opt.default)
-        if value == opt.default:
-            continue
-        out += [opt.long] if opt.kind == "flag" else [f"{opt.long}={value}"]
+        if value != opt.default:
+            options += [opt.long] if opt.kind == "flag" else [f"{opt.long}={value}"]
+    args = [str(inv.values[field]) for field, _, _ in command.args]
+    words = [] if command is RUN else inv.command.split()
     if command.cmd:
-        out += ["--", *(inv.cmd or [])]
-    return out
+        return [*words, *args, *options, "--", *(inv.cmd or [])]
+    if any(a.startswith("-") for a in args):  # `nsrun up -- -x`: an argument, not an option
+        return [*words, *options, "--", *args]
+    return [*words, *args, *options]

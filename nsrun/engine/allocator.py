@@ -19,6 +19,8 @@ from nsrun.errors import NsrunError
 
 
 class Store(Protocol):
+    """Where leases live: FileStore (the state directory), or a test's in-memory store."""
+
     def taken(self) -> dict[int, str]: ...
     def reserve(self, addr: int, owner: str) -> bool: ...
     def release(self, addr: int, owner: str) -> None: ...
@@ -150,30 +152,3 @@ class FileStore:
 
     def set_last_reserved(self, addr: int) -> None:
         state.write_text(self.base / "last_reserved", str(ipaddress.IPv4Address(addr)))
-
-
-class MemoryStore:
-    """The same contract in memory, for unit tests of the allocator."""
-
-    def __init__(self) -> None:
-        self.leases: dict[int, str] = {}
-        self.last: int | None = None
-
-    def taken(self) -> dict[int, str]:
-        return dict(self.leases)
-
-    def reserve(self, addr: int, owner: str) -> bool:
-        if addr in self.leases:
-            return False
-        self.leases[addr] = owner
-        return True
-
-    def release(self, addr: int, owner: str) -> None:
-        if self.leases.get(addr) == owner:
-            del self.leases[addr]
-
-    def last_reserved(self) -> int | None:
-        return self.last
-
-    def set_last_reserved(self, addr: int) -> None:
-        self.last = addr

@@ -20,12 +20,13 @@ import os
 
 from nsrun.engine.firewall import iptables as legacy
 from nsrun.engine.firewall import nftables
+from nsrun.errors import NsrunError
 from nsrun.profile import FIREWALLS
 
 IPTABLES_PATHS = ("/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables")
 
 
-class NoBackend(Exception):
+class NoBackend(NsrunError):
     """Neither backend can work here without leaving a mark the host does not expect."""
 
 

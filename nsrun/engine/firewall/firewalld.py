@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from nsrun.errors import NsrunError
+
 DEFAULT_BUS = "unix:path=/run/dbus/system_bus_socket"
 NAME = "org.fedoraproject.FirewallD1"
 PATH = "/org/fedoraproject/FirewallD1"
@@ -38,11 +40,11 @@ TABLES = {("inet", "firewalld"), ("ip", "firewalld"), ("ip6", "firewalld")}  # i
 TIMEOUT = 10.0  # firewalld applies a zone change as one nft batch; a loaded box is slow
 
 
-class Unreachable(Exception):
+class Unreachable(NsrunError):
     """No firewalld answers on that bus for this network namespace."""
 
 
-class Failed(Exception):
+class Failed(NsrunError):
     """firewalld answered with an error."""
 
 

@@ -51,6 +51,7 @@ from typing import Any
 from nsrun.engine.firewall import iptables as legacy
 from nsrun.engine.firewall import nftables
 from nsrun.engine.firewall.serial import serialized
+from nsrun.errors import NsrunError
 
 OPEN_PREFIX = "nsrun-open-"
 MARK = 0x00400000  # one bit; set only on replies forwarded out of an nsrun bridge
@@ -59,7 +60,7 @@ SUBSTITUTES = ("DOCKER-USER", "ufw-user-forward")  # the owners' places for user
 INPUT_SUBSTITUTES = ("ufw-user-input",)
 
 
-class Refused(Exception):
+class Refused(NsrunError):
     """The way cannot be opened: the message names the table and chain that would drop."""
 
 

@@ -28,6 +28,7 @@ import json
 from typing import Any
 
 from nsrun.engine.firewall.serial import serialized
+from nsrun.errors import NsrunError
 
 NAME = "nftables"
 TABLE_PREFIX = "nsrun-nat-"
@@ -41,8 +42,8 @@ _INPUT_JSON = 1 << 1
 _lib: Any = None
 
 
-class NftError(Exception):
-    """libnftables refused a command (its error text) or could not be loaded."""
+class NftError(NsrunError):
+    """libnftables refused a command (its error text, after `nftables: `) or could not be loaded."""
 
 
 def load() -> Any:
@@ -100,7 +101,7 @@ def run(commands: list[dict[str, Any]] | str) -> dict[str, Any]:
     finally:
         lib.nft_ctx_free(ctx)
     if rc != 0:
-        raise NftError(err.strip().splitlines()[0] if err.strip() else f"libnftables failed ({rc})")
+        raise NftError("nftables: " + (err.strip().splitlines()[0] if err.strip() else f"libnftables failed ({rc})"))
     return json.loads(out) if out.strip() else {}
 
 
