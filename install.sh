@@ -5,8 +5,8 @@
 #     nftables, util-linux (nsenter, setpriv, unshare);
 #   - a virtual environment, /opt/nsrun (NSRUN_VENV overrides): Debian's python3 refuses
 #     `pip install` outside one (PEP 668);
-#   - nsrun on PATH (a small launcher, /usr/local/bin/nsrun), and completion for bash, zsh
-#     and fish under /usr/local/share.
+#   - nsrun on PATH (a small launcher, /usr/local/bin/nsrun), its man page, and completion
+#     for bash, zsh and fish under /usr/local/share.
 # `./install.sh --test` also installs the test extras (pytest, hypothesis, mypy) into the
 # virtual environment; then `/opt/nsrun/bin/python -m pytest -q` runs the tests.
 # Running it again updates the installation from the checkout. .ci/run uses it too.
@@ -53,6 +53,7 @@ fi
 # -I: nsrun.cli.launcher is the installed one, not this checkout's (no current directory on sys.path)
 "$venv/bin/python" -I -m nsrun.cli.launcher /usr/local/bin/nsrun
 
+install -D -m 0644 docs/nsrun.1 /usr/local/share/man/man1/nsrun.1
 install -D -m 0644 completions/nsrun.bash /usr/local/share/bash-completion/completions/nsrun
 install -D -m 0644 completions/_nsrun /usr/local/share/zsh/site-functions/_nsrun
 install -D -m 0644 completions/nsrun.fish /usr/local/share/fish/vendor_completions.d/nsrun.fish

@@ -43,9 +43,10 @@ for where in (REPO, REPO / "tests"):  # nsrun, and the tests' harness (support.m
     if str(where) not in sys.path:
         sys.path.insert(0, str(where))
 
+from support.mounts import mounted_elsewhere, private_dir  # noqa: E402
+
 from nsrun.lab import Lab  # noqa: E402
 from nsrun.linux import kernel, netns  # noqa: E402
-from support.mounts import mounted_elsewhere, private_dir  # noqa: E402
 
 PY = sys.executable
 BUSY_AT_START: float | None = None

@@ -17,8 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (Contender, Row, Session, alternate, base_parser, main_wrapper,  # noqa: E402
-                    median, timing_rows)
+from common import (  # noqa: E402
+    Contender,
+    Row,
+    Session,
+    alternate,
+    base_parser,
+    main_wrapper,
+    median,
+    timing_rows,
+)
 
 PROFILES = {  # name: (bridge, subnet, firewall)
     "natnft": ("nsrunf0", "10.254.0.0/24", "nftables"),

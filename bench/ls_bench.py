@@ -19,10 +19,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nsrun.linux import netns  # noqa: E402
+from common import (  # noqa: E402
+    Contender,
+    Row,
+    Session,
+    alternate,
+    base_parser,
+    main_wrapper,
+    median,
+    p90,
+    run,
+    timed,
+    timing_rows,
+)
 
-from common import (Contender, Row, Session, alternate, base_parser, main_wrapper, median,  # noqa: E402
-                    p90, run, timed, timing_rows)
+from nsrun.linux import netns  # noqa: E402
 
 TARGET_LS_JSON = 0.5  # seconds, with 200 namespaces
 

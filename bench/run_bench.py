@@ -27,8 +27,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (COLD_BRIDGE, HAND_BRIDGE, HAND_NET, PY, Contender, Row, Session,  # noqa: E402
-                    alternate, base_parser, main_wrapper, median, p90, timed, timing_rows)
+from common import (  # noqa: E402
+    COLD_BRIDGE,
+    HAND_BRIDGE,
+    HAND_NET,
+    PY,
+    Contender,
+    Row,
+    Session,
+    alternate,
+    base_parser,
+    main_wrapper,
+    median,
+    p90,
+    timed,
+    timing_rows,
+)
 
 TARGET_NAT = 4.0
 TARGET_EXEC = 25.0

@@ -22,7 +22,6 @@ Run as root: `python3 bench/service_bench.py [--python /opt/nsrun/bin/python] [-
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -32,8 +31,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (HAND_NET, PY, REPO, Contender, Row, Session, alternate,  # noqa: E402
-                    base_parser, main_wrapper, median, p90, timed, timing_rows)
+from common import (  # noqa: E402
+    HAND_NET,
+    PY,
+    REPO,
+    Contender,
+    Row,
+    Session,
+    alternate,
+    base_parser,
+    main_wrapper,
+    median,
+    p90,
+    timed,
+    timing_rows,
+)
 from run_bench import batch_script, hand_script  # noqa: E402
 
 from nsrun import wire  # noqa: E402

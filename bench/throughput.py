@@ -31,10 +31,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nsrun import lab as labmod  # noqa: E402
+from common import (  # noqa: E402
+    HAND_BRIDGE,
+    HAND_NET,
+    Contender,
+    Row,
+    Session,
+    alternate,
+    base_parser,
+    main_wrapper,
+    median,
+    run,
+)
 
-from common import (HAND_BRIDGE, HAND_NET, Contender, Row, Session, alternate, base_parser,  # noqa: E402
-                    main_wrapper, median, run)
+from nsrun import lab as labmod  # noqa: E402
 
 TARGET_RATIO = 0.95
 PORT = 5201

@@ -10,18 +10,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-import sys
+import tomllib
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from nsrun.errors import ProfileError, UsageError
 from nsrun.names import ifname_problem
-
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 MODES = ("nat", "bridge", "isolated", "wireguard")
 DEFAULT_PROFILE = "nat"

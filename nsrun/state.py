@@ -75,7 +75,7 @@ def _netns_id(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
-NETNS_XATTR = "trusted.nsrun.netns"
+NETNS_XATTR = "trusted.nsrun.linux.netns"
 
 
 def _check_netns(path: Path, shown: str) -> None:

@@ -1,32 +1,12 @@
 """WireGuard configurations in wg-quick's format, parsed and validated before any change.
 
-A `wireguard` profile names a file such as /etc/nsrun/wg/NAME.conf:
-
-    [Interface]
-    PrivateKey = ...            # base64 of 32 bytes
-    Address = 10.2.0.2/32, fd00:2::2/128   # one or more, v4 and/or v6; repeatable
-    DNS = 10.2.0.1, vpn.example # addresses go to resolv.conf; names are search domains
-    MTU = 1420                  # optional
-    ListenPort = 51820          # optional
-    [Peer]                      # one or more
-    PublicKey = ...
-    PresharedKey = ...          # optional
-    Endpoint = vpn.example.net:51820      # resolved here, at load
-    AllowedIPs = 0.0.0.0/0, ::/0
-    PersistentKeepalive = 25    # optional; 'off' or 0..65535
-
-Why so strict, and why here: the file holds a private key and runs as root, so like a
-profile (and like wg-quick's own warning) it must be root's alone: not owned by another
-user, not group- or world-readable or writable. The checks are made on the open file
-descriptor, so the file cannot be swapped between check and read. Every problem is one
-line naming the file, the line and the key (never the key's value), raised before nsrun
-changes anything; that includes an endpoint whose name does not resolve, which is why
-resolution happens at load (and so through the host's resolver, not the tunnel's DNS).
-wg-quick's shell hooks (PreUp, PostUp...), Table, FwMark and SaveConfig are refused: a
-namespace's tunnel needs none of them, and hooks would be shell run as root.
-
-Keys live in memory only, as `Key` objects whose repr and str never show them; the one
-way out is `hex()`, for the userspace implementation's configuration socket.
+A `wireguard` profile names a file such as /etc/nsrun/wg/NAME.conf ([Interface]:
+PrivateKey, Address, DNS, MTU, ListenPort; one or more [Peer]: PublicKey, PresharedKey,
+Endpoint, AllowedIPs, PersistentKeepalive). Like a profile it must be root's alone, checked
+on the open descriptor; every problem is one line naming file, line and key (never a key's
+value), raised before nsrun changes anything; endpoints resolve at load; wg-quick's hooks,
+Table, FwMark and SaveConfig are refused. Keys live in memory as `Key` objects whose repr
+and str never show them. The format and the reasoning: docs/internals.md#wireguard-configurations.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+
 def firewall() -> str | None:
     """NSRUN_FIREWALL=nftables|iptables: the firewall backend asked for (a profile's own
     `firewall` key wins over it); UsageError for anything else."""

@@ -13,9 +13,9 @@ The findings are data (`run`); `doctor` prints them.
 from __future__ import annotations
 
 from nsrun import profile
-from nsrun.linux import sysctl
 from nsrun.engine.resources import dns
 from nsrun.errors import UsageError
+from nsrun.linux import sysctl
 
 
 def _finding(level: str, prof: str, what: str, fix: str = "") -> dict[str, str]:
@@ -47,9 +47,8 @@ def firewalld_runs(bus: str | None) -> bool:
 
 def check_profile(prof: profile.Profile, requested: str | None, bus: str | None = None,
                   fwd: bool | None = None) -> list[dict[str, str]]:
-    from nsrun.engine.firewall import detect, foreign
+    from nsrun.engine.firewall import detect, foreign, nftables
     from nsrun.engine.firewall import iptables as legacy
-    from nsrun.engine.firewall import nftables
 
     out: list[dict[str, str]] = []
     name = prof.name
@@ -127,9 +126,9 @@ def check_profile(prof: profile.Profile, requested: str | None, bus: str | None 
 
 
 def forwarding_findings(name: str) -> list[dict[str, str]]:
-    """net.ipv4.ip_forward managed by someone else than nsrun (nsrun.forwarding)."""
-    from nsrun.linux import forwarding
+    """net.ipv4.ip_forward managed by someone else than nsrun (nsrun.linux.forwarding)."""
     from nsrun import state
+    from nsrun.linux import forwarding
 
     out = []
     files = forwarding.sysctl_files()

@@ -16,9 +16,9 @@ import struct
 import time
 from typing import Any, TextIO
 
-from nsrun.linux import kernel, netns
 from nsrun import state
 from nsrun.engine import record
+from nsrun.linux import kernel, netns
 
 SIOCGIFCONF = 0x8912
 SIOCGIFNETMASK = 0x891B
@@ -144,7 +144,7 @@ def collect() -> list[dict[str, Any]]:
             "rx_bytes": None,
             "tx_bytes": None,
             "created": rec.created if rec else None,
-            "wireguard": None,  # a WireGuard namespace's tunnel: nsrun.wireguard.status
+            "wireguard": None,  # a WireGuard namespace's tunnel: nsrun.engine.wgdevice.status
         }
         if rec and rec.address:
             row["addresses"] = [f"{rec.address}/{rec.prefixlen}"]

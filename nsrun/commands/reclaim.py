@@ -10,9 +10,9 @@ def gc(dry_run: bool, out: TextIO | None = None, err: TextIO | None = None) -> i
     """Print each action before it is applied, and after it when its re-check under its
     lock found it no longer left over (so it was kept); a failing one is reported and gc
     goes on (exit 1 at the end)."""
-    from nsrun.process import privilege
     from nsrun.engine import gc as engine_gc
     from nsrun.engine.context import Action
+    from nsrun.process import privilege
 
     out = out or sys.stdout
     err = err or sys.stderr

@@ -173,9 +173,9 @@ def _resolve_command(cmd0: str) -> str:
 
 def build(name: str, profile: str | None, user: str | None, cmd: list[str]) -> str:
     """Check the arguments and render the unit (UsageError on bad input)."""
-    from nsrun.process import execution
     from nsrun import names
     from nsrun import profile as profiles
+    from nsrun.process import execution
 
     try:
         names.check_name(name)

@@ -3,7 +3,7 @@ find what crashed runs left behind. Callable from any Python process, not only t
 never prints, never forks, and reads the environment only through nsrun.state (where the
 state directory is) and nsrun.fault (the crash tests' injection). One contained exception
 to "never forks": where the kernel has no WireGuard, the wireguard resource runs
-`wireguard-go` (nsrun.wireguard.start_userspace) until it has daemonized itself, so no
+`wireguard-go` (nsrun.engine.wgdevice.start_userspace) until it has daemonized itself, so no
 child of the engine outlives the call.
 
     nsrun/engine/__init__.py     up, down, teardown (this module)
@@ -32,10 +32,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nsrun import fault, names, state
-from nsrun.linux import netns
 from nsrun.engine import record
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError, UsageError
+from nsrun.linux import netns
 
 if TYPE_CHECKING:
     from nsrun.profile import Profile

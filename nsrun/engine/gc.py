@@ -28,10 +28,10 @@ from functools import partial
 from pathlib import Path
 
 from nsrun import names, state
-from nsrun.linux import netns
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan
 from nsrun.engine.record import NsRecord
+from nsrun.linux import netns
 
 
 def _stale(rec: NsRecord, locked: bool = False) -> str | None:

@@ -32,8 +32,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from nsrun import names, state
-from nsrun.linux import sysctl
 from nsrun.errors import NsrunError, UsageError
+from nsrun.linux import sysctl
 
 if TYPE_CHECKING:
     from nsrun.wgconf import WgConfig
@@ -318,7 +318,9 @@ def status(name: str, impl: str) -> dict[str, Any]:
             if peer is not None and key.startswith("last_handshake_time"):
                 peer["latest_handshake"] = (secs + nsecs / 1e9) if (secs or nsecs) else None
         return out
-    from nsrun.linux import netns  # kernel: generic netlink inside the namespace (untested here)
+    from nsrun.linux import (
+        netns,  # kernel: generic netlink inside the namespace (untested here)
+    )
 
     def read() -> list[Any]:
         from pyroute2.netlink.generic.wireguard import WireGuard

@@ -1,7 +1,7 @@
 """Who else manages net.ipv4.ip_forward on this host: for `nsrun doctor`, read only.
 
 nsrun turns ip_forward on while a NAT bridge of its own exists and puts back what it found
-(nsrun.engine.resources.firewall keeps the value it changed in `forwarding.json`). Others
+(nsrun.engine.resources.masquerade keeps the value it changed in `forwarding.json`). Others
 set it too, and the user should know when they do:
 - it is on and nsrun did not turn it on: nsrun leaves it on when its last bridge goes (it
   puts back only what it changed);

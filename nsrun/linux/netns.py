@@ -179,7 +179,7 @@ class _Scanner:
 def stop_processes(name: str, grace: float, kill_timeout: float = 5.0) -> bool:
     """TERM the processes inside NAME; after GRACE seconds KILL every one still there.
 
-    The KILL is atomic for the processes of a run's cgroup (nsrun.cgroup: `cgroup.kill`
+    The KILL is atomic for the processes of a run's cgroup (nsrun.linux.cgroup: `cgroup.kill`
     reaches those forked meanwhile too). For the rest, and where there is no cgroup v2,
     scans kill what they find until enough consecutive rescans find none (or KILL_TIMEOUT
     passes, for a process stuck in the kernel): a best effort against a process that

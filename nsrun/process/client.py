@@ -5,7 +5,7 @@ outside its group), every function here returns None and nsrun works without it,
 
 A root caller's run: the service brings the namespace up and hands its descriptor back
 (and moves this process into the run's cgroup meanwhile); this process enters the
-namespace (private mounts, as `ip netns exec`: nsrun.execution), drops to the caller (`-u`,
+namespace (private mounts, as `ip netns exec`: nsrun.process.execution), drops to the caller (`-u`,
 SUDO_UID) and becomes CMD by exec. CMD's exit
 status and signals are its own, and no nsrun process stays beside it: the service watches
 this process (a pidfd) and takes the namespace down when it ends.
@@ -199,7 +199,7 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
 
     ident = execution.resolve_user(user)
     if ident is not None and (execution.terminal_fds() or execution.has_controlling_terminal()):
-        return None  # a session and pty of CMD's own: the supervisor's (nsrun.run)
+        return None  # a session and pty of CMD's own: the supervisor's (nsrun.process.supervise)
     if os.environ.get("NOTIFY_SOCKET", "").startswith("@") and kind == "run":
         return None  # relayed by the supervisor
     sock = connect()
@@ -228,7 +228,7 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
     from nsrun.process.hostresolver import Wiring
 
     execution.enter_and_exec(ns, msg["argv"], env, ident, netns_fd=fds[0],
-                             wiring=Wiring.parse(ns, profile, reply.get("wiring")), known=True)
+                             wiring=Wiring.parse(ns, profile, reply.get("wiring")))
     return 1  # not reached: enter_and_exec execs or exits
 
 

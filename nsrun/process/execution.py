@@ -12,7 +12,7 @@ nsrun started (`nohup`, a shell's background job) stays ignored, as it would wit
 
 When CMD runs as a user other than root, it must not keep root's terminal: with it, CMD
 could push input into root's shell (TIOCSTI) once nsrun returns. It then starts a new
-session (`detach`), on a pty of its own when the supervisor relays one (nsrun.terminal),
+session (`detach`), on a pty of its own when the supervisor relays one (nsrun.process.terminal),
 and no terminal descriptor of the caller's is left open in it.
 Standard library only: this is the hot path of `nsrun exec`.
 """
@@ -25,9 +25,9 @@ import os
 import pwd
 import sys
 
+from nsrun.errors import UsageError
 from nsrun.linux import kernel
 from nsrun.process import report
-from nsrun.errors import UsageError
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
 if TYPE_CHECKING:
@@ -97,11 +97,12 @@ def _warn(msg: str) -> None:
     os.write(2, f"nsrun: warning: {msg}\n".encode())
 
 
-def private_mounts(name: str, wiring: Wiring | None = None, known: bool = False,
+def private_mounts(name: str, wiring: Wiring | None = None,
                    hide_resolver: Callable[[], None] | None = None) -> None:
-    """What `ip netns exec NAME` sets up after setns (iproute2 lib/namespace.c).
-    HIDE_RESOLVER: what masks the host's resolver (default: hostresolver.hide(NAME, WIRING,
-    KNOWN); nsrun.spawn imports it and reads NAME's record before it forks)."""
+    """What `ip netns exec NAME` sets up after setns (iproute2 lib/namespace.c). WIRING:
+    what NAME's record says (None: no record). HIDE_RESOLVER: what masks the host's
+    resolver (default: hostresolver.hide(NAME, WIRING); nsrun.process.spawn imports it and
+    reads NAME's record before it forks)."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount("", "/", "none", kernel.MS_SLAVE | kernel.MS_REC)
     flags = 0
@@ -118,9 +119,11 @@ def private_mounts(name: str, wiring: Wiring | None = None, known: bool = False,
     except OSError as exc:
         _warn(f"mount of /sys failed: {exc.strerror}")
     if hide_resolver is None:
-        from nsrun.process import hostresolver  # before the /etc/netns binds, which may land on its files
+        from nsrun.process import (
+            hostresolver,  # before the /etc/netns binds, which may land on its files
+        )
 
-        hostresolver.hide(name, wiring, known)
+        hostresolver.hide(name, wiring)
     else:
         hide_resolver()
     etc = f"/etc/netns/{name}"
@@ -204,11 +207,11 @@ def exec_error_status(err: int) -> int:
 def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Identity | None,
                    report_fd: int | None = None, parent_pid: int | None = None,
                    session: tuple[int | None, tuple[int, ...]] | None = None,
-                   netns_fd: int | None = None, wiring: Wiring | None = None, known: bool = False) -> None:
+                   netns_fd: int | None = None, wiring: Wiring | None = None) -> None:
     """Become CMD inside NAME. Never returns: on failure, reports and exits 126/127/1.
     SESSION (tty, onto): start a new session first, see `detach`. NETNS_FD: NAME's
     namespace as a descriptor (the service hands it over), entered instead of its path;
-    WIRING with KNOWN: what its record says, handed over too (hostresolver.Wiring)."""
+    WIRING: what its record says, as the caller read it (hostresolver.Wiring; None: no record)."""
     try:
         if netns_fd is not None:
             kernel.setns(netns_fd, kernel.CLONE_NEWNET)
@@ -217,7 +220,7 @@ def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Ident
             from nsrun.linux import netns
 
             netns.enter(name)
-        private_mounts(name, wiring, known)
+        private_mounts(name, wiring)
         if session is not None:
             detach(*session)
         become(ident, env)
@@ -250,7 +253,7 @@ def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Ident
 def command_env(name: str, profile: str | None, address: str | None,
                 ident: Identity | None = None) -> dict[str, str]:
     """CMD's environment: nsrun's own, its NSRUN_* variables, and for a CMD that runs as a
-    user (IDENT), that user's desktop session where sudo stripped it (nsrun.desktop)."""
+    user (IDENT), that user's desktop session where sudo stripped it (nsrun.process.desktop)."""
     env = dict(os.environ)
     if ident is not None:
         from nsrun.process import desktop

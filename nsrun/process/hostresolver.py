@@ -6,7 +6,7 @@ nss-resolve asks systemd-resolved over varlink (/run/systemd/resolve/io.systemd.
 Both are path sockets on the file system a namespace shares with the host: a program inside
 reaching them has its lookups made by the host, through the host's route and resolvers (the
 leak users of such tools report first). So, in CMD's private mount namespace (made by
-nsrun.execution.private_mounts, never the host's), each of those that exists is covered by
+nsrun.process.execution.private_mounts, never the host's), each of those that exists is covered by
 a read-only bind of /dev/null: connecting to it fails (it is no socket), glibc marks nscd
 absent and nss-resolve reports itself unavailable, and both fall back to plain DNS through
 resolv.conf. The resolved stub files there (stub-resolv.conf, resolv.conf: what programs
@@ -85,24 +85,11 @@ def no_resolver(rec: NsRecord | Wiring) -> str | None:
             f"from inside (only a loopback stub, or none); set `dns` in profile {rec.profile}")
 
 
-def hide(name: str, wiring: Wiring | None = None, known: bool = False) -> None:
+def hide(name: str, rec: NsRecord | Wiring | None) -> None:
     """In CMD's private mount namespace, inside NAME: mask the host's resolver endpoints
-    (unless NAME's profile keeps them), and say when NAME has no resolver of its own.
-    KNOWN: WIRING is what NAME's record says (None: no record), not to be read again."""
-    rec: NsRecord | Wiring | None = wiring
-    if not known:
-        from nsrun.engine import record
-
-        try:
-            rec = record.read(name)
-        except OSError:
-            return
-    hide_for(name, rec)
-
-
-def hide_for(name: str, rec: NsRecord | Wiring | None) -> None:
-    """`hide`, with what NAME's record says known already (nsrun.spawn reads it before it
-    forks; the service's client gets it with the namespace)."""
+    (unless NAME's profile keeps them), and say when NAME has no resolver of its own. REC:
+    what NAME's record says (None: no record, nothing nsrun wired), as its caller read it
+    (the supervisor wrote it, spawn read it before it forked, the service sent it)."""
     if rec is None or rec.mode not in WIRED:
         return
     missing = no_resolver(rec)

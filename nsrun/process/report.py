@@ -21,7 +21,7 @@ def _send(fd: int, line: str) -> None:
 
 
 def up(fd: int, address: str | None) -> None:
-    import json  # here: the exec path (nsrun.execution) imports this module, and json costs ~4 ms
+    import json  # here: the exec path (nsrun.process.execution) imports this module, and json costs ~4 ms
 
     _send(fd, f"up {json.dumps({'address': address})}")
 

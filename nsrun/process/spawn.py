@@ -1,42 +1,14 @@
 """The service starts CMD inside a namespace for a caller without root, as that caller.
 
-A caller without root cannot enter a network namespace itself (setns needs CAP_SYS_ADMIN),
-so the service (`nsrun daemon`, root) forks CMD for it. The child does what `nsrun exec`
-does (nsrun.execution: setns, a private mount namespace with a fresh /sys, the host's
-resolver hidden, /etc/netns/NAME bound over /etc), then becomes the caller for good:
-
-- its stdin/stdout/stderr are the descriptors the client sent (first, so that every
-  message on the way, a warning of private_mounts or a failed exec, reaches the caller's
-  stderr, not the service's log); every other descriptor is closed;
-- a session of its own (setsid), always: CMD is never in the service's process group and
-  never keeps the service's terminal, if it had one; with CONTROLLING_TTY, the first of
-  0, 1, 2 that is a terminal (the slave of a pty the client opened and relays,
-  nsrun.terminal.relay) becomes its controlling terminal (TIOCSCTTY), so ^C, ^Z and window changes reach CMD's foreground
-  process group through the pty's own line discipline;
-- setgroups, setresgid, setresuid to the caller: with all three ids non-zero the kernel
-  clears the permitted, effective and ambient capabilities; the child checks that
-  /proc/self/status says so (CapPrm, CapEff, CapAmb all 0) and refuses to exec otherwise;
-  then PR_SET_NO_NEW_PRIVS, so no setuid program or file capability gives any back;
-- the working directory is changed after the switch, with the caller's rights (a
-  directory the caller may not enter stays closed to them); when that fails, the user's
-  home or / instead, said in one line on CMD's stderr, as sudo does;
-- default dispositions for every signal and an empty signal mask (the service's are not
-  CMD's), then execve with the environment given, CMD looked up on that environment's
-  PATH (as os.execvpe does, and `nsrun -- CMD`).
-
-An exec that fails is reported, as `nsrun -- CMD` reports it, with a line on CMD's
-stderr and the status 127 (not found) or 126 (cannot execute); any earlier failure with
-status 1. The child also writes the status and the line into a close-on-exec pipe that
-`start` reads until the exec closes it: the service learns that CMD runs (or why not).
-
-The service is multithreaded. Between fork and exec, only the forking thread exists in
-the child, and any lock another thread held at the fork (a module being imported, a
-logging handler, malloc's) stays held for ever: so the child takes none. Everything is
-imported and computed before the fork (the namespace's record, the PATH candidates, the
-user's home), and the child runs only system calls and plain Python on what it was given
-(tests/test_spawn.py checks that it imports nothing).
-
-Standard library only, plus nsrun's execution, netns, kernel and hostresolver.
+setns needs CAP_SYS_ADMIN, so the service (root) forks CMD: the child does what `nsrun exec`
+does (nsrun.process.execution), takes the client's stdio descriptors, a session of its own
+(the client's pty as controlling terminal when there is one), the caller's groups, gid and
+uid (then checks CapPrm, CapEff and CapAmb are 0, and sets no_new_privs), the caller's
+working directory, default signals, and execs CMD on the given environment's PATH. A failed
+exec is 127 or 126 with a line on CMD's stderr, as `nsrun -- CMD` says it; `start` learns
+through a close-on-exec pipe that CMD runs (or why not). The child of a multithreaded
+service takes no lock: everything is computed before the fork. Step by step, and why:
+docs/internals.md#starting-cmd-for-a-caller-without-root.
 """
 
 from __future__ import annotations
@@ -50,11 +22,11 @@ import termios
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from nsrun.process import execution, hostresolver
-from nsrun.linux import kernel, netns
 from nsrun import names
 from nsrun.engine import record
 from nsrun.errors import NsrunError, UsageError
+from nsrun.linux import kernel, netns
+from nsrun.process import execution, hostresolver
 
 EXIT_SETUP = 1
 CAP_FIELDS = (b"CapPrm:", b"CapEff:", b"CapAmb:")
@@ -98,7 +70,7 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
     becomes CMD's controlling terminal. HOME: where CMD starts when
     CWD cannot be entered (default: UID's home in the user database, then /). UMASK: the
     caller's (default: the service's). CGROUP: a cgroup v2 directory CMD starts in (a run's,
-    nsrun.cgroup.create; best effort, as nsrun.cgroup is), entered before the switch.
+    nsrun.linux.cgroup.create; best effort, as nsrun.linux.cgroup is), entered before the switch.
 
     Returns once CMD is exec'd, or has failed to be (Started.failure). UsageError for a
     request that cannot be started at all (nothing is forked then)."""
@@ -106,7 +78,7 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
     if not argv:
         raise UsageError("missing command")
     if uid == 0 or gid == 0:
-        raise UsageError("nsrun.spawn starts programs for callers without root (uid and gid non-zero)")
+        raise UsageError("nsrun.process.spawn starts programs for callers without root (uid and gid non-zero)")
     if len(stdio) != 3:
         raise UsageError("stdio must be three descriptors")
     tty_fd = next((i for i, fd in enumerate(stdio) if os.isatty(fd)), None) if controlling_tty else None
@@ -135,7 +107,7 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
     # Everything the child needs, made now: it must allocate little and import nothing.
     plan = _Plan(ns_name, [str(a) for a in argv], {str(k): str(v) for k, v in env.items()},
                  _candidates(str(argv[0]), env), cwd, home, uid, gid, tuple(groups), stdio,
-                 tty_fd, lambda: hostresolver.hide_for(ns_name, rec), umask,
+                 tty_fd, lambda: hostresolver.hide(ns_name, rec), umask,
                  None if cgroup is None else os.path.join(cgroup, "cgroup.procs"))
     r, w = os.pipe2(os.O_CLOEXEC)
     try:

@@ -1,32 +1,15 @@
 """`nsrun -- CMD`: a program in a namespace, supervised until it ends.
 
-The supervising process never imports the engine (pyroute2, python-iptables), so it stays
-small for as long as CMD runs. It forks a child that brings the namespace up (importing
-what it needs), then enters it and becomes CMD by exec, which frees all of that. The
-child reports through a close-on-exec pipe (nsrun.report). Once an ephemeral namespace
-is up (its record written), the child moves into a cgroup of the run's own
-(nsrun.cgroup), so that teardown can kill all CMD left behind at once. After CMD ends, the supervisor takes an ephemeral namespace down.
+The supervisor never imports the engine: it stays small while CMD runs. It forks a child
+that brings the namespace up, enters it and becomes CMD by exec, reporting through a
+close-on-exec pipe (nsrun.process.report); an ephemeral run's child moves into a cgroup of
+the run's own once its record is written, so teardown can kill whatever CMD left. After
+CMD ends, the supervisor takes an ephemeral namespace down.
 
-Signals, as sudo handles them. The supervisor blocks every catchable signal but those
-that stop or continue it (TSTP, TTIN, TTOU, CONT keep their default action: ^Z stops
-nsrun with CMD, and its shell sees the job stop) and reads them from a signalfd, whose
-records name the sender. A signal sent by a process (`kill`, systemd) is passed on to
-CMD, unless the sender is inside the run's namespace (CMD itself or its children: what
-they send to nsrun's process group has reached CMD already). A signal the kernel sent
-(a terminal's ^C, ^\\, hangup, window change) is not passed on when CMD shares nsrun's
-process group: the terminal signalled CMD's group, which is nsrun's, so CMD has it
-already and a second copy would interrupt its cleanup. When CMD runs in a session of its
-own (another user than root: see execution.detach), the terminal's INT, QUIT and HUP
-are passed on, and with a pty (nsrun.terminal) a window change resizes CMD's terminal.
-Signals the kernel sends nsrun alone (PIPE, XFSZ...) concern nsrun only. No signal ends
-the supervisor before the namespace is down.
-
-When CMD died of a signal, nsrun ends by that signal too, after cleaning up (reset to
-the default action, unblocked, sent to itself, with no core file), so its shell sees
-128+N and systemd a main process killed by SIGTERM, which it counts as a clean stop.
-
-An abstract NOTIFY_SOCKET, which CMD could not reach from its namespace, is relayed
-while it waits (nsrun.notify, imported only then).
+Signals, as sudo handles them: every catchable signal is blocked and read from a
+signalfd; what a process sends is passed on to CMD, what the terminal sends is not passed
+twice; nsrun ends by CMD's own signal after cleaning up. An abstract NOTIFY_SOCKET is
+relayed (nsrun.process.notify). The rules in full: docs/internals.md#the-supervisor-and-signals.
 """
 
 from __future__ import annotations
@@ -37,17 +20,17 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from nsrun.process import execution, report
-from nsrun.linux import kernel, netns
 from nsrun import names, state
 from nsrun.engine import record
 from nsrun.errors import NsrunError, UsageError
+from nsrun.linux import kernel, netns
+from nsrun.process import execution, report
 from nsrun.process.hostresolver import Wiring
 
 if TYPE_CHECKING:
     from nsrun.process.notify import Relay
-    from nsrun.profile import Profile
     from nsrun.process.terminal import Pty
+    from nsrun.profile import Profile
 
 # Stop or continue the supervisor itself: never blocked, never passed on.
 STOPPERS = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT})
@@ -97,7 +80,7 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
         if env.get("WATCHDOG_PID") == str(parent):  # systemd's watchdog is CMD's to serve
             env["WATCHDOG_PID"] = str(os.getpid())
         execution.enter_and_exec(name, argv, env, ident, report_fd=report_fd, parent_pid=parent,
-                                 session=session, wiring=wiring, known=True)
+                                 session=session, wiring=wiring)
     except NsrunError as exc:
         code = exc.exit_code
         report.error(report_fd, code, str(exc))
@@ -246,7 +229,7 @@ def _supervise(argv: list[str], prof: Profile | None, name: str, ident: executio
         from nsrun.process import notify
 
         relay = notify.open_relay(ident.uid if ident else None, ident.gid if ident else None)
-    group = None  # the run's cgroup, made by the child (nsrun.cgroup)
+    group = None  # the run's cgroup, made by the child (nsrun.linux.cgroup)
     if ephemeral and prof is not None:
         from nsrun.linux import cgroup
 
@@ -399,7 +382,7 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
         # No supervisor stays behind to relay it (see supervise()); say so, once.
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
                          f"{name}; `nsrun -n {name} -- CMD` relays it\n")
-    execution.enter_and_exec(name, argv, env, ident)
+    execution.enter_and_exec(name, argv, env, ident, wiring=Wiring.from_record(rec) if rec else None)
 
 
 def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = False,

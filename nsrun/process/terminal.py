@@ -1,30 +1,12 @@
 """A terminal of CMD's own: a pty relayed to the user's terminal, as sudo's `use_pty`.
 
-A CMD that runs as a less privileged user must not share root's terminal: through it,
-it could push input into root's shell with TIOCSTI (`dev.tty.legacy_tiocsti`), to be run
-as root once nsrun returns, or keep it open after nsrun ends. So when any of the
-standard descriptors is a terminal, CMD gets the slave of a fresh pty, in a new session
-of which it is the leader (execution.detach), and the supervisor relays: the user's
-keys to the pty, its output to the user's terminal (put in raw mode meanwhile, so ^C and
-^Z are bytes that the pty's own line discipline turns into signals for CMD's process
-group), and the window size, at start and on every SIGWINCH. Only descriptors that are
-terminals are replaced; pipes and files pass through.
-
-Job control: an interactive shell as CMD (`nsrun shell`) has it inside its pty as usual.
-^Z does not suspend a plain CMD, though: as its session's leader, whose parent (nsrun)
-is in another session, CMD's process group is orphaned, and the kernel discards the
-terminal's stop signals for it. sudo interposes a monitor process in the pty's session
-for that; nsrun does not (yet).
-
-The same relay serves the client of the service (`nsrun daemon`) for a caller without root,
-as `ssh -t` does: the client opens a fresh pty itself (`open_pty`: as the user, so the user
-owns it), sends its slave as CMD's terminal descriptors, and relays between its own terminal
-and the master (`relay`) until the service's final message arrives; the service starts
-CMD with the slave as its controlling terminal (nsrun.spawn). Both sides share `Relay`,
-the relaying half; `Pty` adds what the supervisor needs (the pty made for another user).
-
-Standard library only; imported by the supervisor only when a pty is needed, and by the
-service's client, which imports nothing else.
+A CMD that runs as a less privileged user must not share root's terminal (TIOCSTI could
+push input into root's shell): when a standard descriptor is a terminal, CMD gets a fresh
+pty's slave in a session of its own, and the supervisor relays keys, output (the user's
+terminal in raw mode meanwhile) and the window size. The service's client relays the same
+way for a caller without root (`open_pty`, `relay`), as `ssh -t` does; both share `Relay`,
+`Pty` adds what the supervisor needs. Standard library only. Job control and the rest:
+docs/internals.md#a-terminal-of-cmds-own.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class Context:
         self.pool = pool
         self.requests = 0
         self.bus: str | None = None  # the system bus (firewalld), from the service's environment
-        self.policy = "/etc/nsrun/policy.toml"  # nsrun.policy.DEFAULT_PATH; `nsrun daemon --policy`
+        self.policy = "/etc/nsrun/policy.toml"  # nsrun.service.policy.DEFAULT_PATH; `nsrun daemon --policy`
 
     @contextlib.contextmanager
     def name_lock(self, name: str) -> Iterator[None]:

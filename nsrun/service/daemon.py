@@ -19,12 +19,12 @@ def _stop(signum: int, frame: object) -> None:
 
 def warm() -> None:
     """Import what a setup and a teardown need, once, now."""
+    import nsrun.commands.listing  # noqa: F401
     import nsrun.engine.gc  # noqa: F401
     import nsrun.engine.resources  # noqa: F401
-    import nsrun.commands.listing  # noqa: F401
     import nsrun.linux.netlink  # noqa: F401  (pyroute2)
-    import nsrun.profile  # noqa: F401
     import nsrun.process.supervise  # noqa: F401
+    import nsrun.profile  # noqa: F401
     from nsrun.engine.firewall import detect  # noqa: F401
 
 

@@ -4,7 +4,7 @@ The caller is who SO_PEERCRED says (uid, gid, pid), never what the request says.
 callers get today's behaviour, done by the warm engine:
 
 - `run`: the namespace brought up (ephemeral unless `name`), its descriptor handed back in
-  a `ready` reply; the client enters it and becomes CMD (nsrun.client). An ephemeral one is
+  a `ready` reply; the client enters it and becomes CMD (nsrun.process.client). An ephemeral one is
   watched (nsrun.service.runs) and taken down when the client's process ends;
 - `exec`: an existing namespace's descriptor;
 - `up`, `down`, `ls`, `gc`: the command layer (nsrun.commands), its stdout and stderr sent
@@ -114,8 +114,8 @@ def _move(group: str | None, pid: int, moved: threading.Event) -> None:
 
 def exec_(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
     from nsrun import names
-    from nsrun.linux import netns
     from nsrun.engine import record
+    from nsrun.linux import netns
 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
@@ -137,8 +137,8 @@ def exec_(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]
 
 
 def up(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
-    from nsrun.commands import namespaces
     from nsrun import names
+    from nsrun.commands import namespaces
 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
@@ -150,8 +150,8 @@ def up(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -
 
 
 def down(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
-    from nsrun.commands import namespaces
     from nsrun import names
+    from nsrun.commands import namespaces
 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None

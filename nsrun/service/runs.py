@@ -143,9 +143,9 @@ class Runs:
 
     def take_down(self, name: str, created: float | None, group: str | None) -> None:
         """Take NAME down if its record is still the one made at CREATED; then its cgroup."""
-        from nsrun.linux import cgroup
         from nsrun import engine
         from nsrun.engine import record
+        from nsrun.linux import cgroup
 
         try:
             with self.name_lock(name), record.ns_lock(name) as lock:
@@ -168,8 +168,8 @@ class Runs:
     def adopt(self) -> tuple[int, int]:
         """Watch the ephemeral namespaces whose owner lives; take down those whose owner is
         gone. (adopted, taken down)."""
-        from nsrun.linux import cgroup
         from nsrun.engine import record
+        from nsrun.linux import cgroup
 
         adopted = gone = 0
         for rec in record.all_ns().values():

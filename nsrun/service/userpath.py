@@ -2,7 +2,7 @@
 lets them do, done by the service, with CMD started by the service as the caller.
 
 Who the caller is comes from SO_PEERCRED (uid, gid, pid) and the user database (its
-groups: nsrun.policy.Caller.from_uid), never from the request. What such a caller may
+groups: nsrun.service.policy.Caller.from_uid), never from the request. What such a caller may
 never ask for, whatever the policy says: a profile by path (`-p /x.toml`: the service would
 read a file the caller chose), `-u` (another user), `gc` (it reclaims everyone's). Each
 refusal is exit 2 with one line, logged by the service with the uid.
@@ -12,10 +12,10 @@ profile for a new namespace, the named namespace to create or enter: its own by 
 `owner_uid` in its record); the engine brings an ephemeral namespace up with the *client*
 as its owner (the client waits on the connection until CMD ends: when it dies, the
 service's watcher takes the namespace down and with it CMD, and gc reclaims it should the
-service be gone too); CMD is started by nsrun.spawn inside it as the caller (its uid, gid
+service be gone too); CMD is started by nsrun.process.spawn inside it as the caller (its uid, gid
 and groups, no capabilities, no_new_privs), with the client's argv, environment, working
 directory and the three descriptors the request carried (a pty's slave when the client is
-on a terminal: the client relays, nsrun.terminal.relay). While CMD runs, `signal` messages
+on a terminal: the client relays, nsrun.process.terminal.relay). While CMD runs, `signal` messages
 from the client reach it; when it ends, an ephemeral namespace is taken down (before the
 reply, as nsrun does without the service) and the `exit` reply carries CMD's code and
 signal.
@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from nsrun import wire
 from nsrun.errors import UsageError
 from nsrun.service import handlers
-from nsrun.service.callers import Caller, Context, firewall_of, pin_caller, run_command, same_netns
+from nsrun.service.callers import (
+    Caller,
+    Context,
+    firewall_of,
+    pin_caller,
+    run_command,
+    same_netns,
+)
 from nsrun.service.runs import Run, log
 
 if TYPE_CHECKING:
@@ -123,8 +130,8 @@ def _stdio(msg: dict[str, Any], fds: list[int]) -> None:
 
 
 def _profile_name(caller: Caller, kind: str, spec: str | None) -> str:
-    from nsrun.service import policy as policies
     from nsrun.profile import DEFAULT_PROFILE
+    from nsrun.service import policy as policies
 
     if spec is not None and ("/" in spec or spec.endswith(".toml")):
         _refuse(caller, kind, f"a profile file ({spec}) needs root: callers without root name a profile "

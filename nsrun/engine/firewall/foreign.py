@@ -1,46 +1,14 @@
 """Coexistence with the host's own firewall: open the way for a bridge's forwarded traffic
 through chains that are not nsrun's, and close it again with the bridge's last namespace.
 
-A forwarded packet crosses every base chain on the forward hook (nf_tables tables of any
-family, and legacy x_tables), and a drop in any of them wins: nsrun's own accept does
-nothing against Docker's `FORWARD DROP`, ufw's or firewalld's. So for each chain that drops
-forwarded traffic (by policy, or by an unconditional final rule), nsrun inserts accepts for
-its bridge at the top of that chain, or of the chain its owner documents for them:
-- Docker: `DOCKER-USER` (the first thing Docker's FORWARD jumps to);
-- ufw: `ufw-user-forward`;
-- any other chain (a hand-written `policy drop`, firewalld's nf_tables ruleset where
-  firewalld itself cannot be reached over D-Bus): itself. Where firewalld runs, a nat
-  bridge goes into one of its zones instead (firewalld.py), and its tables are skipped.
-What is inserted, every rule tagged `nsrun:BRIDGE:PROFILE`:
-- nat mode, chains of family ip/inet: `iifname BR accept` and, for replies, `oifname BR
-  meta mark & MARK == MARK accept`; bridge mode (chains of family bridge, and ip/inet ones
-  where br_netfilter makes bridged frames cross them): `iifname BR oifname BR accept`
-  (in a bridge-family chain, where iifname/oifname are ports: `iifname/oifname "nsr*"
-  accept`, frames from and to nsrun's veths).
-Why a mark for replies rather than `ct state established,related`: Docker's and ufw's
-tables are managed by iptables-nft, which keeps conntrack matches as xtables expressions
-and reads native `ct` expressions as "table is incompatible": a rule nsrun writes there
-must stay readable by `iptables-nft-save`. So nsrun's own table `inet nsrun-open-BRIDGE`
-holds one chain, early on the forward hook, that marks the replies (`oifname BR ct state
-established,related`); the mark goes with the packet into the namespace (where a veth
-crossing scrubs it). `meta mark` is a native expression iptables-nft reads as `-m mark`.
-
-The input side: a nat bridge whose DNS is forwarded to the host's loopback stub
-(nsrun.engine.resources.firewall) sends that DNS through the input hook, where a chain that
-drops by policy or final rule (an nft `policy drop`, iptables `-P INPUT DROP`, ufw's default
-deny incoming) would drop it. There, with the stub known, nsrun inserts `iifname BR ip daddr
-STUB l4proto udp|tcp dport 53 accept` (ufw: in `ufw-user-input`; legacy `INPUT` on a legacy
-host: the same, for DNAT'ed packets only, since an ACCEPT there ends the chain before the
-legacy backend's own loopback drops). The source is rewritten only after the filter chains
-(a nat chain at input priority 100), so the destination is what identifies it.
-
-Refusal: nsrun never reports success for traffic the host will drop. A chain it may not
-touch (a table owned by another process) or a legacy x_tables drop on a host where nsrun
-uses nf_tables (writing a legacy table there would mark the host for good) is named, and
-`check()` raises before anything is created.
-
-Removal finds the rules by their tag in the ruleset, so it needs no record: `close()` after
-a clean exit, `gc` after a crash.
+A drop in any base chain on the forward hook wins, so for each chain that drops forwarded
+traffic nsrun inserts accepts for its bridge at the top of that chain, or of the chain its
+owner documents for them (Docker's DOCKER-USER, ufw's ufw-user-forward), every rule tagged
+`nsrun:BRIDGE:PROFILE`; where firewalld runs, a nat bridge joins one of its zones instead
+(firewalld.py). DNS forwarded to a loopback stub gets the same on the input hook. `check()`
+refuses, before anything is made, a chain nsrun may not touch. Removal finds the rules by
+their tag (`close()`; gc after a crash). What is inserted, and why a mark for replies:
+docs/internals.md#openings-in-the-hosts-own-firewall.
 """
 
 from __future__ import annotations

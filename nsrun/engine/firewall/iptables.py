@@ -18,8 +18,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from nsrun.linux.iptc import load
 from nsrun.engine.firewall.serial import serialized
+from nsrun.linux.iptc import load
 
 NAME = "iptables"
 

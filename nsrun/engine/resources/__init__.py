@@ -22,7 +22,18 @@ Adding a resource is a module plus an entry in MODES.
 from __future__ import annotations
 
 from nsrun.engine.context import Resource
-from nsrun.engine.resources import address, bridge, dns, masquerade, lease, namespace, opening, router, veth, wireguard
+from nsrun.engine.resources import (
+    address,
+    bridge,
+    dns,
+    lease,
+    masquerade,
+    namespace,
+    opening,
+    router,
+    veth,
+    wireguard,
+)
 
 MODES: dict[str, list[Resource]] = {
     # nat: the lease is taken at once, under the bridge lock the bridge step holds.

@@ -7,9 +7,9 @@ no orphans on the host.
 from __future__ import annotations
 
 from nsrun import names
-from nsrun.linux import netns
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
+from nsrun.linux import netns
 
 STEP = "address"
 

@@ -28,14 +28,13 @@ from functools import partial
 from typing import Any
 
 from nsrun import fault, names, state
-from nsrun.engine import allocator
-from nsrun.linux import sysctl
-from nsrun.engine import record
+from nsrun.engine import allocator, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources import masquerade
 from nsrun.engine.resources.lease import unused
 from nsrun.errors import NsrunError, UsageError
+from nsrun.linux import sysctl
 
 STEP = "bridge"
 

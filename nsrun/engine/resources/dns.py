@@ -4,11 +4,11 @@ by whoever enters the namespace (nsrun, `ip netns exec`), as iproute2 does.
 The servers are the profile's, else the host's minus loopback stubs (unreachable from
 inside), else systemd-resolved's upstreams, else (nat mode, the host names only a loopback
 stub such as 127.0.0.53) the bridge's own address, which nsrun forwards to the stub: see
-`stub()` and nsrun.engine.resources.firewall. The host's `search`/`domain` and `options`
+`stub()` and nsrun.engine.resources.masquerade. The host's `search`/`domain` and `options`
 lines are kept, so short names resolve inside as outside, unless the profile sets `search`
 (an empty list: no search line). Bridge mode gets no forwarding (the namespace's gateway is
 a LAN router, not this host): there the profile must name `dns`, and entering such a
-namespace says so (nsrun.hostresolver).
+namespace says so (nsrun.process.hostresolver).
 
 Only nsrun's own files are touched. The file's first line is nsrun's mark, naming the
 namespace and the state directory that wrote it (state.ident()): a resolv.conf without
@@ -34,11 +34,11 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from nsrun.linux import netns
 from nsrun import state
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError, UsageError
+from nsrun.linux import netns
 
 STEP = "dns"
 

@@ -1,4 +1,4 @@
-"""The address lease: one file per address handed out on a bridge (nsrun.lease holds the
+"""The address lease: one file per address handed out on a bridge (nsrun.engine.allocator holds the
 allocator and the store), taken under the bridge's lock.
 
 nat mode leases at once, under the lock the bridge step took; bridge mode leases from
@@ -17,12 +17,11 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
-from nsrun.engine import allocator
 from nsrun import names, state
-from nsrun.linux import netns
-from nsrun.engine import record
+from nsrun.engine import allocator, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
+from nsrun.linux import netns
 
 STEP = "lease"
 

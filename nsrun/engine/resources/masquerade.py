@@ -1,39 +1,15 @@
-"""NAT for a nat-mode bridge: the firewall rules (through a backend of
-nsrun.engine.firewall) and ip_forward; and the removal of everything nsrun put in a
-firewall for a bridge (its NAT rules, its DNS forward and the openings
-nsrun.engine.resources.opening made).
+"""NAT for a nat-mode bridge: the firewall rules (through a backend of nsrun.engine.firewall)
+and ip_forward; and the removal of everything nsrun put in a firewall for a bridge (its
+NAT rules, its DNS forward and the openings nsrun.engine.resources.opening made).
 
-Made once per bridge, under the bridge lock the bridge step holds. The backend is chosen
-(`firewall.choose`: the profile's `firewall`, else the caller's request, else what the host
-uses) and written to the bridge's `NetRecord` before the first rule, then `firewall_ok`
-after the last, so the next namespace on the bridge skips the step, a crash in between
-leaves the way to remove them, and the last one out removes them through the backend that
-made them (whatever the host would choose today). ip_forward is turned on when it was off,
-and what it was is kept in `forwarding.json` to be put back once no NAT bridge of nsrun's is
-left (under a lock of its own, crash-safe: see forwarding_restore; gc puts a saved value
-back when no nat bridge is left). gc's orphans: rules and openings of a bridge no namespace uses, and rules or openings
-(in either backend, or in the host's own chains) whose bridge is gone with no state left (a
-crash between the rules and the record; those of a bridge that exists may be another state
-directory's: kept).
-
-DNS behind a loopback stub (`nameserver 127.0.0.53`, and no /run/systemd/resolve/resolv.conf
-naming real upstreams): the stub is unreachable from a namespace, so its resolv.conf names
-the bridge's address (the namespace's gateway) and queries to its port 53 are rewritten to
-the stub (`ensure_dns_forward`: a DNAT to STUB:53, the source rewritten to 127.0.0.1 as the
-query is delivered, and `route_localnet` on the bridge so that the kernel routes a packet
-from the bridge to a loopback address at all). Why this and not a forwarder process: the
-rules keep no process alive (nothing to supervise, restart or find again after a crash: the
-rules are found by the bridge's name like the NAT rules, and go with them), they work for
-`up`'s persistent namespaces with no daemon, and they cost nothing per query. The source
-rewrite is needed because stubs answer local clients only (unbound's default access
-control, systemd-resolved's check that a stub query comes from a loopback address).
-route_localnet has a cost: a host with it on accepts packets to and from 127.0.0.0/8 on the
-bridge, which would let a namespace reach services that listen on the host's loopback only.
-So it is set on nsrun's own bridge only, and the backend drops every packet that arrives on
-the bridge from a loopback source, or for a loopback destination other than through the
-DNAT (which only ever leads to STUB, port 53). systemd-resolved's own stub may still refuse
-queries that did not arrive on the loopback interface; where resolved runs, though, its
-upstreams in /run/systemd/resolve/resolv.conf are written instead and nothing is forwarded.
+Made once per bridge, under the bridge lock. The backend is written to the bridge's
+NetRecord before the first rule and `firewall_ok` after the last; ip_forward's old value is
+kept in `forwarding.json` and put back once no nat bridge of nsrun's is left. DNS behind a
+loopback stub is forwarded by rules (a DNAT to the stub, route_localnet on nsrun's bridge
+only, and drops for every other loopback packet on it). gc's orphans: rules and openings of
+a bridge no namespace uses, or whose bridge is gone. The reasoning (crash safety, why rules
+and not a forwarder process, what route_localnet opens and how it is closed):
+docs/internals.md#nat-and-the-dns-forward.
 """
 
 from __future__ import annotations
@@ -46,12 +22,12 @@ from functools import partial
 from pathlib import Path
 
 from nsrun import fault, state
-from nsrun.linux import sysctl
 from nsrun.engine import firewall, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources.lease import unused
 from nsrun.errors import NsrunError
+from nsrun.linux import sysctl
 from nsrun.profile import FIREWALLS
 
 STEP = "firewall"

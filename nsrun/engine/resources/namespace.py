@@ -1,4 +1,4 @@
-"""The network namespace itself, /run/netns/NAME (nsrun.netns makes and enters it).
+"""The network namespace itself, /run/netns/NAME (nsrun.linux.netns makes and enters it).
 
 It is made in a thread that runs the resources' `inside` steps in it as it is born (loopback
 up here; the veth pair, made from inside at no extra cost); removal unmounts it, after the
@@ -9,9 +9,9 @@ over is the engine's to judge (nsrun.engine.gc).
 
 from __future__ import annotations
 
-from nsrun.linux import netns
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
+from nsrun.linux import netns
 
 STEP = "netns"
 

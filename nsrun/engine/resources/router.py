@@ -24,11 +24,11 @@ import socket
 from functools import partial
 from typing import Any
 
-from nsrun.linux import sysctl
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.errors import UsageError
+from nsrun.linux import sysctl
 
 STEP = "router"
 PROTO = 110  # nsrun's routes (rtnetlink protocol numbers 0-255; 110 is assigned to no one)

@@ -34,11 +34,11 @@ from functools import partial
 from typing import Any
 
 from nsrun import names
-from nsrun.linux import netns, sysctl
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError
+from nsrun.linux import netns, sysctl
 
 STEP = "veth"
 

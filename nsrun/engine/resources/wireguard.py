@@ -11,9 +11,9 @@ nothing (a router advertisement) can add one. DNS is the configuration's
 
 The configuration (nsrun.wgconf) is read and checked in `prepare`, before the record is
 written: a refused file changes nothing. Kernel WireGuard where the kernel has it, else
-wireguard-go (nsrun.wireguard). wireguard-go is the one program the engine starts: it must
+wireguard-go (nsrun.engine.wgdevice). wireguard-go is the one program the engine starts: it must
 run in the host's namespace, outside the namespace, and it daemonizes itself, so the engine
-has no child left once `create` returns (see nsrun.wireguard).
+has no child left once `create` returns (see nsrun.engine.wgdevice).
 
 The slice of the record: `wireguard` (the implementation), `wg_pid` and `wg_start` (the
 daemon, recorded as soon as it is found), `dns`. Never a key. The interface's name is
@@ -30,14 +30,13 @@ from functools import partial
 from typing import Any
 
 from nsrun import fault, names
-from nsrun.linux import netns
-from nsrun.engine import wgdevice
-from nsrun.engine import record
+from nsrun.engine import record, wgdevice
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.engine.resources import dns
 from nsrun.engine.resources.veth import delete_link
 from nsrun.errors import NsrunError
+from nsrun.linux import netns
 
 STEP = "wireguard"
 SUBSTEPS = ("wg-started", "wg-configured", "wg-moved", "wg-inside")
@@ -185,7 +184,7 @@ def _reclaim(owner: str | None, ifname: str, pid: int | None, start: int | None)
 
 
 def status(rec: NsRecord) -> dict[str, Any] | None:
-    """For `nsrun ls`: see nsrun.wireguard.status. None for a namespace without WireGuard."""
+    """For `nsrun ls`: see nsrun.engine.wgdevice.status. None for a namespace without WireGuard."""
     if rec.wireguard is None:
         return None
     return wgdevice.status(rec.name, rec.wireguard)
