@@ -1,10 +1,20 @@
 """Shared fixtures: the lab of namespaces, nsrun run inside the lab host, and snapshots.
 
-Integration tests never touch the machine's own network: nsrun runs inside the lab host
-(`nsenter --net`, the network namespace alone, so /run/netns stays shared), and every
-address used lives in namespaces the tests create. Each lab test compares the lab host
-(links, addresses, routes, rules, firewall, sysctls) and /run/netns, /etc/netns and the
-state directory before and after: a leak fails the test.
+Two tiers. tests/unit/ needs no lab: `pytest -m "not lab"` (well under a minute). tests/lab/
+needs root and a real kernel, each test on a lab of namespaces of its own: `pytest -m lab`.
+A test is `lab` when it sits in tests/lab/ or uses the `lab` fixture (or `lab_session`, or
+`via`); one in tests/unit/ that does is a collection error. CI runs everything: plain
+`pytest` as root (.ci/run). tests/support/ is the harness; tests/stress/ is run by hand.
+
+Host kinds: each lab module runs on the kinds of lab host its HOST_KINDS names (default
+legacy; every kind: HOST_KINDS in tests/support/hostkinds.py). NSRUN_TEST_HOST_KINDS
+(comma-separated, e.g. `legacy,nftables`) narrows every module's list to those kinds.
+
+The machine's own network is never touched: nsrun runs inside the lab host (`nsenter --net`)
+and every address lives in the lab's namespaces. The `lab` fixture snapshots the lab host
+(links, addresses, routes, rules, firewall, sysctls, /run/netns, /etc/netns, state files)
+before and after each test and fails it on any difference: that snapshot is what asserts
+cleanup, and no refactor may drop it.
 """
 
 from __future__ import annotations
@@ -22,8 +32,12 @@ from typing import Any
 
 import pytest
 
+# The harness's plain asserts report like a test's own (the run suite's checks, the service).
+pytest.register_assert_rewrite("support")
+
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
+SUPPORT = REPO / "tests" / "support"  # the harness; dnslab, vpnlab, drive and draws run as programs
 CLIENT = [sys.executable, "-m", "nsrun.lab", "client"]
 IS_ROOT = os.geteuid() == 0
 
@@ -136,10 +150,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("via", ["daemonless", "service"], indirect=True)
 
 
+LAB_DIR = REPO / "tests" / "lab"
+UNIT_DIR = REPO / "tests" / "unit"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    keep, drop = [], []
+    """The `lab` marker, by fixture and by directory (the two must agree: a test in tests/unit/
+    that uses the lab is an error); drop the service variants of other kinds than legacy."""
+    keep, drop, misplaced = [], [], []
     for item in items:
-        if "lab" in item.fixturenames:
+        path = Path(str(item.path)).resolve()
+        uses_lab = bool({"lab", "lab_session"} & set(item.fixturenames))
+        if uses_lab and UNIT_DIR in path.parents:
+            misplaced.append(item.nodeid)
+        if uses_lab or LAB_DIR in path.parents:
             item.add_marker(pytest.mark.lab)
             item.add_marker(lab_only)
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -147,6 +171,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             drop.append(item)
         else:
             keep.append(item)
+    if misplaced:
+        raise pytest.UsageError("these tests use the lab (the `lab` or `lab_session` fixture) but sit in "
+                                "tests/unit/; move them to tests/lab/:\n  " + "\n  ".join(misplaced))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -161,7 +188,7 @@ def via(request: pytest.FixtureRequest, lab: LabRunner, tmp_path: Path) -> Itera
     if how != "service":
         yield how
         return
-    from test_service import Service
+    from support.service import Service
 
     svc = Service(lab, tmp_path / "daemon.log").start()
     lab.service = svc

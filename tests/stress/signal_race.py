@@ -1,5 +1,5 @@
 """A signal sent to nsrun the moment CMD is ready, over and over: the scenario of
-tests/test_run.py::test_signal_to_nsrun_reaches_cmd_and_cleans_up, which CI once saw hang
+tests/lab/test_run.py::test_signal_to_nsrun_reaches_cmd_and_cleans_up, which CI once saw hang
 (SIGINT, legacy: nsrun still up 10 s after the signal) and which no local run has repeated.
 On a hang it prints what tells a lost signal from a stuck teardown (the supervisor's and its
 child's wchan, pending, blocked and caught signals, open files, and /proc/locks), then fails.

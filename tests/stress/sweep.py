@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-import faultsweep
+from support import faultsweep
 
 STRIDE = int(os.environ.get("NSRUN_STRESS_STRIDE", "1"))
 KILLS = int(os.environ.get("NSRUN_STRESS_KILLS", "1000"))

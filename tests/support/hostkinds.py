@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
-from typing import Any
 
 from nsrun.lab import Lab, in_child, stop_process
 from nsrun.linux import netns, sysctl
@@ -296,8 +296,9 @@ class Firewalld:
         """Make firewalld lay out the chains of zone `trusted` as a host that has used it
         does: firewalld makes a zone's chains when the zone first gets an interface and keeps
         them (empty, reached by no interface) until its next reload, so the first binding
-        nsrun makes on a fresh firewalld leaves them (test_firewall checks exactly that,
-        after a reload has taken them away); the other tests compare the whole ruleset before and after."""
+        nsrun makes on a fresh firewalld leaves them (tests/lab/test_host_firewalls.py checks
+        exactly that, after a reload has taken them away); the other tests compare the whole
+        ruleset before and after."""
         for op in ("--add-interface", "--remove-interface"):
             r = self.cmd("--zone=trusted", f"{op}=nsrunlab0")
             if r.returncode != 0:

@@ -1,0 +1,65 @@
+"""Issue 13, without the lab: the service's per-name locks, and its systemd units (they keep
+the host's mount namespace, and verify). The service itself: tests/lab/test_service.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO
+
+
+def test_units_verify_and_keep_the_host_mount_namespace(tmp_path):
+    units = REPO / "systemd"
+    service_text = (units / "nsrun.service").read_text()
+    settings = {line.split("=", 1)[0] for line in service_text.splitlines() if "=" in line and not line.startswith("#")}
+    # Any of these gives the service its own mount namespace: /run/netns/NAME would not reach the host.
+    assert not settings & {"ProtectSystem", "ProtectHome", "PrivateTmp", "ReadWritePaths", "ReadOnlyPaths",
+                           "ProtectKernelTunables", "ProtectControlGroups", "PrivateDevices", "PrivateMounts",
+                           "TemporaryFileSystem", "BindPaths", "ProtectKernelModules", "ProtectKernelLogs",
+                           "ProtectProc", "InaccessiblePaths"}
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN" in service_text
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    for unit in ("nsrun.socket", "nsrun.service"):
+        (tmp_path / unit).write_text((units / unit).read_text())
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "nsrun.socket"), str(tmp_path / "nsrun.service")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_name_locks_serialise_one_name_and_are_kept_only_while_used():
+    """Every ephemeral run has a name of its own: a lock kept per name ever seen would grow
+    for as long as the service runs."""
+    import threading
+
+    from nsrun.service.handlers import Context
+
+    ctx = Context()
+    events: list[str] = []
+
+    def second() -> None:
+        with ctx.name_lock("web"):
+            events.append("second")
+
+    with ctx.name_lock("web"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.1)
+        events.append("first")  # the second waits for it
+        assert ctx.names_locked() == 1
+        with ctx.name_lock("db"):  # other names do not wait
+            assert ctx.names_locked() == 2
+    t.join(10)
+    assert events == ["first", "second"]
+    for i in range(1000):
+        with ctx.name_lock(f"nsrun-{i:08x}"):
+            pass
+    with pytest.raises(RuntimeError):
+        with ctx.name_lock("web"):
+            raise RuntimeError("a failed request")
+    assert ctx.names_locked() == 0
