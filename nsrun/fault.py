@@ -14,7 +14,7 @@ run's setup is its record).
 
 Below the steps, two trace functions kill at a line of nsrun's own code (NSRUN_FAULT_LINE,
 NSRUN_FAULT_DISTINCT, set up by nsrun/__main__.py before anything else of nsrun is
-imported): the crash tests' sweeps over every line of an operation (tests/faultsweep.py).
+imported): the crash tests' sweeps over every line of an operation (tests/support/faultsweep.py).
 """
 
 from __future__ import annotations

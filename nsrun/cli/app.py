@@ -92,7 +92,9 @@ def build(seen: list[dict[str, Any]] | None = None) -> typer.Typer:
     """The typer application of the table; SEEN collects what a command was called with."""
     seen = [] if seen is None else seen
     run = grammar.RUN
-    options = "\n".join(f"  {', '.join(o.spellings)} {o.metavar:<9} {o.help}" for o in run.options)
+    spelled = [f"{', '.join(o.spellings)} {o.metavar}" for o in run.options]
+    width = max(len(s) for s in spelled)
+    options = "\n".join(f"  {s:<{width}}  {o.help}" for s, o in zip(spelled, run.options))
     text = HELP.format(run="\n".join("      " + line for line in run.help.splitlines()), options=options)
     app = typer.Typer(help=text, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       rich_markup_mode=None, context_settings={"help_option_names": list(grammar.HELP_FLAGS)})

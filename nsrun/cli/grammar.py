@@ -79,6 +79,7 @@ errors; 1 for other nsrun failures.""")
 COMMANDS: dict[str, Command] = {c.words: c for c in (
     Command("up", (NS_ARG,), (PROFILE,), help="""\
 Bring up persistent namespace NAME (visible to `ip netns`), wired per PROFILE.
+
 Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr"""),
     Command("down", (NS_ARG,), (
         Option("refuse_busy", "--refuse-busy", help="Fail (exit 1) instead of stopping processes still inside.",
@@ -86,14 +87,17 @@ Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr"""),
         Option("grace", "--grace", metavar="SECONDS", help="Seconds between SIGTERM and SIGKILL for processes "
                "inside (default 5).", kind="float", default=5.0, lo=0, hi=3600)), help="""\
 Remove namespace NAME and all nsrun made for it; quietly succeeds if it is gone.
+
 Processes still inside get SIGTERM, then SIGKILL after --grace seconds."""),
     Command("exec", (NS_ARG,), (USER,), cmd=True, help="""\
 Run CMD in existing namespace NAME (nsrun's or `ip netns add`'s), like `ip netns exec`.
+
 Example: sudo nsrun exec blue -- ping -c1 192.168.1.1"""),
     Command("shell", (NS_ARG,), (PROFILE, USER, Option(
         "keep", "--keep", help="Keep a namespace that shell creates after the shell exits.", kind="flag")), help="""\
 An interactive $SHELL inside NAME; a missing NAME is created (per PROFILE) and removed
 when the shell exits, unless --keep. An existing NAME is left as it was.
+
 NSRUN_NETNS is set inside, for the prompt: PS1="[$NSRUN_NETNS] $PS1"."""),
     Command("ls", options=(Option("json", "--json", help="A JSON list of objects.", kind="flag"),), help="""\
 Namespaces: profile, kind, addresses, processes inside, traffic, age."""),
@@ -108,6 +112,7 @@ Print profile PROFILE as it will be applied (defaults filled in), or its errors.
         PROFILE, USER, Option("install", "--install", help="Write /etc/systemd/system/nsrun-NAME.service.",
                               kind="flag")), cmd=True, help="""\
 Print a systemd service unit that runs CMD through nsrun.
+
 Example: nsrun unit web -p gw1 -u nobody -- /usr/bin/python3 -m http.server 8080"""),
     Command("demo", help="""\
 Two programs, two gateways: a throwaway lab of namespaces; nothing outside it is touched."""),

@@ -192,6 +192,27 @@ def test_user_named_namespace_own_by_default(lab, user_service, public_nsrun):
     assert "mine" not in lab.nsrun("ls").stdout
 
 
+@pytest.mark.parametrize("up_args,down_args", [
+    (["-p", "nat"], []),
+    (["--profile=nat"], ["--grace=2"]),
+    (["-pnat"], ["--grace", "1", "--refuse-busy"]),
+])
+def test_every_spelling_of_up_and_down_goes_through_the_service(lab, user_service, public_nsrun, up_args, down_args):
+    """One grammar: `up NAME --profile=X` means `up NAME -p X`, and both reach the service,
+    the only way a user without root is served (the old hand parser sent `--profile=X` and
+    `--grace=N` daemonless, where nobody was refused for lack of root)."""
+    before = served(user_service)
+    r = user_run(lab, public_nsrun, "nobody", "up", "spelled", *up_args)
+    assert r.returncode == 0, (r.stderr, user_service.log())
+    try:
+        assert "spelled is up: profile nat" in r.stdout, r.stdout
+        assert served(user_service) == before + 1
+    finally:
+        r = user_run(lab, public_nsrun, "nobody", "down", "spelled", *down_args)
+        assert r.returncode == 0 and "spelled is down" in r.stdout, (r.stderr, user_service.log())
+    assert served(user_service) == before + 2
+
+
 def test_user_shell_through_the_service(lab, user_service, public_nsrun):
     """nobody's `nsrun shell NAME`: NAME is made, nobody's shell runs in it as nobody, and
     NAME goes when the shell exits; with --keep it stays, nobody's own."""
