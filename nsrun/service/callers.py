@@ -28,6 +28,7 @@ class Caller(NamedTuple):
 
 
 MAX_WORK = 16  # requests and teardowns at the engine at once: each holds descriptors
+PER_UID_WORK = 4  # of those, held by one uid other than root
 
 
 class Context:
@@ -39,6 +40,8 @@ class Context:
         self._locks_lock = threading.Lock()
         self.work = threading.BoundedSemaphore(MAX_WORK)
         self._working = threading.local()
+        self._uid_work: dict[int, int] = {}  # uid -> slots it holds
+        self._uid_work_cond = threading.Condition()
         self.runs = runs or Runs(self.name_lock, work=self.working, **limits)
         self.pool = pool
         self.requests = 0
@@ -71,14 +74,20 @@ class Context:
         return self.name_lock(f"uid {uid}")  # a space: never a namespace's name
 
     @contextlib.contextmanager
-    def working(self) -> Iterator[None]:
+    def working(self, uid: int = 0) -> Iterator[None]:
         """A slot for work at the engine, for this thread, until done_working or the end
-        (a thread that holds one already goes on with it)."""
+        (a thread that holds one already goes on with it). A uid other than root holds at
+        most PER_UID_WORK of them: its requests queued on its own lock (uid_lock) cannot
+        take every slot."""
         if getattr(self._working, "held", False):
             yield
             return
+        if uid != 0:
+            with self._uid_work_cond:
+                self._uid_work_cond.wait_for(lambda: self._uid_work.get(uid, 0) < PER_UID_WORK)
+                self._uid_work[uid] = self._uid_work.get(uid, 0) + 1
         self.work.acquire()
-        self._working.held = True
+        self._working.held, self._working.uid = True, uid
         try:
             yield
         finally:
@@ -86,9 +95,19 @@ class Context:
 
     def done_working(self) -> None:
         """Give this thread's slot back early (a request that now only waits, for its CMD)."""
-        if getattr(self._working, "held", False):
-            self._working.held = False
-            self.work.release()
+        if not getattr(self._working, "held", False):
+            return
+        self._working.held = False
+        self.work.release()
+        uid = self._working.uid
+        if uid != 0:
+            with self._uid_work_cond:
+                left = self._uid_work.get(uid, 0) - 1
+                if left > 0:
+                    self._uid_work[uid] = left
+                else:
+                    self._uid_work.pop(uid, None)
+                self._uid_work_cond.notify_all()
 
     def names_locked(self) -> int:
         """How many names have a lock now (held or waited for)."""

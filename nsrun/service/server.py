@@ -139,6 +139,28 @@ class Admission:
             self.users_bytes -= size
 
 
+class Quiet:
+    """At most one log line per uid every 10 s for what a caller may repeat at will (bad
+    requests): an attacker cannot flood the log."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last: dict[int, tuple[float, int]] = {}  # uid -> (when logged, lines not logged since)
+
+    def log(self, uid: int, text: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            when, skipped = self.last.get(uid, (now - 10, 0))
+            if now - when < 10:
+                self.last[uid] = (when, skipped + 1)
+                return
+            self.last[uid] = (now, 0)
+        log(text + (f" ({skipped} more from uid {uid} not logged)" if skipped else ""))
+
+
+QUIET = Quiet()
+
+
 def serve_one(ctx: Context, conn: socket.socket, caller: Caller, admission: Admission,
               deadline: float) -> None:
     """Read one request from CONN (by DEADLINE), answer it, close CONN."""
@@ -167,19 +189,18 @@ def serve_one(ctx: Context, conn: socket.socket, caller: Caller, admission: Admi
         except Busy as exc:
             _reply_error(conn, 1, str(exc), busy=True)
         except wire.ProtocolError as exc:
-            log(f"bad request from uid {caller.uid} (pid {caller.pid}): {exc}")
+            QUIET.log(caller.uid, f"bad request from uid {caller.uid} (pid {caller.pid}): {exc}")
             _reply_error(conn, 2, f"bad request: {exc}")
         except NsrunError as exc:
             _reply_error(conn, exc.exit_code, str(exc))
         except (socket.timeout, ConnectionError, BrokenPipeError):
             pass  # the client went away or stalled: nothing to answer
-        except OSError as exc:
-            if exc.errno not in OUT_OF_FDS:
-                raise
-            log(f"out of descriptors serving uid {caller.uid}: {exc}")
-            _reply_error(conn, 1, f"{BUSY}: it has run out of file descriptors ({exc.strerror}); try again",
-                         busy=True)
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in OUT_OF_FDS:  # said as such, not as what failed
+                log(f"out of descriptors serving uid {caller.uid}: {exc}")
+                _reply_error(conn, 1, f"{BUSY}: it has run out of file descriptors ({exc.strerror}); "
+                             "try again", busy=True)
+                return
             log(f"internal error for uid {caller.uid}: {''.join(traceback.format_exception(exc)).rstrip()}")
             _reply_error(conn, 1, f"internal error: {type(exc).__name__}: {exc}")
     except OSError:
@@ -201,7 +222,7 @@ def dispatch(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, A
         return
     if kind not in wire.REQUESTS:
         raise wire.ProtocolError(f"unknown request type {kind!r}")
-    with ctx.working():  # at most MAX_WORK requests at the engine at once (descriptors, CPU)
+    with ctx.working(caller.uid):  # at most MAX_WORK requests at the engine at once (descriptors, CPU)
         if caller.uid != 0:
             userpath.serve(ctx, conn, caller, msg, fds)
             return

@@ -29,6 +29,7 @@ import select
 import signal
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nsrun import wire
@@ -55,6 +56,9 @@ PASSED_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal
                             signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
                             signal.SIGTSTP, signal.SIGALRM})
 
+
+MAX_SIGNAL_FRAME = 4096
+SIGNAL_TIMEOUT = 10.0
 
 # The CMDs started for callers without root that still run (pidfds), for a stopping service.
 _live: set[int] = set()
@@ -406,8 +410,8 @@ def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
                 continue
             if not client:
                 continue
-            try:
-                got = wire.recv(conn)
+            try:  # a signal message: small, and in whole soon (as a request is)
+                got = wire.recv(conn, time.monotonic() + SIGNAL_TIMEOUT, _small)
             except (OSError, wire.ProtocolError) as exc:
                 log(f"uid {caller.uid}: dropping a bad message while CMD runs: {exc}")
                 got = None
@@ -423,6 +427,11 @@ def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
                 _send(started.pidfd, signo)
             else:
                 log(f"uid {caller.uid}: ignored a {message.get('type')!r} message while CMD runs")
+
+
+def _small(size: int) -> None:
+    if size > MAX_SIGNAL_FRAME:
+        raise wire.ProtocolError(f"a message while CMD runs is a signal: at most {MAX_SIGNAL_FRAME} bytes")
 
 
 def _send(pidfd: int, signo: int) -> None:
