@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 from nsrun.errors import NsrunError, UsageError
 
 
+class Busy(NsrunError):
+    """The service is at a limit of its own (connections, descriptors, bytes): a root caller
+    works without it then; a caller without root, who needs it, is told."""
+
+
 def socket_path() -> str | None:
     root = os.environ.get("NSRUN_STATE_DIR") or "/run/nsrun"
     return f"{root}/{wire.SOCKET_NAME}" if os.path.isabs(root) else None
@@ -62,8 +67,19 @@ def _ask(sock: socket.socket, msg: dict[str, Any], fds: tuple[int, ...] = ()) ->
     except wire.ProtocolError as exc:
         raise NsrunError(f"talking to the nsrun service: {exc}") from None
     except OSError as exc:
+        _answered_before_reading(sock)
         raise NsrunError(f"talking to the nsrun service: {exc.strerror or exc}") from None
     return _await(sock)
+
+
+def _answered_before_reading(sock: socket.socket) -> None:
+    """Raise the `error` a service sent before it read the request (busy), if it did."""
+    try:
+        _await(sock)
+    except Busy:
+        raise
+    except NsrunError:
+        pass
 
 
 def _await(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -85,7 +101,7 @@ def _await(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
             if kind == "error":
                 wire.close_all(got_fds)
                 code, text = reply.get("code"), reply.get("message")
-                error = UsageError if code == 2 else NsrunError
+                error = UsageError if code == 2 else Busy if reply.get("busy") is True else NsrunError
                 exc = error(text if isinstance(text, str) else "the service failed")
                 if isinstance(code, int) and code not in (1, 2):
                     exc.exit_code = code
@@ -104,6 +120,10 @@ def command(msg: dict[str, Any]) -> int | None:
         return None
     try:
         reply, fds = _ask(sock, msg)
+    except Busy:
+        if os.geteuid() == 0:
+            return None  # root is never locked out by a busy service: daemonless
+        raise
     finally:
         sock.close()
     wire.close_all(fds)
@@ -208,6 +228,8 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
     try:
         privilege.require_root(state_dir=False)
         reply, fds = _ask(sock, msg)
+    except Busy:
+        return None  # never locked out by a busy service: daemonless (the supervisor)
     finally:
         sock.close()
     if reply.get("type") != "ready" or len(fds) != 1 or not isinstance(reply.get("name"), str):
@@ -260,6 +282,8 @@ def _not_root(msg: dict[str, Any]) -> int | None:
         try:
             wire.send(sock, msg, stdio)
         except (OSError, wire.ProtocolError) as exc:
+            if isinstance(exc, OSError):
+                _answered_before_reading(sock)
             raise NsrunError(f"talking to the nsrun service: {exc}") from None
         finally:
             if slave is not None:
