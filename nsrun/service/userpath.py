@@ -28,7 +28,7 @@ import select
 import signal
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from nsrun import wire
 from nsrun.errors import UsageError
@@ -191,8 +191,25 @@ def _down(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
     names.check_name(name)
+    if _missing(name):  # as root is told (the names in /run/netns are anyone's to read)
+        _check(caller, "down", pol.may_remove(who, name, caller.uid))  # a caller the policy knows
+
+        def say_none(out: TextIO, err: TextIO) -> int:
+            err.write(f"nsrun: no namespace {name}\n")
+            return 0
+
+        run_command(conn, say_none)
+        return
     _check(caller, "down", pol.may_remove(who, name, _owner_uid(name)))
     handlers.down(ctx, conn, caller, msg)
+
+
+def _missing(name: str) -> bool:
+    """No namespace NAME and no record of one: nothing `down` could take down."""
+    from nsrun.engine import record
+    from nsrun.linux import netns
+
+    return not netns.exists(name) and record.read(name) is None
 
 
 class _Request(NamedTuple):
@@ -276,7 +293,7 @@ def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller,
         if req.remove:
             return _owned_up(ctx, conn, caller, ns, prof_name, firewall)
         rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True, owner={"owner_uid": caller.uid},
-                           firewall=firewall, bus=ctx.bus)
+                           firewall=firewall, bus=ctx.bus, for_uid=caller.uid)
         return _Place(ns, rec)
 
 
@@ -295,7 +312,8 @@ def _owned_up(ctx: Context, conn: socket.socket, caller: Caller, name: str | Non
         ctx.runs.reserve(caller.uid)
         owner = {"owner_pid": caller.pid, "owner_start": start, "owner_uid": caller.uid}
         try:
-            made, _ = engine.up(name, prof, persistent=False, owner=owner, firewall=firewall, bus=ctx.bus)
+            made, _ = engine.up(name, prof, persistent=False, owner=owner, firewall=firewall, bus=ctx.bus,
+                                for_uid=caller.uid)
         except BaseException:
             ctx.runs.release(caller.uid)
             raise
@@ -311,14 +329,15 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
          msg: dict[str, Any], held: list[int]) -> None:
     """A run or exec; HELD: the request's stdin, stdout and stderr, closed (and emptied)
     as soon as CMD has its own copies, so that the client sees its pty or pipes end with CMD."""
-    from nsrun.process import spawn
+    from nsrun.process import spawn, supervise
 
     try:
         req = _request(caller, msg)
         place = _place(ctx, conn, caller, who, pol, req, firewall_of(msg))
         rec = place.rec
         env = {**req.env, "NSRUN_NETNS": place.ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",
-               "NSRUN_ADDRESS": (rec.address if rec else None) or ""}
+               "NSRUN_ADDRESS": (rec.address if rec else None) or "",
+               "NSRUN_HOST_ADDRESS": supervise.host_of(rec) or ""}
         started = spawn.start(place.ns, req.argv, env, req.cwd, caller.uid, who.gid, who.groups,
                               (held[0], held[1], held[2]), controlling_tty=req.tty, cgroup=place.group)
     finally:
