@@ -14,6 +14,8 @@ from pathlib import Path
 from conftest import LabRunner
 from support.service import Service
 
+SYSTEM_PYTHON = "/usr/bin/python3"  # the client behind a wrapper: USER must be able to execute it
+
 
 def policy_service(lab: LabRunner, tmp_path: Path, policy: str, *args: str) -> Service:
     """`nsrun daemon --policy FILE` (FILE: POLICY, root's 0644) in the lab host, socket 0666."""
@@ -28,14 +30,20 @@ def policy_service(lab: LabRunner, tmp_path: Path, policy: str, *args: str) -> S
 def setpriv(user: str, *opts: str) -> list[str]:
     """setpriv to USER (its groups from the user database unless OPTS say otherwise)."""
     who = pwd.getpwnam(user)
-    groups = [] if any(o.startswith("--groups") or o == "--clear-groups" for o in opts) else ["--init-groups"]
+    groups = [] if any(o.startswith("--groups") or o in ("--clear-groups", "--init-groups") for o in opts) \
+        else ["--init-groups"]
     return ["setpriv", f"--reuid={who.pw_uid}", f"--regid={who.pw_gid}", *groups, "--inh-caps=-all", *opts]
 
 
 def as_user(lab: LabRunner, user: str, *args: str, wrap: list[str] | None = None) -> list[str]:
     """`nsrun ARGS` as USER in the lab host; WRAP: a command line that runs it (setpriv's
-    by default), e.g. with other groups, or behind `sh -c 'ulimit ...; exec "$@"'`."""
-    return lab.host_argv([*(wrap or setpriv(user)), *lab.nsrun_argv(*args)[2:]])
+    by default), e.g. with other groups, or behind prlimit and `sh -c 'umask ...; exec "$@"'`:
+    the client is then the system's Python, which USER may execute from any process (the
+    suite's own may sit under /root: only setpriv's direct exec of it was seen to work)."""
+    argv = lab.nsrun_argv(*args)[2:]
+    if wrap is not None:
+        argv[0] = SYSTEM_PYTHON
+    return lab.host_argv([*(wrap or setpriv(user)), *argv])
 
 
 def user_run(lab: LabRunner, public: dict[str, str], user: str, *args: str, env: dict[str, str] | None = None,
