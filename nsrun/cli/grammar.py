@@ -86,7 +86,7 @@ Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr"""),
                kind="flag"),
         Option("grace", "--grace", metavar="SECONDS", help="Seconds between SIGTERM and SIGKILL for processes "
                "inside (default 5).", kind="float", default=5.0, lo=0, hi=3600)), help="""\
-Remove namespace NAME and all nsrun made for it; quietly succeeds if it is gone.
+Remove namespace NAME and all nsrun made for it; exits 0 if there is none, saying so.
 
 Processes still inside get SIGTERM, then SIGKILL after --grace seconds."""),
     Command("exec", (NS_ARG,), (USER,), cmd=True, help="""\
