@@ -99,6 +99,7 @@ def profile_for(name: str | None, spec: str | None, load: Callable[[str | None],
 
 
 EPHEMERAL_DRAWS = 16
+MADE_FOR = -1  # up's FOR_UID by default: the uid NAME would be made for (no uid is negative)
 
 
 def claim_ephemeral() -> tuple[str, state.Lock]:
@@ -134,7 +135,7 @@ def claim_ephemeral() -> tuple[str, state.Lock]:
 def up(name: str | None, prof: Profile, *, persistent: bool,
        owner: dict[str, Any] | None = None, firewall: str | None = None,
        notices: list[str] | None = None, bus: str | None = None,
-       lock: state.Lock | None = None, for_uid: int | None = 0) -> tuple[NsRecord, bool]:
+       lock: state.Lock | None = None, for_uid: int | None = MADE_FOR) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). The one way every
     caller (a run, `up`, the service, its policy path and its pool) brings a namespace up.
 
@@ -146,15 +147,18 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
     NOTICES, when given, gets what this setup opened in the host's own firewall (once per
     bridge) and what it left as found (a resolv.conf that is not nsrun's), one line each,
     for the caller to say. LOCK: NAME's lock, held already (a claim); up releases it.
-    FOR_UID: who asks (root: 0); a NAME of another uid's is refused (not_theirs), unchanged;
+    FOR_UID: who asks (root: 0; by default the uid NAME would be made for, OWNER's
+    `owner_uid`, else root); a NAME of another uid's is refused (not_theirs), unchanged;
     None: not checked (the service's policy path has decided)."""
+    if for_uid == MADE_FOR:
+        for_uid = (owner or {}).get("owner_uid") or 0
     if name is None:  # ephemeral: a name claimed for it (claim_ephemeral), its lock held
         if persistent or lock is not None:
             raise ValueError("an ephemeral namespace is neither persistent nor locked beforehand")
         name, lock = claim_ephemeral()
         try:
             return up(name, prof, persistent=False, owner=owner, firewall=firewall, notices=notices, bus=bus,
-                      lock=lock)
+                      lock=lock, for_uid=for_uid)
         finally:
             lock.abandon()  # when up did not take it
     from nsrun.engine import resources

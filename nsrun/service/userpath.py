@@ -28,8 +28,7 @@ import select
 import signal
 import socket
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nsrun import wire
 from nsrun.errors import UsageError
@@ -46,6 +45,9 @@ from nsrun.service.callers import (
 from nsrun.service.runs import Run, log
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TextIO
+
     from nsrun.engine.record import NsRecord
     from nsrun.service.policy import Caller as PolicyCaller
     from nsrun.service.policy import Policy
@@ -295,7 +297,7 @@ def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller,
         if req.remove:
             return _owned_up(ctx, conn, caller, ns, prof_name, firewall)
         rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True, owner={"owner_uid": caller.uid},
-                           firewall=firewall, bus=ctx.bus, for_uid=caller.uid)
+                           firewall=firewall, bus=ctx.bus)
         return _Place(ns, rec)
 
 
@@ -314,8 +316,7 @@ def _owned_up(ctx: Context, conn: socket.socket, caller: Caller, name: str | Non
         ctx.runs.reserve(caller.uid)
         owner = {"owner_pid": caller.pid, "owner_start": start, "owner_uid": caller.uid}
         try:
-            made, _ = engine.up(name, prof, persistent=False, owner=owner, firewall=firewall, bus=ctx.bus,
-                                for_uid=caller.uid)
+            made, _ = engine.up(name, prof, persistent=False, owner=owner, firewall=firewall, bus=ctx.bus)
         except BaseException:
             ctx.runs.release(caller.uid)
             raise
@@ -335,12 +336,12 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
 
     try:
         req = _request(caller, msg)
-        theirs = inherited(conn, caller)  # the kernel's word for them, never the request's
         place = _place(ctx, conn, caller, who, pol, req, firewall_of(msg))
         rec = place.rec
         env = {**req.env, "NSRUN_NETNS": place.ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",
                "NSRUN_ADDRESS": (rec.address if rec else None) or "",
                "NSRUN_HOST_ADDRESS": supervise.host_of(rec) or ""}
+        theirs = inherited(conn, caller)  # the kernel's word for them, never the request's
         # Groups: those the caller holds now that the user database still gives them (one
         # dropped stays dropped; one since taken away is not handed back by root).
         groups = tuple(g for g in theirs.groups if g in set(who.groups))

@@ -37,6 +37,7 @@ POLICY = """\
 version = 1
 [[allow]]
 users = ["nobody"]
+create = ["*"]  # names of any kind (the default is nobody-*: tests/lab/test_namespace_ownership.py)
 profiles = ["gw1", "nat"]
 limit = 4
 """
@@ -175,10 +176,10 @@ def test_refusals_exit_2_with_a_log_line(lab, user_service, public_nsrun, who, a
 def test_user_named_namespace_own_by_default(lab, user_service, public_nsrun):
     """nobody makes a named namespace of its own, runs in it, and takes it down; daemon is
     refused it; root's namespaces are not nobody's to enter."""
-    r = user_run(lab, public_nsrun, "nobody", "up", "nobody-mine", "-p", "nat")
+    r = user_run(lab, public_nsrun, "nobody", "up", "mine", "-p", "nat")
     assert r.returncode == 0, (r.stderr, user_service.log())
     try:
-        r = user_run(lab, public_nsrun, "nobody", "exec", "nobody-mine", "--", "id", "-u")
+        r = user_run(lab, public_nsrun, "nobody", "exec", "mine", "--", "id", "-u")
         assert (r.returncode, r.stdout.strip()) == (0, str(pwd.getpwnam("nobody").pw_uid)), r.stderr
         assert lab.nsrun("up", "roots", "-p", "isolated").returncode == 0
         try:
@@ -187,9 +188,9 @@ def test_user_named_namespace_own_by_default(lab, user_service, public_nsrun):
         finally:
             assert lab.nsrun("down", "roots").returncode == 0
     finally:
-        r = user_run(lab, public_nsrun, "nobody", "down", "nobody-mine")
+        r = user_run(lab, public_nsrun, "nobody", "down", "mine")
         assert r.returncode == 0, (r.stderr, user_service.log())
-    assert "nobody-mine" not in lab.nsrun("ls").stdout
+    assert "mine" not in lab.nsrun("ls").stdout
 
 
 @pytest.mark.parametrize("up_args,down_args", [
@@ -202,14 +203,14 @@ def test_every_spelling_of_up_and_down_goes_through_the_service(lab, user_servic
     the only way a user without root is served (the old hand parser sent `--profile=X` and
     `--grace=N` daemonless, where nobody was refused for lack of root)."""
     before = served(user_service)
-    r = user_run(lab, public_nsrun, "nobody", "up", "nobody-spelled", *up_args)
+    r = user_run(lab, public_nsrun, "nobody", "up", "spelled", *up_args)
     assert r.returncode == 0, (r.stderr, user_service.log())
     try:
-        assert "nobody-spelled is up: profile nat" in r.stdout, r.stdout
+        assert "spelled is up: profile nat" in r.stdout, r.stdout
         assert served(user_service) == before + 1
     finally:
-        r = user_run(lab, public_nsrun, "nobody", "down", "nobody-spelled", *down_args)
-        assert r.returncode == 0 and "nobody-spelled is down" in r.stdout, (r.stderr, user_service.log())
+        r = user_run(lab, public_nsrun, "nobody", "down", "spelled", *down_args)
+        assert r.returncode == 0 and "spelled is down" in r.stdout, (r.stderr, user_service.log())
     assert served(user_service) == before + 2
 
 
@@ -218,19 +219,19 @@ def test_user_shell_through_the_service(lab, user_service, public_nsrun):
     NAME goes when the shell exits; with --keep it stays, nobody's own."""
     env = {**lab.env, **public_nsrun, "SHELL": "/bin/sh"}
     before = served(user_service)
-    r = subprocess.run(as_user(lab, "nobody", "shell", "nobody-myshell"), env=env, input="id -u; echo $NSRUN_NETNS; exit 4\n",
+    r = subprocess.run(as_user(lab, "nobody", "shell", "myshell"), env=env, input="id -u; echo $NSRUN_NETNS; exit 4\n",
                        capture_output=True, text=True, timeout=60, cwd="/")
-    assert (r.returncode, r.stdout) == (4, f"{pwd.getpwnam('nobody').pw_uid}\nnobody-myshell\n"), (r.stderr, user_service.log())
-    assert r.stderr == ("nsrun: creating namespace nobody-myshell; it is removed when the shell exits (--keep keeps it)\n"
-                        "nsrun: removed namespace nobody-myshell\n")
-    assert not os.path.exists("/run/netns/nobody-myshell")
-    r = subprocess.run(as_user(lab, "nobody", "shell", "nobody-mykept", "-p", "gw1", "--keep"), env=env,
+    assert (r.returncode, r.stdout) == (4, f"{pwd.getpwnam('nobody').pw_uid}\nmyshell\n"), (r.stderr, user_service.log())
+    assert r.stderr == ("nsrun: creating namespace myshell; it is removed when the shell exits (--keep keeps it)\n"
+                        "nsrun: removed namespace myshell\n")
+    assert not os.path.exists("/run/netns/myshell")
+    r = subprocess.run(as_user(lab, "nobody", "shell", "mykept", "-p", "gw1", "--keep"), env=env,
                        input=" ".join(USER_CLIENT) + "\n", capture_output=True, text=True, timeout=60, cwd="/")
     assert (r.returncode, r.stdout.strip()) == (0, labmod.GW1_UP), (r.stderr, user_service.log())
     try:
-        assert "nobody-mykept" in lab.nsrun("ls").stdout
+        assert "mykept" in lab.nsrun("ls").stdout
     finally:
-        r = user_run(lab, public_nsrun, "nobody", "down", "nobody-mykept")
+        r = user_run(lab, public_nsrun, "nobody", "down", "mykept")
         assert r.returncode == 0, (r.stderr, user_service.log())
     assert served(user_service) == before + 4  # two shells, root's ls, down
 
