@@ -228,16 +228,20 @@ def readable() -> bool:
 
 def table(rows: list[dict[str, Any]], width: int | None = None) -> str:
     """ROWS as the text table of `nsrun ls`, one line per row whatever the cells hold. WIDTH:
-    the longest a line may be (the PROCESSES cells are cut, then columns dropped in the
-    order of DROPPED: never NAME); None: every column, whole (`--wide`)."""
+    the longest a line may be (a namespace's first address alone, with how many more; the
+    PROCESSES cells cut, then columns dropped in the order of DROPPED: never NAME); None:
+    every column, whole (`--wide`)."""
     head = ("NAME", "OWNER", "PROFILE", "KIND", "ADDRESS", "GATEWAY", "BRIDGE", "RX", "TX", "AGE", "PROCESSES")
     cells = [head]
     for r in rows:
         procs = ", ".join(f"{p['pid']} {p['command'][:30]}" for p in r["processes"][:3])
         if len(r["processes"]) > 3:
             procs += f" (+{len(r['processes']) - 3})"
+        addresses = r["addresses"]
+        if width is not None and len(addresses) > 1:  # the first, and how many more (--wide: all)
+            addresses = [f"{addresses[0]} (+{len(addresses) - 1})"]
         cells.append((r["name"], r.get("owner") or "-", r["profile"] or "-", r["kind"] or "?",
-                      ",".join(r["addresses"]) or "-",
+                      ",".join(addresses) or "-",
                       _tunnel(r["wireguard"]) if r.get("wireguard") else r["gateway"] or "-",
                       r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))

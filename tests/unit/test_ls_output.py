@@ -54,6 +54,18 @@ def test_the_table_fits_80_columns_and_keeps_names_whole() -> None:
     assert "ADDRESS" in lines[0] and "192.168.1.100/24" in lines[1]
 
 
+def test_a_namespace_with_many_addresses_leaves_room_for_processes() -> None:
+    """An unmanaged namespace (a router: two addresses) must not push PROCESSES out of 80
+    columns: the table shows its first address and how many more; --wide all of them."""
+    rows = [row("blue", procs=1, command="sleep"),
+            row("lab-gw1", procs=0, kind="unmanaged", owner=None, profile=None, gateway=None, bridge=None,
+                addresses=["192.168.1.1/24", "198.51.100.1/24", "203.0.113.1/24"])]
+    lines = listing.table(rows, 80).splitlines()
+    assert "PROCESSES" in lines[0] and "100000 sleep 0" in lines[1], lines
+    assert "192.168.1.1/24 (+2)" in lines[2]
+    assert "192.168.1.1/24,198.51.100.1/24,203.0.113.1/24" in listing.table(rows)
+
+
 @PROPS
 @given(st.integers(min_value=1, max_value=400), st.lists(st.text(min_size=1, max_size=40), min_size=0, max_size=4),
        st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True), min_size=1, max_size=4, unique=True))
