@@ -109,6 +109,8 @@ def _await(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
             return reply, got_fds
     except wire.ProtocolError as exc:
         raise NsrunError(f"talking to the nsrun service: {exc}") from None
+    except BrokenPipeError:
+        raise  # our stdout or stderr closed (`nsrun ls | head`): nsrun.cli.main ends quietly
     except OSError as exc:
         raise NsrunError(f"talking to the nsrun service: {exc.strerror or exc}") from None
 
@@ -138,9 +140,23 @@ def run(argv: list[str], profile: str | None, name: str | None, user: str | None
     """`nsrun [-p P] [-n N] [-u U] -- CMD` through the service: execs CMD (never returns)
     for root, the exit status for others, or None to work without the service. FIREWALL:
     the backend asked for (NSRUN_FIREWALL, read by the CLI), sent on."""
+    if reads_as_caller(profile):
+        return None
     msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
                            "firewall": firewall}
     return _enter("run", msg, name, user)
+
+
+def reads_as_caller(profile: str | None) -> bool:
+    """Whether PROFILE is a file that must be opened with the sudo caller's rights
+    (nsrun.process.execution.profile_reader): such a request goes without the service,
+    which is root and would read any file for the caller, and show what it holds in its
+    errors. (A plain root caller's path, and a profile name, go through the service.)"""
+    if profile is None or not ("/" in profile or profile.endswith(".toml")) or os.geteuid() != 0:
+        return False
+    from nsrun.process import execution
+
+    return execution.profile_reader() is not None
 
 
 def exec_in(name: str, argv: list[str], user: str | None) -> int | None:
@@ -171,11 +187,15 @@ def shell(name: str, profile: str | None, user: str | None, keep: bool,
         existed = os.path.lexists(where)
         if not existed:
             _say_created(name, profile, keep)
+        else:
+            from nsrun.process import execution
+
+            sys.stderr.write(execution.shell_notice(name) + "\n")
         code = _not_root({**msg, "remove": not keep})
         if code is not None and not existed and not keep and not os.path.lexists(where):
             sys.stderr.write(f"nsrun: removed namespace {name}\n")
         return code
-    if not keep and not os.path.lexists(where):
+    if (not keep and not os.path.lexists(where)) or reads_as_caller(profile):
         return None
     return _enter("run", msg, name, user, created=lambda prof: _say_created(name, prof, keep))
 
@@ -238,11 +258,15 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
     ns = reply["name"]
     for line in reply.get("notices") or ():
         sys.stderr.write(f"{line}\n")
-    profile, address = reply.get("profile"), reply.get("address")
+    profile, address, host = reply.get("profile"), reply.get("address"), reply.get("host_address")
     profile = profile if isinstance(profile, str) else None
-    if created is not None and reply.get("created") is True:
-        created(profile)
-    env = execution.command_env(ns, profile, address if isinstance(address, str) else None, ident)
+    if created is not None:
+        if reply.get("created") is True:
+            created(profile)
+        else:  # `shell` into a NAME that was there
+            sys.stderr.write(execution.shell_notice(ns) + "\n")
+    env = execution.command_env(ns, profile, address if isinstance(address, str) else None, ident,
+                                host if isinstance(host, str) else None)
     if kind == "exec" and env.get("NOTIFY_SOCKET", "").startswith("@"):
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
                          f"{ns}; `nsrun -n {ns} -- CMD` relays it\n")

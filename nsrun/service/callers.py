@@ -17,6 +17,8 @@ from typing import Any, NamedTuple, TextIO, cast
 
 from nsrun import profile, state, wire
 from nsrun.errors import UsageError
+from nsrun.linux import inherited as inheritance
+from nsrun.linux.inherited import Inherited
 from nsrun.service.pool import Pool
 from nsrun.service.runs import Runs
 
@@ -168,6 +170,26 @@ def pin_caller(conn: socket.socket, caller: Caller) -> tuple[int, int | None]:
         os.close(pidfd)
         raise UsageError("the caller is gone")
     return pidfd, start
+
+
+def inherited(conn: socket.socket, caller: Caller) -> Inherited:
+    """What the caller's process holds that CMD must start with (its resource limits, umask
+    and supplementary groups: nsrun.linux.inherited), read from the kernel while the caller
+    waits on this connection; its pidfd, still unread after the reading, says the files were
+    that process's and not a later one's under a reused pid. UsageError when it cannot be."""
+    pidfd, _ = pin_caller(conn, caller)
+    try:
+        try:
+            got = inheritance.read(caller.pid)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read the caller's limits, umask and groups: {exc}") from None
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        if p.poll(0):
+            raise UsageError("the caller is gone")
+        return got
+    finally:
+        os.close(pidfd)
 
 
 def run_command(conn: socket.socket, body: Callable[[TextIO, TextIO], int]) -> None:

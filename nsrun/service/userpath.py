@@ -39,6 +39,7 @@ from nsrun.service.callers import (
     Caller,
     Context,
     firewall_of,
+    inherited,
     pin_caller,
     run_command,
     same_netns,
@@ -46,6 +47,9 @@ from nsrun.service.callers import (
 from nsrun.service.runs import Run, log
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TextIO
+
     from nsrun.engine.record import NsRecord
     from nsrun.service.policy import Caller as PolicyCaller
     from nsrun.service.policy import Policy
@@ -240,8 +244,25 @@ def _down(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
     names.check_name(name)
+    if _missing(name):  # as root is told (the names in /run/netns are anyone's to read)
+        _check(caller, "down", pol.may_remove(who, name, caller.uid))  # a caller the policy knows
+
+        def say_none(out: TextIO, err: TextIO) -> int:
+            err.write(f"nsrun: no namespace {name}\n")
+            return 0
+
+        run_command(conn, say_none)
+        return
     _check(caller, "down", pol.may_remove(who, name, _owner_uid(name)))
     handlers.down(ctx, conn, caller, msg)
+
+
+def _missing(name: str) -> bool:
+    """No namespace NAME and no record of one: nothing `down` could take down."""
+    from nsrun.engine import record
+    from nsrun.linux import netns
+
+    return not netns.exists(name) and record.read(name) is None
 
 
 class _Request(NamedTuple):
@@ -362,16 +383,23 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
          msg: dict[str, Any], held: list[int]) -> None:
     """A run or exec; HELD: the request's stdin, stdout and stderr, closed (and emptied)
     as soon as CMD has its own copies, so that the client sees its pty or pipes end with CMD."""
-    from nsrun.process import spawn
+    from nsrun.process import scope, spawn, supervise
 
     try:
         req = _request(caller, msg)
         place = _place(ctx, conn, caller, who, pol, req, _firewall(caller, msg))
         rec = place.rec
         env = {**req.env, "NSRUN_NETNS": place.ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",
-               "NSRUN_ADDRESS": (rec.address if rec else None) or ""}
-        started = spawn.start(place.ns, req.argv, env, req.cwd, caller.uid, who.gid, who.groups,
-                              (held[0], held[1], held[2]), controlling_tty=req.tty, cgroup=place.group)
+               "NSRUN_ADDRESS": (rec.address if rec else None) or "",
+               "NSRUN_HOST_ADDRESS": supervise.host_of(rec) or ""}
+        theirs = inherited(conn, caller)  # the kernel's word for them, never the request's
+        # Groups: those the caller holds now that the user database still gives them (one
+        # dropped stays dropped; one since taken away is not handed back by root).
+        groups = tuple(g for g in theirs.groups if g in set(who.groups))
+        started = spawn.start(place.ns, req.argv, env, req.cwd, caller.uid, who.gid, groups,
+                              (held[0], held[1], held[2]), controlling_tty=req.tty, cgroup=place.group,
+                              umask=theirs.umask, rlimits=theirs.rlimits,
+                              scope=_scoper(ctx, caller, place.ns) if scope.booted() else None)
     finally:
         wire.close_all(held)
         held.clear()
@@ -383,10 +411,28 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
     status = _wait(conn, caller, started)  # takes the pidfd out of _live before closing it
     if place.owned and rec is not None:
         ctx.runs.take_down(place.ns, rec.created, place.group)  # before the reply, as without the service
+        if started.scope is not None:  # what CMD left in its scope goes with the run, as in its cgroup
+            from nsrun.linux import cgroup
+
+            cgroup.kill(started.scope)
     try:
         wire.send(conn, {"type": "exit", "code": status.code, "signal": status.signal})
     except OSError:
         pass  # the client is gone: its namespace went with it
+
+
+def _scoper(ctx: Context, caller: Caller, ns: str) -> Callable[[int, int], str | None]:
+    """What puts CMD (pid, pidfd) into a systemd scope of its own in the caller's slice:
+    its directory, or None (logged; CMD then goes where it went without systemd)."""
+    from nsrun.process import scope
+
+    def place(pid: int, pidfd: int) -> str | None:
+        where, why = scope.start(pid, pidfd, caller.uid, ns, ctx.bus)
+        if where is None:
+            log(f"uid {caller.uid}: no systemd scope for CMD in {ns} ({why}); it stays in the service's cgroup")
+        return where
+
+    return place
 
 
 def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
