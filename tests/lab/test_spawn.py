@@ -24,10 +24,10 @@ import pytest
 
 from nsrun.process import spawn
 from nsrun.errors import UsageError
+from support.requirements import requires
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # executable by nobody
-if not os.access(SYSTEM_PYTHON, os.X_OK):
-    pytest.skip(f"{SYSTEM_PYTHON} is missing (CMD runs as nobody)", allow_module_level=True)
+requires(SYSTEM_PYTHON, module=True)
 
 NOBODY, NOGROUP = 65534, 65534
 EXTRA = (NOGROUP, 4242, 4343)  # supplementary groups need no /etc/group entry
@@ -386,9 +386,9 @@ def test_umask_and_cgroup(ns: str) -> None:
     from nsrun.linux import cgroup
 
     assert Run(ns, ["sh", "-c", "umask"], umask=0o027).out == "0027\n"
+    requires("writable cgroup v2")
     group = cgroup.create(f"spawn-test-{os.getpid()}")
-    if group is None:
-        pytest.skip("no writable cgroup v2 here")
+    assert group is not None
     try:
         run = Run(ns, ["cat", "/proc/self/cgroup"], cgroup=group)
         mnt = cgroup.mountpoint()
