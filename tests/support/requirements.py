@@ -66,6 +66,11 @@ def _libnftables() -> str | None:
     return None if nftables.available() else "libnftables is not installed (Debian package libnftables1)"
 
 
+def _systemd_bus_policy() -> str | None:
+    conf = "/usr/share/dbus-1/system.d/org.freedesktop.systemd1.conf"
+    return None if os.path.exists(conf) else f"{conf} is missing (Debian package systemd)"
+
+
 def _module(name: str, package: str) -> Callable[[], str | None]:
     return lambda: None if importlib.util.find_spec(name) else f"Python module {name} is missing ({package})"
 
@@ -74,6 +79,7 @@ FEATURES: dict[str, Callable[[], str | None]] = {
     "cgroup v2": _cgroup2,
     "writable cgroup v2": _cgroup2_writable,
     "libnftables": _libnftables,
+    "systemd's D-Bus policy": _systemd_bus_policy,
     "mypy": _module("mypy", "the test extras: sh install.sh --test"),
 }
 
