@@ -12,6 +12,7 @@ import os
 import stat
 import tomllib
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from nsrun.errors import ProfileError, UsageError
@@ -24,19 +25,23 @@ DEFAULT_PROBE_MS = 50
 KEYS = (
     "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
     "search", "host_resolver", "mtu", "probe_ms", "forward", "routes", "firewall",
+    "subnet6", "range6", "gateway6", "isolate", "allow",
 )
 # Keys of one mode only, listed among the known keys when that mode is chosen.
 WIREGUARD_KEYS = ("wireguard",)
 FIREWALLS = ("nftables", "iptables")  # the firewall seam's backends (nsrun.engine.firewall)
+
+# IPv6, isolation and egress allow-lists (nat and bridge modes): see _reach().
+REACH_KEYS = ("subnet6", "range6", "gateway6", "isolate", "allow")
 
 # Whom a profile path given on the command line is opened as: (uid, gid, groups).
 Reader = tuple[int, int, tuple[int, ...]]
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
     "nat": {"bridge", "subnet", "range", "gateway", "dns", "search", "host_resolver", "mtu", "forward",
-            "routes", "firewall"},
+            "routes", "firewall", *REACH_KEYS},
     "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "search", "host_resolver",
-               "mtu", "probe_ms", "forward", "routes", "firewall"},
+               "mtu", "probe_ms", "forward", "routes", "firewall", *REACH_KEYS},
     "isolated": set(),
     "wireguard": {"wireguard"},
 }
@@ -47,9 +52,36 @@ UNUSABLE_SUBNETS = (
     (ipaddress.IPv4Network("224.0.0.0/4"), "multicast (224.0.0.0/4)"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "reserved (240.0.0.0/4, the broadcast address included)"),
 )
+# IPv6 ranges no namespace's subnet6 can be: the kernel refuses or scopes their addresses.
+UNUSABLE_SUBNETS6 = (
+    (ipaddress.IPv6Network("::/8"), "the reserved ::/8 (unspecified, loopback, IPv4-mapped)"),
+    (ipaddress.IPv6Network("fe80::/10"), "link-local (fe80::/10)"),
+    (ipaddress.IPv6Network("ff00::/8"), "multicast (ff00::/8)"),
+)
+LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
+MAX_ALLOW = 256  # entries of `allow`
 MAX_FILE_BYTES = 64 * 1024
 MAX_SEARCH = 32  # domains on the `search` line (glibc reads any number; 6 before 2.26)
 MAX_RANGE = 65536
+
+
+class Allow(NamedTuple):
+    """One entry of `allow`: a destination network, a port range (None: any port), a
+    protocol (None: any; with a port, TCP and UDP). str() is the canonical spelling."""
+
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ports: tuple[int, int] | None = None
+    proto: str | None = None
+
+    def __str__(self) -> str:
+        single = self.net.prefixlen == self.net.max_prefixlen
+        where = str(self.net.network_address) if single else str(self.net)
+        if self.net.version == 6 and (self.ports or self.proto):
+            where = f"[{where}]"
+        if self.ports:
+            lo, hi = self.ports
+            where += f":{lo}" if lo == hi else f":{lo}-{hi}"
+        return where + (f"/{self.proto}" if self.proto else "")
 
 
 class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to import
@@ -72,6 +104,29 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
     forward: bool = False  # nat, bridge: ip_forward on inside (a router namespace)
     routes: tuple[ipaddress.IPv4Network, ...] = ()  # nat, bridge: host routes via the namespace
     firewall: str | None = None  # a backend to use instead of the host's automatic choice
+    # IPv6 (nat, bridge): the namespace's subnet, the range handed out, the default route
+    # (nat: the bridge's v6 address; bridge: the LAN's v6 router, global or link-local).
+    subnet6: ipaddress.IPv6Network | None = None
+    first6: ipaddress.IPv6Address | None = None
+    last6: ipaddress.IPv6Address | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    isolate: bool = False  # nat, bridge: no other namespace, no service of the host's
+    allow: tuple[Allow, ...] = ()  # nat, bridge: the only destinations reachable (and DNS)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the namespace's traffic is filtered on the host side (isolate, allow)."""
+        return self.isolate or bool(self.allow)
+
+    def pool6(self) -> Sequence[int]:
+        """The IPv6 addresses (as integers) this profile may hand out, in order, but the
+        gateway's (a range object when no gateway is inside it: a /64's is long)."""
+        if self.first6 is None or self.last6 is None:
+            return range(0)
+        pool = range(int(self.first6), int(self.last6) + 1)
+        if self.gateway6 is not None and int(self.gateway6) in pool:
+            return [a for a in pool if a != int(self.gateway6)]
+        return pool
 
     @property
     def wired(self) -> bool:
@@ -110,6 +165,11 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
             out["forward"] = self.forward
             out["routes"] = [str(r) for r in self.routes]
             out["firewall"] = self.firewall or "auto"
+            if self.subnet6 is not None:
+                out.update(subnet6=str(self.subnet6), range6=f"{self.first6}-{self.last6}",
+                           gateway6=str(self.gateway6))
+            out["isolate"] = self.isolate
+            out["allow"] = [str(a) for a in self.allow]
         return out
 
 
@@ -327,8 +387,161 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
         name=name, source=source, mode=mode, description=description, bridge=bridge,
         uplink=uplink, subnet=subnet, first=first, last=last, gateway=gateway, dns=dns,
         search=search, host_resolver=host_resolver, mtu=mtu, probe_ms=probe_ms, forward=forward,
-        routes=routes, firewall=firewall,
+        routes=routes, firewall=firewall, **_reach(source, mode, data),
     )
+
+
+def _reach(source: str, mode: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of issue 21 (nat and bridge modes): subnet6, range6, gateway6, isolate, allow.
+    Without subnet6 IPv6 stays off inside (gateway6 and range6 then have nothing to be in)."""
+    out: dict[str, Any] = {}
+    isolate = data.get("isolate", False)
+    if not isinstance(isolate, bool):
+        raise _type_error(source, "isolate", "true or false", isolate)
+    out["isolate"] = isolate
+    out["allow"] = _allow(source, data["allow"]) if "allow" in data else ()
+    if "subnet6" not in data:
+        for key in ("gateway6", "range6"):
+            if key in data:
+                raise ProfileError(source, key, "needs subnet6 (IPv6 is off inside without it)")
+        return out
+    raw = data["subnet6"]
+    if not isinstance(raw, str):
+        raise _type_error(source, "subnet6", "a string such as 'fd00:78::/64'", raw)
+    try:
+        subnet6 = ipaddress.IPv6Network(raw.strip(), strict=True)
+    except ValueError as exc:
+        raise ProfileError(source, "subnet6", f"{raw!r} is not an IPv6 network ({exc})") from None
+    for unusable, what in UNUSABLE_SUBNETS6:
+        if subnet6.overlaps(unusable):
+            raise ProfileError(source, "subnet6", f"{subnet6} overlaps {what}; use a unique local "
+                               "range such as fd00:78::/64, or the LAN's prefix in bridge mode")
+    if subnet6.prefixlen > 126:
+        raise ProfileError(source, "subnet6", f"{subnet6} is too small: a /126 or larger leaves room "
+                           "for a gateway and a lease")
+    net = int(subnet6.network_address)
+    if "gateway6" in data:
+        gateway6 = _host_address6(source, "gateway6", data["gateway6"], subnet6, link_local=mode == "bridge")
+    elif mode == "nat":
+        gateway6 = ipaddress.IPv6Address(net + 1)
+    else:
+        raise ProfileError(source, "gateway6", "is required with subnet6 in bridge mode: the LAN's "
+                           "IPv6 router, a global or link-local (fe80::) address")
+    if "range6" in data:
+        raw = data["range6"]
+        if not isinstance(raw, str):
+            raise _type_error(source, "range6", "a string such as 'fd00:78::100-fd00:78::1ff'", raw)
+        parts = raw.split("-")
+        if len(parts) != 2:
+            raise ProfileError(source, "range6", f"{raw!r} is not FIRST-LAST")
+        first6 = _host_address6(source, "range6", parts[0], subnet6)
+        last6 = _host_address6(source, "range6", parts[1], subnet6)
+        if first6 > last6:
+            raise ProfileError(source, "range6", f"{first6} comes after {last6}")
+    else:
+        # From the subnet's first host on, the gateway skipped when it is first; at most
+        # MAX_RANGE addresses (one lease file each), as `range` is.
+        first6 = ipaddress.IPv6Address(net + (2 if int(gateway6) == net + 1 else 1))
+        last6 = ipaddress.IPv6Address(min(int(subnet6.broadcast_address), int(first6) + MAX_RANGE - 1))
+    if first6 == last6 == gateway6:
+        raise ProfileError(source, "range6", "holds only gateway6: no address is left to hand out")
+    size = int(last6) - int(first6) + 1
+    if size > MAX_RANGE:
+        raise ProfileError(source, "range6", f"{first6}-{last6} holds {size} addresses; give a `range6` "
+                           f"of at most {MAX_RANGE} (one lease file each)")
+    out.update(subnet6=subnet6, first6=first6, last6=last6, gateway6=gateway6)
+    return out
+
+
+def _host_address6(source: str, key: str, text: Any, net: ipaddress.IPv6Network,
+                   link_local: bool = False) -> ipaddress.IPv6Address:
+    """An address of NET other than its network address (the subnet-router anycast); with
+    LINK_LOCAL, a link-local address too (the router's on the LAN; the interface is eth0)."""
+    if not isinstance(text, str):
+        raise _type_error(source, key, "a string", text)
+    try:
+        addr = ipaddress.IPv6Address(text.strip())
+    except ValueError:
+        raise ProfileError(source, key, f"{text!r} is not an IPv6 address (no %zone: the "
+                           "interface is the namespace's eth0)") from None
+    if link_local and addr in LINK_LOCAL6 and addr != LINK_LOCAL6.network_address:
+        return addr
+    if addr not in net:
+        more = " nor link-local" if link_local else ""
+        raise ProfileError(source, key, f"{addr} is outside subnet6 {net}{more}")
+    if addr == net.network_address:
+        raise ProfileError(source, key, f"{addr} is subnet6's network address (the subnet-router anycast address)")
+    return addr
+
+
+ALLOW_FORM = "CIDR[:PORT[-PORT]][/tcp|/udp], an IPv6 one in brackets when a port or protocol follows"
+
+
+def _allow(source: str, raw: Any) -> tuple[Allow, ...]:
+    """The `allow` key: the destinations a namespace may reach (its DNS servers besides).
+    Entries such as "203.0.113.0/24", "198.51.100.7:443/tcp", "[2001:db8::/32]:53/udp"."""
+    if not isinstance(raw, list):
+        raise ProfileError(source, "allow", f"must be a list of destinations ({ALLOW_FORM}), such as "
+                           '["203.0.113.0/24", "198.51.100.7:443/tcp"]')
+    if len(raw) > MAX_ALLOW:
+        raise ProfileError(source, "allow", f"holds {len(raw)} entries; at most {MAX_ALLOW}")
+    out: list[Allow] = []
+    for item in raw:
+        if not isinstance(item, str):
+            raise _type_error(source, "allow", "a list of strings", item)
+        entry = parse_allow(item)
+        if entry is None:
+            shown = item if item.isprintable() else repr(item)[1:-1]
+            raise ProfileError(source, "allow", f"{shown!r} is not {ALLOW_FORM}")
+        if entry not in out:
+            out.append(entry)
+    return tuple(out)
+
+
+def parse_allow(text: str) -> Allow | None:
+    """One `allow` entry (see _allow), or None when TEXT is not one."""
+    rest = text.strip()
+    proto = None
+    for p in ("tcp", "udp"):
+        if rest.endswith("/" + p):
+            proto, rest = p, rest[:-len(p) - 1]
+            break
+    port_text = None
+    if rest.startswith("["):
+        inner, sep, tail = rest[1:].partition("]")
+        if not sep or (tail and not tail.startswith(":")):
+            return None
+        where, port_text = inner, (tail[1:] if tail else None)
+        if tail and not port_text:
+            return None
+        version = 6
+    elif rest.count(":") >= 2:  # a bare IPv6 network: no port, no protocol (brackets for those)
+        if proto:
+            return None
+        where, version = rest, 6
+    else:
+        where, sep, port_text = rest.partition(":")
+        if sep and not port_text:
+            return None
+        port_text = port_text if sep else None
+        version = 4
+    if not where or any(c.isspace() for c in where) or "%" in where:
+        return None
+    try:
+        net: ipaddress.IPv4Network | ipaddress.IPv6Network = (
+            ipaddress.IPv4Network(where, strict=True) if version == 4 else ipaddress.IPv6Network(where, strict=True))
+    except ValueError:
+        return None
+    ports = None
+    if port_text is not None:
+        lo_text, sep, hi_text = port_text.partition("-")
+        if not (lo_text.isascii() and lo_text.isdigit() and (not sep or hi_text.isascii() and hi_text.isdigit())):
+            return None
+        lo, hi = int(lo_text), int(hi_text) if sep else int(lo_text)
+        if not 1 <= lo <= hi <= 65535:
+            return None
+        ports = (lo, hi)
+    return Allow(net, ports, proto)
 
 
 def _search(source: str, raw: Any) -> tuple[str, ...]:

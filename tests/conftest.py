@@ -191,7 +191,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     keep, drop, misplaced = [], [], []
     for item in items:
         path = Path(str(item.path)).resolve()
-        uses_lab = bool({"lab", "lab_session"} & set(item.fixturenames))
+        uses_lab = bool({"lab", "lab_session", "lab6", "lab6_session"} & set(item.fixturenames))
         if uses_lab and UNIT_DIR in path.parents:
             misplaced.append(item.nodeid)
         if uses_lab or LAB_DIR in path.parents:
@@ -251,6 +251,22 @@ def lab_session(host_kind: str) -> Iterator[Any]:
     requires(*KIND_TOOLS.get(host_kind, ()))  # under CI a missing one fails every test of the kind
 
     lab = HostLab(kind=host_kind).build()
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+@pytest.fixture(scope="session")
+def lab6_session(host_kind: str) -> Iterator[Any]:
+    """The lab with its IPv6 (tests/support/lab6.py): a LAN prefix, gateways that NAT66, an
+    upstream server on IPv6 too, the lab host's default route by SLAAC."""
+    from support.hostkinds import HostLab
+    from support.requirements import requires
+
+    requires(*KIND_TOOLS.get(host_kind, ()))
+
+    lab = HostLab(kind=host_kind, ipv6=True).build()
     try:
         yield lab
     finally:
@@ -323,6 +339,17 @@ class LabRunner:
         return self.host("nft", "list", "ruleset").stdout
 
 
+def _changes(diff: dict[str, tuple[Any, Any]]) -> str:
+    """DIFF (key: (before, after)) for a reader: of a list, the entries gone and those new."""
+    out = {}
+    for key, (before, after) in diff.items():
+        if isinstance(before, list) and isinstance(after, list):
+            out[key] = {"gone": [b for b in before if b not in after], "new": [a for a in after if a not in before]}
+        else:
+            out[key] = {"before": before, "after": after}
+    return json.dumps(out, indent=1)
+
+
 def _legacy_rules(text: str) -> list[str]:
     # Rules and non-default policies; an instantiated-but-empty table equals an absent one.
     out = []
@@ -343,24 +370,53 @@ def _etc_netns() -> list[str]:
     return sorted(set(os.listdir("/etc/netns")) - elsewhere)
 
 
+# What changes by itself in `ip -j` output: an address's lifetimes and a route's expiry
+# (SLAAC's, counting down between router advertisements), a link's operstate (carrier).
+TIMERS = ("valid_life_time", "preferred_life_time", "expires")
+
+
+def _untimed(entries: Any) -> Any:
+    """`ip -j` entries with the TIMERS keys taken out, at any depth."""
+    if isinstance(entries, list):
+        return [_untimed(e) for e in entries]
+    if isinstance(entries, dict):
+        return {k: _untimed(v) for k, v in entries.items() if k not in TIMERS and k != "operstate"}
+    return entries
+
+
 def snapshot(r: LabRunner) -> dict[str, Any]:
-    sysctls = {}
-    for key in ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter"):
-        sysctls[key] = r.host("cat", f"/proc/sys/{key}", check=False).stdout.strip()
+    # The sysctls in one run of a shell (a run of a tool costs ~5 ms): accept_ra and forwarding
+    # of every interface too (nsrun sets accept_ra 2 while IPv6 forwarding is on).
+    keys = ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter",
+            "net/ipv6/conf/all/forwarding")
+    script = "; ".join([*(f"echo \"{k}=$(cat /proc/sys/{k} 2>/dev/null)\"" for k in keys),
+                        "grep -H . /proc/sys/net/ipv6/conf/*/accept_ra /proc/sys/net/ipv6/conf/*/forwarding"])
+    sysctls: dict[str, Any] = {}
+    per_interface = []
+    for line in r.host("sh", "-c", script, check=False).stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in keys:
+            sysctls[key] = value.strip()
+        else:
+            per_interface.append(line)
+    sysctls["ipv6 per interface"] = sorted(per_interface)
     state_files = sorted(str(p.relative_to(r.statedir)) for p in r.statedir.rglob("*")
                          if p.is_file() and not p.name.endswith(".lock")) if r.statedir.exists() else []
     return {
         # operstate follows carrier with a delay; the rest of a link's description is state.
         "links": [{k: v for k, v in link.items() if k != "operstate"}
                   for link in r.host_json("ip", "-j", "link", "show")],
-        "addrs": [{k: v for k, v in link.items() if k != "operstate"}
-                  for link in r.host_json("ip", "-j", "addr", "show")],
-        "routes": r.host_json("ip", "-j", "route", "show", "table", "all"),
+        "addrs": _untimed(r.host_json("ip", "-j", "addr", "show")),
+        "routes": _untimed(r.host_json("ip", "-j", "route", "show", "table", "all")),
+        "routes6": _untimed(r.host_json("ip", "-j", "-6", "route", "show", "table", "all")),
         "rules": r.host_json("ip", "-j", "rule", "show"),
         "iptables_legacy": _legacy_rules(r.host("iptables-legacy-save", check=False).stdout),
         "iptables_nft": _legacy_rules(r.host("iptables-nft-save", check=False).stdout),
+        "ip6tables_legacy": _legacy_rules(r.host("ip6tables-legacy-save", check=False).stdout),
+        "ip6tables_nft": _legacy_rules(r.host("ip6tables-nft-save", check=False).stdout),
         "nft": r.host("nft", "-s", "list", "ruleset", check=False).stdout,  # -s: no counters
         "ip_tables_names": r.host("cat", "/proc/net/ip_tables_names", check=False).stdout,
+        "ip6_tables_names": r.host("cat", "/proc/net/ip6_tables_names", check=False).stdout,
         "sysctl": sysctls,
         "run_netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
         "etc_netns": _etc_netns(),
@@ -392,6 +448,18 @@ def public_nsrun() -> Iterator[dict[str, str]]:
 @pytest.fixture
 def lab(lab_session: Any) -> Iterator[LabRunner]:
     """The lab, with a fresh nsrun state dir; fails the test if the lab host changed."""
+    yield from _runner(lab_session)
+
+
+@pytest.fixture
+def lab6(lab6_session: Any) -> Iterator[LabRunner]:
+    """As `lab`, on the lab with IPv6 (lab6_session)."""
+    yield from _runner(lab6_session)
+
+
+def _runner(lab_session: Any) -> Iterator[LabRunner]:
+    """A LabRunner on LAB_SESSION, with a fresh nsrun state dir; fails the test if the lab
+    host changed."""
     statedir = Path(f"/run/nsrun-test-{lab_session.id}-{os.getpid()}")
     runner = LabRunner(lab_session, statedir)
     lost = session_mounts_lost()
@@ -404,12 +472,13 @@ def lab(lab_session: Any) -> Iterator[LabRunner]:
         after = runner.snapshot()
         diff = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
         assert not diff or not session_mounts_lost(), session_mounts_lost()
-        assert not diff, f"the lab host changed: {json.dumps(diff, indent=1)[:4000]}"
+        assert not diff, f"the lab host changed: {_changes(diff)[:4000]}"
         if lab_session.kind != "legacy":
             # An nf_tables host: no legacy table may ever appear, and iptables-nft says nothing.
-            assert after["ip_tables_names"] == "", after["ip_tables_names"]
-            warn = runner.host("iptables-nft", "-S", check=False).stderr
-            assert "legacy" not in warn, warn
+            assert after["ip_tables_names"] == after["ip6_tables_names"] == "", after["ip_tables_names"]
+            for tool in ("iptables-nft", "ip6tables-nft"):
+                warn = runner.host(tool, "-S", check=False).stderr
+                assert "legacy" not in warn, warn
         clean = True  # the lab host, /run/netns, /etc/netns and the state files are as before
     finally:
         # Whatever a failing test left: reclaim it so the next test starts clean. (After a

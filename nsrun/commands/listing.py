@@ -130,9 +130,14 @@ def collect() -> list[dict[str, Any]]:
             "tx_bytes": None,
             "created": rec.created if rec else None,
             "wireguard": None,  # a WireGuard namespace's tunnel: nsrun.engine.wgdevice.status
+            # isolate and allow (issue 21), as its profile said when it was made
+            "isolate": rec.isolate if rec else None,
+            "allow": list(rec.allow) if rec else None,
         }
         if rec and rec.address:
             row["addresses"] = [f"{rec.address}/{rec.prefixlen}"]
+            if rec.address6:
+                row["addresses"].append(f"{rec.address6}/{rec.prefixlen6}")
         else:
             row["addresses"] = live_addrs.get(name, [])
         if rec and rec.wireguard is not None:
@@ -204,6 +209,13 @@ def cell(value: object) -> str:
     return "".join(out)
 
 
+def _profile(r: dict[str, Any]) -> str:
+    """The PROFILE cell: the profile's name, and what guards the namespace (isolate, allow)."""
+    flags = (["isolate"] if r.get("isolate") else []) + ([f"allow {len(r['allow'])}"] if r.get("allow") else [])
+    name = r["profile"] or "-"
+    return f"{name} ({', '.join(flags)})" if flags else name
+
+
 def _tunnel(wg: dict[str, Any]) -> str:
     """The GATEWAY cell of a WireGuard namespace: its peers' endpoints, the implementation and
     the latest handshake, e.g. `wg 192.0.2.1:51820 (userspace, handshake 12s ago)`."""
@@ -240,7 +252,7 @@ def table(rows: list[dict[str, Any]], width: int | None = None) -> str:
         addresses = r["addresses"]
         if width is not None and len(addresses) > 1:  # the first, and how many more (--wide: all)
             addresses = [f"{addresses[0]} (+{len(addresses) - 1})"]
-        cells.append((r["name"], r.get("owner") or "-", r["profile"] or "-", r["kind"] or "?",
+        cells.append((r["name"], r.get("owner") or "-", _profile(r), r["kind"] or "?",
                       ",".join(addresses) or "-",
                       _tunnel(r["wireguard"]) if r.get("wireguard") else r["gateway"] or "-",
                       r["bridge"] or "-", _bytes(r["rx_bytes"]),

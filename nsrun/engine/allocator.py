@@ -8,9 +8,10 @@ is not handed out again at once (stale ARP entries on the LAN expire first).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -28,21 +29,16 @@ class Store(Protocol):
     def set_last_reserved(self, addr: int) -> None: ...
 
 
-def candidates(pool: list[int], last: int | None) -> Iterator[int]:
-    """POOL in order, starting just after LAST (or at the start) and wrapping around."""
+def candidates(pool: Sequence[int], last: int | None) -> Iterator[int]:
+    """POOL (sorted) in order, starting just after LAST (or at the start) and wrapping around."""
     if not pool:
         return
-    start = 0
-    if last is not None:
-        for i, a in enumerate(pool):
-            if a > last:
-                start = i
-                break
+    start = 0 if last is None else bisect.bisect_right(pool, last)
     yield from pool[start:]
     yield from pool[:start]
 
 
-def allocate(store: Store, pool: list[int], owner: str,
+def allocate(store: Store, pool: Sequence[int], owner: str,
              usable: Callable[[int], bool] = lambda a: True) -> int:
     """Reserve the next free address of POOL for OWNER; the caller holds the store's lock.
 
@@ -67,17 +63,20 @@ def allocate(store: Store, pool: list[int], owner: str,
 
 
 class FileStore:
-    """Leases of one bridge under NSRUN_STATE_DIR/net/BRIDGE/leases/."""
+    """Leases of one bridge under NSRUN_STATE_DIR/net/BRIDGE/leases/ (VERSION 6: leases6/,
+    the IPv6 leases, their own files under the same lock)."""
 
-    def __init__(self, bridge: str) -> None:
+    def __init__(self, bridge: str, version: int = 4) -> None:
         self.base = state.net_dir(bridge)
-        self.dir = self.base / "leases"
+        self.suffix = "6" if version == 6 else ""
+        self.dir = self.base / f"leases{self.suffix}"
+        self.ip = ipaddress.IPv6Address if version == 6 else ipaddress.IPv4Address
 
     def lock(self) -> state.Lock:
         return state.Lock(self.base / "lock")
 
     def _path(self, addr: int) -> Path:
-        return self.dir / str(ipaddress.IPv4Address(addr))
+        return self.dir / str(self.ip(addr))
 
     def taken(self) -> dict[int, str]:
         out: dict[int, str] = {}
@@ -87,7 +86,7 @@ class FileStore:
             return out
         for fn in names:
             try:
-                addr = int(ipaddress.IPv4Address(fn))
+                addr = int(self.ip(fn))
             except ValueError:
                 continue
             try:
@@ -111,7 +110,7 @@ class FileStore:
         state.ensure_dir(self.dir)
         # Beside leases/, named as state.write_text names its temporaries, so that gc
         # reclaims one whose writer died (the bridge lock makes the pid unique here).
-        tmp = state.temporary(self.base / "lease")
+        tmp = state.temporary(self.base / f"lease{self.suffix}")
         state.remove(tmp)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -146,9 +145,9 @@ class FileStore:
 
     def last_reserved(self) -> int | None:
         try:
-            return int(ipaddress.IPv4Address((self.base / "last_reserved").read_text().strip()))
+            return int(self.ip((self.base / f"last_reserved{self.suffix}").read_text().strip()))
         except (FileNotFoundError, ValueError):
             return None
 
     def set_last_reserved(self, addr: int) -> None:
-        state.write_text(self.base / "last_reserved", str(ipaddress.IPv4Address(addr)))
+        state.write_text(self.base / f"last_reserved{self.suffix}", str(self.ip(addr)))

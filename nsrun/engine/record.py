@@ -16,7 +16,9 @@ for it) that owns every key of its JSON file:
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
 same keys (`firewall` was then a boolean: true meant python-iptables). Keys added within
 schema 1 have defaults: a namespace record without `wireguard`, `wg_pid`, `wg_start`,
-`routes` reads as one without WireGuard or routes; a bridge record without `firewall_ok`
+`routes` reads as one without WireGuard or routes, one without `address6`, `isolate`,
+`allow`, `guard` as one without IPv6 or a guard; a bridge record without `subnet6` as an
+IPv4-only bridge; a bridge record without `firewall_ok`
 and `opened` was written before the firewall openings (see from_json). Where the files live
 is `nsrun.state`'s business; this module is the only one that reads their keys.
 """
@@ -74,10 +76,20 @@ class NsRecord(NamedTuple):
     # the uid a namespace was made for through the service's policy path (a caller without
     # root: nsrun.service.userpath); None for root's. The policy's "own" namespaces.
     owner_uid: int | None = None
+    # IPv6 (nsrun.engine.resources.lease): the v6 lease, its prefix length and route.
+    address6: str | None = None
+    prefixlen6: int | None = None
+    gateway6: str | None = None
+    # isolate and allow (nsrun.engine.resources.guard): as the profile said, for `ls`; and
+    # whether the guard (tables named after the namespace, the port's isolation) was begun.
+    isolate: bool = False
+    allow: tuple[str, ...] = ()
+    guard: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
         data["routes"] = list(self.routes)
+        data["allow"] = list(self.allow)
         return data
 
     @classmethod
@@ -99,6 +111,9 @@ class NsRecord(NamedTuple):
             wireguard=_str(data, "wireguard"), wg_pid=_int(data, "wg_pid"), wg_start=_int(data, "wg_start"),
             routes=tuple(r for r in _list(data, "routes") if isinstance(r, str)),
             owner_uid=_int(data, "owner_uid"),
+            address6=_str(data, "address6"), prefixlen6=_int(data, "prefixlen6"), gateway6=_str(data, "gateway6"),
+            isolate=data.get("isolate") is True, guard=data.get("guard") is True,
+            allow=tuple(a for a in _list(data, "allow") if isinstance(a, str)),
         )
 
     def owner(self) -> dict[str, Any]:
@@ -134,6 +149,10 @@ class NetRecord(NamedTuple):
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
     mtu: int | None = None  # nat: the bridge's MTU as its profile set it (None: the default)
     mtu_recorded: bool = False  # `mtu` was recorded (records before it was are not judged on it)
+    # nat: the bridge's IPv6 subnet and address (its profile's subnet6, gateway6), NAT66 made
+    # with the NAT rules when set; None: IPv4 only.
+    subnet6: str | None = None
+    gateway6: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
@@ -167,6 +186,7 @@ class NetRecord(NamedTuple):
             dns_forward=_str(data, "dns_forward"),
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
             mtu=_int(data, "mtu"), mtu_recorded="mtu" in data,
+            subnet6=_str(data, "subnet6"), gateway6=_str(data, "gateway6"),
         )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 def _path(key: str) -> str:
-    return "/proc/sys/" + key.replace(".", "/")
+    # The dotted form (net.ipv4.ip_forward) or the path form (net/ipv4/conf/br0.10/rp_filter:
+    # interface names may hold dots, which stay).
+    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
 
 
 def read(key: str) -> str | None:

@@ -168,7 +168,7 @@ def _ls(conn: socket.socket, msg: dict[str, Any]) -> None:
 
     unknown: dict[str, Any] = {"profile": None, "managed": None, "persistent": None, "kind": None, "state": "up",
                "addresses": [], "gateway": None, "bridge": None, "processes": [], "rx_bytes": None,
-               "tx_bytes": None, "created": None, "wireguard": None}
+               "tx_bytes": None, "created": None, "wireguard": None, "isolate": None, "allow": None}
     rows = [{"name": name, **unknown} for name in sorted(netns.names())]
 
     def body(out: Any, err: Any) -> int:

@@ -1,7 +1,7 @@
 """Test helpers for DNS (issue 12, points 4 and 5), run as programs by the tests:
 
     python3 dnslab.py serve NETNS_PATH|- ADDR LOG [--loopback-only] NAME=IP...
-        a tiny DNS responder on ADDR:53/udp (in NETNS_PATH's network namespace, or where it
+        a tiny DNS responder on ADDR:53/udp, IPv4 or IPv6 (in NETNS_PATH's network namespace, or where it
         runs): answers A queries for the NAMEs, NXDOMAIN for the rest, logs "SENDER QNAME" a
         line per query; with --loopback-only it ignores senders outside 127.0.0.0/8, as
         systemd-resolved's stub and unbound's default access control do. Prints "ready".
@@ -55,7 +55,7 @@ def serve(ns_path: str, addr: str, log: str, loopback_only: bool, answers: dict[
         fd = os.open(ns_path, os.O_RDONLY)
         kernel.setns(fd, kernel.CLONE_NEWNET)
         os.close(fd)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((addr, 53))
     print("ready", flush=True)
     with open(log, "a", buffering=1) as out:

@@ -71,15 +71,24 @@ def _nft(text: str) -> Callable[[], None]:
 
 
 class HostLab(Lab):
-    """A lab whose host is of KIND (HOST_KINDS)."""
+    """A lab whose host is of KIND (HOST_KINDS); with IPV6, the lab's IPv6 too (lab6.py)."""
 
-    def __init__(self, prefix: str | None = None, kind: str = "legacy") -> None:
+    def __init__(self, prefix: str | None = None, kind: str = "legacy", ipv6: bool = False) -> None:
         if kind not in HOST_KINDS:
             raise ValueError(f"unknown lab host kind {kind!r}")
         super().__init__(prefix)
         self.kind = kind
+        self.ipv6 = ipv6
         self.docker: Dockerd | None = None
         self.firewalld: Firewalld | None = None
+        self.procs6: list[subprocess.Popen[str]] = []
+
+    def _build(self) -> None:
+        super()._build()
+        if self.ipv6:
+            from support import lab6
+
+            self.procs6 = lab6.build(self)
 
     def _host_kind(self) -> None:
         """Make the lab host the kind of host asked for (its firewall, br_netfilter...)."""
@@ -107,6 +116,11 @@ class HostLab(Lab):
             self.firewalld.start()
 
     def _host_kind_down(self) -> None:
+        if self.procs6:
+            from support import lab6
+
+            lab6.stop(self.procs6)
+            self.procs6 = []
         if self.docker is not None:
             self.docker.stop()
             self.docker = None

@@ -7,6 +7,7 @@ A backend is a plain module of this package with:
     def remove(bridge: str | None) -> int          # nsrun's rules for BRIDGE (all when None)
     def bridges() -> set[str]                      # bridges it holds rules for (gc)
     def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None  # idempotent
+    def ensure_nat6(bridge: str, subnet6: str, tag: str) -> None  # NAT66, idempotent; `remove` takes it
 
 Every rule a backend makes is found again from the bridge's name alone (remove and gc need
 no record); a bridge's NetRecord names the backend that made its rules. `choose(requested)`

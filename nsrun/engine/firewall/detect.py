@@ -24,6 +24,7 @@ from nsrun.errors import NsrunError
 from nsrun.profile import FIREWALLS
 
 IPTABLES_PATHS = ("/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables")
+GUARD_PREFIX = "nsrun-guard-"  # nsrun.engine.firewall.guardtables.PREFIX
 
 
 class NoBackend(NsrunError):
@@ -61,7 +62,9 @@ def choose(requested: str | None = None) -> str:
             raise ValueError(f"unknown firewall backend {requested!r} (one of {', '.join(FIREWALLS)})")
         return requested
     have_nft = nftables.available()
-    if have_nft and nft_tables():
+    # nsrun's own guard tables (isolate, allow: nf_tables on every host) say nothing of
+    # what the host uses.
+    if have_nft and [t for t in nft_tables() if not t[1].startswith(GUARD_PREFIX)]:
         return "nftables"
     if legacy.loaded_tables():
         return "iptables"

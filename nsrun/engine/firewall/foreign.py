@@ -24,7 +24,7 @@ from nsrun.errors import NsrunError
 OPEN_PREFIX = "nsrun-open-"
 MARK = 0x00400000  # one bit; set only on replies forwarded out of an nsrun bridge
 BRNF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-SUBSTITUTES = ("DOCKER-USER", "ufw-user-forward")  # the owners' places for user rules
+SUBSTITUTES = ("DOCKER-USER", "ufw-user-forward", "ufw6-user-forward")  # the owners' places for user rules
 INPUT_SUBSTITUTES = ("ufw-user-input",)
 
 
@@ -81,7 +81,8 @@ def _verdict(rule: dict[str, Any]) -> str | None:
     return verdict
 
 
-def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "forward") -> list[Block]:
+def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "forward",
+                v6: bool = False) -> list[Block]:
     tables: dict[tuple[str, str], dict[str, Any]] = {}
     chains: dict[tuple[str, str], list[str]] = {}
     last_rule: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -101,12 +102,12 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "fo
     out = []
     for c in base:
         fam, table, name = c["family"], c["table"], c["name"]
-        if table.startswith(("nsrun-nat-", OPEN_PREFIX)):
+        if table.startswith(("nsrun-nat-", OPEN_PREFIX, "nsrun-guard-")):
             continue
         if hook == "input":
             if fam not in ("ip", "inet"):
                 continue
-        elif fam in ("ip", "inet"):
+        elif fam in ("ip", "inet") or fam == "ip6" and v6:  # ip6: a bridge with subnet6
             if mode == "bridge" and not brnf:
                 continue  # bridged frames do not cross the ip forward hook
         elif fam == "bridge":
@@ -122,7 +123,7 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "fo
             continue
         into = name
         for sub in INPUT_SUBSTITUTES if hook == "input" else SUBSTITUTES:
-            if fam == "ip" and sub in chains.get((fam, table), []):
+            if fam in ("ip", "ip6") and sub in chains.get((fam, table), []):
                 into = sub
                 break
         flags = tables.get((fam, table), {}).get("flags", [])
@@ -190,18 +191,19 @@ def _input_blocks_legacy(backend: str) -> list[Block]:
 
 
 def find(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None,
-         skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None) -> list[Block]:
+         skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None, v6: bool = False) -> list[Block]:
     """The chains that would drop BRIDGE's forwarded traffic in MODE, and with STUB (the
     host's loopback stub a nat bridge's DNS is forwarded to) the input chains that would
     drop that DNS on its way to the stub. Changes nothing. RS: the ruleset when the caller
     has listed it already. SKIP: (family, table) of tables whose owner opens the way its own
-    way (firewalld's, when the bridge goes into a zone)."""
+    way (firewalld's, when the bridge goes into a zone). V6: the bridge carries IPv6 too
+    (subnet6): ip6-family chains count."""
     brnf = br_netfilter_on()
     out: list[Block] = []
     if rs is None and nftables.available():
         rs = nftables.ruleset()
     if rs:
-        out += [b for b in _blocks_nft(rs, mode, brnf) if (b.family, b.table) not in skip]
+        out += [b for b in _blocks_nft(rs, mode, brnf, v6=v6) if (b.family, b.table) not in skip]
         if stub is not None:
             out += [b for b in _blocks_nft(rs, mode, brnf, "input") if (b.family, b.table) not in skip]
     out += _blocks_legacy(mode, brnf, backend)
@@ -211,9 +213,9 @@ def find(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None =
 
 
 def check(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None = None,
-          skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None) -> list[Block]:
+          skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None, v6: bool = False) -> list[Block]:
     """find(), raising Refused for the first chain nsrun cannot open."""
-    blocks = find(bridge, mode, backend, rs, skip, stub)
+    blocks = find(bridge, mode, backend, rs, skip, stub, v6)
     for b in blocks:
         if b.refuse:
             what = f"DNS from {bridge} to the host's stub" if b.hook == "input" else f"forwarding for {bridge}"
@@ -271,14 +273,14 @@ def _mark_table(bridge: str, tag: str) -> list[dict[str, Any]]:
 
 
 def open_way(bridge: str, mode: str, tag: str, backend: str,
-             skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None) -> list[Block]:
+             skip: frozenset[tuple[str, str]] = frozenset(), stub: str | None = None, v6: bool = False) -> list[Block]:
     """Open forwarding for BRIDGE where the host would drop it (but in the tables SKIP), and
     with STUB its DNS forward to that stub where an input chain would drop it; the chains
     opened now (`Block.message` says each). Idempotent: chains that already hold BRIDGE's
     tag are left as they are."""
     tag = legacy.comment(bridge, tag)  # TAG is the profile's name, as for ensure_nat
     rs = nftables.ruleset() if nftables.available() else []
-    blocks = check(bridge, mode, backend, rs, skip, stub)
+    blocks = check(bridge, mode, backend, rs, skip, stub, v6)
     if not blocks:
         return []
     mine = _tagged(bridge, rs)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nsrun.engine.firewall.serial import serialized
+from nsrun.errors import NsrunError
 from nsrun.linux.iptc import load
 
 NAME = "iptables"
@@ -26,6 +27,7 @@ NAME = "iptables"
 XTABLES_LOCK = "/run/xtables.lock"
 TAG = "nsrun:"
 TABLES_NAMES = "/proc/net/ip_tables_names"
+TABLES6_NAMES = "/proc/net/ip6_tables_names"
 
 
 class _XtablesLock:
@@ -37,10 +39,11 @@ class _XtablesLock:
         os.close(self.fd)
 
 
-def loaded_tables() -> set[str]:
-    """The legacy tables that exist in this network namespace (reading creates none)."""
+def loaded_tables(names: str = TABLES_NAMES) -> set[str]:
+    """The legacy tables that exist in this network namespace (reading creates none); NAMES
+    TABLES6_NAMES: the IPv6 ones."""
     try:
-        with open(TABLES_NAMES) as fh:
+        with open(names) as fh:
             return {line.strip() for line in fh if line.strip()}
     except OSError:
         return set()
@@ -117,8 +120,8 @@ def _dns_rules(bridge: str, gateway: str, stub: str) -> list[tuple[str, str, dic
     return out
 
 
-def _build(iptc: Any, spec: dict[str, Any], wanted: str) -> Any:
-    rule = iptc.Rule()
+def _build(iptc: Any, spec: dict[str, Any], wanted: str, v6: bool = False) -> Any:
+    rule = iptc.Rule6() if v6 else iptc.Rule()
     for attr in ("src", "dst", "in_interface", "out_interface", "protocol"):
         if attr in spec:
             setattr(rule, attr, spec[attr])
@@ -164,15 +167,135 @@ def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None:
 
 CHAINS = (("nat", "POSTROUTING"), ("nat", "PREROUTING"), ("nat", "INPUT"), ("filter", "FORWARD"),
           ("filter", "INPUT"))
+CHAINS6 = (("nat", "POSTROUTING"), ("filter", "FORWARD"))  # ensure_nat6's
+
+
+# -- IPv6: in a fresh interpreter --------------------------------------------------------------
+#
+# python-iptables works on one address family per process: its NAT targets (MASQUERADE,
+# DNAT, SNAT: one library for both families) register for the family that asks first, and
+# the other then finds none ("can't find target MASQUERADE", reading rules too; its maintainer:
+# use one family per process). So the IPv6 rules are read and written by a fresh interpreter
+# (this module, `_v6_main`), run only where they are: making NAT66, and removing or listing
+# rules where the IPv6 legacy tables are loaded.
+
+def _v6(op: str, *args: str) -> Any:
+    """OP (ensure, remove, bridges) on the IPv6 legacy tables, in a fresh interpreter with
+    this one's sys.path: its JSON answer."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+            "from nsrun.engine.firewall import iptables; iptables._v6_main(sys.argv[2:])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NSRUN_FAULT")}
+    try:
+        r = subprocess.run([sys.executable, "-I", "-S", "-c", code, json.dumps(sys.path), op, *args],
+                           capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NsrunError(f"ip6tables (legacy, python-iptables): {op}: {exc}") from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        raise NsrunError(f"ip6tables (legacy, python-iptables): {op}: {last}")
+    return json.loads(r.stdout or "null")
+
+
+def _v6_main(argv: list[str]) -> None:
+    """The fresh interpreter's side of _v6: one operation, its answer as JSON on stdout."""
+    import json
+
+    op, args = argv[0], argv[1:]
+    out: Any
+    if op == "ensure":
+        out = _ensure_nat6_here(*args)
+    elif op == "remove":
+        out = _remove6_here(args[0] if args else None)
+    elif op == "bridges":
+        out = sorted(_bridges6_here())
+    else:
+        raise SystemExit(f"unknown operation {op!r}")
+    print(json.dumps(out))
+
+
+def ensure_nat6(bridge: str, subnet6: str, tag: str) -> None:
+    """NAT66: masquerade SUBNET6 leaving through anything but BRIDGE, and accept its
+    forwarding, in the IPv6 tables (ip6tables), as ensure_nat does for IPv4."""
+    _v6("ensure", bridge, subnet6, tag)
+
+
+def _ensure_nat6_here(bridge: str, subnet6: str, tag: str) -> int:
+    iptc = load()
+    wanted = comment(bridge, tag)
+    with _XtablesLock():
+        for table_name, chain_name, spec in _rules(bridge, subnet6):
+            table = iptc.Table6(table_name)
+            table.autocommit = False
+            table.refresh()
+            chain = iptc.Chain(table, chain_name)
+            if not any(_comment(r) == wanted and r.target.name == spec["target"]
+                       and (r.in_interface or "") == spec.get("in_interface", "")
+                       and (r.out_interface or "") == spec.get("out_interface", "") for r in chain.rules):
+                chain.insert_rule(_build(iptc, spec, wanted, v6=True))
+            table.commit()
+            table.autocommit = True
+    return 0
+
+
+def _remove6(bridge: str | None) -> int:
+    """ensure_nat6's rules for BRIDGE (all bridges when None), where the IPv6 legacy tables
+    are loaded (never loading one to look)."""
+    if not loaded_tables(TABLES6_NAMES) & {"nat", "filter"}:
+        return 0
+    return int(_v6("remove", *([bridge] if bridge else [])))
+
+
+def _remove6_here(bridge: str | None) -> int:
+    loaded = loaded_tables(TABLES6_NAMES)
+    iptc = load()
+    gone = 0
+    with _XtablesLock():
+        for table_name, chain_name in CHAINS6:
+            if table_name not in loaded:
+                continue
+            table = iptc.Table6(table_name)
+            table.autocommit = False
+            table.refresh()
+            chain = iptc.Chain(table, chain_name)
+            for rule in [r for r in chain.rules if _ours(r, bridge)]:
+                chain.delete_rule(rule)
+                gone += 1
+            table.commit()
+            table.autocommit = True
+    return gone
+
+
+def _bridges6() -> set[str]:
+    if not loaded_tables(TABLES6_NAMES) & {"nat", "filter"}:
+        return set()
+    return set(_v6("bridges"))
+
+
+def _bridges6_here() -> set[str]:
+    loaded = loaded_tables(TABLES6_NAMES)
+    iptc = load()
+    out: set[str] = set()
+    with _XtablesLock():
+        for table_name, chain_name in CHAINS6:
+            if table_name in loaded:
+                table = iptc.Table6(table_name)
+                table.refresh()
+                out |= {(_comment(r) or "").split(":")[1] for r in iptc.Chain(table, chain_name).rules if _ours(r, None)}
+    return out
 
 
 @serialized
 def remove(bridge: str | None) -> int:
-    """Remove nsrun's rules for BRIDGE (every bridge when None). Returns how many went."""
+    """Remove nsrun's rules for BRIDGE (every bridge when None), IPv6 ones included. Returns
+    how many went."""
     loaded = loaded_tables()
+    gone = _remove6(bridge)
     if not loaded & {"nat", "filter"}:
-        return 0  # never load a legacy table just to look into it
-    gone = 0
+        return gone  # never load a legacy table just to look into it
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
             if table_name in loaded:
@@ -202,10 +325,10 @@ def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool])
 def bridges() -> set[str]:
     """The bridges nsrun holds rules for, by the rules' comments."""
     loaded = loaded_tables()
+    out = _bridges6()
     if not loaded & {"nat", "filter"}:
-        return set()
+        return out
     iptc = load()
-    out: set[str] = set()
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
             if table_name not in loaded:

@@ -15,7 +15,7 @@ so a namespace leaving bridge A can drop A's table whole while another sets up b
 with no read-modify-write race on a shared table. The table's name says whose it is, and
 every rule also carries the comment `nsrun:BRIDGE:PROFILE`, as on the legacy backend.
 
-Masquerade lives here, and the DNS forward to a loopback stub (ensure_dns_forward, in the
+Masquerade lives here (NAT66 too, ensure_nat6, in a chain of its own), and the DNS forward to a loopback stub (ensure_dns_forward, in the
 same table: `remove` drops both with it). An accept in nsrun's own forward chain would not help: a packet
 crosses every base chain on the forward hook, and a drop in any of them wins. Forwarding
 through a host firewall that drops is opened in the chains that drop (see foreign.py).
@@ -146,6 +146,27 @@ def ensure_nat(bridge: str, subnet: str, tag: str) -> None:
         {"add": {"chain": dict(chain, type="nat", hook="postrouting", prio=100, policy="accept")}},
         *([{"flush": {"chain": chain}}] if present else []),
         {"add": _masquerade(bridge, subnet, tag)},
+    ])
+
+
+def ensure_nat6(bridge: str, subnet6: str, tag: str) -> None:
+    """NAT66: masquerade SUBNET6 leaving through anything but BRIDGE, in a chain of its own
+    in the bridge's table (so that ensure_nat, which refills its own, leaves it), refilled
+    whole (idempotent)."""
+    addr, _, length = subnet6.partition("/")
+    table = table_name(bridge)
+    chain = {"family": "inet", "table": table, "name": "postrouting6"}
+    run([
+        {"add": {"table": {"family": "inet", "name": table}}},
+        {"add": {"chain": dict(chain, type="nat", hook="postrouting", prio=100, policy="accept")}},
+        {"flush": {"chain": chain}},
+        {"add": {"rule": {"family": "inet", "table": table, "chain": "postrouting6", "comment": comment(bridge, tag),
+                          "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                       "right": {"prefix": {"addr": addr, "len": int(length or 128)}}}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": bridge}},
+            {"masquerade": None},
+        ]}}},
     ])
 
 

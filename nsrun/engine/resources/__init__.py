@@ -11,8 +11,9 @@ Adding a resource is a module plus an entry in MODES.
     bridge     the host bridge, rp_filter              (nat, bridge)
     masquerade NAT rules (a backend), ip_forward       (nat)
     opening    accepts in the host's own firewall      (nat, bridge)
-    lease      the address, from the bridge's pool     (nat, bridge)
+    lease      the address (v4, v6), the bridge's pool (nat, bridge)
     veth       eth0 inside, nsrXXXX on the bridge      (nat, bridge)
+    guard      isolate, allow: port isolation, tables (nat, bridge; `isolate`, `allow`)
     address    eth0's address and default route       (nat, bridge)
     router     ip_forward inside, host routes via it  (nat, bridge; `forward`, `routes`)
     dns        /etc/netns/NAME/resolv.conf             (nat, bridge)
@@ -26,6 +27,7 @@ from nsrun.engine.resources import (
     address,
     bridge,
     dns,
+    guard,
     lease,
     masquerade,
     namespace,
@@ -37,9 +39,9 @@ from nsrun.engine.resources import (
 
 MODES: dict[str, list[Resource]] = {
     # nat: the lease is taken at once, under the bridge lock the bridge step holds.
-    "nat": [bridge, masquerade, opening, lease, namespace, veth, address, router, dns],
-    # bridge: the lease is taken from inside, after an ARP probe on the LAN.
-    "bridge": [bridge, opening, namespace, veth, lease, address, router, dns],
+    "nat": [bridge, masquerade, opening, lease, namespace, veth, guard, address, router, dns],
+    # bridge: the lease is taken from inside, after an ARP probe (and DAD) on the LAN.
+    "bridge": [bridge, opening, namespace, veth, lease, guard, address, router, dns],
     "isolated": [namespace],
     # wireguard: the tunnel is made in the host's namespace and moved into the new one.
     "wireguard": [namespace, wireguard],

@@ -1,5 +1,6 @@
 """The namespace's address and default route, inside: eth0 gets the leased address (see
-`lease`), the route goes to the profile's gateway, and in bridge mode a gratuitous ARP
+`lease`; and the IPv6 one with subnet6), the route goes to the profile's gateway (gateway6:
+a link-local one goes by eth0 too), and in bridge mode a gratuitous ARP
 tells the LAN whose the address now is. Both go with the namespace: nothing to remove,
 no orphans on the host.
 """
@@ -28,6 +29,14 @@ def _configure(s: Setup) -> None:
         inner.link("set", index=idx, state="up")
         inner.addr("add", index=idx, address=address, prefixlen=prof.subnet.prefixlen)
         inner.route("add", dst="0.0.0.0/0", gateway=str(prof.gateway), oif=idx)
+        if s.rec.address6 is not None and s.rec.gateway6 is not None:
+            from nsrun.linux import ndp
+
+            assert idx is not None
+            # nat: no DAD (the lease is the bridge's to give); bridge: added by the lease
+            # step once DAD found it free, so present already.
+            ndp.add(inner, idx, s.rec.address6, s.rec.prefixlen6 or 64)
+            inner.route("add", dst="::/0", gateway=s.rec.gateway6, oif=idx)
     if prof.mode == "bridge":
         try:
             arp.announce(names.INNER_IFNAME, address)

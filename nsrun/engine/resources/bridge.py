@@ -32,7 +32,7 @@ from nsrun.engine import allocator, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources import masquerade
-from nsrun.engine.resources.lease import unused
+from nsrun.engine.resources.lease import in_use, unused
 from nsrun.errors import NsrunError, UsageError
 from nsrun.linux import sysctl
 
@@ -71,14 +71,18 @@ def _ensure_nat(s: Setup) -> None:
         )
     if not exists:
         _check_overlap(ipr, s)
+        _check_overlap6(ipr, s)
     if net is None:
         net = NetRecord(mode="nat", profile=prof.name, subnet=str(prof.subnet), gateway=str(prof.gateway),
-                        created_bridge=True, mtu=prof.mtu, mtu_recorded=True)
+                        created_bridge=True, mtu=prof.mtu, mtu_recorded=True,
+                        subnet6=str(prof.subnet6) if prof.subnet6 else None,
+                        gateway6=str(prof.gateway6) if prof.subnet6 else None)
         record.save_net(prof.bridge, net)
     # Every time, not only when the bridge is missing: a crash right after the bridge was
     # made left it down without its address, and the next namespace on it must not be the
     # one to find out (it would be "up" with no way out).
     _converge(ipr, prof.bridge, mtu=prof.mtu, address=(str(prof.gateway), prof.subnet.prefixlen))
+    _converge6(ipr, prof.bridge, (str(prof.gateway6), prof.subnet6.prefixlen) if prof.subnet6 else None)
 
 
 def _same_network(s: Setup, net: NetRecord) -> None:
@@ -90,6 +94,10 @@ def _same_network(s: Setup, net: NetRecord) -> None:
         wanted["mtu"] = str(prof.mtu) if prof.mtu else "default"
     found = {"subnet": net.subnet, "gateway": net.gateway,
              "mtu": str(net.mtu) if net.mtu else "default"}
+    # IPv6 too, "none" for a bridge without it (whatever nsrun made it: records before
+    # IPv6 were of IPv4 bridges).
+    wanted.update(subnet6=str(prof.subnet6 or "none"), gateway6=str(prof.gateway6 or "none"))
+    found.update(subnet6=net.subnet6 or "none", gateway6=net.gateway6 or "none")
     for key, value in wanted.items():
         if found[key] is not None and found[key] != value:
             raise UsageError(
@@ -126,6 +134,48 @@ def _check_overlap(ipr: Any, s: Setup) -> None:
                 f"{prof.source}: subnet: {prof.subnet} overlaps the host route {dst} dev {_dev(ipr, route)}; "
                 "choose another subnet"
             )
+
+
+def _check_overlap6(ipr: Any, s: Setup) -> None:
+    """subnet6, as subnet: no route of the host's main table (but the default, link-local
+    and multicast ones every IPv6 link has) and no address of the host may be in it."""
+    prof = s.prof
+    if prof.subnet6 is None:
+        return
+    for route in ipr.get_routes(family=socket.AF_INET6, table=255):
+        if route.get_attr("RTA_TABLE") != 255 or route["type"] != 2:  # RTN_LOCAL
+            continue
+        addr = ipaddress.IPv6Address(route.get_attr("RTA_DST"))
+        if addr in prof.subnet6:
+            raise UsageError(f"{prof.source}: subnet6: {prof.subnet6} holds the host's own address {addr} "
+                             f"(dev {_dev(ipr, route)}); choose another subnet6")
+    for route in ipr.get_routes(family=socket.AF_INET6):
+        if route.get_attr("RTA_TABLE") not in (254, None) or route["dst_len"] == 0:
+            continue
+        dst = ipaddress.IPv6Network(f"{route.get_attr('RTA_DST')}/{route['dst_len']}", strict=False)
+        if dst.is_link_local or dst.is_multicast:
+            continue
+        if dst.overlaps(prof.subnet6):
+            raise UsageError(f"{prof.source}: subnet6: {prof.subnet6} overlaps the host route {dst} "
+                             f"dev {_dev(ipr, route)}; choose another subnet6")
+
+
+def _converge6(ipr: Any, bridge: str, address6: tuple[str, int] | None) -> None:
+    """nsrun's nat bridge accepts no router advertisement (from a namespace: it would route
+    the host's own traffic through one); with ADDRESS6 (the profile's gateway6 and subnet6's
+    length), IPv6 on and that address, without duplicate address detection (the subnet is
+    this bridge's alone). Idempotent."""
+    from nsrun.linux import ndp, netlink
+
+    for key, value in (("accept_ra", "0"), *((("disable_ipv6", "0"),) if address6 else ())):
+        path = f"net/ipv6/conf/{bridge}/{key}"
+        if sysctl.read(path) not in (None, value):
+            sysctl.write(path, value)
+    if address6 is not None:
+        idx = netlink.index(ipr, bridge)
+        assert idx is not None
+        if f"{address6[0]}/{address6[1]}" not in netlink.addresses(ipr, idx):
+            ndp.add(ipr, idx, *address6)
 
 
 def _dev(ipr: Any, route: Any) -> str:
@@ -289,12 +339,13 @@ def remove_if_unused(bridge: str) -> bool:
             record.remove_net(bridge)
             if net.mode == "nat":
                 masquerade.forwarding_restore()  # a crash may have cut the firewall step's short
-        for fn in ("last_reserved", ".last_reserved.tmp"):
+        for fn in ("last_reserved", ".last_reserved.tmp", "last_reserved6", ".last_reserved6.tmp"):
             state.remove(base / fn)
-        try:
-            os.rmdir(base / "leases")
-        except OSError:
-            pass
+        for leases in ("leases", "leases6"):
+            try:
+                os.rmdir(base / leases)
+            except OSError:
+                pass
         lock.discard()
     try:
         os.rmdir(base)
@@ -326,4 +377,4 @@ def orphans(scan: Scan) -> list[Action]:
     """Bridges nsrun set up that no lease uses."""
     return [Action(f"bridge {bridge}'s shared pieces", "no namespace uses it",
                    partial(remove_if_unused, bridge))
-            for bridge in scan.bridges if not allocator.FileStore(bridge).any_taken()]
+            for bridge in scan.bridges if not in_use(bridge)]

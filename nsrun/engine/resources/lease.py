@@ -21,9 +21,17 @@ from nsrun import names, state
 from nsrun.engine import allocator, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
+from nsrun.errors import UsageError
 from nsrun.linux import netns
 
 STEP = "lease"
+
+
+def prepare(s: Setup) -> None:
+    """A profile with subnet6 on a host whose kernel has IPv6 off (ipv6.disable=1): refused."""
+    if s.prof.subnet6 is not None and not os.path.isdir("/proc/sys/net/ipv6"):
+        raise UsageError(f"{s.prof.source}: subnet6: this host's kernel has IPv6 disabled "
+                         "(no /proc/sys/net/ipv6: booted with ipv6.disable=1?); remove subnet6")
 
 
 def create(s: Setup) -> None:
@@ -35,6 +43,14 @@ def create(s: Setup) -> None:
     else:
         addr = netns.in_thread(lambda: _claim_on_lan(store, s), enter=s.name)
     s.update(address=str(ipaddress.IPv4Address(addr)))
+    if prof.subnet6 is not None:
+        store6 = allocator.FileStore(prof.bridge, 6)
+        if prof.mode == "nat":
+            addr6 = allocator.allocate(store6, prof.pool6(), s.name)
+        else:
+            addr6 = netns.in_thread(lambda: _claim6_on_lan(store6, s), enter=s.name)
+        s.update(address6=str(ipaddress.IPv6Address(addr6)), prefixlen6=prof.subnet6.prefixlen,
+                 gateway6=str(prof.gateway6))
     s.held.close()  # the bridge lock: this namespace holds a lease now
 
 
@@ -55,6 +71,27 @@ def _claim_on_lan(store: allocator.FileStore, s: Setup) -> int:
         return not arp.probe(names.INNER_IFNAME, str(ipaddress.IPv4Address(a)), prof.probe_ms)
 
     return allocator.allocate(store, prof.pool(), s.name, usable)
+
+
+def _claim6_on_lan(store: allocator.FileStore, s: Setup) -> int:
+    """Bridge mode, inside the namespace: lease an IPv6 address that duplicate address
+    detection finds free on the LAN. The kernel's own DAD, sped up to one probe of
+    `probe_ms` (see nsrun.engine.resources.veth): the address is added, and kept when it
+    leaves the tentative state, removed again when DAD failed (something on the LAN has
+    it). probe_ms 0: taken with no DAD, as `probe_ms` skips the ARP probe."""
+    from nsrun.linux import ndp, netlink
+
+    prof = s.prof
+    assert prof.subnet6 is not None
+    with netlink.IPRoute() as inner:
+        idx = netlink.index(inner, names.INNER_IFNAME)
+        assert idx is not None
+
+        def usable(a: int) -> bool:
+            addr = str(ipaddress.IPv6Address(a))
+            return ndp.claim(inner, idx, addr, prof.subnet6.prefixlen, prof.probe_ms)  # type: ignore[union-attr]
+
+        return allocator.allocate(store, prof.pool6(), s.name, usable)
 
 
 def _wait_carrier() -> None:
@@ -81,14 +118,23 @@ def remove(rec: NsRecord) -> None:
     """Release REC's lease (its address when recorded, else any its name holds)."""
     if not rec.bridge:
         return
-    store = allocator.FileStore(rec.bridge)
-    if rec.name not in store.taken().values():
+    store, store6 = allocator.FileStore(rec.bridge), allocator.FileStore(rec.bridge, 6)
+    if rec.name not in store.taken().values() and rec.name not in store6.taken().values():
         return  # nothing of REC's (only REC's holder, us, makes its lease): no lock to write
     with store.lock():
         if rec.address is not None:
             store.release(int(ipaddress.IPv4Address(rec.address)), rec.name)
         else:
             store.release_owner(rec.name)
+        if rec.address6 is not None:
+            store6.release(int(ipaddress.IPv6Address(rec.address6)), rec.name)
+        else:
+            store6.release_owner(rec.name)
+
+
+def in_use(bridge: str) -> bool:
+    """Whether any address (IPv4 or IPv6) is leased on BRIDGE (names only)."""
+    return allocator.FileStore(bridge).any_taken() or allocator.FileStore(bridge, 6).any_taken()
 
 
 @contextlib.contextmanager
@@ -107,22 +153,23 @@ def unused(bridge: str) -> Iterator[state.Lock | None]:
         yield None
         return
     with store.lock() as lock:
-        yield None if store.any_taken() else lock
+        yield None if in_use(bridge) else lock
 
 
 def orphans(scan: Scan) -> list[Action]:
     out = []
     for bridge in scan.bridges:
-        for addr, owner in allocator.FileStore(bridge).taken().items():
-            if owner not in scan.records:  # a stale record's leases go with its teardown
-                ip = str(ipaddress.IPv4Address(addr))
-                out.append(Action(f"lease {bridge}/{ip}", f"owner {owner} is gone",
-                                  partial(_release_orphan, bridge, addr, owner)))
+        for version in (4, 6):
+            store = allocator.FileStore(bridge, version)
+            for addr, owner in store.taken().items():
+                if owner not in scan.records:  # a stale record's leases go with its teardown
+                    out.append(Action(f"lease {bridge}/{store.ip(addr)}", f"owner {owner} is gone",
+                                      partial(_release_orphan, bridge, addr, owner, version)))
     return out
 
 
-def _release_orphan(bridge: str, addr: int, owner: str) -> bool:
-    store = allocator.FileStore(bridge)
+def _release_orphan(bridge: str, addr: int, owner: str, version: int = 4) -> bool:
+    store = allocator.FileStore(bridge, version)
     with store.lock():
         if record.read(owner) is not None or store.taken().get(addr) != owner:
             return False  # an owner that came back meanwhile, or released already

@@ -55,6 +55,9 @@ def create(s: Setup) -> None:
             record.save_net(prof.bridge, net)  # before the first rule: the way to remove them
         _forwarding_on()
         firewall.backend(name).ensure_nat(prof.bridge, str(prof.subnet), prof.name)
+        if net.subnet6 is not None:  # NAT66 and IPv6 forwarding, made and put back with the rest
+            forwarding6_on()
+            firewall.backend(name).ensure_nat6(prof.bridge, net.subnet6, prof.name)
         net = net._replace(firewall_ok=True)
         record.save_net(prof.bridge, net)
     if prof.dns is None and net.dns_forward is None and net.gateway:
@@ -97,12 +100,13 @@ def _forwarding_on() -> None:
             sysctl.write("net.ipv4.ip_forward", "1")
 
 
-def _nat_bridges(leaving: str | None = None) -> list[str]:
-    """The bridges with a nat NetRecord, but LEAVING (whose rules are being removed)."""
+def _nat_bridges(leaving: str | None = None, v6: bool = False) -> list[str]:
+    """The bridges with a nat NetRecord (V6: one with subnet6), but LEAVING (whose rules are
+    being removed)."""
     out = []
     for other in record.net_bridges():
         net = record.read_net(other)
-        if other != leaving and net is not None and net.mode == "nat":
+        if other != leaving and net is not None and net.mode == "nat" and (not v6 or net.subnet6):
             out.append(other)
     return out
 
@@ -111,11 +115,12 @@ def forwarding_restore(leaving: str | None = None) -> bool:
     """Put ip_forward back as nsrun found it, once no nat bridge of nsrun's is left but
     LEAVING. Crash-safe: the saved value goes only after it was written back, so a kill
     anywhere leaves `forwarding.json`, which gc's orphans put back (the write is idempotent).
-    Whether it was put back."""
+    Whether it was put back (IPv6 forwarding too: forwarding6_restore)."""
     with _forwarding_lock():
+        restored6 = forwarding6_restore(leaving)
         saved = state.read_json(_forwarding_path())
         if saved is None or _nat_bridges(leaving):
-            return False
+            return restored6
         value = saved.get("ip_forward")
         if value in ("0", "1"):
             sysctl.write("net.ipv4.ip_forward", value)
@@ -211,13 +216,16 @@ def orphans(scan: Scan) -> list[Action]:
     if state.read_json(_forwarding_path()) is not None and not _nat_bridges():
         out.append(Action(f"{_forwarding_path()} (ip_forward put back as found)", "no nat bridge is left",
                           forwarding_restore))
+    if state.read_json(_forwarding6_path()) is not None and not _nat_bridges(v6=True):
+        out.append(Action(f"{_forwarding6_path()} (IPv6 forwarding and accept_ra put back as found)",
+                          "no nat bridge with subnet6 is left", forwarding_restore))
     return out
 
 
 def _leased(bridge: str) -> bool:
-    from nsrun.engine import allocator
+    from nsrun.engine.resources.lease import in_use
 
-    return allocator.FileStore(bridge).any_taken()
+    return in_use(bridge)
 
 
 def _gone(bridges: set[str]) -> set[str]:
@@ -246,4 +254,87 @@ def _close_gone(bridge: str) -> bool:
     if not _gone({bridge}) or state.net_dir(bridge).exists():
         return False
     foreign.close(bridge)
+    return True
+
+
+# -- IPv6 forwarding ------------------------------------------------------------------------
+#
+# As ip_forward, under the same lock, with its own saved state (forwarding6.json). Turning
+# net.ipv6.conf.all.forwarding on makes the kernel ignore router advertisements on every
+# interface whose accept_ra is 1, and at once drop the default routes they gave (a host whose
+# own IPv6 default route comes by SLAAC would lose it): so the interfaces with accept_ra 1
+# get 2 (accept them while forwarding) first, and 1 back after. Every value changed is saved
+# before it is changed; forwarding goes back first, then accept_ra, then the saved state.
+
+ALL_FORWARDING6 = "net/ipv6/conf/all/forwarding"
+
+
+def _forwarding6_path() -> Path:
+    return state.root() / "forwarding6.json"
+
+
+def _conf6() -> list[str]:
+    """The interfaces (and `default`) with IPv6 settings in this namespace."""
+    try:
+        return sorted(n for n in os.listdir("/proc/sys/net/ipv6/conf") if n not in ("all", "lo"))
+    except OSError:
+        return []
+
+
+def _not_nsruns(ifname: str) -> bool:
+    """Not a link nsrun makes (a host veth, a nat bridge of its own: they take no RA)."""
+    from nsrun import names
+
+    if ifname.startswith(names.HOST_VETH_PREFIX):
+        return False
+    net = record.read_net(ifname) if ifname in record.net_bridges() else None
+    return net is None or not net.created_bridge
+
+
+def forwarding6_on() -> None:
+    """net.ipv6.conf.all.forwarding on, the interfaces that took router advertisements
+    (accept_ra 1) still taking them (2); what was found saved first (crash-safe). Where
+    forwarding is on already, nothing is changed: it is not nsrun's to manage then."""
+    with _forwarding_lock():
+        current = sysctl.read(ALL_FORWARDING6)
+        if current is None or current == "1" and state.read_json(_forwarding6_path()) is None:
+            return
+        saved = state.read_json(_forwarding6_path())
+        if saved is None:
+            accept_ra, forwarding = {}, {}
+            for ifname in _conf6():
+                if ifname != "default" and sysctl.read(f"net/ipv6/conf/{ifname}/accept_ra") == "1" \
+                        and _not_nsruns(ifname):
+                    accept_ra[ifname] = "1"
+                was = sysctl.read(f"net/ipv6/conf/{ifname}/forwarding")
+                if was is not None and was != current and _not_nsruns(ifname):
+                    forwarding[ifname] = was  # its own value, which writing `all` overwrites
+            saved = {"forwarding": current, "accept_ra": accept_ra, "forwarding_if": forwarding}
+            state.write_json(_forwarding6_path(), saved)
+        for ifname in saved.get("accept_ra", {}):
+            try:
+                sysctl.write(f"net/ipv6/conf/{ifname}/accept_ra", "2")
+            except OSError:  # gone meanwhile
+                pass
+        sysctl.write(ALL_FORWARDING6, "1")
+
+
+def forwarding6_restore(leaving: str | None = None) -> bool:
+    """IPv6 forwarding and accept_ra back as forwarding6_on found them, once no nat bridge
+    with subnet6 is left but LEAVING (the caller holds the forwarding lock). Whether they
+    were put back."""
+    saved = state.read_json(_forwarding6_path())
+    if saved is None or _nat_bridges(leaving, v6=True):
+        return False
+    if saved.get("forwarding") in ("0", "1"):
+        sysctl.write(ALL_FORWARDING6, saved["forwarding"])
+    for key, values in (("forwarding", saved.get("forwarding_if")), ("accept_ra", saved.get("accept_ra"))):
+        for ifname, value in (values or {}).items():
+            if isinstance(ifname, str) and "/" not in ifname and value in ("0", "1", "2"):
+                try:
+                    sysctl.write(f"net/ipv6/conf/{ifname}/{key}", value)
+                except OSError:  # gone meanwhile
+                    pass
+    fault.checkpoint("forwarding6-restored")
+    state.remove(_forwarding6_path())
     return True

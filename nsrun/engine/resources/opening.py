@@ -70,9 +70,15 @@ def prepare(s: Setup) -> None:
     if net is not None and net.opened is not None:
         return  # opened already (the way stays while the bridge is in use)
     try:
-        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=_skip(s), stub=_stub(s, net))
+        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=_skip(s), stub=_stub(s, net),
+                      v6=_v6(s, net))
     except foreign.Refused as exc:
         raise NsrunError(str(exc)) from None
+
+
+def _v6(s: Setup, net: NetRecord | None) -> bool:
+    """Whether the bridge carries IPv6 (a nat bridge's record says; else the profile)."""
+    return bool(net.subnet6) if net is not None and net.mode == "nat" else s.prof.subnet6 is not None
 
 
 def _stub(s: Setup, net: NetRecord | None) -> str | None:
@@ -109,7 +115,7 @@ def create(s: Setup) -> None:
             where.append(f"firewalld zone {net.fw_zone}")
     try:
         opened = foreign.open_way(bridge, _mode(s), s.prof.name, name, skip=_skip(s),
-                                  stub=net.dns_forward if _mode(s) == "nat" else None)
+                                  stub=net.dns_forward if _mode(s) == "nat" else None, v6=_v6(s, net))
     except foreign.Refused as exc:  # the host's firewall changed since prepare()
         raise NsrunError(str(exc)) from None
     s.notices.extend(b.message(bridge) for b in opened)

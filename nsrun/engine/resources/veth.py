@@ -12,8 +12,8 @@ NAME's only when the alias says so and the name is one of NAME's choices.
 
 The pair is made from inside the namespace as it is born (`inside`), with the peer placed in
 the host's namespace: moving a link between namespaces afterwards costs 20-28 ms. eth0 gets
-no IPv6 (IPv4 only for now: no router advertisement on the LAN may route around the
-profile's gateway); lo keeps ::1.
+no IPv6 unless the profile has subnet6, and then accepts no router advertisement (none on
+the LAN may route around the profile's gateway6); lo keeps ::1.
 
 The pair goes with its namespace: the teardown unmounts the namespace first (see
 nsrun.engine), and the host end vanishes ~10 ms later; removal waits for that, and deletes
@@ -59,11 +59,26 @@ def inside(s: Setup) -> None:
             peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": s.host_fd, **extra}
             try:
                 inner.link("add", ifname=names.INNER_IFNAME, kind="veth", peer=peer, **extra)
+                if s.prof.subnet6 is not None:
+                    _ipv6_on(s.prof.probe_ms)
                 return
             except netlink.NetlinkError() as exc:
                 if netlink.errno_of(exc) != errno.EEXIST:
                     raise
     raise NsrunError(f"every host name for {s.name}'s veth ({', '.join(choices)}) is taken by other links")
+
+
+def _ipv6_on(probe_ms: int) -> None:
+    """IPv6 on eth0 (a profile with subnet6), before it is up: no router advertisement
+    accepted (none routes around the profile's gateway6), no SLAAC address, and duplicate
+    address detection of one probe of PROBE_MS (nsrun.linux.ndp)."""
+    from nsrun.linux import ndp
+
+    eth = names.INNER_IFNAME
+    settings = {f"net/ipv6/conf/{eth}/accept_ra": "0", f"net/ipv6/conf/{eth}/autoconf": "0",
+                **ndp.sysctls(eth, probe_ms), f"net/ipv6/conf/{eth}/disable_ipv6": "0"}
+    for key, value in settings.items():
+        sysctl.write(key, value)
 
 
 def create(s: Setup) -> None:

@@ -1,0 +1,190 @@
+"""Issue 21: `isolate = true` and `allow = [...]`, enforced on the host side (bridge port
+isolation, nf_tables tables named after the namespace), on the lab with IPv6 so that both
+families are shown. Reachability is probed with tests/support/probe.py: a TCP connection
+succeeds or times out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from conftest import CLIENT, SUPPORT, write_profile
+from nsrun import lab as labmod
+from support import lab6 as v6
+
+HOST_KINDS = ["legacy", "nftables", "docker", "ufw"]
+
+PROBE = [sys.executable, str(SUPPORT / "probe.py")]
+PORT = 7000
+ISO = ('mode = "nat"\nbridge = "nsrti"\nsubnet = "10.251.7.0/24"\nsubnet6 = "fd00:77::/64"\n'
+       'isolate = true\n')
+OPEN = ISO.replace("isolate = true", "isolate = false")  # the same bridge, not isolated
+OTHER = 'mode = "nat"\nbridge = "nsrto"\nsubnet = "10.251.8.0/24"\nsubnet6 = "fd00:88::/64"\n'
+ALLOW = ('mode = "nat"\nbridge = "nsrta"\nsubnet = "10.251.9.0/24"\nsubnet6 = "fd00:99::/64"\n'
+         f'allow = ["{labmod.SERVER}:{labmod.PORT}/tcp", "[{v6.SERVER6}]:{labmod.PORT}/tcp"]\n')
+ALLOW_LAN = ('mode = "bridge"\nbridge = "br0"\nsubnet = "192.168.1.0/24"\nrange = "192.168.1.130-192.168.1.139"\n'
+             'gateway = "192.168.1.1"\ndns = ["192.168.1.1"]\n'
+             f'allow = ["{labmod.SERVER}:{labmod.PORT}/tcp"]\n')
+
+
+def reach(lab, name: str, host: str, port: int = PORT) -> bool:
+    """Whether namespace NAME reaches HOST:PORT (a TCP connection within probe.TIMEOUT)."""
+    r = lab.nsrun("exec", name, "--", *PROBE, "connect", host, str(port))
+    assert r.returncode in (0, 1), r.stderr
+    return r.returncode == 0
+
+
+@contextmanager
+def listening(argv: list[str]) -> Iterator[None]:
+    """probe.py listen PORT, started by ARGV's prefix (nsrun exec NAME, or the lab host)."""
+    p = subprocess.Popen([*argv, *PROBE, "listen", str(PORT)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        p.terminate()
+        p.communicate(timeout=10)
+
+
+def up(lab, name: str, prof) -> dict:
+    r = lab.nsrun("up", name, "-p", str(prof))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(lab.nsrun("ls", "--json").stdout)
+    return next(row for row in rows if row["name"] == name)
+
+
+def addresses(row: dict) -> tuple[str, str]:
+    v4 = next(a for a in row["addresses"] if "." in a).split("/")[0]
+    v6a = next(a for a in row["addresses"] if ":" in a).split("/")[0]
+    return v4, v6a
+
+
+def test_two_isolated_namespaces_reach_neither_each_other_nor_the_host_but_the_upstream(lab6, tmp_path):
+    iso = write_profile(tmp_path, "iso", ISO)
+    names = ["iso-a", "iso-b"]
+    rows = [up(lab6, n, iso) for n in names]
+    try:
+        for row in rows:
+            assert row["isolate"] is True and row["allow"] == []
+            veth = lab6.host_json("ip", "-j", "-d", "link", "show", "master", "nsrti")
+            assert all(link["linkinfo"]["info_slave_data"]["isolated"] for link in veth), veth
+        (a4, a6), (b4, b6) = addresses(rows[0]), addresses(rows[1])
+        host_addrs = ["10.251.7.1", "fd00:77::1", labmod.HOST_ADDR, *v6.host_global6(lab6.lab)]
+        with listening(lab6.nsrun_argv("exec", "iso-b", "--")), listening(lab6.host_argv([])):
+            for other in (b4, b6):
+                assert not reach(lab6, "iso-a", other), other
+            for addr in host_addrs:
+                assert not reach(lab6, "iso-a", addr), addr
+            assert lab6.host(*PROBE, "connect", b4, str(PORT), check=False).returncode == 0  # the host reaches it
+            # ...and a namespace on that bridge that is not isolated reaches the host's service
+            # (but on ufw, whose default denies every incoming connection to the host).
+            opened = write_profile(tmp_path, "open", OPEN)
+            r = lab6.nsrun("-p", str(opened), "--", *PROBE, "connect", "10.251.7.1", str(PORT))
+            assert r.returncode == (1 if lab6.kind == "ufw" else 0), (r.stdout, r.stderr)
+        with listening(lab6.nsrun_argv("exec", "iso-a", "--")):
+            for other in (a4, a6):
+                assert not reach(lab6, "iso-b", other), other
+        for name in names:  # and both reach the upstream, over both families
+            r = lab6.nsrun("exec", name, "--", "sh", "-c", f"{' '.join(CLIENT)} {labmod.SERVER}; "
+                                                           f"{' '.join(CLIENT)} {v6.SERVER6}")
+            assert r.stdout.split() == [labmod.GW2_UP, v6.GW2_UP6], r.stderr
+    finally:
+        for name in names:
+            assert lab6.nsrun("down", name).returncode == 0
+
+
+def test_an_isolated_namespace_reaches_no_other_namespace_on_any_bridge(lab6, tmp_path):
+    """Not a sibling that is not isolated (bridge port isolation alone would let that pass),
+    nor a namespace on another nsrun bridge (through the host's routing)."""
+    iso, opened, other = (write_profile(tmp_path, n, t) for n, t in (("iso", ISO), ("open", OPEN), ("other", OTHER)))
+    up(lab6, "iso-a", iso)
+    targets = [up(lab6, "open-c", opened), up(lab6, "other-d", other)]
+    try:
+        for row in targets:
+            with listening(lab6.nsrun_argv("exec", row["name"], "--")):
+                for addr in addresses(row):
+                    assert not reach(lab6, "iso-a", addr), (row["name"], addr)
+                assert lab6.host(*PROBE, "connect", addresses(row)[0], str(PORT), check=False).returncode == 0
+    finally:
+        for name in ("iso-a", "open-c", "other-d"):
+            assert lab6.nsrun("down", name).returncode == 0
+
+
+def test_allow_reaches_the_listed_destination_and_nothing_else(lab6, tmp_path):
+    prof = write_profile(tmp_path, "allow", ALLOW)
+    row = up(lab6, "allow-a", prof)
+    try:
+        assert row["allow"] == [f"{labmod.SERVER}:{labmod.PORT}/tcp", f"[{v6.SERVER6}]:{labmod.PORT}/tcp"]
+        assert row["isolate"] is False
+        assert reach(lab6, "allow-a", labmod.SERVER, labmod.PORT)
+        assert reach(lab6, "allow-a", v6.SERVER6, labmod.PORT)
+        # The same server at its other addresses, and the host, are not listed.
+        for addr in (labmod.SERVER_ALT, v6.SERVER6_ALT, "10.251.9.1", labmod.HOST_ADDR):
+            assert not reach(lab6, "allow-a", addr, labmod.PORT), addr
+    finally:
+        assert lab6.nsrun("down", "allow-a").returncode == 0
+
+
+def test_root_inside_cannot_undo_the_allow_list(lab6, tmp_path):
+    """CMD as root inside flushes its own firewall (nft, iptables), takes another address of
+    the subnet and connects from it: the unlisted destination stays out of reach, the listed
+    one is still reached from the namespace's own address."""
+    prof = write_profile(tmp_path, "allow", ALLOW)
+    script = ("nft flush ruleset; iptables-legacy -F 2>/dev/null; iptables-nft -F 2>/dev/null; "
+              "ip addr add 10.251.9.200/24 dev eth0; ip -6 addr add fd00:99::200/64 dev eth0 nodad; "
+              f"{' '.join(PROBE)} connect {labmod.SERVER_ALT} {labmod.PORT}; "
+              f"{' '.join(PROBE)} connect {labmod.SERVER_ALT} {labmod.PORT} 10.251.9.200; "
+              f"{' '.join(PROBE)} connect {labmod.SERVER} {labmod.PORT} 10.251.9.200; "
+              f"{' '.join(PROBE)} connect {v6.SERVER6_ALT} {labmod.PORT} fd00:99::200; "
+              f"{' '.join(PROBE)} connect {labmod.SERVER} {labmod.PORT}; id -u")
+    r = lab6.nsrun("-u", "root", "-p", str(prof), "--", "sh", "-c", script)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[-1] == "0", (r.stdout, r.stderr)
+    assert [line.startswith("unreachable") for line in lines[:4]] == [True] * 4, lines
+    assert lines[4] == labmod.GW2_UP, lines
+
+
+def test_allow_in_bridge_mode(lab6, tmp_path):
+    """On the LAN, frames to the gateway are bridged past the host's IP stack: the list holds
+    at the port."""
+    prof = write_profile(tmp_path, "allowlan", ALLOW_LAN)
+    r = lab6.nsrun("-p", str(prof), "--", "sh", "-c",
+                   f"{' '.join(PROBE)} connect {labmod.SERVER} {labmod.PORT}; "
+                   f"{' '.join(PROBE)} connect {labmod.SERVER_ALT} {labmod.PORT}; "
+                   f"{' '.join(PROBE)} connect {labmod.OTHER_ADDR} 22; "
+                   f"{' '.join(PROBE)} connect {labmod.HOST_ADDR} 22")
+    lines = r.stdout.splitlines()
+    assert lines[0] == labmod.GW1_UP, (r.stdout, r.stderr)
+    assert all(line.startswith("unreachable") for line in lines[1:]) and len(lines) == 4, lines
+
+
+def test_profiles_show_and_ls_say_isolate_and_allow(lab6, tmp_path):
+    prof = write_profile(tmp_path, "allow", ALLOW.replace("allow = [", "isolate = true\nallow = ["))
+    shown = lab6.nsrun("profiles", "show", str(prof))
+    assert shown.returncode == 0, shown.stderr
+    assert "isolate = true" in shown.stdout.splitlines()
+    assert f"allow = ['{labmod.SERVER}:{labmod.PORT}/tcp', '[{v6.SERVER6}]:{labmod.PORT}/tcp']" in shown.stdout
+    assert "subnet6 = 'fd00:99::/64'" in shown.stdout
+    up(lab6, "shown", prof)
+    try:
+        table = lab6.nsrun("ls", "--wide").stdout
+        line = next(x for x in table.splitlines() if x.startswith("shown "))
+        assert "isolate" in line and "allow" in line, table
+    finally:
+        assert lab6.nsrun("down", "shown").returncode == 0
+
+
+@pytest.mark.parametrize("kill_at", ["guard", "address"])
+def test_gc_removes_the_guard_of_a_crashed_setup(lab6, tmp_path, kill_at):
+    prof = write_profile(tmp_path, "iso", ISO.replace("isolate = true", f'isolate = true\nallow = ["{labmod.SERVER}"]'))
+    r = lab6.nsrun("up", "crashed", "-p", str(prof), env={"NSRUN_FAULT": kill_at})
+    assert r.returncode == -9
+    assert "nsrun-guard-crashed" in lab6.host("nft", "list", "tables").stdout
+    gc = lab6.nsrun("gc")
+    assert gc.returncode == 0 and "removing namespace crashed" in gc.stdout, gc.stdout
+    assert "nsrun-guard-" not in lab6.host("nft", "list", "tables").stdout
