@@ -117,7 +117,10 @@ def _dns(spec: Spec, version: int) -> list[list[dict[str, Any]]]:
 
 
 def _listed(spec: Spec, version: int) -> list[list[dict[str, Any]]]:
-    """Accepts for the listed destinations and the DNS servers of IP VERSION."""
+    """Accepts for the listed destinations and the DNS servers of IP VERSION (none of IPv6
+    when the namespace has no IPv6)."""
+    if version == 6 and not spec.address6:
+        return []
     return ([[*_entry(a), ACCEPT] for a in spec.allow if a.net.version == version]
             + [[*m, ACCEPT] for m in _dns(spec, version)])
 

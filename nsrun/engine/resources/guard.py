@@ -7,7 +7,8 @@ Made after the veth (the tables hook its host end) and the lease (they are keyed
 address), before the address is configured inside. The record says `guard` (and what the
 profile asked, for `ls`) before the first change; removal deletes the tables by the name
 (the port flag goes with the veth). gc's orphans: guard tables of a namespace that has no
-record and does not exist (one that exists may be another state directory's).
+record and does not exist (one that exists may be another state directory's). Removed
+only after the veth: see remove().
 """
 
 from __future__ import annotations
@@ -72,9 +73,15 @@ def _dns(s: Setup) -> tuple[list[str], bool]:
 
 
 def remove(rec: NsRecord) -> None:
+    """The tables go only once the veth is gone (the teardown has unmounted the namespace,
+    but it lives on until its last reference goes): what the namespace still had queued
+    (a packet waiting on its neighbour's address) must not leave unguarded. So the veth is
+    waited for, or deleted, first (nsrun.engine.resources.veth: idempotent)."""
     if rec.guard:
         from nsrun.engine.firewall import guardtables as guard
+        from nsrun.engine.resources import veth
 
+        veth.remove(rec)
         guard.remove(rec.name)
 
 
