@@ -460,6 +460,8 @@ def _host_address6(source: str, key: str, text: Any, net: ipaddress.IPv6Network,
     if not isinstance(text, str):
         raise _type_error(source, key, "a string", text)
     try:
+        if "%" in text:
+            raise ValueError(text)
         addr = ipaddress.IPv6Address(text.strip())
     except ValueError:
         raise ProfileError(source, key, f"{text!r} is not an IPv6 address (no %zone: the "

@@ -37,6 +37,8 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = None, bus:
     for line in notices:
         err.write(line + "\n")
     where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
+    if rec.address6:
+        where += f", {rec.address6}/{rec.prefixlen6} via {rec.gateway6}"
     if rec.wireguard:
         where = f" through WireGuard ({rec.wireguard})"
     if already:

@@ -1,10 +1,12 @@
 """The engine: bring a namespace up per its profile, take it down again, and (in `gc`)
 find what crashed runs left behind. Callable from any Python process, not only the CLI: it
 never prints, never forks, and reads the environment only through nsrun.state (where the
-state directory is) and nsrun.fault (the crash tests' injection). One contained exception
-to "never forks": where the kernel has no WireGuard, the wireguard resource runs
-`wireguard-go` (nsrun.engine.wgdevice.start_userspace) until it has daemonized itself, so no
-child of the engine outlives the call.
+state directory is) and nsrun.fault (the crash tests' injection). Two contained exceptions
+to "never forks", each a child that ends within the call: where the kernel has no WireGuard,
+the wireguard resource runs `wireguard-go` (nsrun.engine.wgdevice.start_userspace) until it
+has daemonized itself; the legacy firewall backend writes and reads IPv6 rules in a fresh
+interpreter of nsrun's own (python-iptables takes one address family per process:
+nsrun.engine.firewall.iptables._v6).
 
     nsrun/engine/__init__.py     up, down, teardown (this module)
     nsrun/engine/record.py       the typed records: NsRecord (ns/NAME.json), NetRecord (net.json)
