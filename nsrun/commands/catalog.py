@@ -44,6 +44,10 @@ def show(spec: str, reader: Reader | None = None) -> int:
         else:
             shown = repr(value) if isinstance(value, str) else str(value)
         print(f"{key} = {shown}")
+    if prof.mode in ("nat", "bridge") and prof.subnet6 is None:
+        example = ("subnet6 = 'fd00:78::/64'" if prof.mode == "nat"
+                   else "subnet6 = '2001:db8:1::/64' with gateway6 = '2001:db8:1::1'")
+        print(f"# subnet6 unset: IPv6 is off inside (to have it: {example})")
     if prof.mode == "wireguard" and prof.wireguard:
         _print_wireguard(prof.wireguard)
     return 0

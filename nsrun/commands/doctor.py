@@ -87,7 +87,7 @@ def check_profile(prof: profile.Profile, requested: str | None, bus: str | None 
                                 f"{net.fw_zone} (firewalld was reloaded): its namespaces cannot get out",
                                 f"any nsrun setup on {prof.bridge} puts it back (nsrun -p {name} -- true)"))
     stub = dns.stub() if mode == "nat" and prof.dns is None else None
-    for b in foreign.find(prof.bridge, mode, backend, skip=skip, stub=stub):
+    for b in foreign.find(prof.bridge, mode, backend, skip=skip, stub=stub, v6=prof.subnet6 is not None):
         what = (f"DNS from {prof.bridge} to the host's stub {stub}" if b.hook == "input"
                 else f"forwarding for {prof.bridge}")
         if b.refuse:
@@ -118,11 +118,107 @@ def check_profile(prof: profile.Profile, requested: str | None, bus: str | None 
             out.append(_finding("note", name, "ip_forward is off; nsrun turns it on while a NAT bridge "
                                 "of its own exists and puts it back after"))
         out.extend(forwarding_findings(name))
+    out.extend(reach_findings(prof))
     if prof.dns is None and not dns.host_config()[0]:
         out.append(_finding("problem", name, "the host's resolv.conf names only a loopback stub and "
                             f"{dns.STUB_FALLBACK} has no upstream: nothing to resolve with inside",
                             "set `dns = [...]` in the profile"))
     return out
+
+
+def _ra_routes() -> dict[str, str]:
+    """The host's IPv6 default routes learned from router advertisements: ifname -> router."""
+    import socket
+
+    from nsrun.linux import netlink
+
+    out = {}
+    with netlink.IPRoute() as ipr:
+        for route in ipr.get_routes(family=socket.AF_INET6):
+            if route["dst_len"] == 0 and route["proto"] == 9:  # RTPROT_RA
+                oif = route.get_attr("RTA_OIF")
+                links = ipr.get_links(oif) if oif else []
+                out[links[0].get_attr("IFLA_IFNAME") if links else "?"] = str(route.get_attr("RTA_GATEWAY"))
+    return out
+
+
+def reach_findings(prof: profile.Profile) -> list[dict[str, str]]:
+    """IPv6 (subnet6) and the guard (isolate, allow) of a wired profile."""
+    import os
+
+    name, out = prof.name, []
+    if prof.guarded:
+        from nsrun.engine.firewall import nftables
+
+        if not nftables.available():
+            out.append(_finding("problem", name, f"isolate/allow need nf_tables through {nftables.LIBRARY}, "
+                                "which cannot be loaded", "apt-get install nftables"))
+        else:
+            out.append(_finding("note", name, "isolate/allow: each namespace gets nf_tables tables nsrun-guard-NAME "
+                                "(its veth's ingress, the input and forward hooks"
+                                + (", the bridge hooks; and port isolation on its veth" if prof.isolate else "")
+                                + "), removed with it"))
+    if prof.subnet6 is None:
+        return out
+    if not os.path.isdir("/proc/sys/net/ipv6"):
+        out.append(_finding("problem", name, "subnet6: this host's kernel has IPv6 disabled (ipv6.disable=1)",
+                            "remove subnet6 from the profile"))
+        return out
+    ra = _ra_routes()
+    if prof.mode == "bridge":
+        out.append(_finding("note", name, f"IPv6: addresses from range6 after duplicate address detection "
+                            f"({prof.probe_ms} ms), the default route via gateway6 {prof.gateway6}; no router "
+                            "advertisement is accepted inside"))
+        return out
+    from nsrun import state
+
+    if not _default6():
+        out.append(_finding("note", name, "the host has no IPv6 default route: inside, IPv6 reaches the bridge "
+                            "only, and programs that try IPv6 first wait for it", "remove subnet6, or give the host IPv6"))
+    accept = _accept_ra_1()
+    saved = state.read_json(state.root() / "forwarding6.json")
+
+    def took(ifnames: list[str]) -> str:
+        return "; ".join(f"{i} (its default route via {ra[i]})" if i in ra else i for i in ifnames)
+
+    if saved is not None:  # nsrun has it on now, for a nat bridge with subnet6
+        kept = [i for i in (saved.get("accept_ra") or {}) if isinstance(i, str)]
+        out.append(_finding("note", name, "IPv6 forwarding (net.ipv6.conf.all.forwarding) is on, turned on by nsrun "
+                            "while a nat bridge with subnet6 exists; it goes back to "
+                            f"{saved.get('forwarding', '?')} after. Forwarding makes the kernel ignore router "
+                            "advertisements where accept_ra is 1: nsrun set accept_ra 2 meanwhile on "
+                            + (took(kept) if kept else "none (no interface had 1)") + ", and puts 1 back after"))
+    elif sysctl.read("net/ipv6/conf/all/forwarding") != "1":
+        out.append(_finding("note", name, "IPv6 forwarding (net.ipv6.conf.all.forwarding) is off; nsrun turns it "
+                            "on while a nat bridge with subnet6 exists, and puts it back after. Forwarding makes the "
+                            "kernel ignore router advertisements where accept_ra is 1 (and drop the default routes "
+                            "they gave): nsrun sets accept_ra 2 meanwhile on "
+                            + (took(accept) if accept else "those interfaces (none now)") + ", and 1 again after"))
+    elif accept:
+        out.append(_finding("note", name, "IPv6 forwarding is on, and nsrun did not turn it on: "
+                            f"{took(accept)} (accept_ra 1) ignore router advertisements, so a default "
+                            "route learned by SLAAC there expires", "sysctl -w net.ipv6.conf.IFACE.accept_ra=2 "
+                            "(and in /etc/sysctl.d) for each of them"))
+    return out
+
+
+def _accept_ra_1() -> list[str]:
+    """The interfaces that take router advertisements only while not forwarding (accept_ra 1)."""
+    import os
+
+    return [i for i in sorted(os.listdir("/proc/sys/net/ipv6/conf")) if i not in ("all", "default", "lo")
+            and sysctl.read(f"net/ipv6/conf/{i}/accept_ra") == "1"]
+
+
+def _default6() -> list[str]:
+    """The host's IPv6 default routes' gateways (any protocol)."""
+    import socket
+
+    from nsrun.linux import netlink
+
+    with netlink.IPRoute() as ipr:
+        return [str(r.get_attr("RTA_GATEWAY")) for r in ipr.get_routes(family=socket.AF_INET6)
+                if r["dst_len"] == 0 and r.get_attr("RTA_TABLE") in (254, None)]
 
 
 def forwarding_findings(name: str) -> list[dict[str, str]]:
