@@ -215,3 +215,15 @@ def test_two_profiles_on_one_bridge_must_agree_on_subnet6(lab6, tmp_path):
                          "into main yet: the engineer merging both makes this test real")
 def test_a_published_port_answers_over_v6_from_the_lan(lab6, tmp_path):
     raise AssertionError("unreachable")
+
+
+def test_doctor_says_what_ipv6_forwarding_does_to_router_advertisements(lab6, tmp_path):
+    write_profile(tmp_path, "nat6", NAT6 + 'isolate = true\n')
+    before = lab6.snapshot()
+    r = lab6.nsrun("doctor", "--json", env={"NSRUN_PROFILE_PATH": str(tmp_path)})
+    found = [f["what"] for f in json.loads(r.stdout)["findings"] if f["profile"] == "nat6"]
+    gw2_ll = ra_default(lab6)[0]["gateway"]
+    says = [w for w in found if "accept_ra 2" in w]
+    assert len(says) == 1 and f"br0 (its default route via {gw2_ll})" in says[0], found
+    assert any("nsrun-guard-NAME" in w for w in found), found
+    assert lab6.snapshot() == before  # doctor changes nothing

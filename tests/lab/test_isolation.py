@@ -40,9 +40,10 @@ def reach(lab, name: str, host: str, port: int = PORT) -> bool:
 
 
 @contextmanager
-def listening(argv: list[str]) -> Iterator[None]:
-    """probe.py listen PORT, started by ARGV's prefix (nsrun exec NAME, or the lab host)."""
-    p = subprocess.Popen([*argv, *PROBE, "listen", str(PORT)], stdout=subprocess.PIPE, text=True)
+def listening(argv: list[str], env: dict[str, str] | None = None) -> Iterator[None]:
+    """probe.py listen PORT, started by ARGV's prefix (nsrun exec NAME, with the lab's ENV: its
+    state directory; or the lab host)."""
+    p = subprocess.Popen([*argv, *PROBE, "listen", str(PORT)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         yield
@@ -75,7 +76,7 @@ def test_two_isolated_namespaces_reach_neither_each_other_nor_the_host_but_the_u
             assert all(link["linkinfo"]["info_slave_data"]["isolated"] for link in veth), veth
         (a4, a6), (b4, b6) = addresses(rows[0]), addresses(rows[1])
         host_addrs = ["10.251.7.1", "fd00:77::1", labmod.HOST_ADDR, *v6.host_global6(lab6.lab)]
-        with listening(lab6.nsrun_argv("exec", "iso-b", "--")), listening(lab6.host_argv([])):
+        with listening(lab6.nsrun_argv("exec", "iso-b", "--"), lab6.env), listening(lab6.host_argv([])):
             for other in (b4, b6):
                 assert not reach(lab6, "iso-a", other), other
             for addr in host_addrs:
@@ -86,7 +87,7 @@ def test_two_isolated_namespaces_reach_neither_each_other_nor_the_host_but_the_u
             opened = write_profile(tmp_path, "open", OPEN)
             r = lab6.nsrun("-p", str(opened), "--", *PROBE, "connect", "10.251.7.1", str(PORT))
             assert r.returncode == (1 if lab6.kind == "ufw" else 0), (r.stdout, r.stderr)
-        with listening(lab6.nsrun_argv("exec", "iso-a", "--")):
+        with listening(lab6.nsrun_argv("exec", "iso-a", "--"), lab6.env):
             for other in (a4, a6):
                 assert not reach(lab6, "iso-b", other), other
         for name in names:  # and both reach the upstream, over both families
@@ -106,7 +107,7 @@ def test_an_isolated_namespace_reaches_no_other_namespace_on_any_bridge(lab6, tm
     targets = [up(lab6, "open-c", opened), up(lab6, "other-d", other)]
     try:
         for row in targets:
-            with listening(lab6.nsrun_argv("exec", row["name"], "--")):
+            with listening(lab6.nsrun_argv("exec", row["name"], "--"), lab6.env):
                 for addr in addresses(row):
                     assert not reach(lab6, "iso-a", addr), (row["name"], addr)
                 assert lab6.host(*PROBE, "connect", addresses(row)[0], str(PORT), check=False).returncode == 0
@@ -149,18 +150,57 @@ def test_root_inside_cannot_undo_the_allow_list(lab6, tmp_path):
     assert lines[4] == labmod.GW2_UP, lines
 
 
-def test_allow_in_bridge_mode(lab6, tmp_path):
-    """On the LAN, frames to the gateway are bridged past the host's IP stack: the list holds
-    at the port."""
-    prof = write_profile(tmp_path, "allowlan", ALLOW_LAN)
-    r = lab6.nsrun("-p", str(prof), "--", "sh", "-c",
-                   f"{' '.join(PROBE)} connect {labmod.SERVER} {labmod.PORT}; "
-                   f"{' '.join(PROBE)} connect {labmod.SERVER_ALT} {labmod.PORT}; "
-                   f"{' '.join(PROBE)} connect {labmod.OTHER_ADDR} 22; "
-                   f"{' '.join(PROBE)} connect {labmod.HOST_ADDR} 22")
-    lines = r.stdout.splitlines()
-    assert lines[0] == labmod.GW1_UP, (r.stdout, r.stderr)
-    assert all(line.startswith("unreachable") for line in lines[1:]) and len(lines) == 4, lines
+@pytest.mark.parametrize("brnf", [0, 1])
+def test_allow_in_bridge_mode(lab6, tmp_path, brnf):
+    """On the LAN, frames to the gateway are bridged past the host's IP stack (unless
+    br_netfilter sends them through it, bridge-nf-call-iptables=1, this kernel's default in a
+    new namespace): the list holds at the port either way."""
+    keys = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+    was = [lab6.host("sysctl", "-n", k).stdout.strip() for k in keys]
+    lab6.host("sysctl", "-qw", *(f"{k}={brnf}" for k in keys))
+    other = ["ip", "netns", "exec", lab6.lab.other]
+    try:
+        with listening(other):
+            plain = write_profile(tmp_path, "lan", ALLOW_LAN.replace("allow = [", "# allow = ["))
+            r = lab6.nsrun("-p", str(plain), "--", *PROBE, "connect", labmod.OTHER_ADDR, str(PORT))
+            assert r.returncode == 0, (r.stdout, r.stderr)  # without the list, the LAN host is reached
+            prof = write_profile(tmp_path, "allowlan", ALLOW_LAN)
+            r = lab6.nsrun("-p", str(prof), "--", "sh", "-c",
+                           f"{' '.join(PROBE)} connect {labmod.SERVER} {labmod.PORT}; "
+                           f"{' '.join(PROBE)} connect {labmod.SERVER_ALT} {labmod.PORT}; "
+                           f"{' '.join(PROBE)} connect {labmod.OTHER_ADDR} {PORT}")
+        lines = r.stdout.splitlines()
+        assert lines[0] == labmod.GW1_UP, (r.stdout, r.stderr)
+        assert all(line.startswith("unreachable") for line in lines[1:]) and len(lines) == 3, lines
+    finally:
+        lab6.host("sysctl", "-qw", *(f"{k}={v}" for k, v in zip(keys, was)))
+
+
+def test_not_even_one_way_udp_leaves_for_an_unlisted_destination(lab6, tmp_path):
+    """Root inside sends UDP from another address of the subnet (no reply needed to leak
+    data): it leaves by no way; from its own address, only to the listed destination."""
+    log = tmp_path / "dns.log"
+    server = subprocess.Popen([sys.executable, str(SUPPORT / "dnslab.py"), "serve", f"/run/netns/{lab6.lab.up}",
+                               "0.0.0.0", str(log)], stdout=subprocess.PIPE, text=True)
+    prof = write_profile(tmp_path, "allow", ALLOW.replace("allow = [", f'allow = ["{labmod.SERVER_ALT}:53/udp", '))
+    send = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.bind((sys.argv[3], 0)) if len(sys.argv) > 3 else None; "
+            "q = b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + "
+            "b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split('.')) + b'\\x00\\x00\\x01\\x00\\x01'; "
+            "s.sendto(q, (sys.argv[1], 53))")
+    py = f"{sys.executable} -c \"{send}\""
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        script = ("ip addr add 10.251.9.200/24 dev eth0; "
+                  f"{py} {labmod.SERVER} spoofed.unlisted 10.251.9.200; {py} {labmod.SERVER_ALT} spoofed.listed 10.251.9.200; "
+                  f"{py} {labmod.SERVER} own.unlisted; {py} {labmod.SERVER_ALT} own.listed; sleep 0.5")
+        r = lab6.nsrun("-u", "root", "-p", str(prof), "--", "sh", "-c", script)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        seen = [line.split()[1] for line in log.read_text().splitlines()]
+        assert seen == ["own.listed"], seen
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
 
 
 def test_profiles_show_and_ls_say_isolate_and_allow(lab6, tmp_path):
@@ -179,6 +219,21 @@ def test_profiles_show_and_ls_say_isolate_and_allow(lab6, tmp_path):
         assert lab6.nsrun("down", "shown").returncode == 0
 
 
+def test_gc_removes_guard_tables_whose_namespace_and_record_are_gone(lab6, tmp_path):
+    """Tables that outlived every trace of their namespace (its mount and record gone, as a
+    state directory wiped by hand leaves them): gc finds them by their name."""
+    prof = write_profile(tmp_path, "iso", ISO)
+    up(lab6, "lost", prof)
+    (lab6.statedir / "ns" / "lost.json").unlink()
+    subprocess.run(["ip", "netns", "del", "lost"], check=True)
+    assert "nsrun-guard-lost" in lab6.host("nft", "list", "tables").stdout
+    gc = lab6.nsrun("gc")
+    assert gc.returncode == 0 and "nf_tables tables nsrun-guard-lost" in gc.stdout, gc.stdout + gc.stderr
+    assert "nsrun-guard-" not in lab6.host("nft", "list", "tables").stdout
+    again = lab6.nsrun("gc")
+    assert "nothing to reclaim" in again.stdout, again.stdout
+
+
 @pytest.mark.parametrize("kill_at", ["guard", "address"])
 def test_gc_removes_the_guard_of_a_crashed_setup(lab6, tmp_path, kill_at):
     prof = write_profile(tmp_path, "iso", ISO.replace("isolate = true", f'isolate = true\nallow = ["{labmod.SERVER}"]'))
@@ -188,3 +243,28 @@ def test_gc_removes_the_guard_of_a_crashed_setup(lab6, tmp_path, kill_at):
     gc = lab6.nsrun("gc")
     assert gc.returncode == 0 and "removing namespace crashed" in gc.stdout, gc.stdout
     assert "nsrun-guard-" not in lab6.host("nft", "list", "tables").stdout
+
+
+def test_through_the_service_as_without_it(lab6, tmp_path):
+    """`nsrun daemon` brings the same namespace up (its warm engine imported once, the
+    firewall calls of several threads serialized): an isolated run with IPv6 and an allow-list
+    reaches what it lists and nothing else, and the service leaves the host as found."""
+    from support.service import Service, served
+
+    prof = write_profile(tmp_path, "allow", ALLOW.replace("allow = [", "isolate = true\nallow = ["))
+    svc = Service(lab6, tmp_path / "daemon.log").start()
+    lab6.service = svc
+    try:
+        before = served(svc)
+        script = " ; ".join(f"{' '.join(PROBE)} connect {host} {labmod.PORT}"
+                            for host in (labmod.SERVER, v6.SERVER6, labmod.SERVER_ALT, v6.SERVER6_ALT))
+        r = lab6.nsrun("-p", str(prof), "--", "sh", "-c", script)
+        lines = r.stdout.splitlines()
+        assert lines[:2] == [labmod.GW2_UP, v6.GW2_UP6], (r.stdout, r.stderr, svc.log())
+        assert all(line.startswith("unreachable") for line in lines[2:]) and len(lines) == 4, lines
+        assert served(svc) - before == 1  # the run went through the service
+        assert "Traceback" not in svc.log(), svc.log()
+    finally:
+        lab6.settle()  # the run's namespace goes just after its client exits
+        lab6.service = None
+        svc.stop()
