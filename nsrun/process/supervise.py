@@ -264,6 +264,11 @@ def _supervise(argv: list[str], prof: Profile | None, name: str, ident: executio
         if ephemeral:
             # Load the teardown's modules now, on the other core, while the child sets up.
             from nsrun.engine import resources  # noqa: F401
+
+            if prof is not None and prof.guarded:  # and libnftables, for the guard's tables
+                from nsrun.engine.firewall import guardtables
+
+                guardtables.nftables.available()
         waiting = _Wait(pid, name, r, sigfd, pty, relay, detached)
         status, data = waiting.run()
     finally:
