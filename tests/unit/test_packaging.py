@@ -76,6 +76,15 @@ def _sources(root: Path) -> dict[str, bytes]:
             if "__pycache__" not in p.parts}
 
 
+def _newer_than(deb: Path) -> list[str]:
+    """The checkout's files that go into the package and changed after DEB was built."""
+    built = deb.stat().st_mtime
+    paths = [REPO / "pyproject.toml", REPO / "docs" / "nsrun.1"]
+    for top in ("nsrun", "profiles", "completions", "systemd", "debian"):
+        paths += [p for p in (REPO / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return [str(p.relative_to(REPO)) for p in paths if p.stat().st_mtime > built]
+
+
 @pytest.fixture(scope="module")
 def deb() -> Path:
     if not shutil.which("dpkg-deb"):
@@ -92,9 +101,10 @@ def tree(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=120)
     subprocess.run(["dpkg-deb", "-e", str(deb), str(root / "DEBIAN")], check=True, timeout=120)
     built = next((root / "opt" / "venvs" / "nsrun" / "lib").glob("python3.*/site-packages/nsrun"))
-    if _sources(built) != _sources(REPO / "nsrun"):
-        _fail_or_skip(f"{deb.name} was built from other sources than this checkout's: "
-                      "sh install.sh --test builds it again")
+    changed = _newer_than(deb)
+    if changed or _sources(built) != _sources(REPO / "nsrun"):
+        _fail_or_skip(f"{deb.name} was built from other sources than this checkout's "
+                      f"({', '.join(changed[:3]) or 'nsrun/'}...): sh install.sh --test builds it again")
     return root
 
 
