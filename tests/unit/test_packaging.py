@@ -122,6 +122,7 @@ def test_the_package_holds_the_program_units_page_completion_and_profiles(tree: 
     missing = [w for w in wanted if not (tree / w).is_file()]
     assert not missing
     assert not (tree / "usr" / "local").exists()
+    assert not (tree / "usr" / "lib" / "debug").exists()  # no debug files of a -dbgsym package
     # the environment's Python is Debian's, by a link; the package depends on that Python
     python = tree / "opt" / "venvs" / "nsrun" / "bin" / "python"
     assert python.is_symlink()
