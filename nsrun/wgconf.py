@@ -12,8 +12,10 @@ and str never show them. The format and the reasoning: docs/internals.md#wiregua
 from __future__ import annotations
 
 import binascii
+import errno
 import ipaddress
 import os
+import re
 import socket
 import stat
 from collections.abc import Callable
@@ -142,15 +144,17 @@ def _split_endpoint(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+# A key's 43 base64 characters, or nearly all of them (a key cut short by a few), or a key
+# in hex: a run of 40 or more, whatever is glued to it (`KEY:0`, `[KEY]`, `KEY,10.0.0.1`).
+# Splitting on spaces and commas missed those and echoed a private key pasted into Endpoint.
+_KEY_LIKE = re.compile(r"[A-Za-z0-9+/]{40,}")
+
+
 def _shown(text: str) -> str:
-    """TEXT for an error message; a value that looks like a key (pasted into the wrong
-    field) is never echoed."""
-    for word in text.replace(",", " ").split():
-        try:
-            Key.from_base64(word)
-            return "(a value that looks like a key)"
-        except ValueError:
-            pass
+    """TEXT for an error message; a value holding anything that looks like a key (pasted
+    into the wrong field, or as a line of its own) is never echoed."""
+    if _KEY_LIKE.search(text):
+        return "(a value that looks like a key)"
     return text if text.isprintable() and len(text) <= 80 else repr(text[:80])
 
 
@@ -235,7 +239,7 @@ def parse(text: str, source: str, resolver: Resolver = resolve) -> WgConfig:
     for key, entries in iface.items():
         if key not in known_iface:
             why = "is not supported by nsrun" if key in _HOOKS else "is not a known [Interface] key"
-            raise ProfileError(source, f"line {entries[0][0]}: {key}", why)
+            raise ProfileError(source, f"line {entries[0][0]}: {_shown(key)}", why)
     at_iface = "[Interface]"
     private = key_of(iface, "privatekey", "PrivateKey", True, at_iface)
     assert private is not None
@@ -277,7 +281,7 @@ def parse(text: str, source: str, resolver: Resolver = resolve) -> WgConfig:
         at = f"[Peer] at line {header}"
         for key, entries in table.items():
             if key not in known_peer:
-                raise ProfileError(source, f"line {entries[0][0]}: {key}", "is not a known [Peer] key")
+                raise ProfileError(source, f"line {entries[0][0]}: {_shown(key)}", "is not a known [Peer] key")
         public = key_of(table, "publickey", "PublicKey", True, at)
         assert public is not None
         if public in seen:
@@ -305,7 +309,7 @@ def parse(text: str, source: str, resolver: Resolver = resolve) -> WgConfig:
                 endpoint = resolver(host, port)
             except (OSError, UnicodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                raise ProfileError(source, got[1], f"{_shown(host)} does not resolve ({reason})") from None
+                raise ProfileError(source, got[1], f"{_shown(host)} does not resolve ({_shown(reason)})") from None
             endpoint_text = got[0]
         out_peers.append(Peer(public_key=public, allowed_ips=tuple(allowed), endpoint=endpoint,
                               endpoint_text=endpoint_text, preshared_key=psk, keepalive=keepalive))
@@ -316,11 +320,54 @@ def parse(text: str, source: str, resolver: Resolver = resolve) -> WgConfig:
                     listen_port=listen_port)
 
 
+def _open_checked(path: str) -> int:
+    """PATH opened for reading, walked from / one directory descriptor at a time (openat,
+    O_NOFOLLOW): a symbolic link anywhere on the way, or a directory that is not root's (or,
+    for a caller without root, theirs) or that group or others may write (a sticky one such
+    as /tmp passes), is refused, as profiles and the policy are. Whoever could write a
+    directory on the way could point the path at root's files (the error would show their
+    first line) or at another tunnel's identity. Errors name the path, never the content."""
+    mine = {0, os.geteuid()}
+    parts = [p for p in os.path.abspath(path).split("/") if p]
+    if not parts:
+        raise ProfileError(path, None, "is not a regular file")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walked = ""
+        for part in [None, *parts[:-1]]:
+            if part is not None:
+                walked += "/" + part
+                try:
+                    nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP) and stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode):
+                        raise ProfileError(path, None, f"refused: {walked} is a symbolic link") from None
+                    raise
+                os.close(fd)
+                fd = nxt
+            st = os.fstat(fd)
+            if st.st_uid not in mine:
+                raise ProfileError(path, None, f"refused: directory {walked or '/'} is owned by uid {st.st_uid}")
+            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+                raise ProfileError(path, None, f"refused: directory {walked or '/'} is group- or world-writable "
+                                               f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod go-w it")
+        try:
+            return os.open(parts[-1], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW,
+                           dir_fd=fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ProfileError(path, None, "refused: is a symbolic link") from None
+            raise
+    finally:
+        os.close(fd)
+
+
 def read_checked(path: Path | str) -> str:
-    """Read PATH through one fd, refusing a file that is not root's alone (checked on the fd)."""
+    """Read PATH through one fd (_open_checked), refusing a file that is not root's alone
+    (checked on the fd)."""
     source = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = _open_checked(source)
     except FileNotFoundError:
         raise UsageError(f"{_shown(source)}: no such WireGuard configuration") from None
     except OSError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import nsrun
 from conftest import PROFILES, REPO
 from nsrun.cli import launcher
+from support.requirements import requires, under_ci
 
 DEBIAN = REPO / "debian"
 VENV = "/opt/venvs/nsrun"
@@ -66,7 +66,7 @@ def test_the_packaging_names_the_page_the_completion_the_units_and_the_profiles(
 # -- the built package ----------------------------------------------------------------------
 
 def _fail_or_skip(reason: str) -> None:
-    if os.environ.get("CI"):
+    if under_ci():
         pytest.fail(f"{reason} (.ci/run builds it: sh install.sh --test)")
     pytest.skip(reason)
 
@@ -87,8 +87,7 @@ def _newer_than(deb: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def deb() -> Path:
-    if not shutil.which("dpkg-deb"):
-        _fail_or_skip("dpkg-deb is missing (not a Debian system)")
+    requires("dpkg-deb")
     found = sorted((REPO / "dist").glob(f"nsrun_{changelog_version()}_*.deb"))
     if not found:
         _fail_or_skip(f"no package in {REPO / 'dist'}: sh install.sh --test (or sh install.sh) builds it")
@@ -188,8 +187,7 @@ def test_the_maintainer_scripts(tree: Path) -> None:
 
 def test_lintian_finds_no_error(deb: Path, tree: Path) -> None:
     """Acceptance 4; the warnings that stay, and the overrides, are in docs/development.md."""
-    if not shutil.which("lintian"):
-        _fail_or_skip("lintian is not installed (apt-get install lintian)")
+    requires("lintian")
     r = subprocess.run(["lintian", "--no-cfg", str(deb)], capture_output=True, text=True, timeout=600)
     errors = [line for line in r.stdout.splitlines() if line.startswith("E:")]
     assert not errors and r.returncode == 0, r.stdout + r.stderr

@@ -4,13 +4,13 @@ the host's mount namespace, and verify). The service itself: tests/lab/test_serv
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 
 import pytest
 
 from conftest import REPO
+from support.requirements import requires
 
 
 def test_units_verify_and_keep_the_host_mount_namespace(tmp_path):
@@ -23,8 +23,7 @@ def test_units_verify_and_keep_the_host_mount_namespace(tmp_path):
                            "TemporaryFileSystem", "BindPaths", "ProtectKernelModules", "ProtectKernelLogs",
                            "ProtectProc", "InaccessiblePaths"}
     assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN" in service_text
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed")
+    requires("systemd-analyze")
     # verify insists that ExecStart's program exists: the units name /usr/local/bin/nsrun
     # (`install.sh --venv`; the Debian package's copies name /usr/bin/nsrun), which a machine
     # need not have, so the copies verified name a stand-in (nothing else differs)

@@ -34,7 +34,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from nsrun import state
+from nsrun import fault, state
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError, UsageError
@@ -311,5 +311,6 @@ def _remove_orphan(name: str) -> bool:
         if record.read(name) is not None or not _left(name):
             return False
         remove_files(name)
+        fault.checkpoint("dns-orphan")  # the files are gone, the name's lock file not yet
         lock.discard()
         return True
