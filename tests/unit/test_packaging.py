@@ -7,7 +7,7 @@ into dist/nsrun_VERSION_ARCH.deb). Two kinds of test:
   where, its conffiles, its /usr/bin/nsrun (the lean launcher, to the byte), its units (the
   source tree's with /usr/bin/nsrun), its maintainer scripts, and lintian's verdict. These
   skip when dist/ has no package built from this checkout's sources (`sh install.sh --test`
-  builds one); in CI they fail instead.
+  builds one: support.requirements, "the built package"); in CI they fail instead.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import pytest
 import nsrun
 from conftest import PROFILES, REPO
 from nsrun.cli import launcher
-from support.requirements import requires, under_ci
+from support import requirements
+from support.requirements import requires
 
 DEBIAN = REPO / "debian"
 VENV = "/opt/venvs/nsrun"
@@ -65,33 +66,17 @@ def test_the_packaging_names_the_page_the_completion_the_units_and_the_profiles(
 
 # -- the built package ----------------------------------------------------------------------
 
-def _fail_or_skip(reason: str) -> None:
-    if under_ci():
-        pytest.fail(f"{reason} (.ci/run builds it: sh install.sh --test)")
-    pytest.skip(reason)
-
-
 def _sources(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.py"))
             if "__pycache__" not in p.parts}
 
 
-def _newer_than(deb: Path) -> list[str]:
-    """The checkout's files that go into the package and changed after DEB was built."""
-    built = deb.stat().st_mtime
-    paths = [REPO / "pyproject.toml", REPO / "docs" / "nsrun.1"]
-    for top in ("nsrun", "profiles", "completions", "systemd", "debian"):
-        paths += [p for p in (REPO / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    return [str(p.relative_to(REPO)) for p in paths if p.stat().st_mtime > built]
-
-
 @pytest.fixture(scope="module")
 def deb() -> Path:
-    requires("dpkg-deb")
-    found = sorted((REPO / "dist").glob(f"nsrun_{changelog_version()}_*.deb"))
-    if not found:
-        _fail_or_skip(f"no package in {REPO / 'dist'}: sh install.sh --test (or sh install.sh) builds it")
-    return found[-1]
+    requires("dpkg-deb", "the built package")  # skipped without them; failed under CI
+    found = requirements.built_package()
+    assert found is not None
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +85,7 @@ def tree(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=120)
     subprocess.run(["dpkg-deb", "-e", str(deb), str(root / "DEBIAN")], check=True, timeout=120)
     built = next((root / "opt" / "venvs" / "nsrun" / "lib").glob("python3.*/site-packages/nsrun"))
-    changed = _newer_than(deb)
-    if changed or _sources(built) != _sources(REPO / "nsrun"):
-        _fail_or_skip(f"{deb.name} was built from other sources than this checkout's "
-                      f"({', '.join(changed[:3]) or 'nsrun/'}...): sh install.sh --test builds it again")
+    assert _sources(built) == _sources(REPO / "nsrun"), f"{deb.name} holds other sources than this checkout's"
     return root
 
 
