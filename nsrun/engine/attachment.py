@@ -22,7 +22,6 @@ else `Busy`, which the plugin reports as "try again later".
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 import socket
 import struct
@@ -306,6 +305,8 @@ def _host_side(rec: NsRecord) -> list[str]:
                 if not link["flags"] & 1:
                     problems.append(f"its host end {rec.veth} is down")
         if rec.address is not None:
+            import ipaddress
+
             owner = allocator.FileStore(rec.bridge).taken().get(int(ipaddress.IPv4Address(rec.address)))
             if owner != rec.name:
                 problems.append(f"its address {rec.address} is not leased to it")
