@@ -334,3 +334,26 @@ def test_a_del_of_nothing_imports_no_netlink_library_nor_profile(tmp_path):
     assert (code, out) == (0, None)
     assert [m for m in mods if m.startswith(("nsrun.profile", "tomllib", *HEAVY))] == []
     assert not (tmp_path / "state").exists()  # nothing recorded there: nothing made either
+
+
+# -- installed as `nsrun` in the plugin directories -----------------------------------------------
+
+def test_the_cni_launcher_starts_the_plugin_isolated(tmp_path):
+    from nsrun.cli import launcher
+
+    path = tmp_path / "nsrun"
+    body = launcher.write(str(path), sys.executable, "cni")
+    assert body.splitlines()[0] == f"#!{os.path.abspath(sys.executable)} -IS"
+    assert "from nsrun.cni.plugin import main\n" in body and os.access(path, os.X_OK)
+    r = subprocess.run([str(path)], input='{"cniVersion": "1.0.0"}', capture_output=True, text=True, timeout=60,
+                       env={"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "")})
+    assert (r.returncode, json.loads(r.stdout)["supportedVersions"]) == (0, ["0.4.0", "1.0.0", "1.1.0"]), r.stderr
+    assert launcher.main(["--cni", str(tmp_path / "again")]) == 0
+    assert "nsrun.cni.plugin" in (tmp_path / "again").read_text()
+
+
+def test_install_sh_and_pyproject_install_the_plugin():
+    install = (REPO / "install.sh").read_text()
+    assert '"$venv/bin/python" -I -m nsrun.cli.launcher --cni "$dir/nsrun"' in install
+    assert "cni_dirs=/usr/lib/cni" in install and "/opt/cni/bin" in install
+    assert 'nsrun-cni = "nsrun.cni.plugin:main"' in (REPO / "pyproject.toml").read_text()
