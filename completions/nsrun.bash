@@ -47,7 +47,7 @@ _nsrun() {
         down) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--refuse-busy --grace -h --help" -- "$cur")); else _nsrun_names namespaces "$cur"; fi ;;
         exec) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-u --user -h --help --" -- "$cur")); else _nsrun_names namespaces "$cur"; fi ;;
         shell) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-p --profile -u --user --keep -h --help" -- "$cur")); else _nsrun_names namespaces "$cur"; fi ;;
-        ls) COMPREPLY=($(compgen -W "--json -h --help" -- "$cur")) ;;
+        ls) COMPREPLY=($(compgen -W "--json --wide -h --help" -- "$cur")) ;;
         gc) COMPREPLY=($(compgen -W "--dry-run -h --help" -- "$cur")) ;;
         profiles)
             if [[ $prev == show ]]; then _nsrun_names profiles "$cur"

@@ -23,6 +23,7 @@ complete -c nsrun -n "__fish_seen_subcommand_from down" -l refuse-busy -d 'Fail 
 complete -c nsrun -n "__fish_seen_subcommand_from down" -l grace -x -d 'Seconds before SIGKILL'
 complete -c nsrun -n "__fish_seen_subcommand_from shell" -l keep -d 'Keep a namespace shell created'
 complete -c nsrun -n "__fish_seen_subcommand_from ls" -l json -d 'A JSON list'
+complete -c nsrun -n "__fish_seen_subcommand_from ls" -l wide -d 'Every column, whole'
 complete -c nsrun -n "__fish_seen_subcommand_from doctor" -l json -d 'Findings as JSON'
 complete -c nsrun -n "__fish_seen_subcommand_from gc" -l dry-run -d 'List, change nothing'
 complete -c nsrun -n "__fish_seen_subcommand_from unit" -l install -d 'Write the unit file'

@@ -12,6 +12,7 @@ and str never show them. The format and the reasoning: docs/internals.md#wiregua
 from __future__ import annotations
 
 import binascii
+import errno
 import ipaddress
 import os
 import socket
@@ -316,11 +317,54 @@ def parse(text: str, source: str, resolver: Resolver = resolve) -> WgConfig:
                     listen_port=listen_port)
 
 
+def _open_checked(path: str) -> int:
+    """PATH opened for reading, walked from / one directory descriptor at a time (openat,
+    O_NOFOLLOW): a symbolic link anywhere on the way, or a directory that is not root's (or,
+    for a caller without root, theirs) or that group or others may write (a sticky one such
+    as /tmp passes), is refused, as profiles and the policy are. Whoever could write a
+    directory on the way could point the path at root's files (the error would show their
+    first line) or at another tunnel's identity. Errors name the path, never the content."""
+    mine = {0, os.geteuid()}
+    parts = [p for p in os.path.abspath(path).split("/") if p]
+    if not parts:
+        raise ProfileError(path, None, "is not a regular file")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walked = ""
+        for part in [None, *parts[:-1]]:
+            if part is not None:
+                walked += "/" + part
+                try:
+                    nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP) and stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode):
+                        raise ProfileError(path, None, f"refused: {walked} is a symbolic link") from None
+                    raise
+                os.close(fd)
+                fd = nxt
+            st = os.fstat(fd)
+            if st.st_uid not in mine:
+                raise ProfileError(path, None, f"refused: directory {walked or '/'} is owned by uid {st.st_uid}")
+            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+                raise ProfileError(path, None, f"refused: directory {walked or '/'} is group- or world-writable "
+                                               f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod go-w it")
+        try:
+            return os.open(parts[-1], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW,
+                           dir_fd=fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ProfileError(path, None, "refused: is a symbolic link") from None
+            raise
+    finally:
+        os.close(fd)
+
+
 def read_checked(path: Path | str) -> str:
-    """Read PATH through one fd, refusing a file that is not root's alone (checked on the fd)."""
+    """Read PATH through one fd (_open_checked), refusing a file that is not root's alone
+    (checked on the fd)."""
     source = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = _open_checked(source)
     except FileNotFoundError:
         raise UsageError(f"{_shown(source)}: no such WireGuard configuration") from None
     except OSError as exc:

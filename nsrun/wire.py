@@ -22,9 +22,11 @@ import _json
 import _socket as socket  # socket.py would import selectors and enum (~5 ms on each run)
 import os
 import struct
+from time import monotonic as _monotonic
 
 TYPE_CHECKING = False  # typing costs ~5 ms to import: for mypy only
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 VERSION = 1
@@ -133,17 +135,27 @@ def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | tuple[int, .
         sock.sendall(data)
 
 
-def _recv_exact(sock: socket.socket, size: int, fds: list[int], first: bool) -> bytes | None:
+CHUNK = 1 << 16  # read at most this much at a time: a stalled reader holds no 1 MiB buffer
+
+
+def _recv_exact(sock: socket.socket, size: int, fds: list[int], first: bool,
+                deadline: float | None) -> bytes | None:
     """SIZE bytes (None: the peer closed before the first byte of a frame), gathering the
-    descriptors that arrive on them into FDS."""
+    descriptors that arrive on them into FDS: more than MAX_FDS on one message is refused
+    the moment they arrive. DEADLINE (time.monotonic): the whole read's, not one recv's."""
     buf = bytearray()
     while len(buf) < size:
-        data, anc, flags, _ = sock.recvmsg(size - len(buf), _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+        if deadline is not None:
+            left = deadline - _monotonic()
+            if left <= 0:
+                raise TimeoutError("the request was not sent in time")
+            sock.settimeout(left)
+        data, anc, flags, _ = sock.recvmsg(min(CHUNK, size - len(buf)), _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 count = len(payload) // _INT
                 fds.extend(struct.unpack(f"{count}i", payload[:count * _INT]))
-        if flags & socket.MSG_CTRUNC:
+        if flags & socket.MSG_CTRUNC or len(fds) > MAX_FDS:
             raise ProtocolError(f"more than {MAX_FDS} descriptors sent")
         if not data:
             if first and not buf:
@@ -153,19 +165,24 @@ def _recv_exact(sock: socket.socket, size: int, fds: list[int], first: bool) -> 
     return bytes(buf)
 
 
-def recv(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+def recv(sock: socket.socket, deadline: float | None = None,
+         admit: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[int]] | None:
     """The next message and the descriptors that came with it; None when the peer closed
     the connection between messages. ProtocolError (descriptors closed) for anything
-    malformed; VersionError for a well-formed message of another version."""
+    malformed; VersionError for a well-formed message of another version. DEADLINE: the
+    monotonic time by which the whole message must be in (TimeoutError after it). ADMIT:
+    called with the frame's length before its body is read (it may raise to refuse it)."""
     fds: list[int] = []
     try:
-        head = _recv_exact(sock, HEADER, fds, first=True)
+        head = _recv_exact(sock, HEADER, fds, True, deadline)
         if head is None:
             return None
         size = int.from_bytes(head, "big")
         if size > MAX_FRAME:
             raise ProtocolError(f"message too large ({size} bytes; the limit is {MAX_FRAME})")
-        body = _recv_exact(sock, size, fds, first=False) or b""
+        if admit is not None:
+            admit(size)
+        body = _recv_exact(sock, size, fds, False, deadline) or b""
         msg = decode(body)
         if len(fds) > ALLOWED_FDS.get(msg["type"], 0):
             raise ProtocolError(f"a {msg['type']} message carries no more than "
@@ -204,8 +221,10 @@ def close_all(fds: list[int]) -> None:
     fds.clear()
 
 
-def error(code: int, message: str) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message}
+def error(code: int, message: str, busy: bool = False) -> dict[str, Any]:
+    """An `error` reply; BUSY: the service is at a limit of its own, not refusing the
+    request (a root client then works without the service)."""
+    return {"type": "error", "code": code, "message": message, **({"busy": True} if busy else {})}
 
 
 # -- field checks (the service's side) ------------------------------------------------------

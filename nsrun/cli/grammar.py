@@ -86,7 +86,7 @@ Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr"""),
                kind="flag"),
         Option("grace", "--grace", metavar="SECONDS", help="Seconds between SIGTERM and SIGKILL for processes "
                "inside (default 5).", kind="float", default=5.0, lo=0, hi=3600)), help="""\
-Remove namespace NAME and all nsrun made for it; quietly succeeds if it is gone.
+Remove namespace NAME and all nsrun made for it; exits 0 if there is none, saying so.
 
 Processes still inside get SIGTERM, then SIGKILL after --grace seconds."""),
     Command("exec", (NS_ARG,), (USER,), cmd=True, help="""\
@@ -99,8 +99,13 @@ An interactive $SHELL inside NAME; a missing NAME is created (per PROFILE) and r
 when the shell exits, unless --keep. An existing NAME is left as it was.
 
 NSRUN_NETNS is set inside, for the prompt: PS1="[$NSRUN_NETNS] $PS1"."""),
-    Command("ls", options=(Option("json", "--json", help="A JSON list of objects.", kind="flag"),), help="""\
-Namespaces: profile, kind, addresses, processes inside, traffic, age."""),
+    Command("ls", options=(Option("json", "--json", help="A JSON list of objects.", kind="flag"),
+                           Option("wide", "--wide", help="Every column, whole, however wide the lines.",
+                                  kind="flag")), help="""\
+Namespaces: owner, profile, kind, addresses, processes inside, traffic, age.
+
+The table fits the terminal (COLUMNS, else its width; 80 columns when not printing to
+one): processes are cut and the least needed columns left out first. --wide shows all."""),
     Command("gc", options=(Option("dry_run", "--dry-run", help="List what would be removed; change nothing.",
                                   kind="flag"),), help="""\
 Reclaim what crashed runs left behind; never touches live runs or what nsrun did not make."""),

@@ -59,10 +59,19 @@ def service_request(inv: grammar.Invocation, firewall: str | None) -> dict[str, 
     if inv.command == "down":
         return {"type": "down", "name": v["name"], "grace": v["grace"], "refuse_busy": v["refuse_busy"]}
     if inv.command == "ls":
-        return {"type": "ls", "json": v["json"]}
+        return {"type": "ls", "json": v["json"], "wide": v["wide"], "width": _ls_width(inv)}
     if inv.command == "gc":
         return {"type": "gc", "dry_run": v["dry_run"]}
     return None
+
+
+def _ls_width(inv: grammar.Invocation) -> int | None:
+    """How wide `ls` prints its table (None: whole, `--wide`; JSON has no width)."""
+    if inv.values["wide"] or inv.values["json"]:
+        return None
+    from nsrun.commands import listing
+
+    return listing.width_of_output()
 
 
 def _served(inv: grammar.Invocation) -> int | None:
@@ -75,6 +84,9 @@ def _served(inv: grammar.Invocation) -> int | None:
     if msg is None:
         return None
     from nsrun.process import client
+
+    if inv.command == "up" and client.reads_as_caller(inv.values["profile"]):
+        return None  # a profile file the sudo caller may read, opened as them: here
 
     return client.command(msg)
 
@@ -146,7 +158,7 @@ def ls(inv: grammar.Invocation) -> int:
         return served
     from nsrun.commands import listing
 
-    return listing.ls(inv.values["json"])
+    return listing.ls(inv.values["json"], width=_ls_width(inv))
 
 
 def gc(inv: grammar.Invocation) -> int:
@@ -203,6 +215,30 @@ DISPATCH: dict[str, Callable[[grammar.Invocation], int]] = {
 }
 
 
+def _reader_gone() -> bool:
+    """Whether the reader of our stdout or stderr has gone (a pipe's or socket's other end)."""
+    import select
+
+    poller = select.poll()
+    for fd in (1, 2):
+        poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever is asked
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _output_closed() -> int:
+    """Whoever reads our output has gone (`nsrun ls --json | head`): end as coreutils do
+    then, by SIGPIPE (status 141 in a shell; no message, no traceback), not 0 as if all had
+    been read. Python ignores SIGPIPE, so the default is put back before it is raised."""
+    import signal
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # nothing more reaches the pipe, the interpreter's last flush included
+    os.close(devnull)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    return 128 + signal.SIGPIPE  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -220,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
             from nsrun.cli import app
 
             return app.show(inv.command)
-        return DISPATCH[inv.command](inv)
+        code = DISPATCH[inv.command](inv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError as exc:
+        if not _reader_gone():
+            sys.stderr.write(f"nsrun: internal error: {type(exc).__name__}: {exc} (NSRUN_DEBUG=1 shows where)\n")
+            return 1
+        return _output_closed()
     except NsrunError as exc:
         sys.stderr.write(f"nsrun: {exc}\n")
         return exc.exit_code

@@ -7,44 +7,24 @@ that steps through the namespaces. No netlink library is imported.
 
 from __future__ import annotations
 
-import array
-import fcntl
-import ipaddress
 import os
-import socket
-import struct
 import time
 from typing import Any, TextIO
 
 from nsrun import state
 from nsrun.engine import record
-from nsrun.linux import kernel, netns
+from nsrun.linux import ifaddr, kernel, netns
 
-SIOCGIFCONF = 0x8912
-SIOCGIFNETMASK = 0x891B
+COMPACT_WIDTH = 80  # lines of the table when stdout is no terminal and COLUMNS is unset
+MIN_PROCESSES = 12  # narrower than this, the PROCESSES column goes
+# Columns dropped, in this order, when a line would not fit the width (NAME never is):
+# what matters least for acting on a namespace goes first.
+DROPPED = ("BRIDGE", "TX", "RX", "AGE", "KIND", "GATEWAY", "PROFILE", "PROCESSES", "ADDRESS", "OWNER")
 
 
 def _ipv4_addresses() -> list[str]:
     """The IPv4 addresses (CIDR) of the current thread's namespace, loopback excluded."""
-    out = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        buf = array.array("B", b"\0" * 40 * 64)
-        addr, _ = buf.buffer_info()
-        req = struct.pack("iL", len(buf), addr)
-        size = struct.unpack("iL", fcntl.ioctl(s.fileno(), SIOCGIFCONF, req))[0]
-        data = buf.tobytes()[:size]
-        for off in range(0, size, 40):
-            ifname = data[off:off + 16].split(b"\0", 1)[0]
-            ip = socket.inet_ntoa(data[off + 20:off + 24])
-            if ip.startswith("127."):
-                continue
-            try:
-                mask = fcntl.ioctl(s.fileno(), SIOCGIFNETMASK, struct.pack("16s24x", ifname))
-                prefix = ipaddress.IPv4Network(f"0.0.0.0/{socket.inet_ntoa(mask[20:24])}").prefixlen
-            except OSError:
-                prefix = 32
-            out.append(f"{ip}/{prefix}")
-    return out
+    return [f"{ip}/{prefix}" for _, ip, prefix in ifaddr.ipv4() if not ip.startswith("127.")]
 
 
 def _addresses_of(nsnames: list[str], paths: dict[str, str] | None = None) -> dict[str, list[str]]:
@@ -133,8 +113,13 @@ def collect() -> list[dict[str, Any]]:
         ino = netns.inode(name) if name in present else None
         if rec is not None and rec.adopted:  # a CNI attachment: the runtime's namespace
             ino = int(rec.netns_id.split(":")[1]) if rec.netns_id and record.ns_alive(rec) else None
+        owner = _owner_uid(rec) if rec else None
         row: dict[str, Any] = {
             "name": name,
+            # whose it is: a caller without root's (made through the service's policy),
+            # root's (nsrun's own), None for a namespace nsrun did not make
+            "owner": _user_name(owner) if owner is not None else None,
+            "owner_uid": owner,
             "profile": rec.profile if rec else None,
             "managed": rec is not None if known else None,
             "persistent": rec.persistent if rec else (True if known else None),
@@ -174,6 +159,21 @@ def collect() -> list[dict[str, Any]]:
             row["rx_bytes"], row["tx_bytes"] = host_tx, host_rx  # as the namespace sees it
         rows.append(row)
     return rows
+
+
+def _owner_uid(rec: record.NsRecord) -> int:
+    from nsrun import engine
+
+    return engine.owner_uid(rec)
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return str(uid)
 
 
 def _age(created: float | None) -> str:
@@ -236,28 +236,71 @@ def readable() -> bool:
         return False
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """ROWS as the text table of `nsrun ls`, one line per row whatever the cells hold."""
-    head = ("NAME", "PROFILE", "KIND", "ADDRESS", "GATEWAY", "BRIDGE", "RX", "TX", "AGE", "PROCESSES")
+def table(rows: list[dict[str, Any]], width: int | None = None) -> str:
+    """ROWS as the text table of `nsrun ls`, one line per row whatever the cells hold. WIDTH:
+    the longest a line may be (a namespace's first address alone, with how many more; the
+    PROCESSES cells cut, then columns dropped in the order of DROPPED: never NAME); None:
+    every column, whole (`--wide`)."""
+    head = ("NAME", "OWNER", "PROFILE", "KIND", "ADDRESS", "GATEWAY", "BRIDGE", "RX", "TX", "AGE", "PROCESSES")
     cells = [head]
     for r in rows:
         procs = ", ".join(f"{p['pid']} {p['command'][:30]}" for p in r["processes"][:3])
         if len(r["processes"]) > 3:
             procs += f" (+{len(r['processes']) - 3})"
         cni = r.get("cni")
-        shown = f"{cni['container'][:12]}/{cni['ifname']}" if cni else r["name"]  # a CNI attachment
-        cells.append((shown, r["profile"] or "-", r["kind"] or "?", ",".join(r["addresses"]) or "-",
+        label = f"{cni['container'][:12]}/{cni['ifname']}" if cni else r["name"]  # a CNI attachment
+        addresses = r["addresses"]
+        if width is not None and len(addresses) > 1:  # the first, and how many more (--wide: all)
+            addresses = [f"{addresses[0]} (+{len(addresses) - 1})"]
+        cells.append((label, r.get("owner") or "-", r["profile"] or "-", r["kind"] or "?",
+                      ",".join(addresses) or "-",
                       _tunnel(r["wireguard"]) if r.get("wireguard") else r["gateway"] or "-",
                       r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))
     shown = [tuple(cell(c) for c in row) for row in cells]
-    widths = [max(len(row[i]) for row in shown) for i in range(len(head) - 1)]
-    return "\n".join("  ".join(f"{c:<{w}}" for c, w in zip(row[:-1], widths)) + "  " + row[-1]
-                     for row in shown)
+    keep = list(range(len(head)))
+    last = len(head) - 1  # PROCESSES: the one column cut to fit
+    room = 0
+    if width is not None:
+        for column in (None, *DROPPED):
+            if column is not None:
+                keep.remove(head.index(column))
+            fixed = [i for i in keep if i != last]
+            used = sum(max(len(row[i]) for row in shown) for i in fixed) + 2 * len(fixed)
+            room = width - used
+            if last not in keep:
+                room = 0
+                if used - 2 <= width:
+                    break
+            elif room >= min(MIN_PROCESSES, max(len(row[last]) for row in shown)):
+                break
+    lines = []
+    for row in shown:
+        cut = [row[i] for i in keep]
+        if width is not None and last in keep and len(cut[-1]) > room:
+            cut[-1] = cut[-1][:max(room - 1, 0)] + "…"
+        lines.append(cut)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(keep) - 1)]
+    return "\n".join(("  ".join(f"{c:<{w}}" for c, w in zip(line[:-1], widths)) + "  " + line[-1]).rstrip()
+                     if len(line) > 1 else line[0] for line in lines)
 
 
-def ls(as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """`nsrun ls [--json]`, printed to OUT (a note to ERR when the records are unreadable)."""
+def width_of_output(fd: int = 1) -> int:
+    """How wide `nsrun ls` may print: COLUMNS when set, else the terminal's width when FD
+    is a terminal, else COMPACT_WIDTH (a pipe or a file gets a compact table too: `--wide`
+    or `--json` have everything)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(fd).columns or COMPACT_WIDTH
+    except OSError:
+        return COMPACT_WIDTH
+
+
+def ls(as_json: bool, out: TextIO | None = None, err: TextIO | None = None, width: int | None = None) -> int:
+    """`nsrun ls [--json]`, printed to OUT (a note to ERR when the records are unreadable);
+    the table at most WIDTH columns wide (None: whole, `--wide`)."""
     import json
     import sys
 
@@ -272,5 +315,5 @@ def ls(as_json: bool, out: TextIO | None = None, err: TextIO | None = None) -> i
     elif not rows:
         print("no namespaces", file=out)
     else:
-        print(table(rows), file=out)
+        print(table(rows, width), file=out)
     return 0

@@ -16,7 +16,9 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = None, bus:
     """`nsrun up NAME [-p PROFILE]`. FIREWALL, BUS: as engine.up takes them; READER: whom a
     profile path is opened as (profile.load). OUT and ERR (default: this process's stdout
     and stderr) take what is printed: the service hands writers that send it to its
-    client. OWNER_UID: the caller without root the service makes NAME for."""
+    client. OWNER_UID: the caller without root the service makes NAME for (its policy has
+    decided whether an existing NAME is theirs to use); without it, the caller is root, and
+    a NAME another uid owns is refused (engine.not_theirs)."""
     from nsrun import engine
     from nsrun import profile as profiles
     from nsrun.names import check_name
@@ -30,7 +32,8 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = None, bus:
     notices: list[str] = []
     rec, already = engine.up(name, prof, persistent=True,
                              owner={"owner_uid": owner_uid} if owner_uid is not None else None,
-                             firewall=firewall, notices=notices, bus=bus)
+                             firewall=firewall, notices=notices, bus=bus,
+                             for_uid=None if owner_uid is not None else 0)
     for line in notices:
         err.write(line + "\n")
     where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
@@ -46,12 +49,16 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = None, bus:
     return 0
 
 
-def down(name: str, grace: float, refuse_busy: bool, out: TextIO | None = None) -> int:
-    """`nsrun down NAME`: quietly 0 when there is nothing to take down."""
+def down(name: str, grace: float, refuse_busy: bool, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """`nsrun down NAME`: 0 also when there is nothing to take down (a unit's ExecStop= of a
+    namespace gone already must not fail), saying so on ERR (a typo must not pass unseen)."""
     from nsrun import engine
     from nsrun.process import privilege
 
     privilege.require_root()
     if engine.down(name, grace=grace, refuse_busy=refuse_busy):
         print(f"{name} is down", file=out or sys.stdout)
+    else:
+        (err or sys.stderr).write(f"nsrun: no namespace {name}\n")
     return 0

@@ -67,20 +67,53 @@ def mismatch(name: str, rec: NsRecord | None, wanted: Profile) -> UsageError | N
                       f"`nsrun down {name}` first")
 
 
-def profile_for(name: str | None, spec: str | None, load: Callable[[str | None], Profile]) -> Profile | None:
+def describe_uid(uid: int) -> str:
+    """`user NAME (uid N)`, or `uid N` when the user database has no name for it."""
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (KeyError, OverflowError):
+        return f"uid {uid}"
+
+
+def owner_uid(rec: NsRecord) -> int:
+    """Whose REC's namespace is: the caller without root it was made for, else root's."""
+    return rec.owner_uid if rec.owner_uid is not None else 0
+
+
+def not_theirs(name: str, rec: NsRecord | None, for_uid: int | None) -> UsageError | None:
+    """The refusal for FOR_UID (root: 0) to bring NAME up or run a program in it when its
+    record REC says another uid owns it (None: not checked; no record: not nsrun's, as
+    `ip netns add` makes them). Root's programs must never start in a namespace a user
+    controls (the user could read what they listen on, or take them down): `exec` still
+    enters it, as `ip netns exec` would."""
+    if for_uid is None or rec is None or owner_uid(rec) == for_uid:
+        return None
+    return UsageError(f"namespace {name} belongs to {describe_uid(owner_uid(rec))}, not to "
+                      f"{'root' if for_uid == 0 else describe_uid(for_uid)}: refused (`nsrun exec {name} -- CMD` "
+                      f"enters it; its owner's `nsrun down {name}` removes it)")
+
+
+def profile_for(name: str | None, spec: str | None, load: Callable[[str | None], Profile],
+                for_uid: int | None = 0) -> Profile | None:
     """The profile to make NAME with when it is missing (or ephemeral: NAME None), loaded
-    by LOAD(SPEC); None when NAME exists, after checking that SPEC, if given, is the
-    profile it is up with. (LOAD is the caller's: the engine reads no profile path.)"""
+    by LOAD(SPEC); None when NAME exists, after checking that it is FOR_UID's (not_theirs)
+    and that SPEC, if given, is the profile it is up with. (LOAD is the caller's: the
+    engine reads no profile path.)"""
     if name is None or not netns.exists(name):
         return load(spec)
-    if spec is not None:
-        error = mismatch(name, record.read(name), load(spec))
-        if error:
-            raise error
+    rec = record.read(name)
+    error = not_theirs(name, rec, for_uid)
+    if error is None and spec is not None:
+        error = mismatch(name, rec, load(spec))
+    if error:
+        raise error
     return None
 
 
 EPHEMERAL_DRAWS = 16
+MADE_FOR = -1  # up's FOR_UID by default: the uid NAME would be made for (no uid is negative)
 
 
 def claim_ephemeral() -> tuple[str, state.Lock]:
@@ -116,7 +149,8 @@ def claim_ephemeral() -> tuple[str, state.Lock]:
 def up(name: str | None, prof: Profile, *, persistent: bool,
        owner: dict[str, Any] | None = None, firewall: str | None = None,
        notices: list[str] | None = None, bus: str | None = None,
-       lock: state.Lock | None = None, adopt: Adopt | None = None) -> tuple[NsRecord, bool]:
+       lock: state.Lock | None = None, for_uid: int | None = MADE_FOR,
+       adopt: Adopt | None = None) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). The one way every
     caller (a run, `up`, the service, its policy path and its pool) brings a namespace up.
 
@@ -128,15 +162,20 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
     NOTICES, when given, gets what this setup opened in the host's own firewall (once per
     bridge) and what it left as found (a resolv.conf that is not nsrun's), one line each,
     for the caller to say. LOCK: NAME's lock, held already (a claim); up releases it.
+    FOR_UID: who asks (root: 0; by default the uid NAME would be made for, OWNER's
+    `owner_uid`, else root); a NAME of another uid's is refused (not_theirs), unchanged;
+    None: not checked (the service's policy path has decided).
     ADOPT: wire the runtime's namespace ADOPT.netns instead of making /run/netns/NAME (a CNI
     attachment: persistent, never idempotent, see nsrun.engine.attachment)."""
+    if for_uid == MADE_FOR:
+        for_uid = (owner or {}).get("owner_uid") or 0
     if name is None:  # ephemeral: a name claimed for it (claim_ephemeral), its lock held
         if persistent or lock is not None:
             raise ValueError("an ephemeral namespace is neither persistent nor locked beforehand")
         name, lock = claim_ephemeral()
         try:
             return up(name, prof, persistent=False, owner=owner, firewall=firewall, notices=notices, bus=bus,
-                      lock=lock)
+                      lock=lock, for_uid=for_uid)
         finally:
             lock.abandon()  # when up did not take it
     from nsrun.engine import resources
@@ -148,18 +187,13 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
     elif lock.path != record.lock_path(name):
         raise ValueError(f"{lock.path} is not the lock of {name}")
     with lock:
-        rec = record.read(name)
-        _adoptable(name, rec, adopt)  # a CNI attachment is adopted only as one, and only once
-        if netns.exists(name):
-            if rec is None:
-                raise UsageError(f"namespace {name} exists and was not made by nsrun (use `nsrun exec {name}`)")
-            if rec.state == "up":
-                error = mismatch(name, rec, prof)
-                if error:
-                    raise error
-                return rec, True
-        if rec is not None:  # a crashed earlier attempt: clear what it left
-            teardown(rec)
+        try:
+            found = _before_record(name, prof, for_uid, adopt)
+        except BaseException:
+            _discard_unrecorded(name, lock)
+            raise
+        if found is not None:
+            return found, True
         owner = owner or {}
         rec = NsRecord(
             name=name, profile=prof.name, profile_source=prof.source, mode=prof.mode,
@@ -181,6 +215,7 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
                     prepare(s)
         except BaseException:
             s.close()
+            _discard_unrecorded(name, lock)
             raise
         record.save(rec)
         fault.checkpoint("record")
@@ -221,6 +256,36 @@ def _adoptable(name: str, rec: NsRecord | None, adopt: Adopt | None) -> None:
     if rec.state == "up" and record.ns_alive(rec):
         raise Attached(f"container {adopt.container} has {adopt.ifname} attached already "
                        f"(in {rec.netns}); DEL it first")
+
+
+def _before_record(name: str, prof: Profile, for_uid: int | None, adopt: Adopt | None = None) -> NsRecord | None:
+    """What `up` decides under NAME's lock before it writes a record: NAME's record when it
+    is up already (of PROF, and FOR_UID's), else None once a crashed earlier attempt's
+    pieces are gone; a refusal raised."""
+    rec = record.read(name)
+    refusal = not_theirs(name, rec, for_uid)
+    if refusal is not None:
+        raise refusal
+    _adoptable(name, rec, adopt)  # a CNI attachment is adopted only as one, and only once
+    if netns.exists(name):
+        if rec is None:
+            raise UsageError(f"namespace {name} exists and was not made by nsrun (use `nsrun exec {name}`)")
+        if rec.state == "up":
+            error = mismatch(name, rec, prof)
+            if error:
+                raise error
+            return rec
+    if rec is not None:  # a crashed earlier attempt: clear what it left
+        teardown(rec)
+    return None
+
+
+def _discard_unrecorded(name: str, lock: state.Lock) -> None:
+    """A refusal before NAME's record was written: no file of NAME's stays, its lock file
+    included (a caller allowed a broken profile would otherwise fill the state directory, a
+    lock file a try). A record there (another's, or one a failed teardown kept) keeps it."""
+    if not os.path.lexists(state.record_path(name)):  # any record, even one unreadable
+        lock.discard()
 
 
 def down(name: str, *, grace: float = 5.0, refuse_busy: bool = False) -> bool:

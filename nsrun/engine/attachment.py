@@ -62,16 +62,6 @@ def _lock(name: str, wait: float = LOCK_WAIT) -> state.Lock:
             time.sleep(0.01)
 
 
-def _forget_lock(name: str) -> None:
-    """After a refused ADD: NAME's lock file goes unless a record is there (nothing stays)."""
-    try:
-        with record.ns_lock(name, blocking=False) as lock:
-            if not os.path.lexists(state.record_path(name)):
-                lock.discard()
-    except BlockingIOError:
-        pass
-
-
 def add(container: str, ifname: str, nspath: str, network: str, prof: Profile,
         firewall: str | None = None, bus: str | None = None) -> dict[str, Any]:
     """Attach CONTAINER's namespace NSPATH to PROF as IFNAME; the Result (interfaces, ips,
@@ -84,7 +74,7 @@ def add(container: str, ifname: str, nspath: str, network: str, prof: Profile,
         rec, _ = engine.up(name, prof, persistent=True, firewall=firewall, bus=bus, lock=lock,
                            adopt=engine.Adopt(nspath, ifname, container, network))
     except BaseException:
-        _forget_lock(name)
+        lock.abandon()  # when up never took it (a refusal inside up leaves no lock file either)
         raise
     return result(rec, prof)
 

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 from nsrun.errors import NsrunError, UsageError
 
 
+class Busy(NsrunError):
+    """The service is at a limit of its own (connections, descriptors, bytes): a root caller
+    works without it then; a caller without root, who needs it, is told."""
+
+
 def socket_path() -> str | None:
     root = os.environ.get("NSRUN_STATE_DIR") or "/run/nsrun"
     return f"{root}/{wire.SOCKET_NAME}" if os.path.isabs(root) else None
@@ -62,8 +67,19 @@ def _ask(sock: socket.socket, msg: dict[str, Any], fds: tuple[int, ...] = ()) ->
     except wire.ProtocolError as exc:
         raise NsrunError(f"talking to the nsrun service: {exc}") from None
     except OSError as exc:
+        _answered_before_reading(sock)
         raise NsrunError(f"talking to the nsrun service: {exc.strerror or exc}") from None
     return _await(sock)
+
+
+def _answered_before_reading(sock: socket.socket) -> None:
+    """Raise the `error` a service sent before it read the request (busy), if it did."""
+    try:
+        _await(sock)
+    except Busy:
+        raise
+    except NsrunError:
+        pass
 
 
 def _await(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -85,7 +101,7 @@ def _await(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
             if kind == "error":
                 wire.close_all(got_fds)
                 code, text = reply.get("code"), reply.get("message")
-                error = UsageError if code == 2 else NsrunError
+                error = UsageError if code == 2 else Busy if reply.get("busy") is True else NsrunError
                 exc = error(text if isinstance(text, str) else "the service failed")
                 if isinstance(code, int) and code not in (1, 2):
                     exc.exit_code = code
@@ -93,6 +109,8 @@ def _await(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
             return reply, got_fds
     except wire.ProtocolError as exc:
         raise NsrunError(f"talking to the nsrun service: {exc}") from None
+    except BrokenPipeError:
+        raise  # our stdout or stderr closed (`nsrun ls | head`): nsrun.cli.main ends quietly
     except OSError as exc:
         raise NsrunError(f"talking to the nsrun service: {exc.strerror or exc}") from None
 
@@ -104,6 +122,10 @@ def command(msg: dict[str, Any]) -> int | None:
         return None
     try:
         reply, fds = _ask(sock, msg)
+    except Busy:
+        if os.geteuid() == 0:
+            return None  # root is never locked out by a busy service: daemonless
+        raise
     finally:
         sock.close()
     wire.close_all(fds)
@@ -118,9 +140,23 @@ def run(argv: list[str], profile: str | None, name: str | None, user: str | None
     """`nsrun [-p P] [-n N] [-u U] -- CMD` through the service: execs CMD (never returns)
     for root, the exit status for others, or None to work without the service. FIREWALL:
     the backend asked for (NSRUN_FIREWALL, read by the CLI), sent on."""
+    if reads_as_caller(profile):
+        return None
     msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
                            "firewall": firewall}
     return _enter("run", msg, name, user)
+
+
+def reads_as_caller(profile: str | None) -> bool:
+    """Whether PROFILE is a file that must be opened with the sudo caller's rights
+    (nsrun.process.execution.profile_reader): such a request goes without the service,
+    which is root and would read any file for the caller, and show what it holds in its
+    errors. (A plain root caller's path, and a profile name, go through the service.)"""
+    if profile is None or not ("/" in profile or profile.endswith(".toml")) or os.geteuid() != 0:
+        return False
+    from nsrun.process import execution
+
+    return execution.profile_reader() is not None
 
 
 def exec_in(name: str, argv: list[str], user: str | None) -> int | None:
@@ -151,11 +187,15 @@ def shell(name: str, profile: str | None, user: str | None, keep: bool,
         existed = os.path.lexists(where)
         if not existed:
             _say_created(name, profile, keep)
+        else:
+            from nsrun.process import execution
+
+            sys.stderr.write(execution.shell_notice(name) + "\n")
         code = _not_root({**msg, "remove": not keep})
         if code is not None and not existed and not keep and not os.path.lexists(where):
             sys.stderr.write(f"nsrun: removed namespace {name}\n")
         return code
-    if not keep and not os.path.lexists(where):
+    if (not keep and not os.path.lexists(where)) or reads_as_caller(profile):
         return None
     return _enter("run", msg, name, user, created=lambda prof: _say_created(name, prof, keep))
 
@@ -208,6 +248,8 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
     try:
         privilege.require_root(state_dir=False)
         reply, fds = _ask(sock, msg)
+    except Busy:
+        return None  # never locked out by a busy service: daemonless (the supervisor)
     finally:
         sock.close()
     if reply.get("type") != "ready" or len(fds) != 1 or not isinstance(reply.get("name"), str):
@@ -216,11 +258,15 @@ def _enter(kind: str, msg: dict[str, Any], name: str | None, user: str | None,
     ns = reply["name"]
     for line in reply.get("notices") or ():
         sys.stderr.write(f"{line}\n")
-    profile, address = reply.get("profile"), reply.get("address")
+    profile, address, host = reply.get("profile"), reply.get("address"), reply.get("host_address")
     profile = profile if isinstance(profile, str) else None
-    if created is not None and reply.get("created") is True:
-        created(profile)
-    env = execution.command_env(ns, profile, address if isinstance(address, str) else None, ident)
+    if created is not None:
+        if reply.get("created") is True:
+            created(profile)
+        else:  # `shell` into a NAME that was there
+            sys.stderr.write(execution.shell_notice(ns) + "\n")
+    env = execution.command_env(ns, profile, address if isinstance(address, str) else None, ident,
+                                host if isinstance(host, str) else None)
     if kind == "exec" and env.get("NOTIFY_SOCKET", "").startswith("@"):
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
                          f"{ns}; `nsrun -n {ns} -- CMD` relays it\n")
@@ -260,6 +306,8 @@ def _not_root(msg: dict[str, Any]) -> int | None:
         try:
             wire.send(sock, msg, stdio)
         except (OSError, wire.ProtocolError) as exc:
+            if isinstance(exc, OSError):
+                _answered_before_reading(sock)
             raise NsrunError(f"talking to the nsrun service: {exc}") from None
         finally:
             if slave is not None:

@@ -251,9 +251,10 @@ def enter_and_exec(name: str, argv: list[str], env: dict[str, str], ident: Ident
 
 
 def command_env(name: str, profile: str | None, address: str | None,
-                ident: Identity | None = None) -> dict[str, str]:
-    """CMD's environment: nsrun's own, its NSRUN_* variables, and for a CMD that runs as a
-    user (IDENT), that user's desktop session where sudo stripped it (nsrun.process.desktop)."""
+                ident: Identity | None = None, host_address: str | None = None) -> dict[str, str]:
+    """CMD's environment: nsrun's own, its NSRUN_* variables (HOST_ADDRESS: host_address's),
+    and for a CMD that runs as a user (IDENT), that user's desktop session where sudo
+    stripped it (nsrun.process.desktop)."""
     env = dict(os.environ)
     if ident is not None:
         from nsrun.process import desktop
@@ -262,4 +263,26 @@ def command_env(name: str, profile: str | None, address: str | None,
     env["NSRUN_NETNS"] = name
     env["NSRUN_PROFILE"] = profile or ""
     env["NSRUN_ADDRESS"] = address or ""
+    env["NSRUN_HOST_ADDRESS"] = host_address or ""
     return env
+
+
+def host_address(mode: str | None, bridge: str | None, gateway: str | None, address: str | None,
+                 prefixlen: int | None) -> str | None:
+    """The host's address on a namespace's bridge (CMD's NSRUN_HOST_ADDRESS; vopono's
+    VOPONO_HOST_IP), from its record's fields: in nat mode the gateway, the bridge's own
+    address; in bridge mode the host's address on that bridge, read here (in the host's
+    namespace), when it has one; else None."""
+    if mode == "nat":
+        return gateway
+    if mode == "bridge" and bridge:
+        from nsrun.linux import ifaddr
+
+        return ifaddr.on_link(bridge, address, prefixlen)
+    return None
+
+
+def shell_notice(name: str) -> str:
+    """What `nsrun shell` says on entering NAME: a shell gives no sign of where it runs, and
+    a prompt set through the environment does not survive the shell's rc files."""
+    return f"nsrun: shell in namespace {name} (`exit` leaves it; NSRUN_NETNS={name} is set for a prompt)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 from nsrun.errors import UsageError
@@ -16,8 +17,9 @@ def _effective_caps() -> int:
             for line in fh:
                 if line.startswith("CapEff:"):
                     return int(line.split()[1], 16)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # out of descriptors: not a lack of capabilities
     return 0
 
 

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import pwd
+import resource
 import signal
 import termios
 from collections.abc import Callable, Mapping, Sequence
@@ -25,23 +26,33 @@ from typing import NamedTuple
 from nsrun import names
 from nsrun.engine import record
 from nsrun.errors import NsrunError, UsageError
-from nsrun.linux import kernel, netns
+from nsrun.linux import inherited, kernel, netns
 from nsrun.process import execution, hostresolver
 
 EXIT_SETUP = 1
 CAP_FIELDS = (b"CapPrm:", b"CapEff:", b"CapAmb:")
 _MAXFD = max(os.sysconf("SC_OPEN_MAX"), 65536)
+_RLIM_NLIMITS = 16  # Linux's RLIMIT_CPU (0) .. RLIMIT_RTTIME (15)
 _SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
 class Started(NamedTuple):
     """CMD, started: its pid, a pidfd for it (readable when it ends; owned by the caller of
-    `start` until `wait_status` closes it), and FAILURE, (status, message) when it never
-    ran (the child exits with STATUS; MESSAGE was said on CMD's stderr too)."""
+    `start` until `wait_status` closes it), FAILURE, (status, message) when it never ran
+    (the child exits with STATUS; MESSAGE was said on CMD's stderr too), and SCOPE, the
+    cgroup directory of the systemd scope it was put in (None: none)."""
 
     pid: int
     pidfd: int
     failure: tuple[int, str] | None = None
+    scope: str | None = None
+
+
+# The resources whose caller's limits are set at the last moment, right before exec: set
+# earlier, a limit below what the service's forked child holds (its address space, its
+# descriptors) would fail the child's own setup. The others are set before the user switch.
+LATE_LIMITS = frozenset({resource.RLIMIT_AS, resource.RLIMIT_DATA, resource.RLIMIT_NOFILE, resource.RLIMIT_STACK})
+LIMIT_NAMES = {res: name.removeprefix("Max ") for name, res in inherited.RESOURCES.items()}
 
 
 class ExitStatus(NamedTuple):
@@ -63,14 +74,17 @@ def _candidates(program: str, env: Mapping[str, str]) -> list[str]:
 def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, uid: int, gid: int,
           groups: Sequence[int], stdio: tuple[int, int, int] = (0, 1, 2),
           controlling_tty: bool = False, home: str | None = None, umask: int | None = None,
-          cgroup: str | None = None) -> Started:
+          cgroup: str | None = None, rlimits: Sequence[tuple[int, int, int]] = (),
+          scope: Callable[[int, int], str | None] | None = None) -> Started:
     """Fork CMD (ARGV, with environment ENV) inside namespace NS_NAME as UID/GID/GROUPS,
     in CWD, with STDIO as its descriptors 0, 1 and 2 (the caller keeps and closes its own
     copies); with CONTROLLING_TTY, the first of them that is a terminal (a pty's slave)
-    becomes CMD's controlling terminal. HOME: where CMD starts when
-    CWD cannot be entered (default: UID's home in the user database, then /). UMASK: the
-    caller's (default: the service's). CGROUP: a cgroup v2 directory CMD starts in (a run's,
-    nsrun.linux.cgroup.create; best effort, as nsrun.linux.cgroup is), entered before the switch.
+    becomes CMD's controlling terminal. HOME: where CMD starts when CWD cannot be entered
+    (default: UID's home in the user database, then /). UMASK, RLIMITS ((resource, soft,
+    hard)...): the caller's (default: the service's). CGROUP: a cgroup v2 directory CMD
+    starts in (a run's, nsrun.linux.cgroup.create; best effort). SCOPE(pid, pidfd): puts
+    the child into a scope of its own and returns its directory, or None (then the child
+    goes into CGROUP); the child waits for it before exec (nsrun.process.scope).
 
     Returns once CMD is exec'd, or has failed to be (Started.failure). UsageError for a
     request that cannot be started at all (nothing is forked then)."""
@@ -105,19 +119,27 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
     except (OSError, ValueError):
         rec = None
     # Everything the child needs, made now: it must allocate little and import nothing.
+    for res, soft, hard in rlimits:
+        if not 0 <= res < _RLIM_NLIMITS or _above(soft, hard):
+            raise UsageError(f"invalid resource limit {res}: {soft}, {hard}")
+    go_r, go_w = os.pipe2(os.O_CLOEXEC) if scope is not None else (-1, -1)
     plan = _Plan(ns_name, [str(a) for a in argv], {str(k): str(v) for k, v in env.items()},
                  _candidates(str(argv[0]), env), cwd, home, uid, gid, tuple(groups), stdio,
                  tty_fd, lambda: hostresolver.hide(ns_name, rec), umask,
-                 None if cgroup is None else os.path.join(cgroup, "cgroup.procs"))
+                 None if cgroup is None or scope is not None else os.path.join(cgroup, "cgroup.procs"),
+                 tuple(rlimits), go_r)
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
     except OSError:
-        os.close(r)
-        os.close(w)
+        for fd in (r, w, go_r, go_w):
+            if fd >= 0:
+                os.close(fd)
         raise
     if pid == 0:  # pragma: no cover (the child execs or exits)
         try:
+            if go_w >= 0:
+                os.close(go_w)
             _child(plan, w)
         finally:
             os._exit(EXIT_SETUP)
@@ -126,6 +148,23 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
         pidfd = os.pidfd_open(pid)
     except OSError:
         pidfd = -1
+    placed: str | None = None
+    if scope is not None:
+        os.close(go_r)
+        try:
+            try:
+                placed = scope(pid, pidfd) if pidfd >= 0 else None
+            except Exception:  # never leave the child waiting: it goes where it would without systemd
+                placed = None
+            if placed is None and cgroup is not None:
+                from nsrun.linux import cgroup as cgroups
+
+                cgroups.enter(cgroup, pid)  # where it would have gone without a scope
+            os.write(go_w, b"g")
+        except OSError:
+            pass  # the child has ended already: its report says why
+        finally:
+            os.close(go_w)
     try:
         data = bytearray()
         while True:
@@ -146,7 +185,7 @@ def start(ns_name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, u
     if data:
         status, _, message = bytes(data).decode(errors="replace").partition(" ")
         failure = (int(status) if status.isdigit() else EXIT_SETUP, message)
-    return Started(pid, pidfd, failure)
+    return Started(pid, pidfd, failure, placed)
 
 
 def wait_status(started: Started, block: bool = True) -> ExitStatus | None:
@@ -182,6 +221,8 @@ class _Plan(NamedTuple):
     hide_resolver: Callable[[], None]  # masks the host's resolver (the record read already)
     umask: int | None
     cgroup_procs: str | None
+    rlimits: tuple[tuple[int, int, int], ...]  # (resource, soft, hard): the caller's
+    go: int  # read one byte from it before exec: the parent has placed the child (-1: no wait)
 
 
 def _fail(report: int, status: int, message: str) -> None:
@@ -195,6 +236,38 @@ def _fail(report: int, status: int, message: str) -> None:
     except OSError:
         pass
     os._exit(status)
+
+
+def _raise_limits(rlimits: tuple[tuple[int, int, int], ...]) -> tuple[list[tuple[int, int, int]], str]:
+    """In the child, as root: every hard limit of RLIMITS that is above this process's raised
+    to it, where the service may (CAP_SYS_RESOURCE; its unit's bounding set has none: then
+    the service's own hard limit stays, and CMD is told). The limits to set, each at most
+    what may be set now, and what could not be raised ("" when all could)."""
+    out, short = [], []
+    for res, soft, hard in rlimits:
+        cur_soft, cur_hard = resource.getrlimit(res)
+        if _above(hard, cur_hard):
+            try:
+                resource.setrlimit(res, (cur_soft, hard))
+            except (OSError, ValueError):
+                short.append(f"{LIMIT_NAMES.get(res, res)} {_shown(cur_hard)} (yours {_shown(hard)})")
+                hard = cur_hard
+        out.append((res, soft if not _above(soft, hard) else hard, hard))
+    if not short:
+        return out, ""
+    return out, (f"hard resource limits above the nsrun service's stay at its own: {', '.join(short)} "
+                 "(it may not raise them: raise its unit's Limit*= settings)")
+
+
+def _shown(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
+def _above(limit: int, than: int) -> bool:
+    """Whether resource limit LIMIT is higher than THAN (RLIM_INFINITY is the highest)."""
+    if than == resource.RLIM_INFINITY:
+        return False
+    return limit == resource.RLIM_INFINITY or limit > than
 
 
 def _capabilities_left() -> bytes | None:
@@ -248,6 +321,13 @@ def _child(plan: _Plan, report: int) -> None:
         execution.private_mounts(plan.ns_name, hide_resolver=plan.hide_resolver)
     except OSError as exc:
         _fail(report, EXIT_SETUP, f"cannot enter namespace {plan.ns_name}: {exc.strerror or exc}")
+    limits, capped = _raise_limits(plan.rlimits)  # as root, while a hard limit may be raised
+    try:
+        for res, soft, hard in limits:
+            if res not in LATE_LIMITS:
+                resource.setrlimit(res, (soft, hard))
+    except (OSError, ValueError) as exc:
+        _fail(report, EXIT_SETUP, f"cannot give the command the caller's resource limits: {exc}")
     try:
         os.setgroups(list(plan.groups))
         os.setresgid(plan.gid, plan.gid, plan.gid)
@@ -274,6 +354,12 @@ def _child(plan: _Plan, report: int) -> None:
             break
         else:
             _fail(report, EXIT_SETUP, f"cannot change to directory {plan.cwd}: {exc.strerror}")
+    if plan.go >= 0:
+        try:  # placed in its scope (or its run's cgroup) by the parent; EOF: the parent failed
+            if os.read(plan.go, 1) != b"g":
+                _fail(report, EXIT_SETUP, "the service could not place the command")
+        except OSError as exc:
+            _fail(report, EXIT_SETUP, f"the service could not place the command: {exc.strerror}")
     os.closerange(3, report)
     os.closerange(report + 1, _MAXFD)
     for sig in _SIGNALS:
@@ -282,6 +368,14 @@ def _child(plan: _Plan, report: int) -> None:
         except (OSError, ValueError):
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    if capped:
+        os.write(2, f"nsrun: warning: {capped}\n".encode())
+    try:  # the last limits, now that nothing of the service's setup is left to run
+        for res, soft, hard in limits:
+            if res in LATE_LIMITS:
+                resource.setrlimit(res, (soft, hard))
+    except (OSError, ValueError) as exc:
+        _fail(report, EXIT_SETUP, f"cannot give the command the caller's resource limits: {exc}")
     saved: OSError | None = None
     last: OSError | None = None
     for path in plan.candidates:

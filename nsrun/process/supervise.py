@@ -54,17 +54,18 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
         address = None
         profile_name = None
         wiring = None
+        found: record.NsRecord | None = None
         if prof is not None:
             from nsrun import engine
             from nsrun.engine import gc
 
             gc.quick()  # ephemeral namespaces whose nsrun was killed
             notices: list[str] = []
-            rec, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner,
-                               firewall=firewall, notices=notices, bus=bus, lock=claim)
+            found, _ = engine.up(name, prof, persistent=persistent, owner=None if persistent else owner,
+                                 firewall=firewall, notices=notices, bus=bus, lock=claim)
             say(notices)
-            address, profile_name = rec.address, rec.profile
-            wiring = Wiring.from_record(rec)  # what the mounts need of it: not read again
+            address, profile_name = found.address, found.profile
+            wiring = Wiring.from_record(found)  # what the mounts need of it: not read again
             if group is not None:
                 # Only now, the record written: whoever reclaims this run finds the cgroup too.
                 from nsrun.linux import cgroup
@@ -76,7 +77,7 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
             address, profile_name = (found.address, found.profile) if found else (None, None)
             wiring = Wiring.from_record(found) if found else None
         report.up(report_fd, address)
-        env = execution.command_env(name, profile_name, address, ident)
+        env = execution.command_env(name, profile_name, address, ident, host_of(found))
         if env.get("WATCHDOG_PID") == str(parent):  # systemd's watchdog is CMD's to serve
             env["WATCHDOG_PID"] = str(os.getpid())
         execution.enter_and_exec(name, argv, env, ident, report_fd=report_fd, parent_pid=parent,
@@ -87,6 +88,13 @@ def _child(name: str, prof: Profile | None, persistent: bool, owner: dict[str, A
     except BaseException as exc:  # never a traceback across the pipe
         report.error(report_fd, 1, f"{type(exc).__name__}: {exc}")
     os._exit(code)
+
+
+def host_of(rec: record.NsRecord | None) -> str | None:
+    """The host's address on REC's bridge (NSRUN_HOST_ADDRESS), read in the host's namespace."""
+    if rec is None:
+        return None
+    return execution.host_address(rec.mode, rec.bridge, rec.gateway, rec.address, rec.prefixlen)
 
 
 def _sender_inside(pid: int, name: str) -> bool:
@@ -366,6 +374,10 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
         raise UsageError(f"missing command: nsrun exec {name} -- CMD [ARG...]")
     if not netns.exists(name):
         raise UsageError(f"no namespace {name} (`nsrun ls` lists them; `nsrun up {name}` makes one)")
+    rec = record.read(name)
+    note = owner_note(name, rec)
+    if note:
+        sys.stderr.write(note + "\n")
     ident = execution.resolve_user(user)
     if ident is not None and (execution.terminal_fds() or execution.has_controlling_terminal()):
         # CMD must not get root's terminal (see execution.detach), and a new session or a
@@ -376,13 +388,23 @@ def exec_in(name: str, argv: list[str], user: str | None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    rec = record.read(name)
-    env = execution.command_env(name, rec.profile if rec else None, rec.address if rec else None, ident)
+    env = execution.command_env(name, rec.profile if rec else None, rec.address if rec else None, ident,
+                                host_of(rec))
     if env.get("NOTIFY_SOCKET", "").startswith("@"):
         # No supervisor stays behind to relay it (see supervise()); say so, once.
         sys.stderr.write(f"nsrun: warning: the abstract NOTIFY_SOCKET cannot be reached from inside "
                          f"{name}; `nsrun -n {name} -- CMD` relays it\n")
     execution.enter_and_exec(name, argv, env, ident, wiring=Wiring.from_record(rec) if rec else None)
+
+
+def owner_note(name: str, rec: record.NsRecord | None) -> str | None:
+    """What root entering NAME (`exec`) is told when a caller without root owns it: root's
+    programs in a namespace the user controls (engine.not_theirs; `up` and `-n` refuse it)."""
+    if rec is None or rec.owner_uid is None or rec.owner_uid == 0:
+        return None
+    from nsrun import engine
+
+    return f"nsrun: note: namespace {name} belongs to {engine.describe_uid(rec.owner_uid)}"
 
 
 def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = False,
@@ -408,6 +430,7 @@ def shell(name: str, profile_spec: str | None, user: str | None, keep: bool = Fa
             pass
     argv = [sh or "/bin/sh"]
     if prof is None:  # NAME exists: enter it, change nothing
+        sys.stderr.write(execution.shell_notice(name) + "\n")
         exec_in(name, argv, user)
         return 1  # not reached: exec_in execs or raises
     from nsrun import engine

@@ -7,6 +7,7 @@ and the writer that sends a command's output to the client (Sink). Both the root
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
@@ -16,6 +17,8 @@ from typing import Any, NamedTuple, TextIO, cast
 
 from nsrun import profile, state, wire
 from nsrun.errors import UsageError
+from nsrun.linux import inherited as inheritance
+from nsrun.linux.inherited import Inherited
 from nsrun.service.pool import Pool
 from nsrun.service.runs import Runs
 
@@ -26,13 +29,22 @@ class Caller(NamedTuple):
     pid: int
 
 
+MAX_WORK = 16  # requests and teardowns at the engine at once: each holds descriptors
+PER_UID_WORK = 4  # of those, held by one uid other than root
+
+
 class Context:
-    """What the handlers share: the runs watched, the per-name locks, counters."""
+    """What the handlers share: the runs watched, the per-name and per-uid locks, counters,
+    and the slots for work at the engine (`working`)."""
 
     def __init__(self, runs: Runs | None = None, pool: Pool | None = None, **limits: Any) -> None:
         self._locks: dict[str, list[Any]] = {}  # name: [its lock, how many hold or wait for it]
         self._locks_lock = threading.Lock()
-        self.runs = runs or Runs(self.name_lock, **limits)
+        self.work = threading.BoundedSemaphore(MAX_WORK)
+        self._working = threading.local()
+        self._uid_work: dict[int, int] = {}  # uid -> slots it holds
+        self._uid_work_cond = threading.Condition()
+        self.runs = runs or Runs(self.name_lock, work=self.working, **limits)
         self.pool = pool
         self.requests = 0
         self.bus: str | None = None  # the system bus (firewalld), from the service's environment
@@ -57,6 +69,47 @@ class Context:
                 entry[1] -= 1
                 if not entry[1]:
                     del self._locks[name]
+
+    def uid_lock(self, uid: int) -> contextlib.AbstractContextManager[None]:
+        """One namespace made at a time per uid: its count and its making under one lock, so
+        that racing requests cannot pass a limit together. (Taken after a name's lock.)"""
+        return self.name_lock(f"uid {uid}")  # a space: never a namespace's name
+
+    @contextlib.contextmanager
+    def working(self, uid: int = 0) -> Iterator[None]:
+        """A slot for work at the engine, for this thread, until done_working or the end
+        (a thread that holds one already goes on with it). A uid other than root holds at
+        most PER_UID_WORK of them: its requests queued on its own lock (uid_lock) cannot
+        take every slot."""
+        if getattr(self._working, "held", False):
+            yield
+            return
+        if uid != 0:
+            with self._uid_work_cond:
+                self._uid_work_cond.wait_for(lambda: self._uid_work.get(uid, 0) < PER_UID_WORK)
+                self._uid_work[uid] = self._uid_work.get(uid, 0) + 1
+        self.work.acquire()
+        self._working.held, self._working.uid = True, uid
+        try:
+            yield
+        finally:
+            self.done_working()
+
+    def done_working(self) -> None:
+        """Give this thread's slot back early (a request that now only waits, for its CMD)."""
+        if not getattr(self._working, "held", False):
+            return
+        self._working.held = False
+        self.work.release()
+        uid = self._working.uid
+        if uid != 0:
+            with self._uid_work_cond:
+                left = self._uid_work.get(uid, 0) - 1
+                if left > 0:
+                    self._uid_work[uid] = left
+                else:
+                    self._uid_work.pop(uid, None)
+                self._uid_work_cond.notify_all()
 
     def names_locked(self) -> int:
         """How many names have a lock now (held or waited for)."""
@@ -105,15 +158,38 @@ def pin_caller(conn: socket.socket, caller: Caller) -> tuple[int, int | None]:
     waits on this connection (so the pid is still the caller's, not a reused one)."""
     try:
         pidfd = os.pidfd_open(caller.pid)
-    except OSError:
-        raise UsageError("the caller is gone") from None
+    except ProcessLookupError:
+        raise UsageError("the caller is gone") from None  # any other OSError (EMFILE) says itself
     start = state.process_start(caller.pid)
+    if start is None and os.path.exists(f"/proc/{caller.pid}"):  # there, but unreadable: EMFILE
+        os.close(pidfd)
+        raise OSError(errno.EMFILE, f"cannot read /proc/{caller.pid}/stat")
     p = select.poll()
     p.register(conn, select.POLLRDHUP | select.POLLHUP)
     if p.poll(0) or start is None:
         os.close(pidfd)
         raise UsageError("the caller is gone")
     return pidfd, start
+
+
+def inherited(conn: socket.socket, caller: Caller) -> Inherited:
+    """What the caller's process holds that CMD must start with (its resource limits, umask
+    and supplementary groups: nsrun.linux.inherited), read from the kernel while the caller
+    waits on this connection; its pidfd, still unread after the reading, says the files were
+    that process's and not a later one's under a reused pid. UsageError when it cannot be."""
+    pidfd, _ = pin_caller(conn, caller)
+    try:
+        try:
+            got = inheritance.read(caller.pid)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read the caller's limits, umask and groups: {exc}") from None
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        if p.poll(0):
+            raise UsageError("the caller is gone")
+        return got
+    finally:
+        os.close(pidfd)
 
 
 def run_command(conn: socket.socket, body: Callable[[TextIO, TextIO], int]) -> None:

@@ -28,6 +28,18 @@ def warm() -> None:
     from nsrun.engine.firewall import detect  # noqa: F401
 
 
+def pin_fd_limit(most: int) -> None:
+    """The soft RLIMIT_NOFILE at MOST (FD_SETSIZE) or below: a C library that select()s on a
+    descriptor of ours (libnftables on its netlink socket) aborts the whole service on one >=
+    FD_SETSIZE; past the limit, opening fails with EMFILE instead, which is answered."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = most if hard == resource.RLIM_INFINITY else min(most, hard)
+    if soft == resource.RLIM_INFINITY or soft > want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main(opts: dict[str, Any], bus: str) -> int:
     """`nsrun daemon` with OPTS (nsrun.cli.grammar's `daemon` options, checked there);
     BUS: the system bus, where firewalld is asked (DBUS_SYSTEM_BUS_ADDRESS, read by the CLI)."""
@@ -41,6 +53,7 @@ def main(opts: dict[str, Any], bus: str) -> int:
     from nsrun.service.runs import log
 
     privilege.require_root(state_dir=False)
+    pin_fd_limit(server.FD_SETSIZE)
     sizes = pool.read_config(opts["config"])  # a bad config: exit 2 before listening
     os.umask(0o022)  # what the engine's files assume (resolv.conf is read by CMD, any user)
     sock = listen.activated()

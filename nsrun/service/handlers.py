@@ -92,6 +92,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
     try:
         wire.send(conn, {"type": "ready", "name": ns, "ephemeral": ephemeral, "created": prof is not None,
                          "profile": rec.profile if rec else None, "address": rec.address if rec else None,
+                         "host_address": supervise.host_of(rec),
                          "notices": notices, "wiring": Wiring.of(rec)}, [fd])
     finally:
         os.close(fd)
@@ -116,6 +117,7 @@ def exec_(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]
     from nsrun import names
     from nsrun.engine import record
     from nsrun.linux import netns
+    from nsrun.process import supervise
 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
@@ -129,9 +131,11 @@ def exec_(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]
         raise UsageError(f"no namespace {name} (`nsrun ls` lists them; `nsrun up {name}` makes one)") from None
     try:
         rec = record.read(name)
+        note = supervise.owner_note(name, rec)  # a user's namespace: root is told whose
         wire.send(conn, {"type": "ready", "name": name, "ephemeral": False,
                          "profile": rec.profile if rec else None, "address": rec.address if rec else None,
-                         "notices": [], "wiring": Wiring.of(rec)}, [fd])
+                         "host_address": supervise.host_of(rec),
+                         "notices": [note] if note else [], "wiring": Wiring.of(rec)}, [fd])
     finally:
         os.close(fd)
 
@@ -158,14 +162,18 @@ def down(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any])
     names.check_name(name)
     grace, busy = wire.field_num(msg, "grace", 5.0), wire.field_bool(msg, "refuse_busy")
     with ctx.name_lock(name):
-        run_command(conn, lambda out, err: namespaces.down(name, grace, busy, out=out))
+        run_command(conn, lambda out, err: namespaces.down(name, grace, busy, out=out, err=err))
 
 
 def ls(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:
     from nsrun.commands import listing
 
-    as_json = wire.field_bool(msg, "json")
-    run_command(conn, lambda out, err: listing.ls(as_json, out=out, err=err))
+    as_json, width = wire.field_bool(msg, "json"), msg.get("width")  # the client's terminal's
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 100000):
+        raise wire.ProtocolError("field 'width' must be null or an integer from 1 to 100000")
+    if wire.field_bool(msg, "wide"):
+        width = None
+    run_command(conn, lambda out, err: listing.ls(as_json, out=out, err=err, width=width))
 
 
 def gc(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:

@@ -26,7 +26,6 @@ caller without root never names a file, whatever the policy says (`*` included).
 from __future__ import annotations
 
 import errno
-import fnmatch
 import grp
 import os
 import pwd
@@ -51,6 +50,10 @@ PLACEHOLDERS = ("{user}", "{uid}")
 _ACCOUNT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 # A namespace name pattern: namespace name characters and the glob's * and ?.
 _PATTERN_RE = re.compile(r"[A-Za-z0-9_.*?-]{1,64}")
+_PLACEHOLDER_RE = re.compile(r"(\{user\}|\{uid\})")
+# `create` when a rule sets none: names of the user's own, never a name root may use
+# (`vpn`, `gw1` before `nsrun@gw1.service` starts): docs/policy.md, docs/systemd.md.
+DEFAULT_CREATE = ("{user}-*",)
 
 
 class PolicyError(ProfileError):
@@ -196,14 +199,26 @@ class Policy(NamedTuple):
 
 def _matches(caller: Caller, ns_name: str, patterns: tuple[str, ...]) -> bool:
     for pattern in patterns:
-        if "{user}" in pattern:
-            if caller.name is None:
-                continue
-            pattern = pattern.replace("{user}", caller.name)
-        pattern = pattern.replace("{uid}", str(caller.uid))
-        if fnmatch.fnmatchcase(ns_name, pattern):
+        if "{user}" in pattern and caller.name is None:
+            continue
+        if _pattern_re(pattern, caller.name or "", caller.uid).fullmatch(ns_name):
             return True
     return False
+
+
+def _pattern_re(pattern: str, user: str, uid: int) -> re.Pattern[str]:
+    """PATTERN as a regular expression: its own `*` and `?` are the only wildcards; what
+    `{user}` and `{uid}` stand for is matched literally (a user named `x3b*` or `[a-z]x`
+    is not a pattern: fnmatch has no escape, so the pattern is built here)."""
+    out = []
+    for part in _PLACEHOLDER_RE.split(pattern):
+        if part == "{user}":
+            out.append(re.escape(user))
+        elif part == "{uid}":
+            out.append(re.escape(str(uid)))
+        else:
+            out.append("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in part))
+    return re.compile("".join(out), re.DOTALL)
 
 
 def profile_name_problem(name: str) -> str | None:
@@ -316,7 +331,7 @@ def _rule(source: str, index: int, raw: dict[str, Any], default_limit: int) -> R
             raise PolicyError(source, f"{where}.profiles", f"{problem}; give profile names, or \"*\"")
         profiles.append(item)
     patterns: dict[str, tuple[str, ...]] = {}
-    for key, default in (("create", [ANY]), ("enter", []), ("remove", [])):
+    for key, default in (("create", list(DEFAULT_CREATE)), ("enter", []), ("remove", [])):
         items = _strings(source, f"{where}.{key}", raw.get(key, default))
         for item in items:
             assert isinstance(item, str)

@@ -20,7 +20,10 @@ takes down at once those whose owner is gone; `nsrun gc` reclaims the same ones 
 owner is dead), so a service killed at any moment leaves nothing gc cannot find.
 
 One thread polls every pidfd (and a wake-up pipe); each ended run is taken down in a
-thread of its own, so a program that ignores SIGTERM delays no one else's teardown.
+thread of its own, so a program that ignores SIGTERM delays no one else's teardown. A
+teardown that fails is tried again (RETRY_FIRST, doubling to RETRY_MAX) until it succeeds,
+and every RECONCILE seconds the watcher takes down the ephemeral namespaces whose owner is
+gone and that no one watches (what a failed setup or teardown left): no leak waits for gc.
 """
 
 from __future__ import annotations
@@ -29,12 +32,18 @@ import os
 import select
 import sys
 import threading
+import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
 
 from nsrun import state
 from nsrun.errors import NsrunError, UsageError
+
+
+RETRY_FIRST = 1.0  # seconds before a failed teardown is tried again; doubled each time
+RETRY_MAX = 60.0
+RECONCILE = 60.0  # seconds between sweeps for unwatched namespaces whose owner is gone
 
 
 class Run(NamedTuple):
@@ -53,8 +62,12 @@ def log(msg: str) -> None:
 
 class Runs:
     def __init__(self, name_lock: Callable[[str], AbstractContextManager[None]], grace: float = 5.0,
-                 user_limit: int | None = 8, root_limit: int | None = None) -> None:
+                 user_limit: int | None = 8, root_limit: int | None = None,
+                 work: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+        """WORK: a slot for work at the engine (nsrun.service.callers.Context.working)."""
         self.name_lock = name_lock
+        self.work = work
+        self._pending: set[str] = set()  # names being taken down (tried again until they go)
         self.grace = grace
         self.user_limit, self.root_limit = user_limit, root_limit
         self._lock = threading.Lock()
@@ -108,13 +121,18 @@ class Runs:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         registered: set[int] = set()
+        sweep = time.monotonic() + RECONCILE
         while True:
             with self._lock:
                 current = set(self._runs)
             for fd in current - registered:
                 poller.register(fd, select.POLLIN)
             registered = current
-            for fd, _ in poller.poll():
+            now = time.monotonic()
+            if now >= sweep:
+                sweep = now + RECONCILE
+                threading.Thread(target=self._reconcile, name="nsrun-reconcile", daemon=True).start()
+            for fd, _ in poller.poll(max(0.0, sweep - now) * 1000):
                 if fd == self._wake_r:
                     try:
                         os.read(self._wake_r, 4096)
@@ -128,27 +146,79 @@ class Runs:
                     if run is None:
                         continue
                     self._ending += 1
+                    self._pending.add(run.name)
                 threading.Thread(target=self._end, args=(run,), name="nsrun-end", daemon=True).start()
 
     def _end(self, run: Run) -> None:
         try:
             if run.moved is not None:
                 run.moved.wait(10)  # no cgroup made after it was taken down
-            self.take_down(run.name, run.created, run.cgroup)
-        finally:
             os.close(run.pidfd)
+            # Its owner has ended: the namespace is no longer a live one of the caller's (who
+            # cannot remove an ephemeral name), whatever its teardown takes.
+            self.release(run.uid)
+            self._until_down(run.name, run.created, run.cgroup)
+        finally:
             with self._lock:
                 self._ending -= 1
-            self.release(run.uid)
+                self._pending.discard(run.name)
+                self._idle.notify_all()
 
-    def take_down(self, name: str, created: float | None, group: str | None) -> None:
-        """Take NAME down if its record is still the one made at CREATED; then its cgroup."""
+    def _until_down(self, name: str, created: float | None, group: str | None) -> None:
+        """take_down, again and again (backing off) until it succeeds."""
+        pause = RETRY_FIRST
+        while not self.take_down(name, created, group):
+            log(f"taking {name} down: trying again in {pause:.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
+
+    def _later(self, name: str, created: float | None, group: str | None) -> None:
+        """Take NAME down in a thread of its own, until it goes (unless one does already)."""
+        with self._lock:
+            if name in self._pending:
+                return
+            self._pending.add(name)
+            self._ending += 1
+
+        def body() -> None:
+            try:
+                self._until_down(name, created, group)
+            finally:
+                with self._lock:
+                    self._ending -= 1
+                    self._pending.discard(name)
+                    self._idle.notify_all()
+
+        threading.Thread(target=body, name="nsrun-end", daemon=True).start()
+
+    def _reconcile(self) -> None:
+        """Take down the ephemeral namespaces whose owner is gone and that no one watches."""
+        from nsrun.engine import record
+
+        try:
+            recs = record.all_ns().values()
+        except Exception as exc:
+            log(f"reconciling: cannot read the records: {exc}")
+            return
+        with self._lock:
+            watched = {run.name for run in self._runs.values()} | self._pending
+        for rec in recs:
+            if rec.persistent or rec.owner_pid is None or rec.name in watched:
+                continue
+            if not owner_alive(rec.owner_pid, rec.owner_start):
+                log(f"reconciling: {rec.name}'s owner is gone: taking it down")
+                self._later(rec.name, rec.created, None)
+
+    def take_down(self, name: str, created: float | None, group: str | None) -> bool:
+        """Take NAME down if its record is still the one made at CREATED; then its cgroup.
+        False when that failed (logged): the record stays, to be tried again."""
         from nsrun import engine
         from nsrun.engine import record
         from nsrun.linux import cgroup
 
+        done = True
         try:
-            with self.name_lock(name), record.ns_lock(name) as lock:
+            with self.work(), self.name_lock(name), record.ns_lock(name) as lock:
                 rec = record.read(name)
                 if rec is None:
                     lock.discard()
@@ -157,11 +227,17 @@ class Runs:
                     lock.discard()
         except NsrunError as exc:
             log(f"taking {name} down failed: {exc}")
+            done = False
         except Exception as exc:  # the watcher must go on
             log(f"taking {name} down failed: {type(exc).__name__}: {exc}")
+            done = False
         if group is not None:
-            cgroup.kill(group)
-            cgroup.remove(group)
+            try:
+                cgroup.kill(group)
+                cgroup.remove(group)
+            except OSError as exc:
+                log(f"removing the cgroup of {name} failed: {exc}")
+        return done
 
     # -- after a restart ---------------------------------------------------------------
 
@@ -178,7 +254,8 @@ class Runs:
             pidfd = pin(rec.owner_pid, rec.owner_start)
             if pidfd is None:
                 gone += 1
-                self.take_down(rec.name, rec.created, None)
+                if not self.take_down(rec.name, rec.created, None):
+                    self._later(rec.name, rec.created, None)
                 continue
             uid = owner_uid(rec.owner_pid)
             self._count(uid)
@@ -201,6 +278,16 @@ def pin(pid: int, start: int | None) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def owner_alive(pid: int, start: int | None) -> bool:
+    """Whether process PID lives and is the one that started at START. When its start time
+    cannot be read (out of descriptors), a PID that exists counts as alive: never a wrong
+    teardown."""
+    now = state.process_start(pid)
+    if now is None:
+        return os.path.exists(f"/proc/{pid}")
+    return start is None or now == start
 
 
 def owner_uid(pid: int) -> int:

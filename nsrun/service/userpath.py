@@ -23,11 +23,13 @@ signal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nsrun import wire
@@ -37,6 +39,7 @@ from nsrun.service.callers import (
     Caller,
     Context,
     firewall_of,
+    inherited,
     pin_caller,
     run_command,
     same_netns,
@@ -44,6 +47,9 @@ from nsrun.service.callers import (
 from nsrun.service.runs import Run, log
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TextIO
+
     from nsrun.engine.record import NsRecord
     from nsrun.service.policy import Caller as PolicyCaller
     from nsrun.service.policy import Policy
@@ -54,6 +60,9 @@ PASSED_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal
                             signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
                             signal.SIGTSTP, signal.SIGALRM})
 
+
+MAX_SIGNAL_FRAME = 4096
+SIGNAL_TIMEOUT = 10.0
 
 # The CMDs started for callers without root that still run (pidfds), for a stopping service.
 _live: set[int] = set()
@@ -78,7 +87,7 @@ def serve(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]
         if kind == "ls":
             _no_fds(fds)
             same_netns(caller)
-            handlers.ls(ctx, conn, caller, msg)
+            _ls(conn, msg)
             return
         if kind in ("gc", "signal"):
             what = "gc needs root (sudo nsrun gc)" if kind == "gc" else \
@@ -106,6 +115,16 @@ def serve(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]
             _refuse(caller, kind, f"{kind} is not for callers without root")
     finally:
         wire.close_all(fds)
+
+
+def _firewall(caller: Caller, msg: dict[str, Any]) -> str | None:
+    """The firewall backend for a caller without root: the host's choice or the profile's,
+    never the caller's (NSRUN_FIREWALL=iptables on an nftables host would load legacy
+    tables that stay loaded for good). The field is checked, then ignored."""
+    asked = firewall_of(msg)
+    if asked is not None:
+        log(f"uid {caller.uid} asked for firewall backend {asked}: ignored (root's choice only)")
+    return None
 
 
 def _refuse(caller: Caller, kind: str, why: str) -> None:
@@ -141,18 +160,49 @@ def _profile_name(caller: Caller, kind: str, spec: str | None) -> str:
     return name
 
 
+def _ls(conn: socket.socket, msg: dict[str, Any]) -> None:
+    """`nsrun ls` for a caller without root: what it shows them without the service (the
+    names in /run/netns, nothing of the records or of anyone's processes)."""
+    from nsrun.commands import listing
+    from nsrun.linux import netns
+
+    unknown: dict[str, Any] = {"profile": None, "managed": None, "persistent": None, "kind": None, "state": "up",
+               "addresses": [], "gateway": None, "bridge": None, "processes": [], "rx_bytes": None,
+               "tx_bytes": None, "created": None, "wireguard": None}
+    rows = [{"name": name, **unknown} for name in sorted(netns.names())]
+
+    def body(out: Any, err: Any) -> int:
+        import json
+
+        err.write("nsrun: note: not root: only the names in /run/netns are shown (sudo nsrun ls shows all)\n")
+        out.write((json.dumps(rows, indent=1) if wire.field_bool(msg, "json") else
+                   listing.table(rows) if rows else "no namespaces") + "\n")
+        return 0
+
+    run_command(conn, body)
+
+
 def _live_of(uid: int) -> int:
-    """Namespaces the service made for UID (ephemeral and named) that are still there."""
+    """Namespaces the service made for UID that UID could still end: named ones, and
+    ephemeral ones whose program (their owner) runs. One whose owner is gone is the
+    service's to take down (nsrun.service.runs retries), not the caller's."""
     from nsrun.engine import record
+    from nsrun.service.runs import owner_alive
 
-    return sum(1 for rec in record.all_ns().values() if rec.owner_uid == uid)
+    return sum(1 for rec in record.all_ns().values() if rec.owner_uid == uid and (
+        rec.persistent or rec.owner_pid is None or owner_alive(rec.owner_pid, rec.owner_start)))
 
 
-def _within_limit(caller: Caller, who: PolicyCaller, pol: Policy, kind: str) -> None:
-    limit = pol.limit(who)
-    if limit is not None and _live_of(caller.uid) >= limit:
+def _within_limit(ctx: Context, caller: Caller, who: PolicyCaller, pol: Policy, kind: str) -> None:
+    """The policy's limit and the service's (--user-limit), over every namespace made for
+    CALLER, named ones included. Call it under ctx.uid_lock, held until the namespace is made."""
+    limit, live = pol.limit(who), _live_of(caller.uid)
+    if limit is not None and live >= limit:
         _refuse(caller, kind, f"{who.describe()} has {limit} live namespace(s), the policy's limit "
                               f"(nsrun ls; nsrun down NAME)")
+    if ctx.runs.user_limit is not None and live >= ctx.runs.user_limit:
+        _refuse(caller, kind, f"uid {caller.uid} has {live} live namespaces, the service's limit "
+                              "(nsrun daemon --user-limit)")
 
 
 def _owner_uid(name: str) -> int | None:
@@ -173,15 +223,18 @@ def _up(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, po
     names.check_name(name)
     prof = _profile_name(caller, "up", wire.field_str(msg, "profile"))
     with ctx.name_lock(name):
-        if netns.exists(name):
-            _check(caller, "up", pol.may_enter(who, name, _owner_uid(name)))
-        else:
+        making = not netns.exists(name)
+        if making:
             _check(caller, "up", pol.may_create(who, name))
-            _within_limit(caller, who, pol, "up")
+        else:
+            _check(caller, "up", pol.may_enter(who, name, _owner_uid(name)))
         _check(caller, "up", pol.may_run(who, prof))
-        firewall = firewall_of(msg)
-        run_command(conn, lambda out, err: namespaces.up(
-            name, prof, firewall=firewall, bus=ctx.bus, out=out, err=err, owner_uid=caller.uid))
+        firewall = _firewall(caller, msg)
+        with ctx.uid_lock(caller.uid) if making else contextlib.nullcontext():
+            if making:
+                _within_limit(ctx, caller, who, pol, "up")
+            run_command(conn, lambda out, err: namespaces.up(
+                name, prof, firewall=firewall, bus=ctx.bus, out=out, err=err, owner_uid=caller.uid))
 
 
 def _down(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
@@ -191,8 +244,25 @@ def _down(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, 
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
     names.check_name(name)
+    if _missing(name):  # as root is told (the names in /run/netns are anyone's to read)
+        _check(caller, "down", pol.may_remove(who, name, caller.uid))  # a caller the policy knows
+
+        def say_none(out: TextIO, err: TextIO) -> int:
+            err.write(f"nsrun: no namespace {name}\n")
+            return 0
+
+        run_command(conn, say_none)
+        return
     _check(caller, "down", pol.may_remove(who, name, _owner_uid(name)))
     handlers.down(ctx, conn, caller, msg)
+
+
+def _missing(name: str) -> bool:
+    """No namespace NAME and no record of one: nothing `down` could take down."""
+    from nsrun.engine import record
+    from nsrun.linux import netns
+
+    return not netns.exists(name) and record.read(name) is None
 
 
 class _Request(NamedTuple):
@@ -253,8 +323,9 @@ def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller,
     if ns is None:
         prof_name = _profile_name(caller, kind, req.spec)
         _check(caller, kind, pol.may_run(who, prof_name))
-        _within_limit(caller, who, pol, kind)
-        return _owned_up(ctx, conn, caller, None, prof_name, firewall)
+        with ctx.uid_lock(caller.uid):  # counted and made under one lock: no race past the limit
+            _within_limit(ctx, caller, who, pol, kind)
+            return _owned_up(ctx, conn, caller, None, prof_name, firewall)
     with ctx.name_lock(ns):
         if netns.exists(ns):
             rec = record.read(ns)
@@ -272,12 +343,13 @@ def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller,
         prof_name = _profile_name(caller, kind, req.spec)
         _check(caller, kind, pol.may_create(who, ns))
         _check(caller, kind, pol.may_run(who, prof_name))
-        _within_limit(caller, who, pol, kind)
-        if req.remove:
-            return _owned_up(ctx, conn, caller, ns, prof_name, firewall)
-        rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True, owner={"owner_uid": caller.uid},
-                           firewall=firewall, bus=ctx.bus)
-        return _Place(ns, rec)
+        with ctx.uid_lock(caller.uid):
+            _within_limit(ctx, caller, who, pol, kind)
+            if req.remove:
+                return _owned_up(ctx, conn, caller, ns, prof_name, firewall)
+            rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True, owner={"owner_uid": caller.uid},
+                               firewall=firewall, bus=ctx.bus)
+            return _Place(ns, rec)
 
 
 def _owned_up(ctx: Context, conn: socket.socket, caller: Caller, name: str | None, prof_name: str,
@@ -311,16 +383,23 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
          msg: dict[str, Any], held: list[int]) -> None:
     """A run or exec; HELD: the request's stdin, stdout and stderr, closed (and emptied)
     as soon as CMD has its own copies, so that the client sees its pty or pipes end with CMD."""
-    from nsrun.process import spawn
+    from nsrun.process import scope, spawn, supervise
 
     try:
         req = _request(caller, msg)
-        place = _place(ctx, conn, caller, who, pol, req, firewall_of(msg))
+        place = _place(ctx, conn, caller, who, pol, req, _firewall(caller, msg))
         rec = place.rec
         env = {**req.env, "NSRUN_NETNS": place.ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",
-               "NSRUN_ADDRESS": (rec.address if rec else None) or ""}
-        started = spawn.start(place.ns, req.argv, env, req.cwd, caller.uid, who.gid, who.groups,
-                              (held[0], held[1], held[2]), controlling_tty=req.tty, cgroup=place.group)
+               "NSRUN_ADDRESS": (rec.address if rec else None) or "",
+               "NSRUN_HOST_ADDRESS": supervise.host_of(rec) or ""}
+        theirs = inherited(conn, caller)  # the kernel's word for them, never the request's
+        # Groups: those the caller holds now that the user database still gives them (one
+        # dropped stays dropped; one since taken away is not handed back by root).
+        groups = tuple(g for g in theirs.groups if g in set(who.groups))
+        started = spawn.start(place.ns, req.argv, env, req.cwd, caller.uid, who.gid, groups,
+                              (held[0], held[1], held[2]), controlling_tty=req.tty, cgroup=place.group,
+                              umask=theirs.umask, rlimits=theirs.rlimits,
+                              scope=_scoper(ctx, caller, place.ns) if scope.booted() else None)
     finally:
         wire.close_all(held)
         held.clear()
@@ -328,13 +407,32 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
         log(f"uid {caller.uid}: CMD did not start in {place.ns}: {started.failure[1]}")
     with _live_lock:
         _live.add(started.pidfd)
+    ctx.done_working()  # from here it only waits for CMD: its engine slot is another's
     status = _wait(conn, caller, started)  # takes the pidfd out of _live before closing it
     if place.owned and rec is not None:
         ctx.runs.take_down(place.ns, rec.created, place.group)  # before the reply, as without the service
+        if started.scope is not None:  # what CMD left in its scope goes with the run, as in its cgroup
+            from nsrun.linux import cgroup
+
+            cgroup.kill(started.scope)
     try:
         wire.send(conn, {"type": "exit", "code": status.code, "signal": status.signal})
     except OSError:
         pass  # the client is gone: its namespace went with it
+
+
+def _scoper(ctx: Context, caller: Caller, ns: str) -> Callable[[int, int], str | None]:
+    """What puts CMD (pid, pidfd) into a systemd scope of its own in the caller's slice:
+    its directory, or None (logged; CMD then goes where it went without systemd)."""
+    from nsrun.process import scope
+
+    def place(pid: int, pidfd: int) -> str | None:
+        where, why = scope.start(pid, pidfd, caller.uid, ns, ctx.bus)
+        if where is None:
+            log(f"uid {caller.uid}: no systemd scope for CMD in {ns} ({why}); it stays in the service's cgroup")
+        return where
+
+    return place
 
 
 def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
@@ -358,8 +456,8 @@ def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
                 continue
             if not client:
                 continue
-            try:
-                got = wire.recv(conn)
+            try:  # a signal message: small, and in whole soon (as a request is)
+                got = wire.recv(conn, time.monotonic() + SIGNAL_TIMEOUT, _small)
             except (OSError, wire.ProtocolError) as exc:
                 log(f"uid {caller.uid}: dropping a bad message while CMD runs: {exc}")
                 got = None
@@ -375,6 +473,11 @@ def _wait(conn: socket.socket, caller: Caller, started: Any) -> Any:
                 _send(started.pidfd, signo)
             else:
                 log(f"uid {caller.uid}: ignored a {message.get('type')!r} message while CMD runs")
+
+
+def _small(size: int) -> None:
+    if size > MAX_SIGNAL_FRAME:
+        raise wire.ProtocolError(f"a message while CMD runs is a signal: at most {MAX_SIGNAL_FRAME} bytes")
 
 
 def _send(pidfd: int, signo: int) -> None:

@@ -106,9 +106,9 @@ def test_gw1_network_chained_with_tuning_through_libcni(lab, cni):
     [row] = [x for x in rows if x["kind"] == "cni"]
     assert row["cni"] == {"container": CID, "ifname": "eth0", "network": "gw1net", "netns": ns}
     assert (row["profile"], row["addresses"], row["state"]) == ("gw1", [str(addr)], "up")
-    table = lab.nsrun("ls").stdout
-    assert [line.split()[:4] for line in table.splitlines() if " cni " in line] == \
-        [[f"{CID[:12]}/eth0", "gw1", "cni", str(addr)]], table
+    table = lab.nsrun("ls", "--wide").stdout
+    assert [line.split()[:5] for line in table.splitlines() if " cni " in line] == \
+        [[f"{CID[:12]}/eth0", "root", "gw1", "cni", str(addr)]], table
     # CHECK passes; after the default route is changed, it fails and says why.
     r = cni.client_run("check", "gw1net", CID, ns)
     assert r.returncode == 0, r.stderr

@@ -151,7 +151,8 @@ def test_shell_through_the_service(lab, service):
                                               "shell exits (`nsrun down svk` removes it)\n"), r.stderr
     try:
         r = lab.nsrun("shell", "svk", env=sh, input="echo $NSRUN_PROFILE; " + " ".join(CLIENT) + "; exit 3\n")
-        assert (r.returncode, r.stdout, r.stderr) == (3, f"gw1\n{labmod.GW1_UP}\n", ""), r.stderr
+        assert (r.returncode, r.stdout, r.stderr) == (3, f"gw1\n{labmod.GW1_UP}\n", "nsrun: shell in namespace svk "
+                                                      "(`exit` leaves it; NSRUN_NETNS=svk is set for a prompt)\n"), r.stderr
         assert served(service) == before + 2
         via = lab.nsrun("shell", "svk", "-p", "nat", env=sh, input="exit\n")
         daemonless = lab.nsrun("shell", "svk", "-p", "nat", env={**sh, "NSRUN_DAEMON": "0"}, input="exit\n")
@@ -362,7 +363,7 @@ def test_client_killed_at_random_moments(lab, service, tmp_path):
     own = _own_cgroup(tmp_path)
     move = (lambda: Path(own, "cgroup.procs").write_text("0")) if own else None
     try:
-        for _ in range(20):
+        for _ in range(int(os.environ.get("NSRUN_STRESS_CLIENTS", "20"))):  # 200: docs/development.md
             p = lab.popen("--", "sleep", "30", preexec_fn=move)
             time.sleep(rng.uniform(0.0, 0.4))
             p.kill()
@@ -504,7 +505,8 @@ def test_hostile_requests_never_crash_the_service(lab, service):
               | messages.map(_frame).flatmap(lambda f: st.integers(0, max(0, len(f) - 1)).map(lambda n: f[:n]))
               | st.integers(0, 2**32 - 1).map(lambda n: n.to_bytes(4, "big")))
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # NSRUN_STRESS_FRAMES=1000 (docs/development.md): the issue-24 figure, too slow for the tier
+    @settings(max_examples=int(os.environ.get("NSRUN_STRESS_FRAMES", "150")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(frames, st.integers(0, 3), st.booleans())
     def fuzz(data: bytes, nfds: int, half_close: bool) -> None:
         fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(nfds)]

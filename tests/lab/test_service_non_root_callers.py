@@ -37,6 +37,7 @@ POLICY = """\
 version = 1
 [[allow]]
 users = ["nobody"]
+create = ["*"]  # names of any kind (the default is nobody-*: tests/lab/test_namespace_ownership.py)
 profiles = ["gw1", "nat"]
 limit = 4
 """

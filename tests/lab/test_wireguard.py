@@ -228,7 +228,7 @@ def test_up_ls_down_through_the_cli(lab, provider, tmp_path):
         assert peer["rx_bytes"] > 0 and peer["tx_bytes"] > 0
         assert (row["rx_bytes"], row["tx_bytes"]) == (peer["rx_bytes"], peer["tx_bytes"])
         assert row["addresses"] == [f"{CLIENT_ADDR}/32"] and row["profile"] == "wg"
-        r2 = lab.nsrun("ls")
+        r2 = lab.nsrun("ls", "--wide")
         [line] = [x for x in r2.stdout.splitlines() if x.startswith(t.name)]
         assert "wg 192.0.2.1:51820 (userspace, handshake " in line, line
         for out in (r.stdout, r2.stdout):
@@ -351,7 +351,7 @@ def test_down_after_the_daemon_was_killed_removes_its_socket(lab, tunnel):
     assert os.path.exists(f"/run/wireguard/{tunnel.ifname}.sock")
     [row] = [x for x in json.loads(lab.nsrun("ls", "--json").stdout) if x["name"] == tunnel.name]
     assert row["wireguard"]["state"] == "down"
-    assert "wg (userspace, down)" in lab.nsrun("ls").stdout
+    assert "wg (userspace, down)" in lab.nsrun("ls", "--wide").stdout
     r = lab.nsrun("exec", tunnel.name, "--", *CLIENT)
     assert r.returncode != 0  # no way out at all
     assert lab.nsrun("down", tunnel.name).returncode == 0

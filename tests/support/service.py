@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ class Service:
     """`nsrun daemon` in the lab host, in the foreground."""
 
     def __init__(self, lab: LabRunner, log: Path, *args: str, env: dict[str, str] | None = None,
-                 draws: list[str] | None = None) -> None:
-        """DRAWS: the service's ephemeral names are drawn from these first (support.draws)."""
+                 draws: list[str] | None = None, program: str | None = None) -> None:
+        """DRAWS: the service's ephemeral names are drawn from these first (support.draws).
+        PROGRAM: a script run in place of `python -m nsrun` (e.g. support/failing_teardowns.py)."""
         self.lab, self.log_path, self.args, self.extra_env = lab, log, args, env or {}
-        self.draws = draws
+        self.draws, self.program = draws, program
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock = lab.statedir / wire.SOCKET_NAME
 
@@ -34,6 +36,8 @@ class Service:
             argv, env = self.lab.nsrun_argv("daemon", *self.args), self.lab.env
             if self.draws is not None:
                 argv, env = drawing_argv(self.lab, self.draws, "daemon", *self.args)
+            elif self.program is not None:
+                argv = self.lab.host_argv([sys.executable, self.program, "daemon", *self.args])
             self.proc = subprocess.Popen(argv, env={**env, **self.extra_env}, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, cwd=REPO)
         if wait:

@@ -124,8 +124,9 @@ def test_help_before_double_dash_is_nsruns_after_it_cmds() -> None:
     (["exec", "blue", "-u", "nobody", "--", "id"], "exec", {"name": "blue", "user": "nobody"}, ["id"]),
     (["exec", "--user=nobody", "blue", "id"], "exec", {"name": "blue", "user": "nobody"}, ["id"]),
     (["shell", "blue", "--keep", "-p", "nat"], "shell", {"name": "blue", "profile": "nat", "user": None, "keep": True}, None),
-    (["ls"], "ls", {"json": False}, None),
-    (["ls", "--json"], "ls", {"json": True}, None),
+    (["ls"], "ls", {"json": False, "wide": False}, None),
+    (["ls", "--json"], "ls", {"json": True, "wide": False}, None),
+    (["ls", "--wide"], "ls", {"json": False, "wide": True}, None),
     (["gc", "--dry-run"], "gc", {"dry_run": True}, None),
     (["profiles"], "profiles", {}, None),
     (["profiles", "show", "gw1"], "profiles show", {"spec": "gw1"}, None),
@@ -227,7 +228,7 @@ def _served_reading(msg: dict[str, object]) -> dict[str, object]:
         return {"name": wire.field_str(msg, "name"), "grace": wire.field_num(msg, "grace", 5.0),
                 "refuse_busy": wire.field_bool(msg, "refuse_busy")}
     if kind == "ls":
-        return {"json": wire.field_bool(msg, "json")}
+        return {"json": wire.field_bool(msg, "json"), "wide": wire.field_bool(msg, "wide")}
     return {"dry_run": wire.field_bool(msg, "dry_run")}
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO
@@ -177,16 +178,60 @@ def test_namespaces_own_and_granted(c: Caller, ns: str, other: int) -> None:
     assert pol.may_create(stranger, "labx") is not None
 
 
-def test_create_defaults_to_any_name_but_reserved_and_invalid_ones() -> None:
-    pol = policy.parse(render([{"users": ["alice"], "profiles": ["nat"]}]), SRC)
+def test_create_defaults_to_names_of_the_users_own() -> None:
+    """Issue 24, item 1: a rule without `create` lets its users create `{user}-*` only, so
+    that no user can take a name root's units use (`vpn`, `gw1`) before root makes it."""
+    pol = policy.parse(render([{"users": ["alice", 1500], "profiles": ["nat"]}]), SRC)
     alice = Caller(1001, 1001, (1001,), "alice", ("alice",))
-    assert pol.may_create(alice, "work") is None
+    assert pol.rules[0].create == ("{user}-*",)
+    assert pol.may_create(alice, "alice-work") is None
+    for squat in ("work", "vpn", "gw1", "alice", "alicework", "bob-work", "xalice-work"):
+        assert pol.may_create(alice, squat) is not None, squat
+    assert pol.may_create(Caller(1500, 1500), "1500-x") is not None  # no name: no {user}
+    anyname = policy.parse(render([{"users": ["alice"], "create": ["*"]}]), SRC)
+    assert anyname.may_create(alice, "work") is None  # an explicit policy keeps working
     for bad in ("nsrun-0123abcd", "../etc", "a/b", ".hidden", "-x", "", "x" * 65):
         assert pol.may_create(alice, bad) is not None, bad
         assert pol.may_enter(alice, bad, alice.uid) is not None, bad
+        assert anyname.may_create(alice, bad) is not None, bad
     none = policy.parse(render([{"users": ["alice"], "create": []}]), SRC)
     assert none.may_create(alice, "work") is not None
     assert none.may_enter(alice, "work", alice.uid) is None
+
+
+meta_name = st.text(alphabet="abx3*?[]!^-._", min_size=1, max_size=8)
+ns_like = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,12}", fullmatch=True)
+
+
+@PROPS
+@given(meta_name, ns_like, st.sampled_from(["{user}-*", "{user}", "x{user}?", "{user}*{uid}"]))
+@example("x3b*", "x3bob-vpn", "{user}-*")
+@example("?", "0", "{user}")
+@example("[a-z]", "b", "{user}")
+def test_user_and_uid_are_matched_literally(name: str, ns: str, pattern: str) -> None:
+    """Issue 24, item 15: `{user}` and `{uid}` stand for the caller's name and uid as they
+    are: a `*`, `?` or `[...]` in a user name is no pattern (a user `x3b*` does not get
+    `x3bob-*`). The model: the pattern's own `*` and `?` are its only wildcards."""
+    pol = policy.parse(render([{"users": [1000], "create": [pattern], "enter": [pattern],
+                                "remove": [pattern]}]), SRC)
+    c = Caller(1000, 1000, (), name, ())
+    model = ""
+    for part in re.split(r"(\{user\}|\{uid\})", pattern):
+        if part in ("{user}", "{uid}"):
+            model += re.escape(name if part == "{user}" else "1000")
+        else:
+            model += "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in part)
+    want = re.fullmatch(model, ns, re.DOTALL) is not None
+    assert (pol.may_create(c, ns) is None) == want, (name, ns, pattern)
+    assert (pol.may_enter(c, ns, 2000) is None) == want
+    assert (pol.may_remove(c, ns, 2000) is None) == want
+
+
+def test_a_user_named_like_a_pattern_gets_no_one_elses_names() -> None:
+    pol = policy.parse(render([{"users": [1000, 1001], "create": ["{user}-*"]}]), SRC)
+    for name in ("x3b*", "x3b?b", "x3[a-z]ob", "x3?o*"):
+        assert pol.may_create(Caller(1000, 1000, (), name, ()), "x3bob-vpn") is not None, name
+    assert pol.may_create(Caller(1001, 1001, (), "x3bob", ()), "x3bob-vpn") is None
 
 
 def test_refusals_say_who_what_and_where() -> None:
@@ -248,6 +293,8 @@ def test_documented_example_parses() -> None:
     assert pol.may_run(alice, "gw1") is None and pol.may_run(alice, "nat") is None
     assert pol.may_run(dev, "nat") is None and pol.may_run(dev, "gw1") is not None
     assert pol.may_create(dev, "dave-test") is None and pol.may_create(dev, "test") is not None
+    assert pol.may_create(dev, "lab-1") is None
+    assert pol.may_create(alice, "alice-vpn") is None and pol.may_create(alice, "vpn") is not None
     assert pol.may_enter(dev, "shared-lab", 0) is None and pol.may_remove(dev, "shared-lab", 0) is not None
     assert pol.limit(alice) == 8 and pol.limit(dev) == 2
 
