@@ -7,8 +7,9 @@ and `ready`; `nsrun.engine.resources.steps(mode)` lists those a profile of MODE 
 through. While a namespace
 is taken down (by `down`, the end of a run, or gc): `undo-processes` (what ran inside is
 stopped) and `undo-STEP` after each resource's removal (`resources.undo_steps(mode)`). Inside steps:
-`bridge-link` (the bridge link is made, nothing else of it yet) and `forwarding-restored`
-(ip_forward is put back, its saved value not yet removed). Any process: `state-write` (a
+`bridge-link` (the bridge link is made, nothing else of it yet), `forwarding-restored`
+(ip_forward is put back, its saved value not yet removed) and, in gc, `dns-orphan` (an
+orphan resolv.conf and its directory are removed, the name's lock file not yet). Any process: `state-write` (a
 state file is written to its temporary, not yet renamed into place: the first write of a
 run's setup is its record).
 

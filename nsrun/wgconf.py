@@ -15,6 +15,7 @@ import binascii
 import errno
 import ipaddress
 import os
+import re
 import socket
 import stat
 from collections.abc import Callable
@@ -143,15 +144,17 @@ def _split_endpoint(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+# A key's 43 base64 characters, or nearly all of them (a key cut short by a few), or a key
+# in hex: a run of 40 or more, whatever is glued to it (`KEY:0`, `[KEY]`, `KEY,10.0.0.1`).
+# Splitting on spaces and commas missed those and echoed a private key pasted into Endpoint.
+_KEY_LIKE = re.compile(r"[A-Za-z0-9+/]{40,}")
+
+
 def _shown(text: str) -> str:
-    """TEXT for an error message; a value that looks like a key (pasted into the wrong
-    field) is never echoed."""
-    for word in text.replace(",", " ").split():
-        try:
-            Key.from_base64(word)
-            return "(a value that looks like a key)"
-        except ValueError:
-            pass
+    """TEXT for an error message; a value holding anything that looks like a key (pasted
+    into the wrong field, or as a line of its own) is never echoed."""
+    if _KEY_LIKE.search(text):
+        return "(a value that looks like a key)"
     return text if text.isprintable() and len(text) <= 80 else repr(text[:80])
 
 
@@ -236,7 +239,7 @@ def parse(text: str, source: str, resolver: Resolver = resolve) -> WgConfig:
     for key, entries in iface.items():
         if key not in known_iface:
             why = "is not supported by nsrun" if key in _HOOKS else "is not a known [Interface] key"
-            raise ProfileError(source, f"line {entries[0][0]}: {key}", why)
+            raise ProfileError(source, f"line {entries[0][0]}: {_shown(key)}", why)
     at_iface = "[Interface]"
     private = key_of(iface, "privatekey", "PrivateKey", True, at_iface)
     assert private is not None
@@ -278,7 +281,7 @@ def parse(text: str, source: str, resolver: Resolver = resolve) -> WgConfig:
         at = f"[Peer] at line {header}"
         for key, entries in table.items():
             if key not in known_peer:
-                raise ProfileError(source, f"line {entries[0][0]}: {key}", "is not a known [Peer] key")
+                raise ProfileError(source, f"line {entries[0][0]}: {_shown(key)}", "is not a known [Peer] key")
         public = key_of(table, "publickey", "PublicKey", True, at)
         assert public is not None
         if public in seen:
@@ -306,7 +309,7 @@ def parse(text: str, source: str, resolver: Resolver = resolve) -> WgConfig:
                 endpoint = resolver(host, port)
             except (OSError, UnicodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                raise ProfileError(source, got[1], f"{_shown(host)} does not resolve ({reason})") from None
+                raise ProfileError(source, got[1], f"{_shown(host)} does not resolve ({_shown(reason)})") from None
             endpoint_text = got[0]
         out_peers.append(Peer(public_key=public, allowed_ips=tuple(allowed), endpoint=endpoint,
                               endpoint_text=endpoint_text, preshared_key=psk, keepalive=keepalive))

@@ -15,6 +15,10 @@ and every address lives in the lab's namespaces. The `lab` fixture snapshots the
 (links, addresses, routes, rules, firewall, sysctls, /run/netns, /etc/netns, state files)
 before and after each test and fails it on any difference: that snapshot is what asserts
 cleanup, and no refactor may drop it.
+
+A test that needs a tool or a kernel feature says so through tests/support/requirements.py
+(`requires(...)`, `@pytest.mark.requires(...)`): skipped without it, failed under CI (the CI
+variable set, as .ci/run sets it), where the summary also lists the skips (`-rs`).
 """
 
 from __future__ import annotations
@@ -49,9 +53,14 @@ lab_only = pytest.mark.skipif(not IS_ROOT, reason="integration tests need root")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Give the test session its own mount namespace with a private /run/netns (and
-    /etc/netns when the machine has one): the labs' namespaces and nsrun's are then mounted
-    only there, invisible to the machine and gone with the session even if it is killed."""
+    """Under CI, the skip summary (`-rs`). Give the test session its own mount namespace with
+    a private /run/netns (and /etc/netns when the machine has one): the labs' namespaces and
+    nsrun's are then mounted only there, invisible to the machine and gone with the session
+    even if it is killed."""
+    from support.requirements import under_ci
+
+    if under_ci():
+        _report_skips(config)
     if not IS_ROOT or os.environ.get("NSRUN_TEST_SHARED_MOUNTS"):
         return
     from nsrun.linux import kernel
@@ -86,6 +95,28 @@ def pytest_configure(config: pytest.Config) -> None:
     kernel.mount("nsrun-tests", "/etc/netns", "tmpfs", 0)
     for path in ("/run/netns", "/etc/netns"):
         SESSION_MOUNTS[path] = os.stat(path).st_dev
+
+
+def _report_skips(config: pytest.Config) -> None:
+    """`-rs` for a CI run: the summary lists every skipped test with its reason, so a reader
+    sees what did not run and why. Here rather than in .ci/run (PYTEST_ADDOPTS) so that any
+    CI that sets CI gets it, and the README's test command stays the one CI runs."""
+    chars = config.option.reportchars or ""
+    if "s" not in chars and "a" not in chars and "A" not in chars:
+        config.option.reportchars = chars + "s"
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # already made: it read the option when it was
+            reporter.reportchars += "s"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`@pytest.mark.requires(WHAT, ...)`: support.requirements.requires, before the test's
+    fixtures are made (skip where WHAT is missing; under CI, fail naming it)."""
+    from support.requirements import requires
+
+    needed = [what for mark in item.iter_markers("requires") for what in mark.args]
+    if needed:
+        requires(*needed)  # one message naming all that is missing
 
 
 # The session's private tmpfs mounts, by path: their device numbers. A directory that is a
@@ -207,16 +238,17 @@ def host_kind(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", "legacy"))
 
 
-KIND_TOOLS = {"docker": "dockerd", "ufw": "ufw", "iptables-nft": "iptables-nft", "firewalld": "firewalld"}
+# What each kind of lab host runs (the checks of every kind use iptables, nft, ip: install.sh's)
+KIND_TOOLS = {"docker": ("dockerd",), "ufw": ("ufw",), "iptables-nft": ("iptables-nft",),
+              "firewalld": ("firewalld", "firewall-cmd", "dbus-daemon")}
 
 
 @pytest.fixture(scope="session")
 def lab_session(host_kind: str) -> Iterator[Any]:
     from support.hostkinds import HostLab
+    from support.requirements import requires
 
-    tool = KIND_TOOLS.get(host_kind)
-    if tool and not shutil.which(tool):
-        pytest.skip(f"host kind {host_kind} needs {tool} (.ci/run installs it)")
+    requires(*KIND_TOOLS.get(host_kind, ()))  # under CI a missing one fails every test of the kind
 
     lab = HostLab(kind=host_kind).build()
     try:

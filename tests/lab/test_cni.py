@@ -25,9 +25,9 @@ from nsrun import lab as labmod
 from nsrun import names
 from nsrun.engine.resources import steps, undo_steps
 from support import cnilab
+from support.requirements import requires
 
-if cnilab.missing():
-    pytest.skip("; ".join(cnilab.missing()) + " (.ci/run installs them)", allow_module_level=True)
+requires(*cnilab.CLIENT_NEEDS, module=True)
 
 GW1_RANGE = (ipaddress.IPv4Address("192.168.1.100"), ipaddress.IPv4Address("192.168.1.149"))
 NAT_NET = ipaddress.IPv4Network("10.251.0.0/24")
@@ -379,9 +379,7 @@ def provider(lab_session: Any) -> Iterator[Any]:
     from support.mounts import private_dir
     from support.vpnlab import Provider
 
-    for tool in ("wireguard-go", "wg", "tcpdump"):
-        if not __import__("shutil").which(tool):
-            pytest.skip(f"{tool} is not installed (.ci/run installs it)")
+    requires("wireguard-go", "wg", "tcpdump")
     with private_dir("/run/wireguard", 0o700, "nsrun-tests-wg"):
         prov = Provider(lab_session).build()
         try:

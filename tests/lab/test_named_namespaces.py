@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import CLIENT
+from support.requirements import requires
 from nsrun import lab as labmod
 
 HOST_KINDS = ["legacy", "nftables", "docker"]
@@ -252,10 +253,8 @@ def test_exec_warns_that_an_abstract_notify_socket_is_out_of_reach(lab, blue):
 
 def test_shell_with_a_terminal(lab, blue):
     import shlex
-    import shutil
 
-    if not shutil.which("script"):
-        pytest.skip("script(1) is not installed")
+    requires("script")
     cmd = shlex.join(lab.nsrun_argv("shell", blue))
     r = subprocess.run(["script", "-qec", cmd, "/dev/null"], input='tty; echo "in=$NSRUN_NETNS"; exit 4\n',
                        env={**lab.env, "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60)
@@ -266,10 +265,8 @@ def test_shell_with_a_terminal(lab, blue):
 def test_shell_on_a_terminal_removes_what_it_created(lab):
     """As a user types it: a pty, an interactive bash; the namespace goes when bash exits."""
     import shlex
-    import shutil
 
-    if not shutil.which("script"):
-        pytest.skip("script(1) is not installed")
+    requires("script")
     name = f"ttyshell-{lab.lab.id}"
     before = lab.snapshot()
     cmd = shlex.join(lab.nsrun_argv("shell", name, "-p", "nat"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from nsrun.linux import netns
 
 VPNLAB = str(SUPPORT / "vpnlab.py")
 
-needs_openvpn = pytest.mark.skipif(not shutil.which("openvpn"), reason="needs openvpn (Debian package)")
+needs_openvpn = pytest.mark.requires("openvpn")
 
 ROUTER1 = """description = "OpenVPN client 1: a router for 10.8.0.0/24, NAT behind the host"
 mode = "nat"

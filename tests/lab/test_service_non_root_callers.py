@@ -39,6 +39,7 @@ version = 1
 users = ["nobody"]
 create = ["*"]  # names of any kind (the default is nobody-*: tests/lab/test_namespace_ownership.py)
 profiles = ["gw1", "nat"]
+enter = ["shared-*"]
 limit = 4
 """
 
@@ -175,18 +176,29 @@ def test_refusals_exit_2_with_a_log_line(lab, user_service, public_nsrun, who, a
 
 def test_user_named_namespace_own_by_default(lab, user_service, public_nsrun):
     """nobody makes a named namespace of its own, runs in it, and takes it down; daemon is
-    refused it; root's namespaces are not nobody's to enter."""
+    refused it; root's namespaces are not nobody's to enter nor to take down, and one the
+    policy lets nobody enter (`enter = ["shared-*"]`) is still not nobody's to take down:
+    `down` asks the policy's *remove* grants (issue 27, blind spot 1)."""
     r = user_run(lab, public_nsrun, "nobody", "up", "mine", "-p", "nat")
     assert r.returncode == 0, (r.stderr, user_service.log())
     try:
         r = user_run(lab, public_nsrun, "nobody", "exec", "mine", "--", "id", "-u")
         assert (r.returncode, r.stdout.strip()) == (0, str(pwd.getpwnam("nobody").pw_uid)), r.stderr
         assert lab.nsrun("up", "roots", "-p", "isolated").returncode == 0
+        assert lab.nsrun("up", "shared-roots", "-p", "isolated").returncode == 0
         try:
             r = user_run(lab, public_nsrun, "nobody", "exec", "roots", "--", "true")
             assert r.returncode == 2 and "roots" in r.stderr, r.stderr
+            r = user_run(lab, public_nsrun, "nobody", "exec", "shared-roots", "--", "true")
+            assert r.returncode == 0, (r.stderr, user_service.log())  # enter: granted by the pattern
+            for ns in ("shared-roots", "roots"):
+                r = user_run(lab, public_nsrun, "nobody", "down", ns)
+                assert (r.returncode, r.stderr.count("\n")) == (2, 1), (ns, r.stderr, user_service.log())
+                assert f"may not remove namespace {ns!r}" in r.stderr, r.stderr
+                assert os.path.exists(f"/run/netns/{ns}"), f"nobody took down root's {ns}"
         finally:
             assert lab.nsrun("down", "roots").returncode == 0
+            assert lab.nsrun("down", "shared-roots").returncode == 0
     finally:
         r = user_run(lab, public_nsrun, "nobody", "down", "mine")
         assert r.returncode == 0, (r.stderr, user_service.log())

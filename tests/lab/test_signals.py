@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO
 from support.terminals import SYSTEM_PYTHON, Term
+from support.requirements import requires
 
 COUNTER = r"""
 import signal, sys, time
@@ -305,12 +306,12 @@ def test_run_cgroup_is_removed(lab):
     """The run's cgroup (where cgroup v2 is writable) is gone after the run."""
     from nsrun.linux import cgroup
 
+    requires("writable cgroup v2")
     r = lab.nsrun("-p", "isolated", "--", "sh", "-c", "echo $NSRUN_NETNS; cat /proc/self/cgroup")
     assert r.returncode == 0, r.stderr
     netns_name = r.stdout.split()[0]
     mnt = cgroup.mountpoint()
-    if mnt is None:
-        pytest.skip("no cgroup v2 here")
+    assert mnt is not None
     lines = [line for line in r.stdout.splitlines() if line.startswith("0::")]
     assert lines and lines[0].endswith(f"/{cgroup.PREFIX}{netns_name}"), r.stdout
     assert not os.path.exists(os.path.join(mnt, lines[0][3:].lstrip("/")))
@@ -321,8 +322,7 @@ def test_cgroup_of_a_killed_supervisor_is_reclaimed(lab):
     quick reclaim kills CMD through the run's cgroup and removes the cgroup."""
     from nsrun.linux import cgroup
 
-    if cgroup.mountpoint() is None:
-        pytest.skip("no cgroup v2 here")
+    requires("writable cgroup v2")
     prog = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print(os.environ['NSRUN_NETNS'], open('/proc/self/cgroup').read().split('::')[-1].strip(), "
             "os.getpid(), flush=True); time.sleep(120)")
@@ -350,9 +350,9 @@ def test_cgroup_leftovers_are_listed_for_gc(lab):
     crashed and CMD ended) is what gc removes (cgroup.leftovers)."""
     from nsrun.linux import cgroup
 
+    requires("writable cgroup v2")
     path = cgroup.create("nsrun-deadbeef")
-    if path is None:
-        pytest.skip("cgroup v2 is not writable here")
+    assert path is not None
     try:
         assert path in cgroup.leftovers(set())
         assert path not in cgroup.leftovers({"nsrun-deadbeef"})

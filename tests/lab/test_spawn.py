@@ -13,21 +13,23 @@ import os
 import select
 import shutil
 import signal
-import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nsrun.process import spawn
 from nsrun.errors import UsageError
+from support.requirements import requires
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # executable by nobody
-if not os.access(SYSTEM_PYTHON, os.X_OK):
-    pytest.skip(f"{SYSTEM_PYTHON} is missing (CMD runs as nobody)", allow_module_level=True)
+requires(SYSTEM_PYTHON, module=True)
 
 NOBODY, NOGROUP = 65534, 65534
 EXTRA = (NOGROUP, 4242, 4343)  # supplementary groups need no /etc/group entry
@@ -356,29 +358,65 @@ def test_the_child_imports_nothing_and_threads_may_start_at_once(ns: str) -> Non
     assert sorted(results) == sorted([(0, None), (3, None), (127, None), (126, None)])
 
 
-def test_like_nsrun_exec_in_a_wired_namespace(lab: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Private mounts exactly as `nsrun exec`: the namespace's /sys, its /etc/netns files
-    (resolv.conf) bound over /etc, and the host's resolver sockets hidden the same way."""
+# What CMD sees of the host's resolver, from inside: resolv.conf, /sys, whether nscd's and
+# resolved's sockets answer a connect, and resolved's stub file.
+RESOLVER_VIEW = ("cat /etc/resolv.conf; echo '#'; ls /sys/class/net; echo '#'; "
+                 f"{SYSTEM_PYTHON} -c \"import socket\n"
+                 "for p in ('/run/nscd/socket', '/var/run/nscd/socket', '/run/systemd/resolve/io.systemd.Resolve'):\n"
+                 "    print(p, socket.socket(socket.AF_UNIX).connect_ex(p) == 0)\"; echo '#'; "
+                 "cat /run/systemd/resolve/stub-resolv.conf")
+# spawn.start as the service calls it, from a process of its own (run inside dnslab's /run)
+SPAWN = f"""
+import sys
+from nsrun.process import spawn
+started = spawn.start(sys.argv[1], ["sh", "-c", sys.argv[2]], {ENV!r}, "/", {NOBODY}, {NOGROUP}, {EXTRA!r})
+raise SystemExit(spawn.wait_status(started).code)
+"""
+
+
+def test_like_nsrun_exec_in_a_wired_namespace(lab: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Private mounts as `nsrun exec` makes them: the namespace's /sys, its /etc/netns files
+    (resolv.conf) bound over /etc, and the host's resolver hidden. The host's resolver is
+    real here: each run is inside the DNS lab's private /run (tests/support/dnslab.py), with
+    listeners at nscd's and resolved's sockets and resolved's stub files. Neither listener
+    may see a connection from CMD (nobody; root's user lookups on the host's side may ask
+    nscd), and the stub file shows the namespace's resolv.conf. (Issue 27: with no nscd or
+    resolved on the machine, this test compared two empty outputs and could not fail.)"""
+    from conftest import SUPPORT
+
     name = f"spn-{lab.lab.id}"
     r = lab.nsrun("up", name, "-p", "nat")
     assert r.returncode == 0, r.stderr
     monkeypatch.setenv("NSRUN_STATE_DIR", str(lab.statedir))
-    script = ("cat /etc/resolv.conf; ls /sys/class/net; "
-              "for p in /var/run/nscd/socket /run/systemd/resolve/io.systemd.Resolve; do "
-              "[ -e $p ] && stat -c '%n %F' $p; done; true")
+
+    def in_dnslab(log: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        log.touch()
+        return subprocess.run([sys.executable, str(SUPPORT / "dnslab.py"), "sockets", str(log), "--", *argv],
+                              env=lab.env, capture_output=True, text=True, timeout=60)
+
     try:
-        run = Run(name, ["sh", "-c", script])
-        assert run.status == (0, None), run.err
-        ref = lab.nsrun("exec", name, "-u", "nobody", "--", "sh", "-c", script)
+        spawned = in_dnslab(tmp_path / "spawn.log", [sys.executable, "-c", SPAWN, name, RESOLVER_VIEW])
+        assert spawned.returncode == 0, spawned.stderr
+        ref = in_dnslab(tmp_path / "exec.log",
+                        lab.nsrun_argv("exec", name, "-u", "nobody", "--", "sh", "-c", RESOLVER_VIEW))
         assert ref.returncode == 0, ref.stderr
-        assert run.out == ref.stdout and run.err == ref.stderr
-        assert "eth0" in run.out.split() and "nameserver" in run.out
-        netns_resolv = f"/etc/netns/{name}/resolv.conf"
-        assert os.path.exists(netns_resolv) and stat.S_ISREG(os.stat(netns_resolv).st_mode)
-        with open(netns_resolv) as fh:
-            assert run.out.startswith(fh.read())
+        resolv, links, connects, stub = spawned.stdout.split("#\n")
+        assert connects.split()[1::2] == ["False", "False", "False"], connects
+        assert "eth0" in links.split() and "nameserver" in resolv
+        with open(f"/etc/netns/{name}/resolv.conf") as fh:
+            assert resolv == fh.read()
+        assert stub == resolv  # resolved's stub file shows the namespace's own
+        assert (spawned.stdout, spawned.stderr) == (ref.stdout, ref.stderr)  # and `nsrun exec` sees the same
+        for log in ("spawn.log", "exec.log"):  # root's user lookups on the host's side may ask nscd
+            assert f" {NOBODY}\n" not in (tmp_path / log).read_text(), (log, (tmp_path / log).read_text())
     finally:
         assert lab.nsrun("down", name).returncode == 0
+    # The control: the listeners answer nobody where nothing hides them (the host's side).
+    control = in_dnslab(tmp_path / "host.log", ["setpriv", f"--reuid={NOBODY}", f"--regid={NOGROUP}", "--clear-groups",
+                                                "sh", "-c", RESOLVER_VIEW])
+    assert control.stdout.split("#\n")[2].split()[1::2] == ["True", "True", "True"], control.stdout
+    seen = [line for line in (tmp_path / "host.log").read_text().splitlines() if line.endswith(f" {NOBODY}")]
+    assert seen == [f"nscd {NOBODY}", f"nscd {NOBODY}", f"resolved {NOBODY}"], seen
 
 
 def test_umask_and_cgroup(ns: str) -> None:
@@ -386,9 +424,9 @@ def test_umask_and_cgroup(ns: str) -> None:
     from nsrun.linux import cgroup
 
     assert Run(ns, ["sh", "-c", "umask"], umask=0o027).out == "0027\n"
+    requires("writable cgroup v2")
     group = cgroup.create(f"spawn-test-{os.getpid()}")
-    if group is None:
-        pytest.skip("no writable cgroup v2 here")
+    assert group is not None
     try:
         run = Run(ns, ["cat", "/proc/self/cgroup"], cgroup=group)
         mnt = cgroup.mountpoint()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.requirements import requires
 
 from nsrun.linux import cgroup
 from nsrun.process import scope, spawn
@@ -76,9 +77,9 @@ def ns(lab: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture
 def base() -> Iterator[str]:
     """A cgroup under this process's own, where the stand-in puts its scopes."""
+    requires("writable cgroup v2")
     group = cgroup.create(f"scope-test-{os.getpid()}")
-    if group is None:
-        pytest.skip("no writable cgroup v2 here")
+    assert group is not None
     try:
         yield group
     finally:
@@ -91,9 +92,8 @@ def base() -> Iterator[str]:
 
 def manager(tmp: Path, base: str, refuse: bool) -> tuple[str, list[subprocess.Popen[str]]]:
     """A private system-like bus and the stand-in manager on it: the bus's address."""
-    conf = Path("/usr/share/dbus-1/system.d/org.freedesktop.systemd1.conf")
-    if not shutil.which("dbus-daemon") or not conf.exists():
-        pytest.skip("needs dbus-daemon and systemd's D-Bus policy")
+    requires("dbus-daemon", "systemd's D-Bus policy")
+    conf = "/usr/share/dbus-1/system.d/org.freedesktop.systemd1.conf"
     sock = tmp / "bus"
     (tmp / "bus.conf").write_text(f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">

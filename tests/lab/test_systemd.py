@@ -28,8 +28,7 @@ SYSTEMD_DIR = REPO / "systemd"
 TEMPLATE = SYSTEMD_DIR / "nsrun@.service"
 SHIPPED_NSRUN = "/usr/local/bin/nsrun"
 SYSTEM_PYTHON = "/usr/bin/python3"  # CMD run as nobody must be able to execute it
-needs_system_python = pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK),
-                                         reason=f"{SYSTEM_PYTHON} is missing (CMD runs as nobody)")
+needs_system_python = pytest.mark.requires(SYSTEM_PYTHON)
 
 
 # -- lab: the template's commands -------------------------------------------------------------

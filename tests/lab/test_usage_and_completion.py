@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from conftest import REPO
+from support.requirements import requires
 from nsrun.cli import main
 
 COMPLETIONS = REPO / "completions"
@@ -81,10 +80,7 @@ def test_bash_completion_lists_profiles_namespaces_and_commands(lab, tmp_path):
 
 
 def test_fish_completion_lists_profiles_and_namespaces(lab, tmp_path):
-    if not shutil.which("fish"):
-        if os.environ.get("CI"):
-            pytest.fail("fish is missing (.ci/run installs it)")
-        pytest.skip("fish is not installed")
+    requires("fish")
     env = _wrapper(tmp_path, lab)
 
     def complete(line: str) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,8 +24,7 @@ from nsrun.linux import netns
 from support.mounts import private_dir
 from nsrun.engine.resources import steps
 
-pytestmark = pytest.mark.skipif(not shutil.which("wireguard-go") or not shutil.which("wg"),
-                                reason="needs wireguard-go and wireguard-tools (Debian packages)")
+pytestmark = pytest.mark.requires("wireguard-go", "wg")
 
 VPNLAB = str(SUPPORT / "vpnlab.py")
 CLIENT_ADDR, CLIENT_ADDR6 = "10.77.0.2", "fd77::2"
@@ -153,7 +151,7 @@ def _leaks(frames: list[str]) -> list[str]:
             and not igmp.search(f)]
 
 
-needs_tcpdump = pytest.mark.skipif(not shutil.which("tcpdump"), reason="needs tcpdump (Debian package)")
+needs_tcpdump = pytest.mark.requires("tcpdump")
 
 
 # -- acceptance 1 and 4: a run through the tunnel, and nothing left after it ------------------

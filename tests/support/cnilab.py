@@ -25,22 +25,9 @@ SUPPORT = Path(__file__).resolve().parent
 REPO = SUPPORT.parent.parent
 REFERENCE = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 GOCODE = Path("/usr/share/gocode")  # Debian's golang-github-appc-cni-dev
-LIBCNI = GOCODE / "src" / "github.com" / "containernetworking" / "cni" / "libcni"
-# What the CNI tests need, with the Debian package of each (.ci/run installs them).
-TOOLS = {"go": "golang-go", str(REFERENCE / "bridge"): "containernetworking-plugins",
-         str(LIBCNI / "api.go"): "golang-github-appc-cni-dev"}
-
-
-def missing() -> list[str]:
-    """What of TOOLS is not here, each with its package."""
-    out = []
-    for tool, package in TOOLS.items():
-        here = os.path.exists(tool) if tool.startswith("/") else shutil.which(tool)
-        if not here:
-            out.append(f"{tool} is not installed (Debian package {package})")
-    return out
-
-
+# What the tests need (tests/support/requirements.py knows each, and .ci/run installs them).
+CLIENT_NEEDS = ("go", "libcni's source", "/usr/lib/cni/bridge")
+PODMAN_NEEDS = ("podman", "runc", "conmon", "a static busybox", "/usr/lib/cni/bridge")
 def build_client(dest: Path) -> Path:
     """The libcni client, built from cniclient.go into DEST (Go's build cache in DEST too)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -148,32 +135,6 @@ class Cni:
 
 
 # -- podman 4.3, its CNI backend, no registry -------------------------------------------------
-
-PODMAN_TOOLS = {"podman": "podman", "runc": "runc", "conmon": "conmon", "/bin/busybox": "busybox-static"}
-
-
-def podman_missing() -> list[str]:
-    out = []
-    for tool, package in PODMAN_TOOLS.items():
-        here = os.access(tool, os.X_OK) if tool.startswith("/") else shutil.which(tool)
-        if not here:
-            out.append(f"{tool} is not installed (Debian package {package})")
-    if not out and _dynamic("/bin/busybox"):  # a root file system of it alone
-        out.append("/bin/busybox is linked dynamically (Debian package busybox-static has it static)")
-    return out
-
-
-def _dynamic(path: str) -> bool:
-    """Whether the ELF64 file PATH asks for a program interpreter (PT_INTERP): not static."""
-    import struct
-
-    data = Path(path).read_bytes()
-    if data[:5] != b"\x7fELF\x02":
-        return True
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    return any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3 for i in range(phnum))
-
 
 class Podman:
     """podman run inside the lab host, every piece of its state under TMP: storage (vfs),

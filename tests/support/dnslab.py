@@ -8,8 +8,8 @@
     python3 dnslab.py sockets LOG -- CMD...
         in a mount namespace of its own (nothing reaches the host), gives /run a private
         copy in which nscd's socket and systemd-resolved's varlink socket and stub files
-        exist, listens at both sockets (logging "nscd" / "resolved" per connection to LOG),
-        and runs CMD there. Its exit status is CMD's.
+        exist, listens at both sockets (logging "nscd UID" / "resolved UID" per connection to
+        LOG, UID the connecting process's), and runs CMD there. Its exit status is CMD's.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def _listen(path: str, what: str, log: str) -> None:
         with open(log, "a", buffering=1) as out:
             while True:
                 conn, _ = srv.accept()
-                out.write(f"{what}\n")
+                # who connected: the host's side looking a user up, or a program inside
+                cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                out.write(f"{what} {struct.unpack('3i', cred)[1]}\n")
                 conn.close()
 
     threading.Thread(target=loop, daemon=True).start()

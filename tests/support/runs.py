@@ -123,14 +123,24 @@ def other_user() -> pwd.struct_passwd:
     return pwd.getpwnam("nobody")
 
 
+ROOTS_GROUPS = "0,4242"  # supplementary groups of the root shell nsrun is run from (sudo keeps them)
+
+
 def runs_as_sudo_caller_without_capabilities(lab):
+    """CMD is the sudo caller: uid, gid and supplementary groups the caller's (none of
+    root's: nsrun is started with groups of its own, as a root shell may have), and no
+    capability in any set (issue 27, blind spot 3: CapEff alone missed kept groups)."""
     who = other_user()
-    r = lab.nsrun("--", "sh", "-c", "id -u; id -g; grep CapEff /proc/self/status",
-                  env={"SUDO_UID": str(who.pw_uid), "SUDO_GID": str(who.pw_gid), "SUDO_USER": who.pw_name})
+    script = "id -u; id -g; id -G; grep -E '^Cap(Prm|Eff|Amb|Inh)' /proc/self/status"
+    argv = lab.host_argv(["setpriv", f"--groups={ROOTS_GROUPS}", *lab.nsrun_argv("--", "sh", "-c", script)[2:]])
+    r = subprocess.run(argv, env={**lab.env, "SUDO_UID": str(who.pw_uid), "SUDO_GID": str(who.pw_gid),
+                                  "SUDO_USER": who.pw_name}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    uid, gid, cap = r.stdout.split("\n")[:3]
+    uid, gid, groups, *caps = r.stdout.splitlines()
     assert int(uid) == who.pw_uid and int(gid) == who.pw_gid
-    assert int(cap.split()[1], 16) == 0
+    assert sorted(map(int, groups.split())) == sorted(os.getgrouplist(who.pw_name, who.pw_gid)), groups
+    assert {line.split(":")[0]: int(line.split()[1], 16) for line in caps} == \
+        {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapAmb": 0}, caps
 
 
 def user_option_and_root(lab):

@@ -16,13 +16,12 @@ import signal
 import sys
 import time
 
-import pytest
 
 from conftest import REPO
+from support.requirements import requires
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # a CMD run as nobody must be able to execute it
-if not os.access(SYSTEM_PYTHON, os.X_OK):
-    pytest.skip(f"{SYSTEM_PYTHON} is missing (CMD runs as nobody)", allow_module_level=True)
+requires(SYSTEM_PYTHON, module=True)
 
 # The "shell" on the pty: runs nsrun (argv) as a foreground job in its own process group
 # (the terminal's signals reach nsrun's group, not the shell), says nsrun's pid, and after

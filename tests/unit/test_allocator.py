@@ -5,6 +5,7 @@ No network: FileStore works in a temporary NSRUN_STATE_DIR.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import multiprocessing
 import os
@@ -387,4 +388,17 @@ def test_concurrent_allocations_exhaust_the_pool_exactly(statedir: Path) -> None
 def test_state_module_is_what_filestore_uses(statedir: Path) -> None:
     assert FileStore("br0").base == state.net_dir("br0") == statedir / "net" / "br0"
     assert isinstance(FileStore("br0").lock(), state.Lock)
-    assert allocator.Store  # the protocol the two stores implement
+
+
+def test_both_stores_implement_the_store_protocol() -> None:
+    """FileStore and the tests' MemoryStore have every method of allocator.Store, with its
+    parameters and return type (a store that drifted would make the stateful tests of the
+    memory store prove nothing of the file store). (`assert allocator.Store` could not fail.)"""
+    protocol = {name: inspect.signature(f) for name, f in vars(allocator.Store).items()
+                if inspect.isfunction(f) and not name.startswith("_")}
+    assert set(protocol) == {"taken", "reserve", "release", "last_reserved", "set_last_reserved"}
+    for store in (FileStore, MemoryStore):
+        for name, want in protocol.items():
+            got = getattr(store, name, None)
+            assert callable(got), f"{store.__name__} has no {name}"
+            assert str(inspect.signature(got)) == str(want), (store.__name__, name)

@@ -9,6 +9,7 @@ import pytest
 from nsrun.cli import main
 from nsrun.engine.firewall import detect, firewalld, foreign, nftables
 from nsrun.errors import NsrunError
+from support.requirements import requires
 
 
 @pytest.mark.parametrize("error", [nftables.NftError, foreign.Refused, detect.NoBackend, firewalld.Unreachable,
@@ -18,8 +19,7 @@ def test_the_firewall_errors_are_nsrun_errors(error: type[Exception]) -> None:
 
 
 def test_a_libnftables_refusal_is_one_line_naming_nftables_exit_1(monkeypatch, capsys) -> None:
-    if not nftables.available():
-        pytest.skip("libnftables is not installed")
+    requires("libnftables")
     with pytest.raises(nftables.NftError) as info:
         nftables.run("add tabel ip nsrun-test-typo")  # a syntax error: refused before any change
     refusal = info.value

@@ -3,7 +3,6 @@ every command and option the parser knows, and install.sh installs it (`man nsru
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ def test_the_page_names_every_command_and_option_of_the_grammar() -> None:
     assert not missing, f"docs/nsrun.1.md does not mention: {missing}"
 
 
-@pytest.mark.skipif(not shutil.which("groff"), reason="needs groff (groff-base) to render the page")
+@pytest.mark.requires("groff")
 def test_the_page_renders_without_warnings() -> None:
     r = subprocess.run(["groff", "-man", "-ww", "-z", str(PAGE)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -4,13 +4,13 @@ the host's mount namespace, and verify). The service itself: tests/lab/test_serv
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 
 import pytest
 
 from conftest import REPO
+from support.requirements import requires
 
 
 def test_units_verify_and_keep_the_host_mount_namespace(tmp_path):
@@ -23,8 +23,7 @@ def test_units_verify_and_keep_the_host_mount_namespace(tmp_path):
                            "TemporaryFileSystem", "BindPaths", "ProtectKernelModules", "ProtectKernelLogs",
                            "ProtectProc", "InaccessiblePaths"}
     assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN" in service_text
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed")
+    requires("systemd-analyze")
     for unit in ("nsrun.socket", "nsrun.service"):
         (tmp_path / unit).write_text((units / unit).read_text())
     r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "nsrun.socket"), str(tmp_path / "nsrun.service")],

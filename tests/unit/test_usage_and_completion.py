@@ -9,14 +9,13 @@ scripts' dynamic parts, run inside the lab host.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from conftest import PROFILES, REPO, write_profile
+from support.requirements import requires
 from nsrun.cli import main
 from nsrun.commands import listing, unit
 from nsrun.linux import netns
@@ -180,10 +179,7 @@ def test_completion_scripts_know_every_subcommand():
 
 @pytest.mark.parametrize("shell,script", [("bash", "nsrun.bash"), ("zsh", "_nsrun"), ("fish", "nsrun.fish")])
 def test_completion_script_is_valid(shell, script):
-    if not shutil.which(shell):
-        if os.environ.get("CI"):
-            pytest.fail(f"{shell} is missing (.ci/run installs it)")
-        pytest.skip(f"{shell} is not installed")
+    requires(shell)
     r = subprocess.run([shell, "-n", str(COMPLETIONS / script)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and not r.stderr, r.stderr
 

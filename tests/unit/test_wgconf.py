@@ -8,6 +8,7 @@ import json
 import ipaddress
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,59 @@ def test_keys_never_in_errors() -> None:
 def test_a_key_in_the_wrong_field_is_not_echoed() -> None:
     msg = str(error_of(GOOD.replace("Address = 10.3.0.2", f"Address = {PRIV}")))
     assert "line 5: Address:" in msg and PRIV not in msg
+
+
+# Issue 27: a key in any field, or as a line of its own, glued to anything, is never echoed
+# (Endpoint = KEY:0 printed a private key: the redaction split words on spaces and commas).
+# SECRET has no repeats, so any 8 characters of it in a message are a piece of it.
+SECRET = base64.b64encode(bytes(range(7, 39))).decode()
+GLUED = [f"{SECRET}:0", f"{SECRET}:51820x", f"[{SECRET}]", f"{SECRET},10.0.0.1", SECRET,
+         f"[{SECRET}]:51820", f"{SECRET}:51820", f"x{SECRET}", f"{SECRET[:-1]}", f"{SECRET}={SECRET}"]
+FIELDS = {  # field: the line of GOOD it replaces
+    "PrivateKey": f"PrivateKey = {PRIV}", "Address": "Address = 10.3.0.2",
+    "DNS": "DNS = 10.2.0.1, fd00:2::1, vpn.example", "MTU": "MTU = 1400", "ListenPort": "MTU = 1400",
+    "PublicKey": f"PublicKey = {PUB}", "PresharedKey": f"PresharedKey = {PSK}",
+    "Endpoint": "Endpoint = vpn.example.net:51820", "AllowedIPs": "AllowedIPs = 0.0.0.0/0, ::/0",
+    "PersistentKeepalive": "PersistentKeepalive = 25",
+}
+BARE = {"before any section": "# a provider's file", "[Interface]": "Address = 10.3.0.2",
+        "[Peer]": "PersistentKeepalive = 25"}
+
+
+def assert_no_piece_of(secret: str, msg: str) -> None:
+    low = msg.lower()  # key names are lowercased before they are shown
+    pieces = [secret[i:i + 8] for i in range(len(secret) - 7)]
+    assert not any(p.lower() in low for p in pieces), msg
+    assert not re.search(r"[A-Za-z0-9+/]{40}", msg), msg
+
+
+@pytest.mark.parametrize("form", GLUED)
+@pytest.mark.parametrize("field", FIELDS)
+def test_a_key_glued_to_anything_in_any_field_is_never_echoed(field: str, form: str) -> None:
+    try:
+        parse(GOOD.replace(FIELDS[field], f"{field} = {form}", 1))
+    except ProfileError as exc:
+        assert str(exc).startswith(SRC + ": ") and field.lower() in str(exc).lower(), str(exc)
+        assert_no_piece_of(SECRET, str(exc))
+    else:
+        assert form == SECRET and field.endswith("Key"), (field, form)  # a key where one belongs
+
+
+@pytest.mark.parametrize("form", GLUED)
+@pytest.mark.parametrize("where", BARE)
+def test_a_key_as_a_line_of_its_own_is_never_echoed(where: str, form: str) -> None:
+    line = BARE[where]
+    msg = str(error_of(GOOD.replace(line, f"{form}\n{line}" if where == "before any section" else f"{line}\n{form}", 1)))
+    assert_no_piece_of(SECRET, msg)
+
+
+@PROPS
+@given(st.sampled_from(sorted(FIELDS)), st.text(":[],;@=x0-. /", max_size=4), st.text(":[],;@=x0-. /", max_size=4))
+def test_a_key_between_any_glue_is_never_echoed(field: str, before: str, after: str) -> None:
+    try:
+        parse(GOOD.replace(FIELDS[field], f"{field} = {before}{SECRET}{after}", 1))
+    except ProfileError as exc:
+        assert_no_piece_of(SECRET, str(exc))
 
 
 @pytest.mark.parametrize("text, where", [

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
-from nsrun import state
+from nsrun import fault, state
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError, UsageError
@@ -338,5 +338,6 @@ def _remove_orphan(name: str) -> bool:
         if record.read(name) is not None or not _left(name):
             return False
         remove_files(name)
+        fault.checkpoint("dns-orphan")  # the files are gone, the name's lock file not yet
         lock.discard()
         return True
