@@ -6,7 +6,8 @@
 #   - a virtual environment, /opt/nsrun (NSRUN_VENV overrides): Debian's python3 refuses
 #     `pip install` outside one (PEP 668);
 #   - nsrun on PATH (a small launcher, /usr/local/bin/nsrun), its man page, and completion
-#     for bash, zsh and fish under /usr/local/share.
+#     for bash, zsh and fish under /usr/local/share;
+#   - its CNI plugin, `nsrun` in /usr/lib/cni (Debian) and /opt/cni/bin.
 # `./install.sh --test` also installs the test extras (pytest, hypothesis, mypy) into the
 # virtual environment; then `/opt/nsrun/bin/python -m pytest -q` runs the tests.
 # Running it again updates the installation from the checkout. .ci/run uses it too.
@@ -52,6 +53,17 @@ fi
 # (nsrun/cli/launcher.py says why). Written beside and renamed over: never written through.
 # -I: nsrun.cli.launcher is the installed one, not this checkout's (no current directory on sys.path)
 "$venv/bin/python" -I -m nsrun.cli.launcher /usr/local/bin/nsrun
+# The CNI plugin (docs/cni.md), type "nsrun": the same kind of launcher, named `nsrun` in the
+# CNI plugin directories, where runtimes look a network's type up: Debian's /usr/lib/cni
+# (containernetworking-plugins' too), and /opt/cni/bin, the upstream default, where it exists
+# or where this is not Debian.
+cni_dirs=
+[ -f /etc/debian_version ] && cni_dirs=/usr/lib/cni
+{ [ -d /opt/cni/bin ] || [ ! -f /etc/debian_version ]; } && cni_dirs="$cni_dirs /opt/cni/bin"
+for dir in $cni_dirs; do
+    mkdir -p "$dir"
+    "$venv/bin/python" -I -m nsrun.cli.launcher --cni "$dir/nsrun"
+done
 
 install -D -m 0644 docs/nsrun.1 /usr/local/share/man/man1/nsrun.1
 install -D -m 0644 completions/nsrun.bash /usr/local/share/bash-completion/completions/nsrun
