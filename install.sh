@@ -5,14 +5,16 @@
 #                          dist/nsrun_VERSION_ARCH.deb from this checkout (debian/: dh-virtualenv,
 #                          in a scratch copy) and install it with apt: /usr/bin/nsrun, its
 #                          environment /opt/venvs/nsrun, the systemd units with nsrun.socket
-#                          enabled and started where systemd runs, the man page, completion,
-#                          the profiles in /etc/nsrun/profiles. Run again, it installs the
+#                          enabled and started where systemd runs, the CNI plugin
+#                          /usr/lib/cni/nsrun, the man page, completion, the profiles in
+#                          /etc/nsrun/profiles. Run again, it installs the
 #                          package built anew over the old one (an upgrade: edited profiles
 #                          are kept). `apt-get remove nsrun` (or `purge`) takes it away.
 #   sh install.sh --venv   no package: a virtual environment /opt/nsrun (NSRUN_VENV overrides),
-#                          the launcher /usr/local/bin/nsrun, the man page and completion under
-#                          /usr/local/share; no units, no group, no service (docs/service.md
-#                          says how to add them). For systems without apt, too (then python3
+#                          the launcher /usr/local/bin/nsrun, the CNI plugin `nsrun` in
+#                          /usr/lib/cni (Debian) and /opt/cni/bin, the man page and completion
+#                          under /usr/local/share; no units, no group, no service
+#                          (docs/service.md says how to add them). For systems without apt, too (then python3
 #                          with venv, a C compiler and Python's headers must be there).
 #   sh install.sh --test   the tests' environment: the Debian packages the tests use,
 #                          /opt/nsrun with nsrun's dependencies and the test extras (pytest,
@@ -91,13 +93,17 @@ build_deb() {  # build dist/nsrun_VERSION_ARCH.deb from this checkout; $deb is i
 
 if [ "$mode" = deb ]; then
     build_deb
-    # A launcher of install.sh --venv's in /usr/local/bin would come first on PATH.
+    # A launcher of install.sh --venv's in /usr/local/bin would come first on PATH (and its
+    # CNI plugin in /opt/cni/bin would be an older nsrun's).
     if grep -q '^# nsrun launcher' /usr/local/bin/nsrun 2>/dev/null; then
         echo "install.sh: removing install.sh --venv's /usr/local files ($venv stays)"
         rm -f /usr/local/bin/nsrun /usr/local/share/man/man1/nsrun.1 \
             /usr/local/share/bash-completion/completions/nsrun \
             /usr/local/share/zsh/site-functions/_nsrun \
             /usr/local/share/fish/vendor_completions.d/nsrun.fish
+        if grep -q '^# nsrun launcher' /opt/cni/bin/nsrun 2>/dev/null; then
+            rm -f /opt/cni/bin/nsrun
+        fi
     fi
     # --reinstall: a package built again from a changed checkout carries the same version.
     # Edited conffiles (/etc/nsrun/profiles) are kept: dpkg's conffile question gets its
@@ -140,6 +146,20 @@ fi
 # (nsrun/cli/launcher.py says why). Written beside and renamed over: never written through.
 # -I: nsrun.cli.launcher is the installed one, not this checkout's (no current directory on sys.path)
 "$venv/bin/python" -I -m nsrun.cli.launcher /usr/local/bin/nsrun
+# The CNI plugin (docs/cni.md), type "nsrun": the same kind of launcher, named `nsrun` in the
+# CNI plugin directories, where runtimes look a network's type up: Debian's /usr/lib/cni
+# (containernetworking-plugins' too), and /opt/cni/bin, the upstream default, where it exists
+# or where this is not Debian.
+cni_dirs=
+[ -f /etc/debian_version ] && cni_dirs=/usr/lib/cni
+{ [ -d /opt/cni/bin ] || [ ! -f /etc/debian_version ]; } && cni_dirs="$cni_dirs /opt/cni/bin"
+for dir in $cni_dirs; do
+    if [ "$dir" = /usr/lib/cni ] && dpkg-query -S /usr/lib/cni/nsrun >/dev/null 2>&1; then
+        continue  # the Debian package's: not written over
+    fi
+    mkdir -p "$dir"
+    "$venv/bin/python" -I -m nsrun.cli.launcher --cni "$dir/nsrun"
+done
 
 install -D -m 0644 docs/nsrun.1 /usr/local/share/man/man1/nsrun.1
 install -D -m 0644 completions/nsrun.bash /usr/local/share/bash-completion/completions/nsrun

@@ -35,6 +35,9 @@ PACKAGES = {
     "zsh": "zsh", "fish": "fish", "systemd-analyze": "systemd", "script": "bsdutils", "groff": "groff-base",
     "dpkg-deb": "dpkg", "lintian": "lintian",
     "/usr/bin/python3": "python3",
+    # the CNI plugin's judges (tests/lab/test_cni.py, test_cni_podman.py)
+    "go": "golang-go", "podman": "podman", "runc": "runc", "conmon": "conmon",
+    "/usr/lib/cni/bridge": "containernetworking-plugins",
 }
 
 
@@ -93,6 +96,30 @@ def _built_package() -> str | None:
                                          "(sh install.sh --test builds it)")
 
 
+LIBCNI = "/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go"
+
+
+def _libcni_source() -> str | None:
+    return None if os.path.exists(LIBCNI) else f"{LIBCNI} is missing (Debian package golang-github-appc-cni-dev)"
+
+
+def _static_busybox() -> str | None:
+    """/bin/busybox, linked statically: a container's whole root file system (podman's tests)."""
+    import struct
+
+    try:
+        with open("/bin/busybox", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return "/bin/busybox is missing (Debian package busybox-static)"
+    dynamic = data[:5] != b"\x7fELF\x02"
+    if not dynamic:  # a program header PT_INTERP (3): it needs a dynamic loader
+        phoff, = struct.unpack_from("<Q", data, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+        dynamic = any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3 for i in range(phnum))
+    return "/bin/busybox is linked dynamically (Debian package busybox-static)" if dynamic else None
+
+
 def _module(name: str, package: str) -> Callable[[], str | None]:
     return lambda: None if importlib.util.find_spec(name) else f"Python module {name} is missing ({package})"
 
@@ -104,6 +131,8 @@ FEATURES: dict[str, Callable[[], str | None]] = {
     "systemd's D-Bus policy": _systemd_bus_policy,
     "mypy": _module("mypy", "the test extras: sh install.sh --test"),
     "the built package": _built_package,
+    "libcni's source": _libcni_source,
+    "a static busybox": _static_busybox,
 }
 
 

@@ -96,7 +96,7 @@ def site_packages(tree: Path) -> str:
 
 def test_the_package_holds_the_program_units_page_completion_and_profiles(tree: Path) -> None:
     """Acceptance 1: what `dpkg -L nsrun` lists, in the system's own directories."""
-    wanted = ["usr/bin/nsrun", "usr/share/man/man1/nsrun.1.gz",
+    wanted = ["usr/bin/nsrun", "usr/lib/cni/nsrun", "usr/share/man/man1/nsrun.1.gz",
               "usr/share/doc/nsrun/examples/nsrun-netns-gw1.conf",
               *(f"lib/systemd/system/{u}" for u in UNITS), *COMPLETIONS.values(),
               *(f"etc/nsrun/profiles/{p.name}" for p in PROFILES.glob("*.toml"))]
@@ -128,6 +128,10 @@ def test_usr_bin_nsrun_is_the_lean_launcher_of_the_environment(tree: Path) -> No
     expected = launcher.text(f"{VENV}/bin/python", [site_packages(tree)])
     assert (tree / "usr" / "bin" / "nsrun").read_text() == expected
     assert os.stat(tree / "usr" / "bin" / "nsrun").st_mode & 0o777 == 0o755
+    # the CNI plugin, type "nsrun", in Debian's plugin directory: the same launcher of the plugin
+    cni = launcher.text(f"{VENV}/bin/python", [site_packages(tree)], entry="cni")
+    assert (tree / "usr" / "lib" / "cni" / "nsrun").read_text() == cni
+    assert os.stat(tree / "usr" / "lib" / "cni" / "nsrun").st_mode & 0o777 == 0o755
     # nothing of pip's or the build's in the environment's bin/: only the interpreter
     assert sorted(p.name for p in (tree / "opt" / "venvs" / "nsrun" / "bin").iterdir()) == \
         ["python", "python3", site_packages(tree).split("/")[-2]]
