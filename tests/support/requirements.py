@@ -23,6 +23,7 @@ import importlib.util
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,7 @@ PACKAGES = {
     "dbus-daemon": "dbus-daemon", "iptables-nft": "iptables", "nft": "nftables",
     "wireguard-go": "wireguard-go", "wg": "wireguard-tools", "tcpdump": "tcpdump", "openvpn": "openvpn",
     "zsh": "zsh", "fish": "fish", "systemd-analyze": "systemd", "script": "bsdutils", "groff": "groff-base",
+    "dpkg-deb": "dpkg", "lintian": "lintian",
     "/usr/bin/python3": "python3",
     # the CNI plugin's judges (tests/lab/test_cni.py, test_cni_podman.py)
     "go": "golang-go", "podman": "podman", "runc": "runc", "conmon": "conmon",
@@ -74,6 +76,26 @@ def _systemd_bus_policy() -> str | None:
     return None if os.path.exists(conf) else f"{conf} is missing (Debian package systemd)"
 
 
+def built_package() -> Path | None:
+    """dist/nsrun_VERSION_ARCH.deb (the changelog's VERSION), when it was built after every
+    file of this checkout that goes into it (`sh install.sh --test` builds it)."""
+    repo = Path(__file__).resolve().parents[2]
+    version = (repo / "debian" / "changelog").read_text().split("(", 1)[1].split(")", 1)[0]
+    found = sorted((repo / "dist").glob(f"nsrun_{version}_*.deb"))
+    if not found:
+        return None
+    built = found[-1].stat().st_mtime
+    sources = [repo / "pyproject.toml", repo / "docs" / "nsrun.1"]
+    for top in ("nsrun", "profiles", "completions", "systemd", "debian"):
+        sources += [p for p in (repo / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return found[-1] if all(p.stat().st_mtime <= built for p in sources) else None
+
+
+def _built_package() -> str | None:
+    return None if built_package() else ("no Debian package built from this checkout's files in dist/ "
+                                         "(sh install.sh --test builds it)")
+
+
 LIBCNI = "/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go"
 
 
@@ -108,6 +130,7 @@ FEATURES: dict[str, Callable[[], str | None]] = {
     "libnftables": _libnftables,
     "systemd's D-Bus policy": _systemd_bus_policy,
     "mypy": _module("mypy", "the test extras: sh install.sh --test"),
+    "the built package": _built_package,
     "libcni's source": _libcni_source,
     "a static busybox": _static_busybox,
 }
