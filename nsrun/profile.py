@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from nsrun import ports
 from nsrun.errors import ProfileError, UsageError
 from nsrun.names import ifname_problem
 
@@ -23,7 +24,7 @@ DEFAULT_NAT_BRIDGE = "nsrun0"
 DEFAULT_PROBE_MS = 50
 KEYS = (
     "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
-    "search", "host_resolver", "mtu", "probe_ms", "forward", "routes", "firewall",
+    "search", "host_resolver", "mtu", "probe_ms", "forward", "routes", "firewall", "publish",
 )
 # Keys of one mode only, listed among the known keys when that mode is chosen.
 WIREGUARD_KEYS = ("wireguard",)
@@ -34,7 +35,7 @@ Reader = tuple[int, int, tuple[int, ...]]
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
     "nat": {"bridge", "subnet", "range", "gateway", "dns", "search", "host_resolver", "mtu", "forward",
-            "routes", "firewall"},
+            "routes", "firewall", "publish"},
     "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "search", "host_resolver",
                "mtu", "probe_ms", "forward", "routes", "firewall"},
     "isolated": set(),
@@ -72,6 +73,7 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
     forward: bool = False  # nat, bridge: ip_forward on inside (a router namespace)
     routes: tuple[ipaddress.IPv4Network, ...] = ()  # nat, bridge: host routes via the namespace
     firewall: str | None = None  # a backend to use instead of the host's automatic choice
+    publish: tuple[ports.Spec, ...] = ()  # nat: host ports forwarded to the namespace (nsrun.ports)
 
     @property
     def wired(self) -> bool:
@@ -110,6 +112,8 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
             out["forward"] = self.forward
             out["routes"] = [str(r) for r in self.routes]
             out["firewall"] = self.firewall or "auto"
+            if self.mode == "nat":
+                out["publish"] = [p.text() for p in self.publish]
         return out
 
 
@@ -216,6 +220,8 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
         raise _type_error(source, "description", "a string", description)
     for key in data:
         if key not in ("description", "mode") and key not in MODE_KEYS[mode]:
+            if key == "publish":
+                raise ProfileError(source, key, publish_refusal(mode))
             raise ProfileError(source, key, f"is not used in {mode} mode")
     if mode == "isolated":
         return Profile(name=name, source=source, mode=mode, description=description)
@@ -323,12 +329,53 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
     if not isinstance(forward, bool):
         raise _type_error(source, "forward", "true or false", forward)
     routes = _routes(source, data["routes"], subnet) if "routes" in data else ()
-    return Profile(
+    prof = Profile(
         name=name, source=source, mode=mode, description=description, bridge=bridge,
         uplink=uplink, subnet=subnet, first=first, last=last, gateway=gateway, dns=dns,
         search=search, host_resolver=host_resolver, mtu=mtu, probe_ms=probe_ms, forward=forward,
         routes=routes, firewall=firewall,
     )
+    return _published(prof, _publish(source, data["publish"])) if "publish" in data else prof
+
+
+def publish_refusal(mode: str) -> str:
+    """Why a profile of MODE publishes no port (the `publish` key, the option --publish)."""
+    if mode == "bridge":
+        return ("is for nat mode: in bridge mode the namespace is on the LAN already, reachable at "
+                "its own address; publish nothing")
+    return f"is for nat mode: a {mode} namespace has no way in from the host"
+
+
+def _publish(source: str, raw: Any) -> tuple[ports.Spec, ...]:
+    """The `publish` key: a list of `[HOSTADDR:]HOSTPORT:PORT[/tcp|udp]` (nsrun.ports)."""
+    if not isinstance(raw, list):
+        raise ProfileError(source, "publish", 'must be a list of ports such as ["8080:80", "5353:53/udp"]')
+    return tuple(ports.parse(item, source, "publish") for item in raw)
+
+
+def _published(prof: Profile, specs: tuple[ports.Spec, ...]) -> Profile:
+    """PROF publishing SPECS too (after its own): each checked against the others and
+    against the namespace's address families."""
+    every = prof.publish + specs
+    ports.check_unique(every)
+    for spec in specs:
+        # IPv6 (subnet6) is another branch's: until it lands, no profile has it.
+        if spec.family == 6 and getattr(prof, "subnet6", None) is None:
+            raise spec.error("the namespace has no IPv6 address; add subnet6")
+    return prof._replace(publish=every)
+
+
+def with_publish(prof: Profile, texts: list[str] | tuple[str, ...]) -> Profile:
+    """PROF with the ports the option --publish adds (TEXTS, as given); a refusal naming the
+    option and the reason (exit 2): a malformed spec, a port published twice, a profile
+    that is not nat."""
+    if not texts:
+        return prof
+    specs = tuple(ports.parse(t) for t in texts)
+    if prof.mode != "nat":
+        raise UsageError(f"{ports.OPTION}: profile {prof.name} is in {prof.mode} mode; --publish "
+                         f"{publish_refusal(prof.mode)}")
+    return _published(prof, specs)
 
 
 def _search(source: str, raw: Any) -> tuple[str, ...]:

@@ -345,7 +345,10 @@ def _etc_netns() -> list[str]:
 
 def snapshot(r: LabRunner) -> dict[str, Any]:
     sysctls = {}
-    for key in ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter"):
+    # route_localnet: the DNS forward and published ports turn it on for nsrun's bridge only
+    for key in ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter",
+                "net/ipv4/conf/all/route_localnet", "net/ipv4/conf/default/route_localnet",
+                "net/ipv4/conf/br0/route_localnet", "net/ipv4/conf/nsrun0/route_localnet"):
         sysctls[key] = r.host("cat", f"/proc/sys/{key}", check=False).stdout.strip()
     state_files = sorted(str(p.relative_to(r.statedir)) for p in r.statedir.rglob("*")
                          if p.is_file() and not p.name.endswith(".lock")) if r.statedir.exists() else []

@@ -16,7 +16,7 @@ for it) that owns every key of its JSON file:
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
 same keys (`firewall` was then a boolean: true meant python-iptables). Keys added within
 schema 1 have defaults: a namespace record without `wireguard`, `wg_pid`, `wg_start`,
-`routes` reads as one without WireGuard or routes; a bridge record without `firewall_ok`
+`routes`, `publish` reads as one without WireGuard, routes or published ports; a bridge record without `firewall_ok`
 and `opened` was written before the firewall openings (see from_json). Where the files live
 is `nsrun.state`'s business; this module is the only one that reads their keys.
 """
@@ -74,10 +74,14 @@ class NsRecord(NamedTuple):
     # the uid a namespace was made for through the service's policy path (a caller without
     # root: nsrun.service.userpath); None for root's. The policy's "own" namespaces.
     owner_uid: int | None = None
+    # nat (nsrun.engine.resources.publish): the ports published, canonical (nsrun.ports),
+    # recorded with the record itself, before the first claim is used or rule made.
+    publish: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
         data["routes"] = list(self.routes)
+        data["publish"] = list(self.publish)
         return data
 
     @classmethod
@@ -99,6 +103,7 @@ class NsRecord(NamedTuple):
             wireguard=_str(data, "wireguard"), wg_pid=_int(data, "wg_pid"), wg_start=_int(data, "wg_start"),
             routes=tuple(r for r in _list(data, "routes") if isinstance(r, str)),
             owner_uid=_int(data, "owner_uid"),
+            publish=tuple(p for p in _list(data, "publish") if isinstance(p, str)),
         )
 
     def owner(self) -> dict[str, Any]:
@@ -134,12 +139,18 @@ class NetRecord(NamedTuple):
     rp_filter: str | None = None  # the value to put back, when nsrun loosened it
     mtu: int | None = None  # nat: the bridge's MTU as its profile set it (None: the default)
     mtu_recorded: bool = False  # `mtu` was recorded (records before it was are not judged on it)
+    # A published port reached at the host's loopback (nsrun.engine.resources.publish):
+    # route_localnet is on for the bridge, behind the drops of other loopback packets on it
+    # (the backend's localnet guard); written before either, put back with the NAT rules.
+    localnet: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
         data["opened"] = list(self.opened) if self.opened is not None else None
         del data["rp_filter_set"]
         del data["mtu_recorded"]
+        if not self.localnet:
+            del data["localnet"]  # a record as before, for a bridge that publishes no loopback port
         if not self.mtu_recorded:
             del data["mtu"]
         if not self.rp_filter_set:
@@ -167,6 +178,7 @@ class NetRecord(NamedTuple):
             dns_forward=_str(data, "dns_forward"),
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
             mtu=_int(data, "mtu"), mtu_recorded="mtu" in data,
+            localnet=data.get("localnet") is True,
         )
 
 

@@ -14,14 +14,18 @@ docs/internals.md#openings-in-the-hosts-own-firewall.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsrun.engine.firewall import iptables as legacy
 from nsrun.engine.firewall import nftables
 from nsrun.engine.firewall.serial import serialized
 from nsrun.errors import NsrunError
 
+if TYPE_CHECKING:
+    from nsrun.engine.firewall.forwards import Forward
+
 OPEN_PREFIX = "nsrun-open-"
+OWN_PREFIXES = ("nsrun-nat-", OPEN_PREFIX, nftables.PUBLISH_PREFIX)  # nsrun's own tables: never "foreign"
 MARK = 0x00400000  # one bit; set only on replies forwarded out of an nsrun bridge
 BRNF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 SUBSTITUTES = ("DOCKER-USER", "ufw-user-forward")  # the owners' places for user rules
@@ -101,7 +105,7 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "fo
     out = []
     for c in base:
         fam, table, name = c["family"], c["table"], c["name"]
-        if table.startswith(("nsrun-nat-", OPEN_PREFIX)):
+        if table.startswith(OWN_PREFIXES):
             continue
         if hook == "input":
             if fam not in ("ip", "inet"):
@@ -281,7 +285,7 @@ def open_way(bridge: str, mode: str, tag: str, backend: str,
     blocks = check(bridge, mode, backend, rs, skip, stub)
     if not blocks:
         return []
-    mine = _tagged(bridge, rs)
+    mine = _tagged(bridge, rs, published=False)
     opened: list[Block] = []
     batch: list[dict[str, Any]] = []
     needs_mark = False
@@ -359,17 +363,21 @@ def _legacy_open_input(bridge: str, stub: str, tag: str) -> None:
             chain.insert_rule(rule)
 
 
-def _tagged(bridge: str | None, rs: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str, int]]:
+def _tagged(bridge: str | None, rs: list[dict[str, Any]] | None = None,
+            published: bool = True) -> list[tuple[str, str, str, int]]:
     """(family, table, chain, handle) of nsrun's rules for BRIDGE (all bridges when None) in
-    tables not nsrun's own (nf_tables only; RS: the ruleset when listed already)."""
+    tables not nsrun's own (nf_tables only; RS: the ruleset when listed already); without
+    PUBLISHED, the bridge's own openings only (not those of its namespaces' published ports)."""
+    from nsrun.engine.firewall.forwards import publish_owner
+
     out: list[tuple[str, str, str, int]] = []
     prefix = f"{legacy.TAG}{bridge}:" if bridge else legacy.TAG
     if rs is None and nftables.available():
         rs = nftables.ruleset()
     for obj in rs or []:
         r = obj.get("rule")
-        if r and str(r.get("comment", "")).startswith(prefix) \
-                and not r["table"].startswith(("nsrun-nat-", OPEN_PREFIX)):
+        if r and (c := str(r.get("comment", ""))).startswith(prefix) and not r["table"].startswith(OWN_PREFIXES) \
+                and (published or publish_owner(c) is None):
             out.append((r["family"], r["table"], r["chain"], int(r["handle"])))
     return out
 
@@ -428,6 +436,89 @@ def _tag_names() -> list[str]:
         for obj in nftables.ruleset():
             r = obj.get("rule")
             if r and str(r.get("comment", "")).startswith(legacy.TAG) \
-                    and not r["table"].startswith(("nsrun-nat-", OPEN_PREFIX)):
+                    and not r["table"].startswith(OWN_PREFIXES):
                 names.append(str(r["comment"]))
     return names
+
+
+# -- the way in to a namespace's published ports ------------------------------------------
+
+def _publish_accepts(b: Block, bridge: str, forwards: list[Forward]) -> list[list[dict[str, Any]]]:
+    """A new connection to each published port, DNAT'ed on its way to BRIDGE: `oifname BR
+    ip daddr TO meta l4proto P P dport PORT accept`, which iptables-nft reads as `-o BR -d
+    TO/32 -p P -m P --dport PORT` (no ct expression: Docker's and ufw's tables stay readable).
+    (Replies and what comes in on the bridge are the bridge's own openings'.)"""
+    out = []
+    for f in forwards:
+        if b.family not in ("inet", f.family):
+            continue  # an ip chain sees no IPv6, an ip6 chain no IPv4
+        out.append([_iface("oifname", bridge),
+                    {"match": {"op": "==", "left": {"payload": {"protocol": f.family, "field": "daddr"}},
+                               "right": f.to}},
+                    {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": f.proto}},
+                    {"match": {"op": "==", "left": {"payload": {"protocol": f.proto, "field": "dport"}},
+                               "right": f.port}},
+                    {"accept": None}])
+    return out
+
+
+def open_published(bridge: str, tag: str, forwards: list[Forward], backend: str,
+                   skip: frozenset[tuple[str, str]] = frozenset()) -> list[Block]:
+    """Let new connections to a namespace's published ports (FORWARDS, DNAT'ed to the
+    namespace on BRIDGE) through every nf_tables chain on the forward hook that drops them
+    (but in the tables SKIP: firewalld's, whose zone binding lets DNAT'ed connections in),
+    each rule tagged TAG (nsrun.engine.firewall.publish_tag). A legacy drop is the bridge's
+    opening's business (the legacy backend's own FORWARD accept, or a refusal). Idempotent:
+    chains that already hold TAG are left as they are. The chains opened."""
+    if not nftables.available():
+        return []
+    rs = nftables.ruleset()
+    mine = {(r["family"], r["table"], r["chain"]) for o in rs if (r := o.get("rule"))
+            and r.get("comment") == tag}
+    batch: list[dict[str, Any]] = []
+    opened = []
+    for b in _blocks_nft(rs, "nat", br_netfilter_on()):
+        if (b.family, b.table) in skip or b.family == "bridge" or (b.family, b.table, b.into) in mine:
+            continue
+        accepts = _publish_accepts(b, bridge, forwards)
+        if not accepts:
+            continue
+        for expr in reversed(accepts):
+            batch.append({"insert": {"rule": {"family": b.family, "table": b.table, "chain": b.into,
+                                              "comment": tag, "expr": expr}}})
+        opened.append(b)
+    if batch:
+        nftables.run(batch)
+    return opened
+
+
+def close_published(tag: str) -> int:
+    """Remove every rule tagged TAG (a namespace's published ports' openings) from chains
+    not nsrun's own. How many went."""
+    if not nftables.available():
+        return 0
+    for _attempt in range(3):  # the firewall's owner may reload it meanwhile: list again
+        rs = nftables.ruleset()
+        rules = [(r["family"], r["table"], r["chain"], int(r["handle"])) for o in rs if (r := o.get("rule"))
+                 and r.get("comment") == tag and not r["table"].startswith(OWN_PREFIXES)]
+        if not rules:
+            return 0
+        try:
+            nftables.run([{"delete": {"rule": {"family": f, "table": t, "chain": c, "handle": h}}}
+                          for f, t, c, h in rules])
+        except nftables.NftError:
+            continue
+        return len(rules)
+    raise nftables.NftError(f"could not remove nsrun's openings tagged {tag}")
+
+
+def published() -> dict[str, str]:
+    """Namespace name -> tag, of every opening for published ports in chains not nsrun's (gc)."""
+    from nsrun.engine.firewall.forwards import publish_owner
+
+    out = {}
+    for tag in _tag_names():
+        name = publish_owner(tag)
+        if name is not None:
+            out[name] = tag
+    return out

@@ -16,6 +16,7 @@ Adding a resource is a module plus an entry in MODES.
     address    eth0's address and default route       (nat, bridge)
     router     ip_forward inside, host routes via it  (nat, bridge; `forward`, `routes`)
     dns        /etc/netns/NAME/resolv.conf             (nat, bridge)
+    publish    published ports: claims, DNAT, openings (nat; `publish`, -P)
     wireguard  the tunnel, the only way out, its DNS   (wireguard)
 """
 
@@ -30,6 +31,7 @@ from nsrun.engine.resources import (
     masquerade,
     namespace,
     opening,
+    publish,
     router,
     veth,
     wireguard,
@@ -37,7 +39,7 @@ from nsrun.engine.resources import (
 
 MODES: dict[str, list[Resource]] = {
     # nat: the lease is taken at once, under the bridge lock the bridge step holds.
-    "nat": [bridge, masquerade, opening, lease, namespace, veth, address, router, dns],
+    "nat": [bridge, masquerade, opening, lease, namespace, veth, address, router, dns, publish],
     # bridge: the lease is taken from inside, after an ARP probe on the LAN.
     "bridge": [bridge, opening, namespace, veth, lease, address, router, dns],
     "isolated": [namespace],

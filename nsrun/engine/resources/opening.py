@@ -53,7 +53,7 @@ def _firewalld(s: Setup) -> bool:
     return found
 
 
-def _skip(s: Setup) -> frozenset[tuple[str, str]]:
+def skip(s: Setup) -> frozenset[tuple[str, str]]:
     from nsrun.engine.firewall import firewalld
 
     return frozenset(firewalld.TABLES) if _firewalld(s) else frozenset()
@@ -70,7 +70,7 @@ def prepare(s: Setup) -> None:
     if net is not None and net.opened is not None:
         return  # opened already (the way stays while the bridge is in use)
     try:
-        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=_skip(s), stub=_stub(s, net))
+        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=skip(s), stub=_stub(s, net))
     except foreign.Refused as exc:
         raise NsrunError(str(exc)) from None
 
@@ -108,7 +108,7 @@ def create(s: Setup) -> None:
         if net.fw_zone is not None:
             where.append(f"firewalld zone {net.fw_zone}")
     try:
-        opened = foreign.open_way(bridge, _mode(s), s.prof.name, name, skip=_skip(s),
+        opened = foreign.open_way(bridge, _mode(s), s.prof.name, name, skip=skip(s),
                                   stub=net.dns_forward if _mode(s) == "nat" else None)
     except foreign.Refused as exc:  # the host's firewall changed since prepare()
         raise NsrunError(str(exc)) from None
