@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLIENT, REPO, write_profile
+from conftest import CLIENT, REPO, LabRunner, write_profile
 from nsrun import lab as labmod
+from support.hostkinds import HostLab
 
 HOST_KINDS = ["legacy", "nftables", "docker", "ufw"]
 HOST = labmod.HOST_ADDR  # the lab host on the LAN
@@ -222,6 +223,64 @@ def test_a_host_program_on_the_port_is_warned_of(lab):
     finally:
         listener.kill()
         listener.wait()
+
+
+def test_a_chain_that_drops_and_appears_opens_the_published_ports_too(lab):
+    """Acceptance 4 with a published port (the bridge's own way out: the late-firewall test
+    of tests/lab/test_host_firewalls.py): the next setup on the bridge opens the new chain
+    for the ports its namespaces publish as well."""
+    assert lab.nsrun("up", "latepub", "-P", "8080:9000").returncode == 0
+    server = lab.popen("exec", "latepub", "--", sys.executable, "-m", "nsrun.lab", "serve", "/proc/self/ns/net", "9000")
+    try:
+        deadline = time.time() + 20
+        while ask(lab, "lan", HOST, 8080, timeout=1) != LAN_CLIENT:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        lab.host("nft", "add table inet late; add chain inet late fw1 { type filter hook forward priority 5; "
+                 "policy drop; }; add rule inet late fw1 ct state established,related accept")
+        assert ask(lab, "lan", HOST, 8080, timeout=1) == ""  # the new chain drops it
+        doc = lab.nsrun("doctor")
+        assert "table inet late chain fw1 (policy drop), which nsrun has not opened" in doc.stdout, doc.stdout
+        nxt = lab.nsrun("-p", "nat", "--", *CLIENT)
+        assert nxt.returncode == 0 and nxt.stdout.strip() == labmod.GW2_UP, nxt.stderr
+        assert "nsrun: opened forwarding for nsrun0 in table inet late chain fw1 (policy drop)" in nxt.stderr
+        assert ask(lab, "lan", HOST, 8080) == LAN_CLIENT  # the published port's way in, opened too
+        assert "publish:latepub" in lab.host("nft", "list", "table", "inet", "late").stdout
+    finally:
+        server.kill()
+        server.communicate(timeout=30)
+        assert lab.nsrun("down", "latepub").returncode == 0
+        late = lab.host("nft", "list", "table", "inet", "late", check=False).stdout
+        lab.host("nft", "delete", "table", "inet", "late", check=False)
+    assert "nsrun" not in late  # every opening went with the namespaces
+
+
+def test_a_late_chain_nsrun_may_not_open_fails_the_next_setup_in_one_line():
+    """The same with a chain nsrun may not write to: a legacy FORWARD that drops on a host
+    whose backend is nf_tables (nsrun never writes legacy tables there). The next setup on
+    the bridge fails, naming the chain, and makes nothing; `doctor` names it. A lab of its
+    own: the legacy table loaded here stays for the lab's lifetime."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with HostLab(kind="nftables") as own:
+        r = LabRunner(own, Path(f"/run/nsrun-test-{own.id}-{os.getpid()}"))
+        try:
+            assert r.nsrun("up", "lateleg", "-p", "nat").returncode == 0
+            r.host("iptables-legacy", "-P", "FORWARD", "DROP")
+            snap = r.snapshot()
+            run = r.nsrun("-P", "8080:9000", "--", "true")
+            assert run.returncode == 1, run.stderr
+            assert run.stderr.count("\n") == 1
+            assert "table ip filter chain FORWARD (policy drop)" in run.stderr, run.stderr
+            assert r.snapshot() == snap  # nothing made: no veth, no rule, no claim, no record
+            doc = r.nsrun("doctor")
+            assert doc.returncode == 1 and "table ip filter chain FORWARD (policy drop)" in doc.stdout, doc.stdout
+        finally:
+            r.host("iptables-legacy", "-P", "FORWARD", "ACCEPT")
+            assert r.nsrun("down", "lateleg").returncode == 0
+            import shutil
+
+            shutil.rmtree(r.statedir, ignore_errors=True)
 
 
 def test_publishing_killed_at_its_steps_then_gc_restores_the_host(lab):

@@ -91,7 +91,21 @@ def run(commands: list[dict[str, Any]] | str) -> dict[str, Any]:
     """Run one JSON batch (a list of commands, applied atomically) or one listing command
     (`list ruleset`); return the parsed JSON output ({} when there is none)."""
     out = _run(commands, _OUTPUT_JSON | _OUTPUT_HANDLE)
-    return json.loads(out) if out.strip() else {}
+    try:
+        return json.loads(out) if out.strip() else {}
+    except ValueError:  # libnftables 1.0.6 writes a table with one flag wrongly (docs/internals.md)
+        raise NftError(f"nftables: libnftables' JSON listing cannot be read ({out[:80]!r}...); a table "
+                       "with one flag (owner, persist) breaks libnftables 1.0.6's: upgrade it") from None
+
+
+@serialized
+def table_flags(family: str, name: str) -> list[str]:
+    """A table's flags (`owner`, `persist`, `dormant`), from nft's text listing: the JSON
+    of libnftables 1.0.6 (Debian 12's) shows the release name in their place."""
+    for line in _run(f"list table {family} {name}", 0).splitlines():
+        if line.strip().startswith("flags "):
+            return [f.strip() for f in line.strip()[len("flags "):].split(",")]
+    return []
 
 
 def _run(commands: list[dict[str, Any]] | str, flags: int) -> str:

@@ -9,9 +9,12 @@ table owned by another process; a legacy drop on a host where nsrun must not wri
 tables), the setup is refused naming the table and chain, and nothing is left. Opened once
 per bridge, under the bridge lock: the backend is recorded first (the way to close them
 after a crash), then where the way was opened (`NetRecord.opened`), which the next
-namespaces on the bridge read to skip the step. What was opened is said once, by the setup
-that opened it (`Setup.notices`). Closing is the firewall resource's `retire` (with the NAT
-rules, with the bridge's last namespace), and so are gc's orphans.
+namespaces on the bridge read. Every later setup on the bridge looks again (`prepare`, one
+listing of the ruleset): a chain that drops and appeared since (a late firewall) is opened
+then, with the way in to the ports the bridge's namespaces publish, or the setup is refused
+naming it. What was opened is said once, by the setup that opened it (`Setup.notices`).
+Closing is the firewall resource's `retire` (with the NAT rules, with the bridge's last
+namespace), and so are gc's orphans.
 
 firewalld, where it runs for this namespace: a nat bridge is put in its zone `trusted` over
 D-Bus instead of accepts in firewalld's chains (nsrun.engine.firewall.firewalld), the record
@@ -59,18 +62,25 @@ def skip(s: Setup) -> frozenset[tuple[str, str]]:
     return frozenset(firewalld.TABLES) if _firewalld(s) else frozenset()
 
 
+LATE = "opening-late"  # Setup.data: the chains that drop and hold no opening yet (a bridge in use)
+
+
 def prepare(s: Setup) -> None:
     """Refuse, before anything is made, when the host would drop the bridge's traffic in a
-    chain nsrun cannot open."""
+    chain nsrun cannot open. On a bridge opened already, look again (every setup, one
+    listing of the ruleset): a chain that drops may have appeared since (`nft add table`,
+    a firewall started), which create() then opens, or which refuses the setup here."""
     from nsrun.engine.firewall import foreign
 
     bridge = s.prof.bridge
     assert bridge is not None
     net = record.read_net(bridge)
-    if net is not None and net.opened is not None:
-        return  # opened already (the way stays while the bridge is in use)
+    backend = fw_resource.backend_for(s, net)
     try:
-        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=skip(s), stub=_stub(s, net))
+        if net is not None and net.opened is not None:
+            s.data[LATE] = foreign.unopened(bridge, _mode(s), backend, skip=skip(s), stub=_stub(s, net))
+        else:
+            foreign.check(bridge, _mode(s), backend, skip=skip(s), stub=_stub(s, net))
     except foreign.Refused as exc:
         raise NsrunError(str(exc)) from None
 
@@ -94,16 +104,18 @@ def create(s: Setup) -> None:
     assert bridge is not None
     net = record.read_net(bridge)
     assert net is not None  # the bridge step wrote it
-    if net.opened is not None:
+    late = net.opened is not None
+    if late:
         if net.fw_zone is not None:
             _rebind(s, bridge, net)
-        return
+        if not s.data.get(LATE):
+            return  # nothing that drops has appeared since the bridge was opened
     name = fw_resource.backend_for(s, net)
     if net.firewall != name:
         net = net._replace(firewall=name)
         record.save_net(bridge, net)  # before the first opening: the way to close them
-    where: list[str] = []
-    if _firewalld(s):
+    where: list[str] = list(net.opened or ())
+    if not late and _firewalld(s):
         net = _bind(s, bridge, net)
         if net.fw_zone is not None:
             where.append(f"firewalld zone {net.fw_zone}")
@@ -117,6 +129,26 @@ def create(s: Setup) -> None:
     # and a chain an earlier setup cut short by a crash had opened already is not listed.
     where += [b.opened_in() for b in opened]
     record.save_net(bridge, net._replace(opened=tuple(dict.fromkeys(where))))
+    if late and opened and _mode(s) == "nat":
+        _reopen_published(s, bridge, name)
+
+
+def _reopen_published(s: Setup, bridge: str, backend: str) -> None:
+    """A chain that drops appeared while BRIDGE was in use: the way in to the ports its
+    namespaces publish, through it too (each namespace's openings are tagged its own)."""
+    from nsrun import ports
+    from nsrun.engine.firewall import foreign, publish_tag
+    from nsrun.engine.firewall.forwards import forwards_for
+
+    assert s.prof.subnet is not None
+    subnet6 = getattr(s.prof, "subnet6", None)
+    for rec in record.all_ns().values():
+        if rec.bridge != bridge or not rec.publish or rec.address is None or rec.state != "up":
+            continue
+        specs = [ports.parse(p) for p in rec.publish]
+        fwd = forwards_for(str(s.prof.subnet), specs, rec.address, str(subnet6) if subnet6 else None,
+                           getattr(rec, "address6", None))
+        foreign.open_published(bridge, publish_tag(bridge, rec.name), fwd, backend, skip=skip(s))
 
 
 def _bind(s: Setup, bridge: str, net: NetRecord) -> NetRecord:
