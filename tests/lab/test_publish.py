@@ -304,6 +304,12 @@ def test_through_the_service(lab, tmp_path):
     try:
         with served(lab, "-P", "8080:9000"):
             assert ask(lab, "lan", HOST, 8080) == LAN_CLIENT
+        # Back to back: the service takes a run down just after its client has ended; the
+        # next run asking for the port is not refused meanwhile (it waits for the teardown:
+        # tests/unit/test_ports.py holds the wait itself).
+        for _ in range(3):
+            again = lab.nsrun("-P", "8080:9000", "--", "true")
+            assert again.returncode == 0, again.stderr
         assert lab.nsrun("up", "pubsvc", "-P", "8082:9000").returncode == 0
         rec = json.loads((lab.statedir / "ns" / "pubsvc.json").read_text())
         assert rec["publish"] == ["8082:9000/tcp"]

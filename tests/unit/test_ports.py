@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -312,3 +314,84 @@ def test_ls_shows_what_a_namespace_publishes() -> None:
     assert "PORTS" not in listing.table([plain], None)  # only where a namespace publishes
     narrow = listing.table([row], 60)
     assert all(len(line) <= 60 for line in narrow.splitlines()) and narrow.startswith("NAME")
+
+
+# -- the claims (nsrun.engine.resources.publish), on a state directory of the test's own ------
+
+@pytest.fixture
+def statedir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NSRUN_STATE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _record(name: str, owner_pid: int | None, persistent: bool = False) -> NsRecord:
+    from nsrun.engine import record
+
+    rec = NsRecord(name=name, profile="nat", profile_source="/p/nat.toml", mode="nat", bridge="nsrun0",
+                   veth=None, persistent=persistent, created=1.0, state="up", address=None, prefixlen=None,
+                   gateway=None, dns=False, owner_pid=owner_pid, owner_start=1, publish=("8080:80/tcp",))
+    record.save(rec)
+    return rec
+
+
+def test_claims_one_namespace_per_port(statedir: Path) -> None:
+    from nsrun.engine.resources import publish
+
+    web = (ports.parse("8080:80"), ports.parse("127.0.0.1:8080:81"), ports.parse("5353:53/udp"))
+    _record("web", os.getpid(), persistent=True)
+    publish.claim("web", web)
+    assert publish._claims() == {"tcp-8080": "web", "udp-5353": "web"}
+    publish.claim("web", web)  # its own again: nothing changes
+    with pytest.raises(UsageError) as info:
+        publish.claim("other", (ports.parse("9090:90"), ports.parse("8080:80")))
+    assert str(info.value) == ("option --publish '8080:80/tcp': host port 8080/tcp is published already by "
+                               "namespace web (`nsrun ls` shows it)")
+    assert publish._claims() == {"tcp-8080": "web", "udp-5353": "web"}  # none of other's: all or nothing
+    assert publish.release("web") == 2 and publish._claims() == {}
+    # A claim left by a setup killed before its record (no record, its lock free) is taken.
+    (statedir / "publish" / "tcp-8080").write_text("gone")
+    publish.claim("other", (ports.parse("8080:80"),))
+    assert publish._claims() == {"tcp-8080": "other"}
+
+
+def test_a_port_of_a_run_that_has_ended_is_waited_for(statedir: Path) -> None:
+    """A run whose program has ended (its owner is dead) holds its ports until its teardown,
+    which the service makes a moment later: the next claim waits for it, not refused."""
+    import threading
+    import time
+
+    from nsrun.engine import record
+    from nsrun.engine.resources import publish
+
+    dead = subprocess_pid()
+    _record("nsrun-0000dead", dead)
+    publish.claim("nsrun-0000dead", (ports.parse("8080:80"),))
+
+    def teardown() -> None:
+        time.sleep(0.3)
+        publish.release("nsrun-0000dead")
+        record.remove("nsrun-0000dead")
+
+    t = threading.Thread(target=teardown)
+    start = time.monotonic()
+    t.start()
+    publish.claim("next", (ports.parse("8080:80"),))
+    t.join()
+    assert time.monotonic() - start >= 0.3
+    assert publish._claims() == {"tcp-8080": "next"}
+    # A live run's, or a persistent namespace's, is refused at once.
+    _record("kept", dead, persistent=True)
+    publish.claim("kept", (ports.parse("9090:90"),))
+    start = time.monotonic()
+    with pytest.raises(UsageError, match="published already by namespace kept"):
+        publish.claim("later", (ports.parse("9090:90"),))
+    assert time.monotonic() - start < 1
+
+
+def subprocess_pid() -> int:
+    """The pid of a process that has ended."""
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid

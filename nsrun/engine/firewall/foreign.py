@@ -13,6 +13,7 @@ docs/internals.md#openings-in-the-hosts-own-firewall.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nsrun.engine.firewall import iptables as legacy
@@ -139,6 +140,31 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "fo
 
 
 @serialized
+def _legacy_drops(chain_name: str) -> str | None:
+    """Why legacy filter CHAIN_NAME drops what reaches its end ("policy drop", "final rule
+    drop"), or None. Read by getsockopt (nsrun.linux.xtables: no python-iptables, which
+    costs ~50 ms to import, at every setup), else through python-iptables."""
+    from nsrun.linux import xtables
+
+    try:
+        found = xtables.builtin_chain("filter", chain_name)
+        policy, last_drops = found.policy, found.last_drops
+    except OSError:
+        iptc = legacy.load()
+        table = iptc.Table("filter")
+        table.refresh()
+        chain = iptc.Chain(table, chain_name)
+        policy = chain.get_policy().name
+        rules = chain.rules
+        last_drops = bool(rules and rules[-1].target.name in ("DROP", "REJECT") and not rules[-1].matches
+                          and not rules[-1].in_interface and not rules[-1].out_interface
+                          and rules[-1].src in ("0.0.0.0/0.0.0.0", None) and rules[-1].dst in ("0.0.0.0/0.0.0.0", None))
+    if policy == "DROP":
+        return "policy drop"
+    return "final rule drop" if last_drops else None
+
+
+@serialized
 def _blocks_legacy(mode: str, brnf: bool, backend: str) -> list[Block]:
     """A legacy FORWARD that drops (read only where the legacy filter table is loaded)."""
     if "filter" not in legacy.loaded_tables():
@@ -147,19 +173,9 @@ def _blocks_legacy(mode: str, brnf: bool, backend: str) -> list[Block]:
         return []
     if backend == "iptables" and mode == "nat":
         return []  # the legacy backend's own FORWARD accepts are the opening (no need to look)
-    iptc = legacy.load()
-    table = iptc.Table("filter")
-    table.refresh()
-    chain = iptc.Chain(table, "FORWARD")
-    if chain.get_policy().name == "DROP":
-        why = "policy drop"
-    else:
-        rules = chain.rules
-        if not (rules and rules[-1].target.name in ("DROP", "REJECT") and not rules[-1].matches
-                and not rules[-1].in_interface and not rules[-1].out_interface
-                and rules[-1].src in ("0.0.0.0/0.0.0.0", None) and rules[-1].dst in ("0.0.0.0/0.0.0.0", None)):
-            return []
-        why = "final rule drop"
+    why = _legacy_drops("FORWARD")
+    if why is None:
+        return []
     refuse = None
     if backend != "iptables":
         refuse = ("the legacy iptables FORWARD chain drops forwarded traffic, and on a host that "
@@ -172,19 +188,9 @@ def _input_blocks_legacy(backend: str) -> list[Block]:
     """A legacy INPUT that drops (read only where the legacy filter table is loaded)."""
     if "filter" not in legacy.loaded_tables():
         return []
-    iptc = legacy.load()
-    table = iptc.Table("filter")
-    table.refresh()
-    chain = iptc.Chain(table, "INPUT")
-    if chain.get_policy().name == "DROP":
-        why = "policy drop"
-    else:
-        rules = chain.rules
-        if not (rules and rules[-1].target.name in ("DROP", "REJECT") and not rules[-1].matches
-                and not rules[-1].in_interface and rules[-1].dst in ("0.0.0.0/0.0.0.0", None)
-                and rules[-1].src in ("0.0.0.0/0.0.0.0", None)):
-            return []
-        why = "final rule drop"
+    why = _legacy_drops("INPUT")
+    if why is None:
+        return []
     refuse = None
     if backend != "iptables":
         refuse = ("the legacy iptables INPUT chain drops it, and on a host that uses nf_tables nsrun does "
@@ -563,24 +569,31 @@ def open_published(bridge: str, tag: str, forwards: list[Forward], backend: str,
     return opened
 
 
-def close_published(tag: str) -> int:
-    """Remove every rule tagged TAG (a namespace's published ports' openings) from chains
-    not nsrun's own (open_published puts them only where light_ruleset lists rules). How
-    many went."""
+def published_deletes(tag: str) -> list[dict[str, Any]]:
+    """The nftables commands that delete every rule tagged TAG (a namespace's published
+    ports' openings) in chains not nsrun's own (open_published puts them only where
+    light_ruleset lists rules)."""
+    return [{"delete": {"rule": {"family": r["family"], "table": r["table"], "chain": r["chain"],
+                                 "handle": int(r["handle"])}}}
+            for o in light_ruleset() if (r := o.get("rule")) and r.get("comment") == tag
+            and not r["table"].startswith(OWN_PREFIXES)]
+
+
+def close_published(tag: str, also: Callable[[list[dict[str, Any]]], object] | None = None) -> int:
+    """Remove every rule tagged TAG: through ALSO (a function given the delete commands, to
+    run them in a batch of its own: nftables.remove_publish), else alone. How many went."""
     if not nftables.available():
         return 0
     for _attempt in range(3):  # the firewall's owner may reload it meanwhile: list again
-        rs = light_ruleset()
-        rules = [(r["family"], r["table"], r["chain"], int(r["handle"])) for o in rs if (r := o.get("rule"))
-                 and r.get("comment") == tag and not r["table"].startswith(OWN_PREFIXES)]
-        if not rules:
-            return 0
+        deletes = published_deletes(tag)
         try:
-            nftables.run([{"delete": {"rule": {"family": f, "table": t, "chain": c, "handle": h}}}
-                          for f, t, c, h in rules])
+            if also is not None:
+                also(deletes)
+            elif deletes:
+                nftables.run(deletes)
         except nftables.NftError:
             continue
-        return len(rules)
+        return len(deletes)
     raise nftables.NftError(f"could not remove nsrun's openings tagged {tag}")
 
 

@@ -109,9 +109,37 @@ def _holds(owner: str) -> bool:
     return os.path.lexists(state.record_path(owner)) or _setting_up(owner)
 
 
+ENDING_WAIT = 10.0  # seconds to wait for a run that has ended to release its ports
+
+
+def _ending(owner: str) -> bool:
+    """Whether OWNER is an ephemeral run whose program has ended, its teardown to come (the
+    service's watcher takes it down just after its client's exit; a dead supervisor's run
+    is reclaimed by the next run's quick gc): its ports are free in a moment."""
+    rec = record.read(owner)
+    return rec is not None and not rec.persistent and rec.owner_pid is not None and not rec.owner_alive()
+
+
 def claim(name: str, specs: tuple[Spec, ...]) -> None:
     """Claim every host port and protocol of SPECS for NAME, or none of them: a refusal
-    (exit 2) names the first port that another namespace holds, and that namespace."""
+    (exit 2) names the first port that another namespace holds, and that namespace. A port
+    held by a run that has ended (`nsrun -P 8080:80 -- CMD` again right after the last one
+    ended, through the service) is waited for, up to ENDING_WAIT seconds, outside the lock
+    (its teardown takes the lock to release it)."""
+    import time
+
+    deadline = time.monotonic() + ENDING_WAIT
+    while True:
+        ending = _claim(name, specs, wait=time.monotonic() < deadline)
+        if ending is None:
+            return
+        while _ending(ending) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def _claim(name: str, specs: tuple[Spec, ...], wait: bool) -> str | None:
+    """claim(), once: None when claimed, or the name of an ended run that holds a port
+    (WAIT: rather than a refusal), nothing claimed."""
     made: list[Path] = []
     with _ports_lock() as d:
         try:
@@ -125,6 +153,10 @@ def claim(name: str, specs: tuple[Spec, ...]) -> None:
                         if owner == name:
                             break  # an earlier attempt of NAME's, cut short before its record
                         if _holds(owner):
+                            if wait and _ending(owner):
+                                for path in made:
+                                    state.remove(path)
+                                return owner
                             raise spec.error(f"host port {spec.host_port}/{spec.proto} is published already by "
                                              f"namespace {owner} (`nsrun ls` shows it)") from None
                         state.remove(path)  # a claim left by a setup killed before its record
@@ -139,6 +171,7 @@ def claim(name: str, specs: tuple[Spec, ...]) -> None:
             for path in made:
                 state.remove(path)
             raise
+    return None
 
 
 def release(name: str, keys: list[str] | None = None) -> int:
@@ -314,10 +347,18 @@ def remove(rec: NsRecord) -> None:
     from nsrun.engine.firewall import foreign
 
     net = record.read_net(rec.bridge) if rec.bridge else None
-    for name in [net.firewall] if net is not None and net.firewall else FIREWALLS:
+    backends = [net.firewall] if net is not None and net.firewall else list(FIREWALLS)
+    if rec.bridge and "nftables" in backends:
+        # its table and its openings in one batch: one wait for the kernel's deletion, not two
+        from nsrun.engine.firewall import nftables
+
+        foreign.close_published(publish_tag(rec.bridge, rec.name),
+                                also=lambda deletes: nftables.remove_publish(rec.name, deletes))
+        backends.remove("nftables")
+    for name in backends:
         firewall.backend(name).remove_publish(rec.name)
-    if rec.bridge:
-        foreign.close_published(publish_tag(rec.bridge, rec.name))
+    if rec.bridge and net is not None and net.firewall == "iptables":
+        foreign.close_published(publish_tag(rec.bridge, rec.name))  # nf_tables chains beside legacy ones
     release(rec.name)
 
 
