@@ -273,11 +273,13 @@ def refused_by_owner(b: Block, bridge: str) -> Refused | None:
 
 
 def unopened(bridge: str, mode: str, backend: str, skip: frozenset[tuple[str, str]] = frozenset(),
-             stub: str | None = None) -> list[Block]:
+             stub: str | None = None, rs: list[dict[str, Any]] | None = None) -> list[Block]:
     """check() (Refused for a chain nsrun cannot open), and of the chains that drop, those
     that hold no opening of BRIDGE's: one that appeared (or was flushed) since the bridge
-    was opened, which its next setup opens (and `doctor` names). Lists the ruleset lightly."""
-    rs = light_ruleset(("forward", "input") if stub is not None else ("forward",))
+    was opened, which its next setup opens (and `doctor` names). Lists the ruleset lightly
+    (RS: listed already, by light_ruleset with the input hook too when STUB is given)."""
+    if rs is None:
+        rs = light_ruleset(("forward", "input") if stub is not None else ("forward",))
     blocks = check(bridge, mode, backend, rs, skip, stub)
     if not blocks:
         return []

@@ -27,6 +27,8 @@ would drop that DNS; it is opened with the rest (foreign.py, `stub`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NetRecord, NsRecord
@@ -40,17 +42,18 @@ def _mode(s: Setup) -> str:
     return "nat" if s.prof.mode == "nat" else "bridge"
 
 
-def _firewalld(s: Setup) -> bool:
+def _firewalld(s: Setup, rs: list[dict[str, Any]] | None = None) -> bool:
     """Whether this setup goes through firewalld: a nat bridge, firewalld's tables in the
-    ruleset, and firewalld answering on the bus for this network namespace. (Bridge mode
-    does not: the bridge is the host's, and its zone is the host's choice; its frames meet
-    firewalld's chains only with br_netfilter on, and are opened there as in any chain.)"""
+    ruleset (RS: its tables, listed already), and firewalld answering on the bus for this
+    network namespace. (Bridge mode does not: the bridge is the host's, and its zone is the
+    host's choice; its frames meet firewalld's chains only with br_netfilter on, and are
+    opened there as in any chain.)"""
     if STEP in s.data:
         return bool(s.data[STEP])
     from nsrun.engine.firewall import firewalld, nftables
 
     found = (_mode(s) == "nat" and s.bus is not None and nftables.available()
-             and firewalld.has_tables(nftables.run("list tables").get("nftables", []))
+             and firewalld.has_tables(rs if rs is not None else nftables.run("list tables").get("nftables", []))
              and firewalld.reachable(s.bus))
     s.data[STEP] = found
     return found
@@ -78,7 +81,10 @@ def prepare(s: Setup) -> None:
     backend = fw_resource.backend_for(s, net)
     try:
         if net is not None and net.opened is not None:
-            s.data[LATE] = foreign.unopened(bridge, _mode(s), backend, skip=skip(s), stub=_stub(s, net))
+            stub = _stub(s, net)
+            rs = foreign.light_ruleset(("forward", "input") if stub is not None else ("forward",))
+            _firewalld(s, rs)  # its tables are in RS: no listing of its own
+            s.data[LATE] = foreign.unopened(bridge, _mode(s), backend, skip=skip(s), stub=stub, rs=rs)
         else:
             foreign.check(bridge, _mode(s), backend, skip=skip(s), stub=_stub(s, net))
     except foreign.Refused as exc:
