@@ -520,33 +520,45 @@ def _tag_names() -> list[str]:
 
 # -- the way in to a namespace's published ports ------------------------------------------
 
-def _publish_accepts(b: Block, bridge: str, forwards: list[Forward]) -> list[list[dict[str, Any]]]:
+def _publish_accepts(b: Block, bridge: str, forwards: list[Forward],
+                     veth: str | None = None) -> list[list[dict[str, Any]]]:
     """A new connection to each published port, DNAT'ed on its way to BRIDGE: `oifname BR
     ip daddr TO meta l4proto P P dport PORT accept`, which iptables-nft reads as `-o BR -d
     TO/32 -p P -m P --dport PORT` (no ct expression: Docker's and ufw's tables stay readable).
-    (Replies and what comes in on the bridge are the bridge's own openings'.)"""
+    (Replies and what comes in on the bridge are the bridge's own openings'.) In a
+    bridge-family chain (br_netfilter on), the same to the namespace's port VETH and its
+    replies from it (`iifname VETH ip saddr TO P sport PORT`): a sibling's connection,
+    DNAT'ed back onto the bridge, and its replies, un-NATed, are bridged between the two
+    ports (br_netfilter bridges a frame whose new destination is on its bridge)."""
     out = []
+
+    def rule(iface: tuple[str, str], addr: str, port: str, f: Forward) -> list[dict[str, Any]]:
+        return [_iface(*iface),
+                {"match": {"op": "==", "left": {"payload": {"protocol": f.family, "field": addr}}, "right": f.to}},
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": f.proto}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": f.proto, "field": port}}, "right": f.port}},
+                {"accept": None}]
+
     for f in forwards:
-        if b.family not in ("inet", f.family):
+        if b.family not in ("inet", "bridge", f.family):
             continue  # an ip chain sees no IPv6, an ip6 chain no IPv4
-        out.append([_iface("oifname", bridge),
-                    {"match": {"op": "==", "left": {"payload": {"protocol": f.family, "field": "daddr"}},
-                               "right": f.to}},
-                    {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": f.proto}},
-                    {"match": {"op": "==", "left": {"payload": {"protocol": f.proto, "field": "dport"}},
-                               "right": f.port}},
-                    {"accept": None}])
+        if b.family != "bridge":
+            out.append(rule(("oifname", bridge), "daddr", "dport", f))
+        elif veth is not None:
+            out += [rule(("oifname", veth), "daddr", "dport", f), rule(("iifname", veth), "saddr", "sport", f)]
     return out
 
 
 def open_published(bridge: str, tag: str, forwards: list[Forward], backend: str,
-                   skip: frozenset[tuple[str, str]] = frozenset()) -> list[Block]:
+                   skip: frozenset[tuple[str, str]] = frozenset(), veth: str | None = None) -> list[Block]:
     """Let new connections to a namespace's published ports (FORWARDS, DNAT'ed to the
     namespace on BRIDGE) through every nf_tables chain on the forward hook that drops them
     (but in the tables SKIP: firewalld's, whose zone binding lets DNAT'ed connections in),
     each rule tagged TAG (nsrun.engine.firewall.publish_tag). A legacy drop is the bridge's
-    opening's business (the legacy backend's own FORWARD accept, or a refusal). Idempotent:
-    chains that already hold TAG are left as they are. The chains opened."""
+    opening's business (the legacy backend's own FORWARD accept, or a refusal). With
+    br_netfilter on, bridge-family chains that drop too, for the frames to the namespace's
+    port VETH. Idempotent: chains that already hold TAG are left as they are. The chains
+    opened."""
     if not nftables.available():
         return []
     rs = light_ruleset()
@@ -554,10 +566,14 @@ def open_published(bridge: str, tag: str, forwards: list[Forward], backend: str,
             and r.get("comment") == tag}
     batch: list[dict[str, Any]] = []
     opened = []
-    for b in _blocks_nft(rs, "nat", br_netfilter_on()):
-        if (b.family, b.table) in skip or b.family == "bridge" or (b.family, b.table, b.into) in mine:
+    brnf = br_netfilter_on()
+    blocks = _blocks_nft(rs, "nat", brnf)
+    if brnf and veth is not None:
+        blocks += [b for b in _blocks_nft(rs, "bridge", brnf) if b.family == "bridge"]
+    for b in blocks:
+        if (b.family, b.table) in skip or (b.family, b.table, b.into) in mine:
             continue
-        accepts = _publish_accepts(b, bridge, forwards)
+        accepts = _publish_accepts(b, bridge, forwards, veth)
         if not accepts:
             continue
         if (refusal := refused_by_owner(b, bridge)) is not None:

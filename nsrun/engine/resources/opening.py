@@ -154,7 +154,7 @@ def _reopen_published(s: Setup, bridge: str, backend: str) -> None:
         specs = [ports.parse(p) for p in rec.publish]
         fwd = forwards_for(str(s.prof.subnet), specs, rec.address, str(subnet6) if subnet6 else None,
                            getattr(rec, "address6", None))
-        foreign.open_published(bridge, publish_tag(bridge, rec.name), fwd, backend, skip=skip(s))
+        foreign.open_published(bridge, publish_tag(bridge, rec.name), fwd, backend, skip=skip(s), veth=rec.veth)
 
 
 def _bind(s: Setup, bridge: str, net: NetRecord) -> NetRecord:

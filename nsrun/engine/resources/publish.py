@@ -311,7 +311,7 @@ def create(s: Setup) -> None:
     tag = publish_tag(bridge, s.name)
     firewall.backend(net.firewall).ensure_publish(s.name, bridge, fwd, tag)
     fault.checkpoint("publish-rules")
-    opened = foreign.open_published(bridge, tag, fwd, net.firewall, skip=opening.skip(s))
+    opened = foreign.open_published(bridge, tag, fwd, net.firewall, skip=opening.skip(s), veth=s.rec.veth)
     shown = ", ".join(f"{p.host_port}/{p.proto}" for p in specs)
     for b in opened:
         extra = "" if b.into == b.chain else f"chain {b.chain}: "
