@@ -31,7 +31,7 @@ Examples:
   sudo nsrun -- curl https://example.org           # through NAT, as the sudo user
   sudo nsrun -p gw1 -- firefox                     # out through LAN gateway gw1
   sudo nsrun -p isolated -- make test              # no network at all
-  sudo nsrun -P 8080:80 -- python3 -m http.server 80   # host port 8080 reaches it
+  sudo nsrun -P 8080:8000 -- python3 -m http.server   # reached at the host's 8080
   sudo nsrun up blue -p gw2 && sudo nsrun shell blue
   sudo nsrun ls --json
 

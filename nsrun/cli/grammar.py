@@ -88,7 +88,7 @@ COMMANDS: dict[str, Command] = {c.words: c for c in (
 Bring up persistent namespace NAME (visible to `ip netns`), wired per PROFILE.
 
 Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr
-Example: sudo nsrun up web -P 8080:80   # host port 8080 reaches port 80 inside"""),
+Example: sudo nsrun up web -P 8080:80   # the host's port 8080 to port 80 inside"""),
     Command("down", (NS_ARG,), (
         Option("refuse_busy", "--refuse-busy", help="Fail (exit 1) instead of stopping processes still inside.",
                kind="flag"),
