@@ -362,6 +362,9 @@ def _published(prof: Profile, specs: tuple[ports.Spec, ...]) -> Profile:
         # IPv6 (subnet6) is another branch's: until it lands, no profile has it.
         if spec.family == 6 and getattr(prof, "subnet6", None) is None:
             raise spec.error("the namespace has no IPv6 address; add subnet6")
+        if spec.host == "::1":  # no route_localnet in IPv6: the kernel does not forward ::1
+            raise spec.error("::1 cannot be forwarded to a namespace (IPv6 has no route_localnet); publish at "
+                             "[::] or an IPv6 address of the host, and reach it from the host at 127.0.0.1")
     return prof._replace(publish=every)
 
 

@@ -204,6 +204,23 @@ def test_the_option_adds_to_the_profiles_ports() -> None:
         profile.with_publish(prof, [f"{p}:80" for p in range(10000, 10300)])
 
 
+def test_a_v6_spec_once_profiles_have_ipv6() -> None:
+    """What the IPv6 branch's profiles (with `subnet6`) meet: a v6 host address passes, ::1
+    is refused (the kernel cannot forward it)."""
+    from typing import NamedTuple
+
+    class WithV6(NamedTuple):  # the fields _published reads, and subnet6
+        name: str = "v6"
+        mode: str = "nat"
+        publish: tuple[Spec, ...] = ()
+        subnet6: str = "fd00:1::/64"
+
+    got = profile._published(WithV6(), (ports.parse("[::]:8080:80"), ports.parse("[2001:db8::1]:9090:90")))  # type: ignore[arg-type]
+    assert [p.text() for p in got.publish] == ["[::]:8080:80/tcp", "[2001:db8::1]:9090:90/tcp"]
+    with pytest.raises(UsageError, match=r"::1 cannot be forwarded to a namespace \(IPv6 has no route_localnet\)"):
+        profile._published(WithV6(), (ports.parse("[::1]:8080:80"),))  # type: ignore[arg-type]
+
+
 # -- records ----------------------------------------------------------------------------------
 
 def test_records_keep_the_ports_and_localnet_and_read_as_before_without() -> None:
