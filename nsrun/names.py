@@ -23,6 +23,7 @@ RESERVED_IFNAMES = ("all", "default")
 EPHEMERAL_PREFIX = "nsrun-"
 HOST_VETH_PREFIX = "nsr"
 WG_PREFIX = "nswg"
+CNI_PREFIX = "nsrun-cni-"
 INNER_IFNAME = "eth0"
 IFALIAS_PREFIX = "nsrun:"
 
@@ -132,3 +133,38 @@ def is_wg_ifname(ifname: str) -> bool:
         and len(ifname) == len(WG_PREFIX) + 10
         and all(c in "0123456789abcdef" for c in ifname[len(WG_PREFIX):])
     )
+
+
+# -- CNI attachments -------------------------------------------------------------------------
+
+# CNI_CONTAINERID as the spec has it: an alphanumeric, then alphanumerics, '_', '.' and '-'.
+_CONTAINER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+CONTAINER_MAX = 1024  # the spec sets no limit; a runtime's ids are 64 hex digits or a UUID
+
+
+def container_problem(container: str) -> str | None:
+    """Why CONTAINER cannot be a CNI container id, or None when it can."""
+    if not container:
+        return "is empty"
+    if len(container) > CONTAINER_MAX:
+        return f"is {len(container)} characters long; nsrun takes at most {CONTAINER_MAX}"
+    if not _CONTAINER_RE.fullmatch(container):
+        return "must start with a letter or digit, then letters, digits, '_', '.' and '-'"
+    return None
+
+
+def cni_name(container: str, ifname: str) -> str:
+    """The name of the CNI attachment (CONTAINER, IFNAME): its record, lock, lease owner and
+    the names derived from it (host veth, WireGuard interface). 'nsrun-cni-' + 16 hex digits
+    (26 characters: a valid namespace name, never an ephemeral one's); 64 bits of hash, so
+    two attachments share a name with odds of 2**-64 per pair, and the record names the
+    container and interface it is for, which every lookup compares."""
+    import hashlib
+
+    digest = hashlib.blake2s(container.encode() + b"\0" + ifname.encode(), digest_size=8).hexdigest()
+    return CNI_PREFIX + digest
+
+
+def is_cni_name(name: str) -> bool:
+    return (name.startswith(CNI_PREFIX) and len(name) == len(CNI_PREFIX) + 16
+            and all(c in "0123456789abcdef" for c in name[len(CNI_PREFIX):]))

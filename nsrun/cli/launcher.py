@@ -1,5 +1,6 @@
-"""`python -m nsrun.cli.launcher PATH`: write nsrun's command at PATH (install.sh:
-/usr/local/bin/nsrun), a launcher of nsrun's own rather than pip's console script.
+"""`python -m nsrun.cli.launcher [--cni] PATH`: write nsrun's command at PATH (install.sh:
+/usr/local/bin/nsrun), a launcher of nsrun's own rather than pip's console script; with
+`--cni`, its CNI plugin's (install.sh: `nsrun` in the CNI plugin directories).
 
 Every run pays for the interpreter's start before nsrun does anything, and most of what a
 run through the service costs is that start. pip's script imports `re` (and with it enum,
@@ -37,23 +38,28 @@ def site_paths(python: str) -> list[str]:
     return [p for p in full if p not in bare]
 
 
-def text(python: str, paths: list[str]) -> str:
+# What a launcher starts: nsrun's command line, or its CNI plugin (`--cni`: install.sh puts
+# it in the CNI plugin directories as `nsrun`, the plugin's type).
+ENTRIES = {"cli": "nsrun.cli.main", "cni": "nsrun.cni.plugin"}
+
+
+def text(python: str, paths: list[str], entry: str = "cli") -> str:
     return (f"#!{python} -IS\n"
             "# nsrun launcher (written by nsrun.cli.launcher: see its docstring)\n"
             "import sys\n"
             f"sys.path += {paths!r}\n"
-            "from nsrun.cli.main import main\n"
+            f"from {ENTRIES[entry]} import main\n"
             "sys.exit(main())\n")
 
 
-def write(path: str, python: str | None = None) -> str:
-    """Write the launcher of PYTHON (this interpreter) at PATH; its text."""
+def write(path: str, python: str | None = None, entry: str = "cli") -> str:
+    """Write the launcher of PYTHON (this interpreter) at PATH, starting ENTRY; its text."""
     python = os.path.abspath(python or sys.executable)
     import nsrun
 
     own = os.path.dirname(os.path.dirname(os.path.abspath(nsrun.__file__)))
     paths = [own] + [p for p in site_paths(python) if p != own]
-    body = text(python, paths)
+    body = text(python, paths, entry)
     directory, base = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{base}.nsrun-launcher.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -72,11 +78,14 @@ def write(path: str, python: str | None = None) -> str:
 
 
 def main(argv: list[str]) -> int:
+    entry = "cli"
+    if argv[:1] == ["--cni"]:
+        entry, argv = "cni", argv[1:]
     if len(argv) not in (1, 2) or argv[0].startswith("-"):
-        sys.stderr.write("usage: python -m nsrun.cli.launcher PATH [PYTHON]\n")
+        sys.stderr.write("usage: python -m nsrun.cli.launcher [--cni] PATH [PYTHON]\n")
         return 2
     try:
-        write(argv[0], argv[1] if len(argv) == 2 else None)
+        write(argv[0], argv[1] if len(argv) == 2 else None, entry)
     except (OSError, subprocess.CalledProcessError, ValueError, SyntaxError) as exc:
         sys.stderr.write(f"nsrun.cli.launcher: {argv[0]}: {exc}\n")
         return 1

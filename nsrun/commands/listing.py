@@ -27,12 +27,13 @@ def _ipv4_addresses() -> list[str]:
     return [f"{ip}/{prefix}" for _, ip, prefix in ifaddr.ipv4() if not ip.startswith("127.")]
 
 
-def _addresses_of(nsnames: list[str]) -> dict[str, list[str]]:
+def _addresses_of(nsnames: list[str], paths: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """The addresses in each of NSNAMES (at /run/netns/NAME, or at PATHS[NAME])."""
     def walk() -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
         for name in nsnames:
             try:
-                fd = os.open(netns.path(name), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open((paths or {}).get(name) or netns.path(name), os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
             try:
@@ -104,11 +105,14 @@ def collect() -> list[dict[str, Any]]:
     # Addresses read live: namespaces nsrun did not make, and WireGuard ones (the tunnel's
     # addresses are the configuration's, which nsrun does not record: it holds a key).
     tunnelled = [n for n in present if n in recs and recs[n].wireguard is not None]
-    live_addrs = _addresses_of(unmanaged + tunnelled)
+    cni_tunnels = {n: r.netns for n, r in recs.items() if r.netns and r.wireguard is not None and record.ns_alive(r)}
+    live_addrs = _addresses_of(unmanaged + tunnelled + list(cni_tunnels), cni_tunnels)
     rows = []
     for name in allnames:
         rec = recs.get(name)
         ino = netns.inode(name) if name in present else None
+        if rec is not None and rec.adopted:  # a CNI attachment: the runtime's namespace
+            ino = int(rec.netns_id.split(":")[1]) if rec.netns_id and record.ns_alive(rec) else None
         owner = _owner_uid(rec) if rec else None
         row: dict[str, Any] = {
             "name": name,
@@ -131,7 +135,13 @@ def collect() -> list[dict[str, Any]]:
             "created": rec.created if rec else None,
             "wireguard": None,  # a WireGuard namespace's tunnel: nsrun.engine.wgdevice.status
             "publish": published(rec.publish) if rec else [],
+            "cni": None,  # a CNI attachment: its container, interface, network, namespace
         }
+        if rec is not None and rec.adopted:
+            row["kind"] = "cni"
+            row["state"] = rec.state if ino is not None else "missing"
+            row["cni"] = {"container": rec.container, "ifname": rec.ifname, "network": rec.network,
+                          "netns": rec.netns}
         if rec and rec.address:
             row["addresses"] = [f"{rec.address}/{rec.prefixlen}"]
         else:
@@ -139,7 +149,7 @@ def collect() -> list[dict[str, Any]]:
         if rec and rec.wireguard is not None:
             from nsrun.engine import wgdevice
 
-            wg = wgdevice.status(name, rec.wireguard) if name in present else None
+            wg = wgdevice.status(name, rec.wireguard) if name in present or name in cni_tunnels else None
             row["wireguard"] = wg
             if wg is not None and wg["peers"]:
                 row["rx_bytes"] = sum(p["rx_bytes"] or 0 for p in wg["peers"])
@@ -265,10 +275,12 @@ def table(rows: list[dict[str, Any]], width: int | None = None) -> str:
         procs = ", ".join(f"{p['pid']} {p['command'][:30]}" for p in r["processes"][:3])
         if len(r["processes"]) > 3:
             procs += f" (+{len(r['processes']) - 3})"
+        cni = r.get("cni")
+        label = f"{cni['container'][:12]}/{cni['ifname']}" if cni else r["name"]  # a CNI attachment
         addresses = r["addresses"]
         if width is not None and len(addresses) > 1:  # the first, and how many more (--wide: all)
             addresses = [f"{addresses[0]} (+{len(addresses) - 1})"]
-        cells.append((r["name"], r.get("owner") or "-", r["profile"] or "-", r["kind"] or "?",
+        cells.append((label, r.get("owner") or "-", r["profile"] or "-", r["kind"] or "?",
                       ",".join(addresses) or "-", *([_ports(r) or "-"] if ports else []),
                       _tunnel(r["wireguard"]) if r.get("wireguard") else r["gateway"] or "-",
                       r["bridge"] or "-", _bytes(r["rx_bytes"]),

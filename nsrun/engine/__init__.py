@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nsrun import fault, names, state
 from nsrun.engine import record
@@ -43,6 +43,20 @@ if TYPE_CHECKING:
 
 class Busy(NsrunError):
     pass
+
+
+class Adopt(NamedTuple):
+    """A namespace nsrun wires but did not make: a CNI attachment's (nsrun.engine.attachment).
+    NETNS: the runtime's namespace file; IFNAME: the interface to make in it."""
+
+    netns: str
+    ifname: str
+    container: str
+    network: str
+
+
+class Attached(NsrunError):
+    """The attachment is up in that namespace already (a second ADD without a DEL)."""
 
 
 def mismatch(name: str, rec: NsRecord | None, wanted: Profile) -> UsageError | None:
@@ -158,7 +172,8 @@ def claim_ephemeral() -> tuple[str, state.Lock]:
 def up(name: str | None, prof: Profile, *, persistent: bool,
        owner: dict[str, Any] | None = None, firewall: str | None = None,
        notices: list[str] | None = None, bus: str | None = None,
-       lock: state.Lock | None = None, for_uid: int | None = MADE_FOR) -> tuple[NsRecord, bool]:
+       lock: state.Lock | None = None, for_uid: int | None = MADE_FOR,
+       adopt: Adopt | None = None) -> tuple[NsRecord, bool]:
     """Bring NAME up per PROF: (its record, whether it was up already). The one way every
     caller (a run, `up`, the service, its policy path and its pool) brings a namespace up.
 
@@ -172,7 +187,9 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
     for the caller to say. LOCK: NAME's lock, held already (a claim); up releases it.
     FOR_UID: who asks (root: 0; by default the uid NAME would be made for, OWNER's
     `owner_uid`, else root); a NAME of another uid's is refused (not_theirs), unchanged;
-    None: not checked (the service's policy path has decided)."""
+    None: not checked (the service's policy path has decided).
+    ADOPT: wire the runtime's namespace ADOPT.netns instead of making /run/netns/NAME (a CNI
+    attachment: persistent, never idempotent, see nsrun.engine.attachment)."""
     if for_uid == MADE_FOR:
         for_uid = (owner or {}).get("owner_uid") or 0
     if name is None:  # ephemeral: a name claimed for it (claim_ephemeral), its lock held
@@ -194,7 +211,7 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
         raise ValueError(f"{lock.path} is not the lock of {name}")
     with lock:
         try:
-            found = _before_record(name, prof, for_uid)
+            found = _before_record(name, prof, for_uid, adopt)
         except BaseException:
             _discard_unrecorded(name, lock)
             raise
@@ -210,6 +227,9 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
             owner_pid=owner.get("owner_pid"), owner_start=owner.get("owner_start"),
             host_resolver=prof.host_resolver, owner_uid=owner.get("owner_uid"),
         )
+        if adopt is not None:
+            rec = rec._replace(persistent=True, netns=adopt.netns, netns_id=netns.ident(adopt.netns),
+                               ifname=adopt.ifname, container=adopt.container, network=adopt.network)
         steps = resources.for_mode(prof.mode)
         s = Setup(rec, prof, firewall, bus)
         try:
@@ -244,7 +264,24 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
         return s.rec, False
 
 
-def _before_record(name: str, prof: Profile, for_uid: int | None) -> NsRecord | None:
+def _adoptable(name: str, rec: NsRecord | None, adopt: Adopt | None) -> None:
+    """Refuse to bring NAME up when its record REC is a CNI attachment's and ADOPT is not
+    that attachment (None: a namespace of nsrun's own), or when ADOPT is up in its namespace
+    already. (REC of a namespace that is gone, or of a crashed ADD, is `up`'s to clear.)"""
+    if rec is None or adopt is None and not rec.adopted:
+        return
+    if adopt is None:
+        raise UsageError(f"{name} is the CNI attachment of container {rec.container} ({rec.ifname}); "
+                         "its runtime removes it, or `nsrun down` does")
+    if not rec.adopted or (rec.container, rec.ifname) != (adopt.container, adopt.ifname):
+        raise UsageError(f"{name} is recorded for {'another attachment' if rec.adopted else 'a namespace of nsrun'}; "
+                         f"container {adopt.container} ({adopt.ifname}) cannot be attached under it")
+    if rec.state == "up" and record.ns_alive(rec):
+        raise Attached(f"container {adopt.container} has {adopt.ifname} attached already "
+                       f"(in {rec.netns}); DEL it first")
+
+
+def _before_record(name: str, prof: Profile, for_uid: int | None, adopt: Adopt | None = None) -> NsRecord | None:
     """What `up` decides under NAME's lock before it writes a record: NAME's record when it
     is up already (of PROF, and FOR_UID's), else None once a crashed earlier attempt's
     pieces are gone; a refusal raised."""
@@ -252,6 +289,7 @@ def _before_record(name: str, prof: Profile, for_uid: int | None) -> NsRecord | 
     refusal = not_theirs(name, rec, for_uid)
     if refusal is not None:
         raise refusal
+    _adoptable(name, rec, adopt)  # a CNI attachment is adopted only as one, and only once
     if netns.exists(name):
         if rec is None:
             raise UsageError(f"namespace {name} exists and was not made by nsrun (use `nsrun exec {name}`)")
@@ -303,11 +341,18 @@ def teardown(rec: NsRecord, grace: float = 5.0) -> None:
 
     errors: list[str] = []
     # What runs inside stops first, and the namespace goes before the rest is undone:
-    # its links go with it (see resources.veth).
-    netns.stop_processes(rec.name, grace)
+    # its links go with it (see resources.veth). A CNI attachment's namespace is the
+    # runtime's: nothing in it is stopped, only what nsrun made in it goes (its interface).
+    if not rec.adopted:
+        netns.stop_processes(rec.name, grace)
     fault.checkpoint("undo-processes")
     try:
-        netns.delete(rec.name)
+        if rec.adopted:
+            from nsrun.engine.resources import namespace
+
+            namespace.release(rec)
+        else:
+            netns.delete(rec.name)
     except OSError as exc:
         errors.append(f"netns: {exc}")
     for res in reversed(resources.for_mode(rec.mode)):

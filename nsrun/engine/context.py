@@ -26,8 +26,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from nsrun import names
 from nsrun.engine import record
 from nsrun.engine.record import NsRecord
+from nsrun.linux import netns
 
 if TYPE_CHECKING:
     from nsrun.profile import Profile
@@ -69,6 +71,10 @@ class Setup:
         self.rec = rec
         self.prof = prof
         self.name = rec.name
+        # Where the namespace is, and the interface nsrun makes inside it: /run/netns/NAME and
+        # eth0, or a CNI attachment's (the runtime's namespace file and CNI_IFNAME).
+        self.nspath = rec.netns or netns.path(rec.name)
+        self.ifname = rec.ifname or names.INNER_IFNAME
         # The firewall backend the caller asks for (NSRUN_FIREWALL, read by the command
         # layer); a profile's own `firewall` wins over it.
         self.firewall = prof.firewall or firewall

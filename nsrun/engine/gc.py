@@ -2,7 +2,9 @@
 
 What counts as left behind:
 - a record whose run is over: an ephemeral namespace whose supervisor is dead, a setup
-  that died half-way (no one holds its lock), a persistent namespace whose mount is gone;
+  that died half-way (no one holds its lock), a persistent namespace whose mount is gone,
+  a CNI attachment whose namespace the runtime deleted without DEL (its path is gone, or
+  holds another namespace now);
 - whatever a resource finds of itself with no live record (its `orphans`): a host veth
   with nsrun's alias, a lease, a /etc/netns/NAME/resolv.conf, firewall rules, a bridge;
 - a temporary file of the state directory whose writer died (pid and start time);
@@ -31,14 +33,13 @@ from nsrun import names, state
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan
 from nsrun.engine.record import NsRecord
-from nsrun.linux import netns
 
 
 def _stale(rec: NsRecord, locked: bool = False) -> str | None:
     """Why REC's run is over, or None when it is live (or may be). LOCKED: the caller
     holds REC's namespace lock (so no setup is in progress)."""
     if rec.state == "up" and rec.persistent:
-        return None if netns.exists(rec.name) else "its namespace is gone"
+        return None if record.ns_alive(rec) else "its namespace is gone"
     if not rec.persistent and rec.owner_pid is not None:
         if rec.owner_alive():
             return None

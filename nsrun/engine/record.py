@@ -16,8 +16,9 @@ for it) that owns every key of its JSON file:
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
 same keys (`firewall` was then a boolean: true meant python-iptables). Keys added within
 schema 1 have defaults: a namespace record without `wireguard`, `wg_pid`, `wg_start`,
-`routes`, `publish` reads as one without WireGuard, routes or published ports; a bridge record without `firewall_ok`
-and `opened` was written before the firewall openings (see from_json). Where the files live
+`routes`, `publish` reads as one without WireGuard, routes or published ports (one without
+`netns`, as a namespace of nsrun's own, not a CNI attachment); a bridge record without
+`firewall_ok` and `opened` was written before the firewall openings (see from_json). Where the files live
 is `nsrun.state`'s business; this module is the only one that reads their keys.
 """
 
@@ -45,6 +46,9 @@ def _int(data: dict[str, Any], key: str) -> int | None:
 def _list(data: dict[str, Any], key: str) -> list[Any]:
     value = data.get(key)
     return value if isinstance(value, list) else []
+
+
+ADOPTED_KEYS = ("netns", "netns_id", "ifname", "container", "network")
 
 
 class NsRecord(NamedTuple):
@@ -77,11 +81,29 @@ class NsRecord(NamedTuple):
     # nat (nsrun.engine.resources.publish): the ports published, canonical (nsrun.ports),
     # recorded with the record itself, before the first claim is used or rule made.
     publish: tuple[str, ...] = ()
+    # A CNI attachment (nsrun.engine.attachment): the runtime's namespace that nsrun wired but
+    # did not make (its path, CNI_NETNS, and its identity, "dev:ino", to tell it from another
+    # at that path later), the interface inside (CNI_IFNAME), the container and the network.
+    # `netns` None: nsrun's own /run/netns/NAME, with eth0 inside. Keys only when adopted.
+    netns: str | None = None
+    netns_id: str | None = None
+    ifname: str | None = None
+    container: str | None = None
+    network: str | None = None
+
+    @property
+    def adopted(self) -> bool:
+        """A namespace nsrun wired but did not make (a CNI attachment): it is not nsrun's to
+        enter, stop or remove, only what nsrun put in it is."""
+        return self.netns is not None
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
         data["routes"] = list(self.routes)
         data["publish"] = list(self.publish)
+        if not self.adopted:
+            for key in ADOPTED_KEYS:
+                del data[key]
         return data
 
     @classmethod
@@ -104,6 +126,8 @@ class NsRecord(NamedTuple):
             routes=tuple(r for r in _list(data, "routes") if isinstance(r, str)),
             owner_uid=_int(data, "owner_uid"),
             publish=tuple(p for p in _list(data, "publish") if isinstance(p, str)),
+            netns=_str(data, "netns"), netns_id=_str(data, "netns_id"), ifname=_str(data, "ifname"),
+            container=_str(data, "container"), network=_str(data, "network"),
         )
 
     def owner(self) -> dict[str, Any]:
@@ -195,6 +219,16 @@ def save(rec: NsRecord) -> None:
 
 def remove(name: str) -> None:
     state.remove(state.record_path(name))
+
+
+def ns_alive(rec: NsRecord) -> bool:
+    """Whether REC's namespace is still there: its mount under /run/netns, or, adopted (a CNI
+    attachment), the namespace recorded at its path, not another one made there since."""
+    from nsrun.linux import netns
+
+    if rec.netns is None:
+        return netns.exists(rec.name)
+    return rec.netns_id is not None and netns.ident(rec.netns) == rec.netns_id
 
 
 def all_ns() -> dict[str, NsRecord]:

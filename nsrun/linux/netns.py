@@ -58,11 +58,15 @@ def _prepare_dir() -> None:
         kernel.mount("", NETNS_DIR, "none", kernel.MS_SHARED | kernel.MS_REC)
 
 
-def in_thread(func: Callable[[], T], enter: str | None = None, create: str | None = None) -> T:
-    """Run FUNC in a thread that first enters namespace ENTER, or creates namespace CREATE.
+def in_thread(func: Callable[[], T], enter: str | None = None, create: str | None = None,
+              at: str | None = None) -> T:
+    """Run FUNC in a thread that first enters namespace ENTER (or the namespace file AT, a
+    path: a runtime's, for a CNI attachment), or creates namespace CREATE.
 
     Sockets FUNC opens belong to that namespace; the calling thread is never moved.
     """
+    if at is not None:
+        enter = at
     result: dict[str, object] = {}
 
     def body() -> None:
@@ -79,7 +83,7 @@ def in_thread(func: Callable[[], T], enter: str | None = None, create: str | Non
                     os.unlink(target)
                     raise
             elif enter is not None:
-                fd = os.open(path(enter), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(at if at is not None else path(enter), os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     kernel.setns(fd, kernel.CLONE_NEWNET)
                 finally:
@@ -94,6 +98,36 @@ def in_thread(func: Callable[[], T], enter: str | None = None, create: str | Non
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result["value"]  # type: ignore[return-value]
+
+
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): the kind of namespace a namespace file is
+
+
+def ident(nspath: str) -> str | None:
+    """The identity of the namespace at NSPATH ("dev:ino", as /proc/PID/ns/net and a bind
+    mount of it show it), None when there is nothing there."""
+    try:
+        st = os.stat(nspath)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def is_network_namespace(nspath: str) -> bool:
+    """Whether NSPATH is a network namespace file (a bind mount under /run/netns, or
+    /proc/PID/ns/net): the kernel says so (NS_GET_NSTYPE), not the path."""
+    import fcntl
+
+    try:
+        fd = os.open(nspath, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == kernel.CLONE_NEWNET
+    except OSError:  # not a namespace file at all
+        return False
+    finally:
+        os.close(fd)
 
 
 def create(name: str, inside: Callable[[], T]) -> T:

@@ -209,7 +209,8 @@ def gone_within(lab: LabRunner, svc: Service, seconds: float) -> None:
 # -- limits against racing requests --------------------------------------------------------------
 
 def test_policy_limit_holds_against_racing_requests(lab, tmp_path, public_nsrun):
-    """12 runs and 12 `up`s of nobody at once, limit 2: never more than 2 live."""
+    """12 runs and 12 `up`s of nobody at once, limit 2: never more than 2 live. (Names of
+    nobody's own: the policy's `create` default is `{user}-*`.)"""
     svc = policy_service(lab, tmp_path, limit=2)
     env = {**lab.env, **public_nsrun}
     try:
@@ -221,17 +222,17 @@ def test_policy_limit_holds_against_racing_requests(lab, tmp_path, public_nsrun)
         refused = [err for code, err in results if code == 2 and "limit" in err]
         assert len(ok) <= 2 and len(ok) + len(refused) == 12, results
         svc.wait_idle(30)
-        procs = [subprocess.Popen(as_user(lab, "nobody", lab.nsrun_argv("up", f"race{i}")[2:]), env=env,
+        procs = [subprocess.Popen(as_user(lab, "nobody", lab.nsrun_argv("up", f"nobody-race{i}")[2:]), env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
                  for i in range(12)]
         codes = [p.wait(60) for p in procs]
         for p in procs:
             p.communicate()
-        made = [n for n in os.listdir("/run/netns") if n.startswith("race")]
+        made = [n for n in os.listdir("/run/netns") if n.startswith("nobody-race")]
         assert len(made) == 2 and codes.count(0) == 2, (codes, made, svc.log()[-3000:])
     finally:
         for n in os.listdir("/run/netns"):
-            if n.startswith("race"):
+            if n.startswith("nobody-race"):
                 lab.nsrun("down", n)
         svc.stop()
 
@@ -240,13 +241,13 @@ def test_named_namespaces_count_against_the_user_limit(lab, tmp_path, public_nsr
     """`nsrun daemon --user-limit 1`: a named namespace nobody made is one."""
     svc = policy_service(lab, tmp_path, "--user-limit", "1")
     try:
-        r = user_nsrun(lab, public_nsrun, "nobody", "up", "mine")
+        r = user_nsrun(lab, public_nsrun, "nobody", "up", "nobody-mine")
         assert r.returncode == 0, r.stderr
         r = user_nsrun(lab, public_nsrun, "nobody", "--", "true")
         assert r.returncode == 2 and "--user-limit" in r.stderr, (r.returncode, r.stderr)
-        r = user_nsrun(lab, public_nsrun, "nobody", "up", "second")
+        r = user_nsrun(lab, public_nsrun, "nobody", "up", "nobody-second")
         assert r.returncode == 2 and "--user-limit" in r.stderr, (r.returncode, r.stderr)
-        assert user_nsrun(lab, public_nsrun, "nobody", "down", "mine").returncode == 0
+        assert user_nsrun(lab, public_nsrun, "nobody", "down", "nobody-mine").returncode == 0
         r = user_nsrun(lab, public_nsrun, "nobody", "--", "true")
         assert r.returncode == 0, r.stderr
         svc.wait_idle()

@@ -23,6 +23,7 @@ import importlib.util
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,11 @@ PACKAGES = {
     "dbus-daemon": "dbus-daemon", "iptables-nft": "iptables", "nft": "nftables",
     "wireguard-go": "wireguard-go", "wg": "wireguard-tools", "tcpdump": "tcpdump", "openvpn": "openvpn",
     "zsh": "zsh", "fish": "fish", "systemd-analyze": "systemd", "script": "bsdutils", "groff": "groff-base",
+    "dpkg-deb": "dpkg", "lintian": "lintian",
     "/usr/bin/python3": "python3",
+    # the CNI plugin's judges (tests/lab/test_cni.py, test_cni_podman.py)
+    "go": "golang-go", "podman": "podman", "runc": "runc", "conmon": "conmon",
+    "/usr/lib/cni/bridge": "containernetworking-plugins",
 }
 
 
@@ -71,6 +76,50 @@ def _systemd_bus_policy() -> str | None:
     return None if os.path.exists(conf) else f"{conf} is missing (Debian package systemd)"
 
 
+def built_package() -> Path | None:
+    """dist/nsrun_VERSION_ARCH.deb (the changelog's VERSION), when it was built after every
+    file of this checkout that goes into it (`sh install.sh --test` builds it)."""
+    repo = Path(__file__).resolve().parents[2]
+    version = (repo / "debian" / "changelog").read_text().split("(", 1)[1].split(")", 1)[0]
+    found = sorted((repo / "dist").glob(f"nsrun_{version}_*.deb"))
+    if not found:
+        return None
+    built = found[-1].stat().st_mtime
+    sources = [repo / "pyproject.toml", repo / "docs" / "nsrun.1"]
+    for top in ("nsrun", "profiles", "completions", "systemd", "debian"):
+        sources += [p for p in (repo / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return found[-1] if all(p.stat().st_mtime <= built for p in sources) else None
+
+
+def _built_package() -> str | None:
+    return None if built_package() else ("no Debian package built from this checkout's files in dist/ "
+                                         "(sh install.sh --test builds it)")
+
+
+LIBCNI = "/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go"
+
+
+def _libcni_source() -> str | None:
+    return None if os.path.exists(LIBCNI) else f"{LIBCNI} is missing (Debian package golang-github-appc-cni-dev)"
+
+
+def _static_busybox() -> str | None:
+    """/bin/busybox, linked statically: a container's whole root file system (podman's tests)."""
+    import struct
+
+    try:
+        with open("/bin/busybox", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return "/bin/busybox is missing (Debian package busybox-static)"
+    dynamic = data[:5] != b"\x7fELF\x02"
+    if not dynamic:  # a program header PT_INTERP (3): it needs a dynamic loader
+        phoff, = struct.unpack_from("<Q", data, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+        dynamic = any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3 for i in range(phnum))
+    return "/bin/busybox is linked dynamically (Debian package busybox-static)" if dynamic else None
+
+
 def _module(name: str, package: str) -> Callable[[], str | None]:
     return lambda: None if importlib.util.find_spec(name) else f"Python module {name} is missing ({package})"
 
@@ -81,6 +130,9 @@ FEATURES: dict[str, Callable[[], str | None]] = {
     "libnftables": _libnftables,
     "systemd's D-Bus policy": _systemd_bus_policy,
     "mypy": _module("mypy", "the test extras: sh install.sh --test"),
+    "the built package": _built_package,
+    "libcni's source": _libcni_source,
+    "a static busybox": _static_busybox,
 }
 
 

@@ -3,8 +3,8 @@ others. Every import counts, those inside functions and under TYPE_CHECKING incl
 import inside a function is still a dependency; it only hides the circle until it runs).
 
 Layers, top to bottom (docs/development.md draws them): a module may import modules of its
-own folder and of the layers below; `process` and `lab` sit side by side and know nothing
-of each other; the top-level modules (errors, names, state, ...) are shared by every layer
+own folder and of the layers below; `cli` and `cni` (the CNI plugin), like `process` and
+`lab`, sit side by side and know nothing of each other; the top-level modules (errors, names, state, ...) are shared by every layer
 and import only each other.
 """
 
@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "nsrun"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("cli",),
+    ("cli", "cni"),  # the entries: the command line, and the CNI plugin (side by side)
     ("service",),
     ("commands",),
     ("process", "lab"),
@@ -158,8 +158,13 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     (pkg / "process" / "x.py").write_text("from nsrun.lab import y\n")
     (pkg / "lab" / "y.py").write_text("")
     wrong = against_layers(pkg)
-    assert wrong == ["nsrun.engine.up -> nsrun.cli.main (up: engine imports cli)",
+    assert wrong == ["nsrun.engine.up -> nsrun.cli.main (up: engine imports cli/cni)",
                      "nsrun.process.x -> nsrun.lab.y (sideways: process and lab are apart)"], wrong
+    (pkg / "cni").mkdir()
+    (pkg / "cni" / "__init__.py").write_text("")
+    (pkg / "cni" / "plugin.py").write_text("from nsrun.engine import up\nfrom nsrun.cli import main\n")
+    assert "nsrun.cni.plugin -> nsrun.cli.main (sideways: cni and cli are apart)" in against_layers(pkg)
+    assert not [w for w in against_layers(pkg) if w.startswith("nsrun.cni.plugin -> nsrun.engine")]
     assert cycles(graph(pkg)) == [["nsrun.cli.main", "nsrun.engine.up"], ["nsrun.linux.a", "nsrun.linux.b"]]
 
 

@@ -1,5 +1,6 @@
 """The man page: docs/nsrun.1 is what tools/manpage.py makes of docs/nsrun.1.md, it names
-every command and option the parser knows, and install.sh installs it (`man nsrun`)."""
+every command and option the parser knows, and the Debian package and install.sh --venv install
+it (`man nsrun`)."""
 
 from __future__ import annotations
 
@@ -38,5 +39,9 @@ def test_the_page_renders_without_warnings() -> None:
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
-def test_install_sh_installs_the_page() -> None:
+def test_the_package_and_install_sh_install_the_page() -> None:
+    """The package: debian/nsrun.manpages (dh_installman: /usr/share/man/man1/nsrun.1.gz;
+    tests/unit/test_packaging.py reads it in the built package); `install.sh --venv`:
+    /usr/local/share/man."""
+    assert (REPO / "debian" / "nsrun.manpages").read_text().split() == ["docs/nsrun.1"]
     assert "install -D -m 0644 docs/nsrun.1 /usr/local/share/man/man1/nsrun.1" in (REPO / "install.sh").read_text()

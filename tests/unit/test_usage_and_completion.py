@@ -184,9 +184,13 @@ def test_completion_script_is_valid(shell, script):
     assert r.returncode == 0 and not r.stderr, r.stderr
 
 
-def test_install_script_installs_the_completions():
+def test_install_script_and_package_install_the_completions():
+    # install.sh --venv under /usr/local/share; the package under /usr/share (debian/rules;
+    # tests/unit/test_packaging.py reads them in the built package)
     text = (REPO / "install.sh").read_text()
+    rules = (REPO / "debian" / "rules").read_text()
     for script in ("nsrun.bash", "_nsrun", "nsrun.fish"):
-        assert f"completions/{script}" in text
+        assert f"completions/{script} /usr/local/share/" in text
+        assert f"completions/{script} $(ROOT)/usr/share/" in rules
     r = subprocess.run(["sh", "-n", str(REPO / "install.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -27,7 +27,6 @@ from types import ModuleType
 
 from nsrun.engine.firewall.forwards import Forward, publish_owner, publish_tag
 from nsrun.errors import NsrunError
-from nsrun.profile import FIREWALLS
 
 __all__ = ["Forward", "backend", "choose", "publish_owner", "publish_tag"]
 
@@ -36,6 +35,7 @@ def choose(requested: str | None = None) -> str:
     """The backend to make new rules with on this host: REQUESTED when given, else what
     detect.choose() finds. NsrunError when neither can work here."""
     from nsrun.engine.firewall import detect
+    from nsrun.profile import FIREWALLS
 
     if requested is not None and requested not in FIREWALLS:
         raise NsrunError(f"unknown firewall backend {requested!r} (known: {', '.join(FIREWALLS)})")
@@ -46,6 +46,8 @@ def choose(requested: str | None = None) -> str:
 
 
 def backend(name: str) -> ModuleType:
+    from nsrun.profile import FIREWALLS  # here: a teardown that removes no rule needs no profile (tomllib)
+
     if name not in FIREWALLS:
         raise NsrunError(f"unknown firewall backend {name!r} (known: {', '.join(FIREWALLS)})")
     return importlib.import_module(f"{__name__}.{name}")

@@ -1,12 +1,11 @@
-"""The namespace's address and default route, inside: eth0 gets the leased address (see
-`lease`), the route goes to the profile's gateway, and in bridge mode a gratuitous ARP
-tells the LAN whose the address now is. Both go with the namespace: nothing to remove,
-no orphans on the host.
+"""The namespace's address and default route, inside: eth0 (a CNI attachment: CNI_IFNAME)
+gets the leased address (see `lease`), the route goes to the profile's gateway, and in bridge
+mode a gratuitous ARP tells the LAN whose the address now is. Both go with the namespace (or
+with the interface: a CNI attachment's): nothing to remove, no orphans on the host.
 """
 
 from __future__ import annotations
 
-from nsrun import names
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.linux import netns
@@ -15,7 +14,7 @@ STEP = "address"
 
 
 def create(s: Setup) -> None:
-    netns.in_thread(lambda: _configure(s), enter=s.name)
+    netns.in_thread(lambda: _configure(s), at=s.nspath)
 
 
 def _configure(s: Setup) -> None:
@@ -24,13 +23,13 @@ def _configure(s: Setup) -> None:
     prof, address = s.prof, s.rec.address
     assert prof.subnet is not None and address is not None
     with netlink.IPRoute() as inner:
-        idx = netlink.index(inner, names.INNER_IFNAME)
+        idx = netlink.index(inner, s.ifname)
         inner.link("set", index=idx, state="up")
         inner.addr("add", index=idx, address=address, prefixlen=prof.subnet.prefixlen)
         inner.route("add", dst="0.0.0.0/0", gateway=str(prof.gateway), oif=idx)
     if prof.mode == "bridge":
         try:
-            arp.announce(names.INNER_IFNAME, address)
+            arp.announce(s.ifname, address)
         except OSError:
             pass
 

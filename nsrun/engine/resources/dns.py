@@ -33,12 +33,16 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 from nsrun import fault, state
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError, UsageError
 from nsrun.linux import netns
+
+if TYPE_CHECKING:
+    from nsrun.profile import Profile
 
 STEP = "dns"
 
@@ -242,18 +246,41 @@ def _unlink(d: int, fn: str) -> None:
         pass
 
 
-def create(s: Setup) -> None:
+def _forwarder(prof: Profile) -> str | None:
+    """nat mode behind a loopback stub: the bridge's address, which the firewall step
+    forwards to the stub; None otherwise."""
     from nsrun.engine import record
 
-    prof = s.prof
-    forwarder = None
     if prof.mode == "nat" and prof.dns is None and prof.bridge:
         net = record.read_net(prof.bridge)
         if net is not None and net.dns_forward:  # the firewall step forwards it to the stub
-            forwarder = net.gateway or (str(prof.gateway) if prof.gateway else None)
+            return net.gateway or (str(prof.gateway) if prof.gateway else None)
+    return None
+
+
+def create(s: Setup) -> None:
+    prof = s.prof
+    if s.rec.adopted:
+        return  # a CNI attachment: the runtime writes the container's resolv.conf (from settings())
     s.update(dns=True)  # before the file: a crash while it is written leaves a record of it
-    if not write(s.name, prof.dns, prof.search, forwarder, host_lines=True, note=s.note):
+    if not write(s.name, prof.dns, prof.search, _forwarder(prof), host_lines=True, note=s.note):
         s.update(dns=False)
+
+
+def settings(prof: Profile) -> dict[str, list[str]]:
+    """What the namespace's resolv.conf would say, for a CNI Result's `dns` (the runtime
+    writes the container's): nameservers, search domains, options; empty when none."""
+    chosen, other = content(prof.dns, prof.search, _forwarder(prof), host_lines=True)
+    out: dict[str, list[str]] = {}
+    if chosen:
+        out["nameservers"] = chosen
+    for line in other:
+        key, _, rest = line.partition(" ")
+        if key in ("search", "domain"):
+            out["search"] = rest.split()
+        elif key == "options":
+            out.setdefault("options", []).extend(rest.split())
+    return out
 
 
 def remove(rec: NsRecord) -> None:

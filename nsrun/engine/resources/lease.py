@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
-from nsrun import names, state
+from nsrun import state
 from nsrun.engine import allocator, record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
@@ -33,7 +33,7 @@ def create(s: Setup) -> None:
     if prof.mode == "nat":
         addr = allocator.allocate(store, prof.pool(), s.name)
     else:
-        addr = netns.in_thread(lambda: _claim_on_lan(store, s), enter=s.name)
+        addr = netns.in_thread(lambda: _claim_on_lan(store, s), at=s.nspath)
     s.update(address=str(ipaddress.IPv4Address(addr)))
     s.held.close()  # the bridge lock: this namespace holds a lease now
 
@@ -44,35 +44,35 @@ def _claim_on_lan(store: allocator.FileStore, s: Setup) -> int:
 
     prof = s.prof
     with netlink.IPRoute() as inner:
-        idx = netlink.index(inner, names.INNER_IFNAME)
+        idx = netlink.index(inner, s.ifname)
         inner.link("set", index=idx, state="up")
     if prof.probe_ms > 0:
-        _wait_carrier()
+        _wait_carrier(s.ifname)
 
     def usable(a: int) -> bool:
         if prof.probe_ms <= 0:
             return True
-        return not arp.probe(names.INNER_IFNAME, str(ipaddress.IPv4Address(a)), prof.probe_ms)
+        return not arp.probe(s.ifname, str(ipaddress.IPv4Address(a)), prof.probe_ms)
 
     return allocator.allocate(store, prof.pool(), s.name, usable)
 
 
-def _wait_carrier() -> None:
+def _wait_carrier(ifname: str) -> None:
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        if _carrier():
+        if _carrier(ifname):
             return
         time.sleep(0.002)
 
 
-def _carrier() -> bool:
+def _carrier(ifname: str) -> bool:
     # /sys is the host's here; ask the kernel through a socket in this thread's namespace.
     import fcntl
     import socket
     import struct
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        req = struct.pack("16sH14x", names.INNER_IFNAME.encode(), 0)
+        req = struct.pack("16sH14x", ifname.encode(), 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), 0x8913, req))[1]  # SIOCGIFFLAGS
     return bool(flags & 0x40)  # IFF_RUNNING: up with carrier
 

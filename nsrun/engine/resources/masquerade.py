@@ -28,7 +28,6 @@ from nsrun.engine.record import NetRecord, NsRecord
 from nsrun.engine.resources.lease import unused
 from nsrun.errors import NsrunError
 from nsrun.linux import sysctl
-from nsrun.profile import FIREWALLS
 
 STEP = "firewall"
 
@@ -150,6 +149,7 @@ def retire(bridge: str, net: NetRecord) -> None:
     record of an older nsrun may still have rules cut short by a crash: every backend
     removes whatever exists of them (neither loads a legacy table to look)."""
     from nsrun.engine.firewall import foreign
+    from nsrun.profile import FIREWALLS  # here: a teardown that removes no rule needs no profile (tomllib)
 
     if net.mode == "nat":
         for name in [net.firewall] if net.firewall else FIREWALLS:
@@ -200,6 +200,8 @@ def orphans(scan: Scan) -> list[Action]:
         if net is not None and (net.mode == "nat" or net.firewall is not None) and not _leased(bridge):
             out.append(Action(f"firewall rules for {bridge}", "no namespace uses it",
                               partial(remove_if_unused, bridge)))
+    from nsrun.profile import FIREWALLS
+
     known = set(scan.bridges)
     for name in FIREWALLS:  # neither looks by loading a legacy table or a missing library
         for bridge in sorted(_gone(firewall.backend(name).bridges() - known)):

@@ -1,4 +1,4 @@
-"""The veth pair: eth0 inside the namespace, its peer `nsrXXXXXXXXXX` (names.host_veth) on
+"""The veth pair: eth0 (a CNI attachment: CNI_IFNAME) inside the namespace, its peer `nsrXXXXXXXXXX` (names.host_veth) on
 the host, plugged into the bridge and carrying the alias `nsrun:NAME`, so that gc can tell
 whose it is with no record.
 
@@ -47,7 +47,8 @@ def inside(s: Setup) -> None:
     from nsrun.linux import netlink
 
     assert s.rec.veth is not None
-    sysctl.write("net/ipv6/conf/default/disable_ipv6", "1")
+    if not s.rec.adopted:  # a runtime's namespace keeps its default: only this link is v4-only
+        sysctl.write("net/ipv6/conf/default/disable_ipv6", "1")
     extra: dict[str, Any] = {"mtu": s.prof.mtu} if s.prof.mtu else {}
     choices = names.host_veth_choices(s.name)
     if s.rec.veth in choices:
@@ -58,11 +59,15 @@ def inside(s: Setup) -> None:
                 s.update(veth=ifname)  # recorded before the link that carries it is made
             peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": s.host_fd, **extra}
             try:
-                inner.link("add", ifname=names.INNER_IFNAME, kind="veth", peer=peer, **extra)
-                return
+                inner.link("add", ifname=s.ifname, kind="veth", peer=peer, **extra)
             except netlink.NetlinkError() as exc:
                 if netlink.errno_of(exc) != errno.EEXIST:
                     raise
+                continue
+            if s.rec.adopted:  # whose the inner end is, for its removal (namespace.release)
+                sysctl.write(f"net/ipv6/conf/{s.ifname}/disable_ipv6", "1")
+                inner.link("set", index=netlink.index(inner, s.ifname), ifalias=names.ifalias(s.name))
+            return
     raise NsrunError(f"every host name for {s.name}'s veth ({', '.join(choices)}) is taken by other links")
 
 

@@ -8,6 +8,8 @@ construction, with no veth, bridge, NAT or firewall rule to get wrong. Without a
 in the configuration the namespace gets no v6 route and IPv6 is off on the interface, so
 nothing (a router advertisement) can add one. DNS is the configuration's
 (/etc/netns/NAME/resolv.conf, as the dns resource writes it; none when it names none).
+A CNI attachment's tunnel moves into the runtime's namespace and is renamed CNI_IFNAME there;
+its DNS is the runtime's to write, from the Result (nsrun.engine.attachment).
 
 The configuration (nsrun.wgconf) is read and checked in `prepare`, before the record is
 written: a refused file changes nothing. Kernel WireGuard where the kernel has it, else
@@ -79,17 +81,28 @@ def create(s: Setup) -> None:
     # The MTU is set here, where wireguard-go still sees the change; it moves with the link.
     ipr.link("set", index=idx, ifalias=names.ifalias(s.name),
              **({"mtu": conf.mtu} if conf.mtu is not None else {}))
-    ns_fd = os.open(netns.path(s.name), os.O_RDONLY | os.O_CLOEXEC)
+    ns_fd = os.open(s.nspath, os.O_RDONLY | os.O_CLOEXEC)
     try:
         ipr.link("set", index=idx, net_ns_fd=ns_fd)
     finally:
         os.close(ns_fd)
     fault.checkpoint("wg-moved")
-    netns.in_thread(lambda: wgdevice.configure_inside(ifname, conf), enter=s.name)
+    netns.in_thread(lambda: _inside(ifname, s.ifname if s.rec.adopted else ifname, conf), at=s.nspath)
     fault.checkpoint("wg-inside")
-    if conf.dns:
+    if conf.dns and not s.rec.adopted:  # a CNI attachment's runtime writes resolv.conf
         s.update(dns=True)  # before the file: a crash while it is written leaves a record of it
         dns.write(s.name, conf.dns, search=conf.search)
+
+
+def _inside(ifname: str, wanted: str, conf: Any) -> None:
+    """In the namespace: IFNAME renamed WANTED (a CNI attachment's CNI_IFNAME: the derived
+    name stays the daemon's and its socket's, on the host), then configured."""
+    if wanted != ifname:
+        from nsrun.linux import netlink
+
+        with netlink.IPRoute() as ipr:
+            ipr.link("set", index=netlink.index(ipr, ifname), ifname=wanted)
+    wgdevice.configure_inside(wanted, conf)
 
 
 def remove(rec: NsRecord) -> None:
