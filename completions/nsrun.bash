@@ -26,12 +26,12 @@ _nsrun() {
         -p | --profile) _nsrun_names profiles "$cur"; COMPREPLY+=($(compgen -f -X '!*.toml' -- "$cur")); return 0 ;;
         -n | --name) _nsrun_names namespaces "$cur"; return 0 ;;
         -u | --user) COMPREPLY=($(compgen -u -- "$cur")); return 0 ;;
-        --grace) return 0 ;;
+        --grace | -P | --publish) return 0 ;;
     esac
     sub=
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            -p | --profile | -n | --name | -u | --user | --grace) ((i++)) ;;
+            -p | --profile | -n | --name | -u | --user | --grace | -P | --publish) ((i++)) ;;
             -*) ;;
             *) sub=${COMP_WORDS[i]}; break ;;
         esac
@@ -39,11 +39,11 @@ _nsrun() {
     case $sub in
         '')
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "-p --profile -n --name -u --user -h --help --version --" -- "$cur"))
+                COMPREPLY=($(compgen -W "-p --profile -n --name -u --user -P --publish -h --help --version --" -- "$cur"))
             else
                 COMPREPLY=($(compgen -W "$commands" -- "$cur"))
             fi ;;
-        up) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-p --profile -h --help" -- "$cur")); else _nsrun_names namespaces "$cur"; fi ;;
+        up) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-p --profile -P --publish -h --help" -- "$cur")); else _nsrun_names namespaces "$cur"; fi ;;
         down) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "--refuse-busy --grace -h --help" -- "$cur")); else _nsrun_names namespaces "$cur"; fi ;;
         exec) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-u --user -h --help --" -- "$cur")); else _nsrun_names namespaces "$cur"; fi ;;
         shell) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-p --profile -u --user --keep -h --help" -- "$cur")); else _nsrun_names namespaces "$cur"; fi ;;

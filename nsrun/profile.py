@@ -15,6 +15,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from nsrun import ports
 from nsrun.errors import ProfileError, UsageError
 from nsrun.names import ifname_problem
 
@@ -24,7 +25,7 @@ DEFAULT_NAT_BRIDGE = "nsrun0"
 DEFAULT_PROBE_MS = 50
 KEYS = (
     "description", "mode", "bridge", "uplink", "subnet", "range", "gateway", "dns",
-    "search", "host_resolver", "mtu", "probe_ms", "forward", "routes", "firewall",
+    "search", "host_resolver", "mtu", "probe_ms", "forward", "routes", "firewall", "publish",
     "subnet6", "range6", "gateway6", "isolate", "allow",
 )
 # Keys of one mode only, listed among the known keys when that mode is chosen.
@@ -39,7 +40,7 @@ Reader = tuple[int, int, tuple[int, ...]]
 # Keys each mode accepts besides description and mode.
 MODE_KEYS = {
     "nat": {"bridge", "subnet", "range", "gateway", "dns", "search", "host_resolver", "mtu", "forward",
-            "routes", "firewall", *REACH_KEYS},
+            "routes", "firewall", "publish", *REACH_KEYS},
     "bridge": {"bridge", "uplink", "subnet", "range", "gateway", "dns", "search", "host_resolver",
                "mtu", "probe_ms", "forward", "routes", "firewall", *REACH_KEYS},
     "isolated": set(),
@@ -112,6 +113,7 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
     gateway6: ipaddress.IPv6Address | None = None
     isolate: bool = False  # nat, bridge: no other namespace, no service of the host's
     allow: tuple[Allow, ...] = ()  # nat, bridge: the only destinations reachable (and DNS)
+    publish: tuple[ports.Spec, ...] = ()  # nat: host ports forwarded to the namespace (nsrun.ports)
 
     @property
     def guarded(self) -> bool:
@@ -170,6 +172,8 @@ class Profile(NamedTuple):  # not a dataclass: `dataclasses` costs 10 ms to impo
                            gateway6=str(self.gateway6))
             out["isolate"] = self.isolate
             out["allow"] = [str(a) for a in self.allow]
+            if self.mode == "nat":
+                out["publish"] = [p.text() for p in self.publish]
         return out
 
 
@@ -276,6 +280,8 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
         raise _type_error(source, "description", "a string", description)
     for key in data:
         if key not in ("description", "mode") and key not in MODE_KEYS[mode]:
+            if key == "publish":
+                raise ProfileError(source, key, publish_refusal(mode))
             raise ProfileError(source, key, f"is not used in {mode} mode")
     if mode == "isolated":
         return Profile(name=name, source=source, mode=mode, description=description)
@@ -383,12 +389,55 @@ def validate(data: dict[str, Any], source: str, name: str) -> Profile:
     if not isinstance(forward, bool):
         raise _type_error(source, "forward", "true or false", forward)
     routes = _routes(source, data["routes"], subnet) if "routes" in data else ()
-    return Profile(
+    prof = Profile(
         name=name, source=source, mode=mode, description=description, bridge=bridge,
         uplink=uplink, subnet=subnet, first=first, last=last, gateway=gateway, dns=dns,
         search=search, host_resolver=host_resolver, mtu=mtu, probe_ms=probe_ms, forward=forward,
         routes=routes, firewall=firewall, **_reach(source, mode, data),
     )
+    return _published(prof, _publish(source, data["publish"])) if "publish" in data else prof
+
+
+def publish_refusal(mode: str) -> str:
+    """Why a profile of MODE publishes no port (the `publish` key, the option --publish)."""
+    if mode == "bridge":
+        return ("is for nat mode: in bridge mode the namespace is on the LAN already, reachable at "
+                "its own address; publish nothing")
+    return f"is for nat mode: a {mode} namespace has no way in from the host"
+
+
+def _publish(source: str, raw: Any) -> tuple[ports.Spec, ...]:
+    """The `publish` key: a list of `[HOSTADDR:]HOSTPORT:PORT[/tcp|udp]` (nsrun.ports)."""
+    if not isinstance(raw, list):
+        raise ProfileError(source, "publish", 'must be a list of ports such as ["8080:80", "5353:53/udp"]')
+    return tuple(ports.parse(item, source, "publish") for item in raw)
+
+
+def _published(prof: Profile, specs: tuple[ports.Spec, ...]) -> Profile:
+    """PROF publishing SPECS too (after its own): each checked against the others and
+    against the namespace's address families."""
+    every = prof.publish + specs
+    ports.check_unique(every)
+    for spec in specs:
+        if spec.family == 6 and prof.subnet6 is None:
+            raise spec.error("the namespace has no IPv6 address; add subnet6")
+        if spec.host == "::1":  # no route_localnet in IPv6: the kernel does not forward ::1
+            raise spec.error("::1 cannot be forwarded to a namespace (IPv6 has no route_localnet); publish at "
+                             "[::] or an IPv6 address of the host, and reach it from the host at 127.0.0.1")
+    return prof._replace(publish=every)
+
+
+def with_publish(prof: Profile, texts: list[str] | tuple[str, ...]) -> Profile:
+    """PROF with the ports the option --publish adds (TEXTS, as given); a refusal naming the
+    option and the reason (exit 2): a malformed spec, a port published twice, a profile
+    that is not nat."""
+    if not texts:
+        return prof
+    specs = tuple(ports.parse(t) for t in texts)
+    if prof.mode != "nat":
+        raise UsageError(f"{ports.OPTION}: profile {prof.name} is in {prof.mode} mode; --publish "
+                         f"{publish_refusal(prof.mode)}")
+    return _published(prof, specs)
 
 
 def _reach(source: str, mode: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -534,7 +583,7 @@ def parse_allow(text: str) -> Allow | None:
             ipaddress.IPv4Network(where, strict=True) if version == 4 else ipaddress.IPv6Network(where, strict=True))
     except ValueError:
         return None
-    ports = None
+    span = None
     if port_text is not None:
         lo_text, sep, hi_text = port_text.partition("-")
         if not (lo_text.isascii() and lo_text.isdigit() and (not sep or hi_text.isascii() and hi_text.isdigit())):
@@ -542,8 +591,8 @@ def parse_allow(text: str) -> Allow | None:
         lo, hi = int(lo_text), int(hi_text) if sep else int(lo_text)
         if not 1 <= lo <= hi <= 65535:
             return None
-        ports = (lo, hi)
-    return Allow(net, ports, proto)
+        span = (lo, hi)
+    return Allow(net, span, proto)
 
 
 def _search(source: str, raw: Any) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ network namespace that first used it: see check_root):
     net/BRIDGE/lock     taken while leases or shared pieces of BRIDGE change
     net/BRIDGE/leases/A one file per address handed out, holding the namespace's name
     forwarding.json     ip_forward as nsrun found it, to put back when the last NAT goes
+    publish/PROTO-PORT  a published host port's claim, holding the namespace's name
     .NAME.PID-START.tmp a write in progress (see `temporary`), beside the file it replaces
 
 This module knows where the files are and how to write them safely; the keys of the two

@@ -386,9 +386,12 @@ def _untimed(entries: Any) -> Any:
 
 def snapshot(r: LabRunner) -> dict[str, Any]:
     # The sysctls in one run of a shell (a run of a tool costs ~5 ms): accept_ra and forwarding
-    # of every interface too (nsrun sets accept_ra 2 while IPv6 forwarding is on).
+    # of every interface too (nsrun sets accept_ra 2 while IPv6 forwarding is on), and
+    # route_localnet (the DNS forward and published ports turn it on for nsrun's bridge only).
     keys = ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter",
-            "net/ipv6/conf/all/forwarding")
+            "net/ipv6/conf/all/forwarding",
+            "net/ipv4/conf/all/route_localnet", "net/ipv4/conf/default/route_localnet",
+            "net/ipv4/conf/br0/route_localnet", "net/ipv4/conf/nsrun0/route_localnet")
     script = "; ".join([*(f"echo \"{k}=$(cat /proc/sys/{k} 2>/dev/null)\"" for k in keys),
                         "grep -H . /proc/sys/net/ipv6/conf/*/accept_ra /proc/sys/net/ipv6/conf/*/forwarding"])
     sysctls: dict[str, Any] = {}

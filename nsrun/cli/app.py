@@ -19,7 +19,7 @@ from nsrun.cli import grammar
 HELP = """Run programs in Linux network namespaces: `ip netns exec` with batteries.
 
 \b
-  nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]
+  nsrun [-p PROFILE] [-n NAME] [-u USER] [-P SPEC]... -- CMD [ARG...]
 {run}
 
 \b
@@ -31,12 +31,14 @@ Examples:
   sudo nsrun -- curl https://example.org           # through NAT, as the sudo user
   sudo nsrun -p gw1 -- firefox                     # out through LAN gateway gw1
   sudo nsrun -p isolated -- make test              # no network at all
+  sudo nsrun -P 8080:8000 -- python3 -m http.server   # reached at the host's 8080
   sudo nsrun up blue -p gw2 && sudo nsrun shell blue
   sudo nsrun ls --json
 
 `man nsrun` and docs/ hold the rest.
 """
-TYPES: dict[str, Any] = {"str": Optional[str], "flag": bool, "float": float, "int": int}
+TYPES: dict[str, Any] = {"str": Optional[str], "flag": bool, "float": float, "int": int,
+                         "list": Optional[list[str]]}
 
 
 def _plain_metavars() -> None:
@@ -64,9 +66,11 @@ def _function(command: grammar.Command, seen: list[dict[str, Any]]) -> Callable[
         params.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY,
                                         default=typer.Argument(..., metavar=metavar, help=text)))
         annotations[field] = str
+    repeated = {opt.field for opt in command.options if opt.kind == "list"}
     for opt in command.options:
         params.append(inspect.Parameter(opt.field, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(
-            opt.default, *opt.spellings, help=opt.help, metavar=opt.metavar or None, show_default=False)))
+            None if opt.kind == "list" else opt.default, *opt.spellings, help=opt.help,
+            metavar=opt.metavar or None, show_default=False)))
         annotations[opt.field] = TYPES[opt.kind]
     if command.cmd:
         params.append(inspect.Parameter("cmd", inspect.Parameter.KEYWORD_ONLY,
@@ -74,6 +78,8 @@ def _function(command: grammar.Command, seen: list[dict[str, Any]]) -> Callable[
         annotations["cmd"] = Optional[list[str]]
 
     def body(**values: Any) -> None:
+        for field in repeated:  # the parser's reading of a repeatable option: a tuple
+            values[field] = tuple(values[field] or ())
         seen.append(values)
 
     body.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

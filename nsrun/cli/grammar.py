@@ -7,7 +7,8 @@ routes see one meaning.
 The grammar, for every command alike (docs/nsrun.1.md):
 - options before `--`, anywhere among the arguments: `--profile VALUE`,
   `--profile=VALUE`, `-p VALUE`, `-pVALUE`, `-p=VALUE`; flags take no value;
-- each option at most once ("given twice" otherwise);
+- each option at most once ("given twice" otherwise), but a repeatable one (`-P SPEC`...,
+  kind `list`: every value in the order given);
 - `-h`/`--help` before `--` asks for the command's help;
 - after `--` everything is CMD (commands that run one) or an argument; `exec` and `unit`
   also take CMD from their first word after NAME (`nsrun exec blue ip a`).
@@ -27,7 +28,8 @@ HELP_FLAGS = ("-h", "--help")
 
 class Option:
     """One option: FIELD (the name the parsed values use), its spellings, and KIND: `str`,
-    `flag` (no value: True when given), `float` or `int` (a number from LO to HI)."""
+    `flag` (no value: True when given), `float` or `int` (a number from LO to HI), or `list`
+    (repeatable: a tuple of the strings given, () when none)."""
 
     __slots__ = ("field", "short", "long", "metavar", "help", "kind", "default", "lo", "hi")
 
@@ -37,6 +39,8 @@ class Option:
         self.kind, self.default, self.lo, self.hi = kind, default, lo, hi
         if kind == "flag":
             self.default = False
+        elif kind == "list":
+            self.default = ()
 
     @property
     def spellings(self) -> tuple[str, ...]:
@@ -52,7 +56,8 @@ class Command:
     def __init__(self, words: str, args: tuple[tuple[str, str, str], ...] = (), options: tuple[Option, ...] = (),
                  cmd: bool = False, help: str = "") -> None:
         self.words, self.args, self.options, self.cmd, self.help = words, args, options, cmd, help
-        shown = [f"[{o.spellings[0]} {o.metavar}]" if o.kind != "flag" else f"[{o.long}]" for o in options]
+        shown = [f"[{o.long}]" if o.kind == "flag" else
+                 f"[{o.spellings[0]} {o.metavar}]" + ("..." if o.kind == "list" else "") for o in options]
         self.usage = " ".join(["nsrun", *([words] if words != "run" else []), *(a[1] for a in args), *shown,
                                *(["-- CMD [ARG...]"] if cmd else [])])
 
@@ -68,19 +73,22 @@ PROFILE = Option("profile", "--profile", "-p", "PROFILE",
 NAME = Option("name", "--name", "-n", "NAME", "Run in namespace NAME (created when missing, then kept).")
 USER = Option("user", "--user", "-u", "USER", "Run CMD as USER (default: the sudo caller; `root` keeps root).")
 JSON = Option("json", "--json", help="Print JSON.", kind="flag")
+PUBLISH = Option("publish", "--publish", "-P", "SPEC", "Publish a port (nat): [HOSTADDR:]HOSTPORT:PORT[/tcp|udp], "
+                 "reached at the host's addresses; repeatable.", kind="list")
 NS_ARG = ("name", "NAME", "Namespace name: [A-Za-z0-9_.-], up to 64.")
 
-RUN = Command("run", options=(PROFILE, NAME, USER), cmd=True, help="""\
+RUN = Command("run", options=(PROFILE, NAME, USER, PUBLISH), cmd=True, help="""\
 Run CMD in a fresh namespace wired per PROFILE, removed when CMD ends; with -n, in
 namespace NAME (created when missing, then kept). Exit status: CMD's own; 128+N if CMD
 died of signal N; 127 not found; 126 not executable; 2 for nsrun's usage and profile
 errors; 1 for other nsrun failures.""")
 
 COMMANDS: dict[str, Command] = {c.words: c for c in (
-    Command("up", (NS_ARG,), (PROFILE,), help="""\
+    Command("up", (NS_ARG,), (PROFILE, PUBLISH), help="""\
 Bring up persistent namespace NAME (visible to `ip netns`), wired per PROFILE.
 
-Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr"""),
+Example: sudo nsrun up blue -p nat && sudo ip netns exec blue ip addr
+Example: sudo nsrun up web -P 8080:80   # the host's port 8080 to port 80 inside"""),
     Command("down", (NS_ARG,), (
         Option("refuse_busy", "--refuse-busy", help="Fail (exit 1) instead of stopping processes still inside.",
                kind="flag"),
@@ -181,7 +189,7 @@ def _refuse(command: Command, what: str) -> UsageError:
 def _value(command: Command, opt: Option, spelled: str, raw: str) -> Any:
     if not raw:
         raise _refuse(command, f"option {spelled} needs a non-empty value")
-    if opt.kind == "str":
+    if opt.kind in ("str", "list"):
         return raw
     try:
         number: float = int(raw) if opt.kind == "int" else float(raw)
@@ -242,7 +250,7 @@ def parse(argv: list[str]) -> Invocation:
             if opt is None:
                 raise _refuse(command, f"unknown option {word.partition('=')[0]!r}"
                               if word.startswith("--") else f"unknown option {word!r}")
-            if opt.field in given:
+            if opt.field in given and opt.kind != "list":
                 raise UsageError(f"option {spelled} given twice")
             given.add(opt.field)
             if opt.kind == "flag":
@@ -255,7 +263,8 @@ def parse(argv: list[str]) -> Invocation:
                     raise _refuse(command, f"option {spelled} needs a value")
                 attached = rest[i]
                 i += 1
-            values[opt.field] = _value(command, opt, spelled, attached)
+            value = _value(command, opt, spelled, attached)
+            values[opt.field] = (*values[opt.field], value) if opt.kind == "list" else value
             continue
         if command.cmd and len(args) == len(command.args) and command.args:
             cmd = rest[i - 1:]  # `nsrun exec NAME CMD...`: CMD from its first word on
@@ -283,7 +292,12 @@ def canonical(inv: Invocation) -> list[str]:
     for opt in command.options:
         value = inv.values.get(opt.field, opt.default)
         if value != opt.default:
-            options += [opt.long] if opt.kind == "flag" else [f"{opt.long}={value}"]
+            if opt.kind == "flag":
+                options.append(opt.long)
+            elif opt.kind == "list":
+                options += [f"{opt.long}={v}" for v in value]
+            else:
+                options.append(f"{opt.long}={value}")
     args = [str(inv.values[field]) for field, _, _ in command.args]
     words = [] if command is RUN else inv.command.split()
     if command.cmd:

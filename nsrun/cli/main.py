@@ -55,7 +55,10 @@ def service_request(inv: grammar.Invocation, firewall: str | None) -> dict[str, 
     the service answers with an exit status; None for the others."""
     v = inv.values
     if inv.command == "up":
-        return {"type": "up", "name": v["name"], "profile": v["profile"], "firewall": firewall}
+        msg = {"type": "up", "name": v["name"], "profile": v["profile"], "firewall": firewall}
+        if v["publish"]:  # only when given: a request without it reads as before
+            msg["publish"] = list(v["publish"])
+        return msg
     if inv.command == "down":
         return {"type": "down", "name": v["name"], "grace": v["grace"], "refuse_busy": v["refuse_busy"]}
     if inv.command == "ls":
@@ -96,12 +99,12 @@ def run(inv: grammar.Invocation) -> int:
     firewall = environment.firewall()
     from nsrun.process import client
 
-    served = client.run(cmd, v["profile"], v["name"], v["user"], firewall)
+    served = client.run(cmd, v["profile"], v["name"], v["user"], firewall, v["publish"])
     if served is not None:  # a root caller's CMD was exec'd: only others get here
         _exit(served)
     from nsrun.process import supervise
 
-    _exit(supervise.run(cmd, v["profile"], v["name"], v["user"], firewall, environment.bus()))
+    _exit(supervise.run(cmd, v["profile"], v["name"], v["user"], firewall, environment.bus(), v["publish"]))
     return 1  # not reached
 
 
@@ -140,7 +143,7 @@ def up(inv: grammar.Invocation) -> int:
     from nsrun.process import execution
 
     return namespaces.up(inv.values["name"], inv.values["profile"], firewall=environment.firewall(),
-                         bus=environment.bus(), reader=execution.profile_reader())
+                         bus=environment.bus(), reader=execution.profile_reader(), publish=inv.values["publish"])
 
 
 def down(inv: grammar.Invocation) -> int:

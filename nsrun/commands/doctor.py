@@ -87,12 +87,19 @@ def check_profile(prof: profile.Profile, requested: str | None, bus: str | None 
                                 f"{net.fw_zone} (firewalld was reloaded): its namespaces cannot get out",
                                 f"any nsrun setup on {prof.bridge} puts it back (nsrun -p {name} -- true)"))
     stub = dns.stub() if mode == "nat" and prof.dns is None else None
-    for b in foreign.find(prof.bridge, mode, backend, skip=skip, stub=stub, v6=prof.subnet6 is not None):
+    v6 = prof.subnet6 is not None
+    late = _unopened(prof.bridge, mode, backend, skip, stub, v6)
+    for b in foreign.find(prof.bridge, mode, backend, skip=skip, stub=stub, v6=v6):
         what = (f"DNS from {prof.bridge} to the host's stub {stub}" if b.hook == "input"
                 else f"forwarding for {prof.bridge}")
         if b.refuse:
             out.append(_finding("problem", name, f"{what} would be dropped by {b.where()} ({b.why}): {b.refuse}",
                                 f"accept {prof.bridge}'s traffic in {b.where()} yourself, or change that firewall"))
+        elif (b.family, b.table, b.chain, b.hook) in late:
+            out.append(_finding("problem", name, f"{what} is dropped by {b.where()} ({b.why}), which nsrun has "
+                                f"not opened: {prof.bridge} is in use, and that chain appeared since it was opened "
+                                "(its namespaces' traffic is dropped there)",
+                                f"any nsrun setup on {prof.bridge} opens it (nsrun -p {name} -- true)"))
         else:
             into = f"chain {b.into}" + ("" if b.into == b.chain else f" (reached from {b.chain})")
             out.append(_finding("note", name, f"{what} is dropped by {b.where()} "
@@ -219,6 +226,24 @@ def _default6() -> list[str]:
     with netlink.IPRoute() as ipr:
         return [str(r.get_attr("RTA_GATEWAY")) for r in ipr.get_routes(family=socket.AF_INET6)
                 if r["dst_len"] == 0 and r.get_attr("RTA_TABLE") in (254, None)]
+
+
+def _unopened(bridge: str, mode: str, backend: str, skip: frozenset[tuple[str, str]],
+              stub: str | None, v6: bool = False) -> set[tuple[str, str, str, str]]:
+    """The chains that drop BRIDGE's traffic and hold no opening of nsrun's, when BRIDGE is
+    in use (a namespace holds a lease on it, and nsrun opened its way): what a firewall that
+    came later cut off. (family, table, chain, hook) each."""
+    from nsrun.engine import allocator, record
+    from nsrun.engine.firewall import foreign
+
+    net = record.read_net(bridge)
+    if net is None or net.opened is None or not allocator.FileStore(bridge).any_taken():
+        return set()
+    try:
+        blocks = foreign.unopened(bridge, mode, net.firewall or backend, skip=skip, stub=stub, v6=v6)
+    except foreign.Refused:
+        return set()  # said as a problem of its own: a chain nsrun cannot open
+    return {(b.family, b.table, b.chain, b.hook) for b in blocks}
 
 
 def forwarding_findings(name: str) -> list[dict[str, str]]:

@@ -19,7 +19,7 @@ COMPACT_WIDTH = 80  # lines of the table when stdout is no terminal and COLUMNS 
 MIN_PROCESSES = 12  # narrower than this, the PROCESSES column goes
 # Columns dropped, in this order, when a line would not fit the width (NAME never is):
 # what matters least for acting on a namespace goes first.
-DROPPED = ("BRIDGE", "TX", "RX", "AGE", "KIND", "GATEWAY", "PROFILE", "PROCESSES", "ADDRESS", "OWNER")
+DROPPED = ("BRIDGE", "TX", "RX", "AGE", "KIND", "GATEWAY", "PROFILE", "PROCESSES", "PORTS", "ADDRESS", "OWNER")
 
 
 def _ipv4_addresses() -> list[str]:
@@ -137,6 +137,7 @@ def collect() -> list[dict[str, Any]]:
             # isolate and allow (issue 21), as its profile said when it was made
             "isolate": rec.isolate if rec else None,
             "allow": list(rec.allow) if rec else None,
+            "publish": published(rec.publish) if rec else [],
             "cni": None,  # a CNI attachment: its container, interface, network, namespace
         }
         if rec is not None and rec.adopted:
@@ -164,6 +165,29 @@ def collect() -> list[dict[str, Any]]:
             row["rx_bytes"], row["tx_bytes"] = host_tx, host_rx  # as the namespace sees it
         rows.append(row)
     return rows
+
+
+def published(specs: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A record's published ports (canonical specs) as `ls --json` shows them: host_address
+    (None: every address of the host), host_port, port, proto."""
+    from nsrun import ports
+    from nsrun.errors import UsageError
+
+    out = []
+    for text in specs:
+        try:
+            p = ports.parse(text)
+        except UsageError:
+            continue  # a record of a later nsrun's, say
+        out.append({"host_address": p.host, "host_port": p.host_port, "port": p.port, "proto": p.proto})
+    return out
+
+
+def _ports(row: dict[str, Any]) -> str:
+    """The PORTS cell: `8080->80/tcp`, `127.0.0.1:8443->443/tcp`, as docker ps shows them."""
+    return ",".join(("" if p["host_address"] is None else
+                     f"[{p['host_address']}]:" if ":" in p["host_address"] else f"{p['host_address']}:")
+                    + f"{p['host_port']}->{p['port']}/{p['proto']}" for p in row.get("publish") or [])
 
 
 def _owner_uid(rec: record.NsRecord) -> int:
@@ -253,7 +277,11 @@ def table(rows: list[dict[str, Any]], width: int | None = None) -> str:
     the longest a line may be (a namespace's first address alone, with how many more; the
     PROCESSES cells cut, then columns dropped in the order of DROPPED: never NAME); None:
     every column, whole (`--wide`)."""
-    head = ("NAME", "OWNER", "PROFILE", "KIND", "ADDRESS", "GATEWAY", "BRIDGE", "RX", "TX", "AGE", "PROCESSES")
+    head: tuple[str, ...] = ("NAME", "OWNER", "PROFILE", "KIND", "ADDRESS", "GATEWAY", "BRIDGE", "RX", "TX", "AGE",
+                             "PROCESSES")
+    ports = any(r.get("publish") for r in rows)  # the PORTS column only where a namespace publishes
+    if ports:
+        head = (*head[:5], "PORTS", *head[5:])
     cells = [head]
     for r in rows:
         procs = ", ".join(f"{p['pid']} {p['command'][:30]}" for p in r["processes"][:3])
@@ -265,7 +293,7 @@ def table(rows: list[dict[str, Any]], width: int | None = None) -> str:
         if width is not None and len(addresses) > 1:  # the first, and how many more (--wide: all)
             addresses = [f"{addresses[0]} (+{len(addresses) - 1})"]
         cells.append((label, r.get("owner") or "-", _profile(r), r["kind"] or "?",
-                      ",".join(addresses) or "-",
+                      ",".join(addresses) or "-", *([_ports(r) or "-"] if ports else []),
                       _tunnel(r["wireguard"]) if r.get("wireguard") else r["gateway"] or "-",
                       r["bridge"] or "-", _bytes(r["rx_bytes"]),
                       _bytes(r["tx_bytes"]), _age(r["created"]), procs or "-"))
@@ -274,7 +302,7 @@ def table(rows: list[dict[str, Any]], width: int | None = None) -> str:
     last = len(head) - 1  # PROCESSES: the one column cut to fit
     room = 0
     if width is not None:
-        for column in (None, *DROPPED):
+        for column in (None, *(c for c in DROPPED if c in head)):
             if column is not None:
                 keep.remove(head.index(column))
             fixed = [i for i in keep if i != last]

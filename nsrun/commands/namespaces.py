@@ -12,13 +12,13 @@ if TYPE_CHECKING:
 
 def up(name: str, profile_spec: str | None, *, firewall: str | None = None, bus: str | None = None,
        reader: Reader | None = None, out: TextIO | None = None, err: TextIO | None = None,
-       owner_uid: int | None = None) -> int:
+       owner_uid: int | None = None, publish: tuple[str, ...] | list[str] = ()) -> int:
     """`nsrun up NAME [-p PROFILE]`. FIREWALL, BUS: as engine.up takes them; READER: whom a
     profile path is opened as (profile.load). OUT and ERR (default: this process's stdout
     and stderr) take what is printed: the service hands writers that send it to its
     client. OWNER_UID: the caller without root the service makes NAME for (its policy has
     decided whether an existing NAME is theirs to use); without it, the caller is root, and
-    a NAME another uid owns is refused (engine.not_theirs)."""
+    a NAME another uid owns is refused (engine.not_theirs). PUBLISH: -P's specs, as given."""
     from nsrun import engine
     from nsrun import profile as profiles
     from nsrun.names import check_name
@@ -28,7 +28,7 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = None, bus:
     err = err or sys.stderr
     privilege.require_root()
     check_name(name)
-    prof = profiles.load(profile_spec, reader)
+    prof = profiles.with_publish(profiles.load(profile_spec, reader), publish)
     notices: list[str] = []
     rec, already = engine.up(name, prof, persistent=True,
                              owner={"owner_uid": owner_uid} if owner_uid is not None else None,
@@ -39,6 +39,8 @@ def up(name: str, profile_spec: str | None, *, firewall: str | None = None, bus:
     where = f" {rec.address}/{rec.prefixlen} via {rec.gateway}" if rec.address else ""
     if rec.address6:
         where += f", {rec.address6}/{rec.prefixlen6} via {rec.gateway6}"
+    if rec.publish:
+        where += f", publishing {', '.join(rec.publish)}"
     if rec.wireguard:
         where = f" through WireGuard ({rec.wireguard})"
     if already:

@@ -62,11 +62,27 @@ class Attached(NsrunError):
 
 
 def mismatch(name: str, rec: NsRecord | None, wanted: Profile) -> UsageError | None:
-    """The error for asking NAME, up per its record REC, to be of another profile."""
-    if rec is None or rec.profile_source == wanted.source:
+    """The error for asking NAME, up per its record REC, to be of another profile (or to
+    publish a port it does not)."""
+    if rec is None:
         return None
-    return UsageError(f"namespace {name} is up with profile {rec.profile}, not {wanted.name}; "
-                      f"`nsrun down {name}` first")
+    if rec.profile_source != wanted.source:
+        return UsageError(f"namespace {name} is up with profile {rec.profile}, not {wanted.name}; "
+                          f"`nsrun down {name}` first")
+    return publish_mismatch(name, rec, [p.text() for p in wanted.publish])
+
+
+def publish_mismatch(name: str, rec: NsRecord | None, wanted: list[str]) -> UsageError | None:
+    """The error for asking NAME, up per its record REC (None: not nsrun's), to publish the
+    ports WANTED (canonical, nsrun.ports) when it does not publish each of them already:
+    ports are published when a namespace is made."""
+    have = rec.publish if rec is not None else ()
+    missing = [p for p in wanted if p not in have]
+    if not missing:
+        return None
+    now = f"publishing {', '.join(have)}" if have else "publishing no port"
+    return UsageError(f"namespace {name} is up already, {now}: ports are published when a namespace is "
+                      f"made (not {', '.join(missing)}); `nsrun down {name}` first")
 
 
 def describe_uid(uid: int) -> str:
@@ -98,17 +114,24 @@ def not_theirs(name: str, rec: NsRecord | None, for_uid: int | None) -> UsageErr
 
 
 def profile_for(name: str | None, spec: str | None, load: Callable[[str | None], Profile],
-                for_uid: int | None = 0) -> Profile | None:
+                for_uid: int | None = 0, publish: tuple[str, ...] | list[str] = ()) -> Profile | None:
     """The profile to make NAME with when it is missing (or ephemeral: NAME None), loaded
-    by LOAD(SPEC); None when NAME exists, after checking that it is FOR_UID's (not_theirs)
-    and that SPEC, if given, is the profile it is up with. (LOAD is the caller's: the
+    by LOAD(SPEC), publishing the ports PUBLISH (-P, as given) too; None when NAME exists,
+    after checking that it is FOR_UID's (not_theirs), that SPEC, if given, is the profile
+    it is up with, and that it publishes PUBLISH already. (LOAD is the caller's: the
     engine reads no profile path.)"""
+    from nsrun import profile
+
     if name is None or not netns.exists(name):
-        return load(spec)
+        return profile.with_publish(load(spec), publish)
     rec = record.read(name)
     error = not_theirs(name, rec, for_uid)
     if error is None and spec is not None:
         error = mismatch(name, rec, load(spec))
+    if error is None and publish:
+        from nsrun import ports
+
+        error = publish_mismatch(name, rec, [ports.parse(p).text() for p in publish])
     if error:
         raise error
     return None
@@ -219,7 +242,7 @@ def up(name: str | None, prof: Profile, *, persistent: bool,
             s.close()
             _discard_unrecorded(name, lock)
             raise
-        record.save(rec)
+        record.save(s.rec)  # with what the prepares recorded (the ports published)
         fault.checkpoint("record")
         s.inside = [functools.partial(f, s) for r in steps if (f := getattr(r, "inside", None))]
         try:

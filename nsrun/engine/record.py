@@ -16,11 +16,12 @@ for it) that owns every key of its JSON file:
 Both carry `schema` (SCHEMA); a file without it is a record of schema 0, which had the
 same keys (`firewall` was then a boolean: true meant python-iptables). Keys added within
 schema 1 have defaults: a namespace record without `wireguard`, `wg_pid`, `wg_start`,
-`routes` reads as one without WireGuard or routes (one without `netns`, as a namespace of
-nsrun's own, not a CNI attachment), one without `address6`, `isolate`, `allow`, `guard` as
-one without IPv6 or a guard; a bridge record without `subnet6` as an IPv4-only bridge; a
-bridge record without `firewall_ok`
-and `opened` was written before the firewall openings (see from_json). Where the files live
+`routes`, `publish` reads as one without WireGuard, routes or published ports (one without
+`netns`, as a namespace of nsrun's own, not a CNI attachment), one without `address6`,
+`isolate`, `allow`, `guard` as one without IPv6 or a guard; a bridge record without `subnet6`
+as an IPv4-only bridge; a bridge record without `firewall_ok` and `opened` was written before
+the firewall openings (see from_json); one without `localnet` as one with route_localnet
+untouched. Where the files live
 is `nsrun.state`'s business; this module is the only one that reads their keys.
 """
 
@@ -89,6 +90,9 @@ class NsRecord(NamedTuple):
     isolate: bool = False
     allow: tuple[str, ...] = ()
     guard: bool = False
+    # nat (nsrun.engine.resources.publish): the ports published, canonical (nsrun.ports),
+    # recorded with the record itself, before the first claim is used or rule made.
+    publish: tuple[str, ...] = ()
     # A CNI attachment (nsrun.engine.attachment): the runtime's namespace that nsrun wired but
     # did not make (its path, CNI_NETNS, and its identity, "dev:ino", to tell it from another
     # at that path later), the interface inside (CNI_IFNAME), the container and the network.
@@ -109,6 +113,7 @@ class NsRecord(NamedTuple):
         data = {"schema": SCHEMA, **self._asdict()}
         data["routes"] = list(self.routes)
         data["allow"] = list(self.allow)
+        data["publish"] = list(self.publish)
         if not self.adopted:
             for key in ADOPTED_KEYS:
                 del data[key]
@@ -136,6 +141,7 @@ class NsRecord(NamedTuple):
             address6=_str(data, "address6"), prefixlen6=_int(data, "prefixlen6"), gateway6=_str(data, "gateway6"),
             isolate=data.get("isolate") is True, guard=data.get("guard") is True,
             allow=tuple(a for a in _list(data, "allow") if isinstance(a, str)),
+            publish=tuple(p for p in _list(data, "publish") if isinstance(p, str)),
             netns=_str(data, "netns"), netns_id=_str(data, "netns_id"), ifname=_str(data, "ifname"),
             container=_str(data, "container"), network=_str(data, "network"),
         )
@@ -177,12 +183,18 @@ class NetRecord(NamedTuple):
     # with the NAT rules when set; None: IPv4 only.
     subnet6: str | None = None
     gateway6: str | None = None
+    # A published port reached at the host's loopback (nsrun.engine.resources.publish):
+    # route_localnet is on for the bridge, behind the drops of other loopback packets on it
+    # (the backend's localnet guard); written before either, put back with the NAT rules.
+    localnet: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = {"schema": SCHEMA, **self._asdict()}
         data["opened"] = list(self.opened) if self.opened is not None else None
         del data["rp_filter_set"]
         del data["mtu_recorded"]
+        if not self.localnet:
+            del data["localnet"]  # a record as before, for a bridge that publishes no loopback port
         if not self.mtu_recorded:
             del data["mtu"]
         if not self.rp_filter_set:
@@ -211,6 +223,7 @@ class NetRecord(NamedTuple):
             rp_filter_set="rp_filter" in data, rp_filter=_str(data, "rp_filter"),
             mtu=_int(data, "mtu"), mtu_recorded="mtu" in data,
             subnet6=_str(data, "subnet6"), gateway6=_str(data, "gateway6"),
+            localnet=data.get("localnet") is True,
         )
 
 

@@ -269,24 +269,43 @@ def serve(ns_path: str, port: int) -> None:
         srv.serve_forever()
 
 
-def client(host: str = SERVER, port: int = PORT, timeout: float = 3.0) -> str:
-    """Ask the upstream server which address it sees us as."""
+def serve_udp(ns_path: str, port: int) -> None:
+    """The same over UDP: answers every datagram with the address it came from."""
+    fd = os.open(ns_path, os.O_RDONLY)
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    os.close(fd)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", port))
+        while True:
+            _, peer = s.recvfrom(512)
+            s.sendto(f"{peer[0]}\n".encode(), peer)
+
+
+def client(host: str = SERVER, port: int = PORT, timeout: float = 3.0, udp: bool = False) -> str:
+    """Ask the upstream server (or a server at HOST:PORT) which address it sees us as."""
+    if udp:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(b"?", (host, port))
+            return s.recv(64).decode().strip()
     with socket.create_connection((host, port), timeout=timeout) as s:
         return s.recv(64).decode().strip()
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["serve"] and len(argv) == 3:
-        serve(argv[1], int(argv[2]))
+    if argv[:1] in (["serve"], ["serve-udp"]) and len(argv) == 3:
+        (serve if argv[0] == "serve" else serve_udp)(argv[1], int(argv[2]))
         return 0
-    if argv[:1] == ["client"]:
+    if argv[:1] in (["client"], ["client-udp"]) and len(argv) <= 3:
         host = argv[1] if len(argv) > 1 else SERVER
         try:
-            print(client(host))
+            print(client(host, int(argv[2]) if len(argv) > 2 else PORT, udp=argv[0] == "client-udp"))
         except OSError as exc:
             print(f"connection failed: {exc}", file=sys.stderr)
             return 1
         return 0
-    print("usage: python -m nsrun.lab serve NETNS_PATH PORT | client [HOST]", file=sys.stderr)
+    print("usage: python -m nsrun.lab serve|serve-udp NETNS_PATH PORT | client|client-udp [HOST [PORT]]",
+          file=sys.stderr)
     return 2
 

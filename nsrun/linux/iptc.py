@@ -5,8 +5,6 @@ gcc probes, ~200 ms), and skip its distutils probe (which imports setuptools).
 
 from __future__ import annotations
 
-import ctypes.util
-import glob
 import os
 import sys
 from typing import Any
@@ -16,6 +14,7 @@ _iptc: Any = None
 
 def _fast_find_library(original: Any) -> Any:
     """ctypes.util.find_library without its ldconfig/gcc subprocesses, for known libraries."""
+    import glob
     dirs = [d for d in glob.glob("/usr/lib/*-linux-gnu") + ["/usr/lib64", "/usr/lib", "/lib64", "/lib"]
             if os.path.isdir(d)]
 
@@ -38,6 +37,8 @@ def load() -> Any:
     global _iptc
     if _iptc is not None:
         return _iptc
+    import ctypes.util  # here, not at the top: the firewall modules that import this one are
+    import glob  # imported by every setup, python-iptables by few
     if "XTABLES_LIBDIR" not in os.environ:
         for d in glob.glob("/usr/lib/*/xtables") + ["/usr/lib64/xtables", "/usr/lib/xtables"]:
             if os.path.isfile(f"{d}/libxt_comment.so"):

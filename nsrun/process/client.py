@@ -136,14 +136,17 @@ def command(msg: dict[str, Any]) -> int | None:
 
 
 def run(argv: list[str], profile: str | None, name: str | None, user: str | None,
-        firewall: str | None = None) -> int | None:
-    """`nsrun [-p P] [-n N] [-u U] -- CMD` through the service: execs CMD (never returns)
-    for root, the exit status for others, or None to work without the service. FIREWALL:
-    the backend asked for (NSRUN_FIREWALL, read by the CLI), sent on."""
+        firewall: str | None = None, publish: tuple[str, ...] = ()) -> int | None:
+    """`nsrun [-p P] [-n N] [-u U] [-P SPEC]... -- CMD` through the service: execs CMD (never
+    returns) for root, the exit status for others, or None to work without the service.
+    FIREWALL: the backend asked for (NSRUN_FIREWALL, read by the CLI), sent on; PUBLISH: the
+    -P specs as given (checked by the service)."""
     if reads_as_caller(profile):
         return None
     msg: dict[str, Any] = {"type": "run", "argv": argv, "profile": profile, "name": name, "user": user,
                            "firewall": firewall}
+    if publish:  # only when given: a request without it reads as before
+        msg["publish"] = list(publish)
     return _enter("run", msg, name, user)
 
 

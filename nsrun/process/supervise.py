@@ -335,7 +335,7 @@ def end_by(signum: int) -> None:
 
 
 def run(argv: list[str], profile_spec: str | None, name: str | None, user: str | None,
-        firewall: str | None = None, bus: str | None = None) -> int:
+        firewall: str | None = None, bus: str | None = None, publish: tuple[str, ...] = ()) -> int:
     """`nsrun [-p P] [-n N] [-u U] -- CMD` without the service: CMD's exit status (or the
     end by CMD's signal). FIREWALL, BUS: as engine.up takes them (the CLI reads them)."""
     from nsrun.process import privilege
@@ -346,19 +346,19 @@ def run(argv: list[str], profile_spec: str | None, name: str | None, user: str |
     if name is not None:
         names.check_name(name)
     ident = execution.resolve_user(user)
-    prof = profile_for(name, profile_spec)
+    prof = profile_for(name, profile_spec, publish)
     code, died_of = supervise(argv, prof, name, ident, firewall, bus)
     if died_of is not None:
         end_by(died_of)
     return code
 
 
-def profile_for(name: str | None, spec: str | None) -> Profile | None:
-    """engine.profile_for, a path SPEC read with the sudo caller's rights."""
+def profile_for(name: str | None, spec: str | None, publish: tuple[str, ...] | list[str] = ()) -> Profile | None:
+    """engine.profile_for, a path SPEC read with the sudo caller's rights; PUBLISH: -P's specs."""
     from nsrun import engine, profile
 
     reader = execution.profile_reader()
-    return engine.profile_for(name, spec, lambda s: profile.load(s, reader))
+    return engine.profile_for(name, spec, lambda s: profile.load(s, reader), publish=publish)
 
 
 def say(notices: list[str]) -> None:

@@ -153,6 +153,17 @@ def firewall_of(msg: dict[str, Any]) -> str | None:
     return profile.requested_firewall(wire.field_str(msg, "firewall"))
 
 
+def publish_of(msg: dict[str, Any]) -> list[str]:
+    """The -P specs a request asks for, as given (each checked where the profile is:
+    nsrun.profile.with_publish), at most ports.MAX_SPECS of them."""
+    from nsrun import ports
+
+    specs = wire.field_argv(msg, "publish") if msg.get("publish") is not None else []
+    if len(specs) > ports.MAX_SPECS:
+        raise UsageError(f"{ports.OPTION}: more than {ports.MAX_SPECS} published ports")
+    return specs
+
+
 def pin_caller(conn: socket.socket, caller: Caller) -> tuple[int, int | None]:
     """A pidfd of the caller's process and its start time, opened while the caller still
     waits on this connection (so the pid is still the caller's, not a reused one)."""

@@ -30,7 +30,7 @@ from typing import Any
 from nsrun import wire
 from nsrun.errors import UsageError
 from nsrun.process.hostresolver import Wiring
-from nsrun.service.callers import Caller, Context, firewall_of, pin_caller, run_command
+from nsrun.service.callers import Caller, Context, firewall_of, pin_caller, publish_of, run_command
 from nsrun.service.runs import Run
 
 
@@ -46,6 +46,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
     name = wire.field_str(msg, "name")
     spec = wire.field_str(msg, "profile")
     firewall = firewall_of(msg)
+    publish = publish_of(msg)
     if name is not None:
         names.check_name(name)
     if wire.field_bool(msg, "remove"):  # a root caller's `nsrun shell NAME` goes daemonless then
@@ -58,7 +59,7 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
     watched = False
     try:
         with ctx.name_lock(name) if name is not None else contextlib.nullcontext():
-            prof = supervise.profile_for(name, spec)
+            prof = supervise.profile_for(name, spec, publish)
             notices: list[str] = []
             if prof is None:  # NAME is up already, of the profile asked for (if any)
                 rec = record.read(ns)
@@ -67,7 +68,8 @@ def run(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) 
                     ctx.runs.reserve(caller.uid)
                 owner = {"owner_pid": caller.pid, "owner_start": start}
                 try:
-                    pooled = ctx.pool.take(spec, prof, owner, ctx.name_lock) if ephemeral and ctx.pool else None
+                    pooled = ctx.pool.take(spec, prof, owner, ctx.name_lock) \
+                        if ephemeral and ctx.pool and not prof.publish else None  # members publish nothing
                     if pooled is not None:  # a namespace wired in advance (nsrun.service.pool)
                         rec, ns = pooled, pooled.name
                     else:
@@ -147,10 +149,10 @@ def up(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -
     name = wire.field_str(msg, "name", optional=False)
     assert name is not None
     names.check_name(name)
-    spec, firewall = wire.field_str(msg, "profile"), firewall_of(msg)
+    spec, firewall, publish = wire.field_str(msg, "profile"), firewall_of(msg), publish_of(msg)
     with ctx.name_lock(name):
         run_command(conn, lambda out, err: namespaces.up(
-            name, spec, firewall=firewall, bus=ctx.bus, out=out, err=err))
+            name, spec, firewall=firewall, bus=ctx.bus, out=out, err=err, publish=publish))
 
 
 def down(ctx: Context, conn: socket.socket, caller: Caller, msg: dict[str, Any]) -> None:

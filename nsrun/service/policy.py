@@ -44,7 +44,7 @@ MAX_FILE_BYTES = 64 * 1024
 MAX_ENTRIES = 1024  # per list
 ANY = "*"
 TOP_KEYS = ("version", "limit", "allow")
-RULE_KEYS = ("users", "groups", "profiles", "create", "enter", "remove", "limit")
+RULE_KEYS = ("users", "groups", "profiles", "create", "enter", "remove", "limit", "publish")
 PLACEHOLDERS = ("{user}", "{uid}")
 # A user or group name as shadow-utils accepts them (NAME_REGEX, plus '$' for machine accounts).
 _ACCOUNT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
@@ -110,6 +110,8 @@ class Rule(NamedTuple):
     enter: tuple[str, ...]
     remove: tuple[str, ...]
     limit: int
+    # host ports they may publish with -P (inclusive ranges); () none, the default
+    publish: tuple[tuple[int, int], ...] = ()
 
     def matches(self, caller: Caller) -> bool:
         if caller.uid in self.uids or (caller.name is not None and caller.name in self.user_names):
@@ -188,6 +190,20 @@ class Policy(NamedTuple):
             return None
         whose = "whose owner is unknown" if owner_uid is None else f"owned by uid {owner_uid}"
         return f"{caller.describe()} may not {what} namespace {ns_name!r} ({whose}; {self.source})"
+
+    def may_publish(self, caller: Caller, host_ports: list[int]) -> str | None:
+        """Whether CALLER may publish each of HOST_PORTS (-P, on a namespace made for them):
+        only as a rule's `publish` says (a host port answers for the whole host: it is not
+        a user's to take by default)."""
+        if caller.uid == 0 or not host_ports:
+            return None
+        rules = self._rules(caller)
+        if not rules:
+            return self._nobody(caller)
+        for port in host_ports:
+            if not any(lo <= port <= hi for r in rules for lo, hi in r.publish):
+                return f"{caller.describe()} may not publish host port {port} ({self.source}: `publish` in a rule)"
+        return None
 
     def limit(self, caller: Caller) -> int | None:
         """How many namespaces CALLER may have live at once: None for root (no limit), 0
@@ -343,8 +359,29 @@ def _rule(source: str, index: int, raw: dict[str, Any], default_limit: int) -> R
                                   "(namespace name characters, * and ?, {user} and {uid})")
         patterns[key] = tuple(str(i) for i in items)
     limit = _limit(source, f"{where}.limit", raw["limit"]) if "limit" in raw else default_limit
+    publish = _publish(source, f"{where}.publish", raw["publish"]) if "publish" in raw else ()
     return Rule(index, frozenset(uids), frozenset(user_names), frozenset(gids), frozenset(group_names),
-                tuple(profiles), patterns["create"], patterns["enter"], patterns["remove"], limit)
+                tuple(profiles), patterns["create"], patterns["enter"], patterns["remove"], limit, publish)
+
+
+def _publish(source: str, key: str, value: Any) -> tuple[tuple[int, int], ...]:
+    """`publish = true` (any host port), `false` (none), or a list of ports and ranges
+    ("8080", "8000-8999")."""
+    if isinstance(value, bool):
+        return ((1, 65535),) if value else ()
+    ranges = []
+    for item in _strings(source, key, value):
+        assert isinstance(item, str)
+        lo, dash, hi = item.partition("-")
+        try:
+            first, last = int(lo), int(hi if dash else lo)
+        except ValueError:
+            first = last = 0
+        if not (lo.isdigit() and (hi.isdigit() or not dash) and 1 <= first <= last <= 65535):
+            raise PolicyError(source, key, f"{item!r} is not a port or a range of ports such as \"8000-8999\" "
+                              "(1..65535); or write true or false")
+        ranges.append((first, last))
+    return tuple(ranges)
 
 
 # -- the file ----------------------------------------------------------------------------

@@ -59,7 +59,9 @@ def read_config(path: str | None) -> dict[str, int]:
             raise UsageError(f"{file}: pool.{name}: must be a whole number from 0 to {MAX_POOL}")
         if profile.is_path_spec(name):
             raise UsageError(f"{file}: pool.{name}: a profile name, not a path")
-        profile.load(name)  # a profile that cannot be used is refused now, not at each refill
+        if profile.load(name).publish and size:  # one that cannot be used is refused now, not at each refill
+            raise UsageError(f"{file}: pool.{name}: profile {name} publishes ports, which one namespace "
+                             "holds at a time: it cannot be pooled")
         if size:
             out[name] = size
     return out

@@ -1,18 +1,13 @@
 """The ephemeral namespaces the service made, watched until their program ends.
 
 A root caller's run is a namespace whose record names the *client* as its owner (pid and
-start time): the client enters the namespace and becomes CMD by exec, so the owner is
-CMD's process itself, and no nsrun process stays beside it. The service holds a pidfd of
-that process, opened before it replied; when the process ends (it exited, was killed, or
-died before it ever reached exec), the pidfd becomes readable and the namespace is taken
-down: what CMD left inside is stopped (TERM, KILL after the grace period: the engine's
-teardown, netns.stop_processes), and what left the namespace but stayed in the run's
-cgroup is killed with the cgroup. That cgroup (`nsrun.NAME` under the client's own, where
-nsrun without the service makes it) is made by the service, which moves the client into
-it while the client enters the namespace: a migration costs ~10 ms (an RCU grace period),
-which the client does not wait for. (A CMD that forks in its first milliseconds may leave
-children in the client's original cgroup: those are still stopped with the namespace
-unless they left it, which only a root CMD can.)
+start time): the client becomes CMD by exec inside it, so no nsrun process stays beside
+it. The service holds a pidfd of that process, opened before it replied; when the process
+ends (even before it reached exec), the namespace is taken down: what CMD left inside is
+stopped (TERM, then KILL after the grace period: netns.stop_processes), and what left the
+namespace but stayed in the run's cgroup (`nsrun.NAME` under the client's own, made by the
+service, which moves the client into it; the client does not wait for the ~10 ms
+migration) is killed with the cgroup. Details: docs/internals.md.
 
 Records are the truth, not this memory: a restarted service `adopt`s every ephemeral
 record whose owner still lives (a pidfd, checked against the recorded start time) and

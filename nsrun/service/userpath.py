@@ -41,6 +41,7 @@ from nsrun.service.callers import (
     firewall_of,
     inherited,
     pin_caller,
+    publish_of,
     run_command,
     same_netns,
 )
@@ -222,6 +223,7 @@ def _up(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, po
     assert name is not None
     names.check_name(name)
     prof = _profile_name(caller, "up", wire.field_str(msg, "profile"))
+    publish = _publish(caller, "up", who, pol, msg)
     with ctx.name_lock(name):
         making = not netns.exists(name)
         if making:
@@ -234,7 +236,18 @@ def _up(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, po
             if making:
                 _within_limit(ctx, caller, who, pol, "up")
             run_command(conn, lambda out, err: namespaces.up(
-                name, prof, firewall=firewall, bus=ctx.bus, out=out, err=err, owner_uid=caller.uid))
+                name, prof, firewall=firewall, bus=ctx.bus, out=out, err=err, owner_uid=caller.uid,
+                publish=publish))
+
+
+def _publish(caller: Caller, kind: str, who: PolicyCaller, pol: Policy, msg: dict[str, Any]) -> list[str]:
+    """The request's -P specs, as the policy allows them (its rules' `publish`: none by
+    default); each is checked again with the profile (nsrun.profile.with_publish)."""
+    from nsrun import ports
+
+    specs = publish_of(msg)
+    _check(caller, kind, pol.may_publish(who, [ports.parse(t).host_port for t in specs]))
+    return specs
 
 
 def _down(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
@@ -276,6 +289,7 @@ class _Request(NamedTuple):
     name: str | None  # None: an ephemeral namespace
     spec: str | None  # the profile asked for (runs only)
     remove: bool  # `nsrun shell NAME`: a NAME made for CMD goes with it
+    publish: list[str]  # -P's specs, as the policy allows them (runs only)
 
 
 class _Place(NamedTuple):
@@ -288,7 +302,7 @@ class _Place(NamedTuple):
     group: str | None = None
 
 
-def _request(caller: Caller, msg: dict[str, Any]) -> _Request:
+def _request(caller: Caller, who: PolicyCaller, pol: Policy, msg: dict[str, Any]) -> _Request:
     from nsrun import names
 
     kind = msg["type"]
@@ -307,7 +321,8 @@ def _request(caller: Caller, msg: dict[str, Any]) -> _Request:
     if kind == "exec" and name is None:
         raise wire.ProtocolError("field 'name' is required")
     return _Request(kind, argv, env, cwd, wire.field_bool(msg, "tty"), name,
-                    wire.field_str(msg, "profile") if kind == "run" else None, wire.field_bool(msg, "remove"))
+                    wire.field_str(msg, "profile") if kind == "run" else None, wire.field_bool(msg, "remove"),
+                    _publish(caller, kind, who, pol, msg) if kind == "run" else [])
 
 
 def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, pol: Policy,
@@ -325,7 +340,7 @@ def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller,
         _check(caller, kind, pol.may_run(who, prof_name))
         with ctx.uid_lock(caller.uid):  # counted and made under one lock: no race past the limit
             _within_limit(ctx, caller, who, pol, kind)
-            return _owned_up(ctx, conn, caller, None, prof_name, firewall)
+            return _owned_up(ctx, conn, caller, None, prof_name, firewall, req.publish)
     with ctx.name_lock(ns):
         if netns.exists(ns):
             rec = record.read(ns)
@@ -334,6 +349,12 @@ def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller,
             _check(caller, kind, pol.may_enter(who, ns, rec.owner_uid if rec else None))
             if req.spec is not None:
                 error = engine.mismatch(ns, rec, profiles.load(req.spec))
+                if error:
+                    raise error
+            if req.publish:
+                from nsrun import ports
+
+                error = engine.publish_mismatch(ns, rec, [ports.parse(p).text() for p in req.publish])
                 if error:
                     raise error
             return _Place(ns, rec)
@@ -346,14 +367,14 @@ def _place(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller,
         with ctx.uid_lock(caller.uid):
             _within_limit(ctx, caller, who, pol, kind)
             if req.remove:
-                return _owned_up(ctx, conn, caller, ns, prof_name, firewall)
-            rec, _ = engine.up(ns, profiles.load(prof_name), persistent=True, owner={"owner_uid": caller.uid},
-                               firewall=firewall, bus=ctx.bus)
+                return _owned_up(ctx, conn, caller, ns, prof_name, firewall, req.publish)
+            rec, _ = engine.up(ns, profiles.with_publish(profiles.load(prof_name), req.publish), persistent=True,
+                               owner={"owner_uid": caller.uid}, firewall=firewall, bus=ctx.bus)
             return _Place(ns, rec)
 
 
 def _owned_up(ctx: Context, conn: socket.socket, caller: Caller, name: str | None, prof_name: str,
-              firewall: str | None) -> _Place:
+              firewall: str | None, publish: list[str]) -> _Place:
     """NAME (ephemeral when None) brought up owned by the client (gc reclaims it should the
     service die), and watched (the client gone, it goes): the watcher holds the client's
     pidfd from then on."""
@@ -361,7 +382,7 @@ def _owned_up(ctx: Context, conn: socket.socket, caller: Caller, name: str | Non
     from nsrun import profile as profiles
     from nsrun.linux import cgroup
 
-    prof = profiles.load(prof_name)
+    prof = profiles.with_publish(profiles.load(prof_name), publish)
     pidfd, start = pin_caller(conn, caller)  # the client: the run's owner
     try:
         ctx.runs.reserve(caller.uid)
@@ -386,7 +407,7 @@ def _run(ctx: Context, conn: socket.socket, caller: Caller, who: PolicyCaller, p
     from nsrun.process import scope, spawn, supervise
 
     try:
-        req = _request(caller, msg)
+        req = _request(caller, who, pol, msg)
         place = _place(ctx, conn, caller, who, pol, req, _firewall(caller, msg))
         rec = place.rec
         env = {**req.env, "NSRUN_NETNS": place.ns, "NSRUN_PROFILE": (rec.profile if rec else None) or "",

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CLIENT, SUPPORT, write_profile
+from conftest import CLIENT, REPO, SUPPORT, write_profile
 from nsrun import lab as labmod
 from nsrun import names
 from nsrun.engine.resources import steps, undo_steps
@@ -309,6 +309,40 @@ def test_a_second_add_of_the_same_attachment_is_refused_and_a_crashed_add_is_cle
         code, out, err = cni.plugin("DEL", conf, env)
         assert (code, out) == (0, None), err
     assert records(lab) == [] and nsrun_links(lab) == []
+
+
+def test_a_network_whose_profile_publishes_a_port(lab, cni, tmp_path):
+    """A profile's `publish` (issue 21) holds for an attachment as for a namespace of nsrun's:
+    the container is reached at the host's port from the LAN (its client's own address
+    seen), `ls` shows the port, a second container of the network is refused (one
+    namespace holds a host port at a time) and DEL releases it."""
+    prof = write_profile(tmp_path, "natpub", 'mode = "nat"\nsubnet = "10.251.0.0/24"\npublish = ["8080:9000"]\n')
+    conf = {"cniVersion": "1.0.0", "name": "pubnet", "type": "nsrun", "profile": str(prof)}
+    ns1, ns2 = cni.container("c1"), cni.container("c2")
+    code, out, err = cni.plugin("ADD", conf, _attach_env(ns1))
+    assert code == 0, err
+    server = subprocess.Popen(["nsenter", f"--net={ns1}", sys.executable, "-m", "nsrun.lab", "serve",
+                               "/proc/self/ns/net", "9000"], cwd=REPO, env=lab.env)
+    try:
+        ask = ["nsenter", f"--net=/run/netns/{lab.lab.other}", sys.executable, "-m", "nsrun.lab", "client",
+               labmod.HOST_ADDR, "8080"]
+        deadline = time.time() + 30
+        while (seen := subprocess.run(ask, capture_output=True, text=True, timeout=30, cwd=REPO,
+                                      env=lab.env).stdout.strip()) != labmod.OTHER_ADDR:
+            assert time.time() < deadline, seen
+            time.sleep(0.1)
+        listed = json.loads(lab.nsrun("ls", "--json").stdout)
+        assert [r["publish"] for r in listed if r["kind"] == "cni"] == [
+            [{"host_address": None, "host_port": 8080, "port": 9000, "proto": "tcp"}]]
+        code, out, err = cni.plugin("ADD", {**conf}, {**_attach_env(ns2), "CNI_CONTAINERID": cid(2)})
+        assert code == 1 and "host port 8080/tcp is published already" in out["details"], out
+    finally:
+        server.kill()
+        server.wait()
+    code, out, err = cni.plugin("DEL", conf, _attach_env(ns1))
+    assert (code, out) == (0, None), err
+    assert records(lab) == [] and nsrun_links(lab) == []
+    assert not os.listdir(lab.statedir / "publish")  # the claim released
 
 
 @pytest.mark.parametrize("step", steps("nat"))

@@ -104,14 +104,24 @@ def test_podman_runs_a_container_on_an_nsrun_network_through_gw1(lab, podman):
     assert settled(podman) == NOTHING
 
 
+def logged(pm: cnilab.Podman, cid: str, timeout: float = 10.0) -> Any:
+    """`podman logs CID` once the container has printed a line, or after TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    while not (r := pm("logs", cid)).stdout.endswith("\n") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return r
+
+
 def test_kill_9_of_conmon_then_podman_rm_f_leaves_nothing(lab, podman):
-    r = podman.run("gw1net", "sleep", "1000", detach=True)
+    # The detached container's own process asks the upstream server, then sleeps (not `podman
+    # exec`, which runs outside the container's root file system in a chroot: cnilab.Podman).
+    r = podman.run("gw1net", "sh", "-c", f"{NC}; exec sleep 1000", detach=True)
     assert r.returncode == 0, r.stderr
     cid = r.stdout.strip()
     during = left_over(podman)
     assert during["containers"] == [cid[:12]] and len(during["records"]) == 1 and len(during["links"]) == 1
-    r = podman("exec", cid, "sh", "-c", NC)
-    assert (r.returncode, r.stdout.strip()) == (0, labmod.GW1_UP), r.stderr
+    r = logged(podman, cid)
+    assert (r.returncode, r.stdout.strip()) == (0, labmod.GW1_UP), r.stderr  # through gw1
     conmon = int(podman("inspect", "--format", "{{.State.ConmonPid}}", cid).stdout)
     assert conmon in during["conmon"]
     os.kill(conmon, signal.SIGKILL)

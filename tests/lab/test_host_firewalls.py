@@ -210,6 +210,35 @@ def test_legacy_forward_drop_is_opened_on_a_legacy_host(lab):
         lab.host("iptables-legacy", "-P", "FORWARD", "ACCEPT")
 
 
+def test_a_drop_chain_that_appears_while_a_bridge_is_in_use(lab):
+    """Issue 21, the late firewall: a forward chain that drops appears after a bridge is in
+    use. Its namespaces are cut off (that is the host's firewall); `doctor` names the chain
+    (it said all was well); the next setup on the bridge opens it, says so, and its run
+    gets out, and so does the namespace that was up before. (Before: every new run on the
+    bridge timed out with no message.)"""
+    assert lab.nsrun("up", "latefw", "-p", "nat").returncode == 0
+    try:
+        assert lab.nsrun("exec", "latefw", "--", *CLIENT).stdout.strip() == labmod.GW2_UP
+        lab.host("nft", "add table inet late; add chain inet late fw1 { type filter hook forward priority 5; "
+                 "policy drop; }; add rule inet late fw1 ct state established,related accept")
+        assert lab.nsrun("exec", "latefw", "--", *CLIENT).returncode != 0  # cut off, as the host asked
+        doc = lab.nsrun("doctor")
+        assert doc.returncode == 1, doc.stdout
+        assert ("nat: problem: forwarding for nsrun0 is dropped by table inet late chain fw1 (policy drop), "
+                "which nsrun has not opened: nsrun0 is in use") in doc.stdout, doc.stdout
+        nxt = lab.nsrun("-p", "nat", "--", *CLIENT)
+        assert nxt.returncode == 0, nxt.stderr
+        assert nxt.stdout.strip() == labmod.GW2_UP
+        assert "nsrun: opened forwarding for nsrun0 in table inet late chain fw1 (policy drop)" in nxt.stderr
+        assert lab.nsrun("exec", "latefw", "--", *CLIENT).stdout.strip() == labmod.GW2_UP
+        assert "which nsrun has not opened" not in lab.nsrun("doctor").stdout
+    finally:
+        assert lab.nsrun("down", "latefw").returncode == 0
+        late = lab.host("nft", "list", "table", "inet", "late", check=False).stdout
+        lab.host("nft", "delete", "table", "inet", "late", check=False)
+    assert "nsrun" not in late  # the opening went with the bridge's last namespace
+
+
 # -- firewalld, a real one (the lab host kind `firewalld`) ----------------------------------
 
 def _zone_of(lab, iface: str) -> str:

@@ -44,10 +44,10 @@ limit = 4
 """
 
 
-def policy_service(lab: LabRunner, tmp_path: Path, draws: list[str] | None = None) -> Service:
-    """The service, started with POLICY (and DRAWS: support.service.Service)."""
+def policy_service(lab: LabRunner, tmp_path: Path, draws: list[str] | None = None, text: str = POLICY) -> Service:
+    """The service, started with POLICY, or TEXT (and DRAWS: support.service.Service)."""
     policy = tmp_path / "policy.toml"
-    policy.write_text(POLICY)
+    policy.write_text(text)
     policy.chmod(0o644)
     svc = Service(lab, tmp_path / "daemon.log", "--policy", str(policy), draws=draws).start()
     os.chmod(svc.sock, 0o666)  # the test's socket is root's (no group nsrun here)
@@ -165,6 +165,8 @@ def test_user_on_a_terminal_gets_a_pty_and_ctrl_c_stops_cmd(lab, user_service, p
     ("nobody", ("-p", "/etc/passwd", "--", "true"), "profile file"),  # a path
     ("nobody", ("-p", "isolated", "--", "true"), "isolated"),  # a profile it does not grant
     ("nobody", ("-u", "root", "--", "true"), "-u needs root"),
+    ("nobody", ("-P", "8080:9000", "--", "true"), "may not publish host port 8080"),  # issue 21: not by default
+    ("nobody", ("up", "nobody-web", "-P", "8080:9000"), "may not publish host port 8080"),
 ])
 def test_refusals_exit_2_with_a_log_line(lab, user_service, public_nsrun, who, args, words):
     uid = pwd.getpwnam(who).pw_uid
@@ -344,5 +346,33 @@ def test_stopping_the_service_hangs_up_user_programs(lab, tmp_path, public_nsrun
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    finally:
+        svc.stop()
+
+
+def test_user_publishes_the_ports_the_policy_grants(lab, tmp_path, public_nsrun):
+    """Issue 21: a rule's `publish` grants host ports (here 8000-8999): nobody's server
+    inside is reached from the LAN at the host's address, and sees the client's own
+    address; a port outside the range is refused (exit 2, one line)."""
+    svc = policy_service(lab, tmp_path, text=POLICY + 'publish = ["8000-8999"]\n')
+    try:
+        refused = user_run(lab, public_nsrun, "nobody", "-P", "9000:9000", "--", "true")
+        assert refused.returncode == 2 and "may not publish host port 9000" in refused.stderr, refused.stderr
+        p = subprocess.Popen(as_user(lab, "nobody", "-P", "8080:9000", "--", SYSTEM_PYTHON, "-c",
+                                     "import socket; s = socket.socket(); s.bind(('0.0.0.0', 9000)); s.listen();"
+                                     "print('ready', flush=True); c, a = s.accept(); c.sendall(a[0].encode())"),
+                             env={**lab.env, **public_nsrun}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd="/")
+        try:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n", p.stderr
+            ask = subprocess.run(["nsenter", f"--net=/run/netns/{lab.lab.other}", SYSTEM_PYTHON, "-c",
+                                  f"import socket; s = socket.create_connection(('{labmod.HOST_ADDR}', 8080), 5);"
+                                  "print(s.recv(64).decode())"], capture_output=True, text=True, timeout=30)
+            assert ask.stdout.strip() == labmod.OTHER_ADDR, (ask.stderr, svc.log())
+        finally:
+            out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, (err, svc.log())
+        svc.wait_idle()
+        assert "Traceback" not in svc.log(), svc.log()
     finally:
         svc.stop()

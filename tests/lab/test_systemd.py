@@ -154,6 +154,26 @@ def _gone(pid: int, timeout: float = 10) -> bool:
     return False
 
 
+def _where(*pids: int) -> str:
+    """State, signal masks, kernel wait channel and threads of PIDS and their children."""
+    lines = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop(0)
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                keep = [ln.strip() for ln in fh if ln.split(":")[0] in
+                        ("Name", "State", "Uid", "Threads", "SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")]
+            with open(f"/proc/{pid}/wchan") as fh:
+                keep.append(f"wchan: {fh.read()}")
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                todo += [int(c) for c in fh.read().split()]
+        except OSError as exc:
+            keep = [f"gone ({exc.strerror})"]
+        lines.append(f"{pid}: " + "; ".join(keep))
+    return "\n".join(lines)
+
+
 @needs_system_python
 @pytest.mark.parametrize("notify", [None, "@nsrun-test-stop"], ids=["plain", "relay"])
 def test_stop_reaches_cmd_and_nsrun_cleans_up(lab, notify):
@@ -173,7 +193,11 @@ def test_stop_reaches_cmd_and_nsrun_cleans_up(lab, notify):
         assert os.stat(f"/proc/{cmd_pid}").st_uid == 65534  # CMD as nobody, nsrun as root
         assert os.stat(f"/proc/{proc.pid}").st_uid == 0
         os.kill(proc.pid, signal.SIGTERM)  # what systemd sends first with KillMode=mixed
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Seen once in a full CI run, never reproduced alone: say where each process stood.
+            pytest.fail(f"nsrun did not end within 30 s of SIGTERM:\n{_where(proc.pid, cmd_pid)}")
     finally:
         if proc.poll() is None:
             proc.kill()

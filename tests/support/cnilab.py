@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from support.mounts import chrooted
+
 SUPPORT = Path(__file__).resolve().parent
 REPO = SUPPORT.parent.parent
 REFERENCE = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
@@ -140,8 +142,16 @@ class Podman:
     """podman run inside the lab host, every piece of its state under TMP: storage (vfs),
     run root, libpod's tmpdir and file locks (no /dev/shm lock), volumes, events log,
     containers.conf (CNI backend, network configuration and plugin directories), HOME; a
-    rootfs of a static busybox (no image, no registry). libcni's cache, /var/lib/cni, is the
-    caller's to make private (podman's CNI backend has no setting for it)."""
+    rootfs of a static busybox (no image, no registry), the containers' output in k8s-file
+    logs there too (never the machine's journal). libcni's cache, /var/lib/cni, is the
+    caller's to make private (podman's CNI backend has no setting for it).
+
+    What runs in a container runs as the container's own process (`podman run`), never
+    through `podman exec`: runc exec enters the container's mount namespace with setns(2),
+    which puts the process at that namespace's root, and in a chroot (a fresh Debian 12 of
+    /var/tmp/deb12/run-readme.sh, chroot builders) that is the machine's root file system,
+    not the container's: its /bin/sh (dash), without nc, a root shell on the machine's
+    files (support.mounts.chrooted). __call__ refuses `exec` there."""
 
     def __init__(self, cni: Cni) -> None:
         self.cni = cni
@@ -158,6 +168,7 @@ class Podman:
         self.cgroup_parent = f"/nsrun-test-{self.base.name}"
         conf = self.base / "containers.conf"
         conf.write_text(f"""[containers]
+log_driver = "k8s-file"
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [network]
 network_backend = "cni"
@@ -180,6 +191,9 @@ volume_path = "{self.base / 'volumes'}"
                       "--cgroup-manager", "cgroupfs", "--runtime", "runc", "--volumepath", str(self.base / "volumes")]
 
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        if args[:1] == ("exec",) and chrooted():
+            raise RuntimeError("podman exec in a chroot would run its program on the machine's root file "
+                               "system, not the container's: run it as the container's own process")
         argv = self.cni.lab.host_argv(["podman", *self.flags, *args])
         return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
 

@@ -1,11 +1,14 @@
 """Private mounts for test sessions and benches: /run/netns and /etc/netns as tmpfs mounts
 of one mount namespace, and the check that keeps sessions running side by side from
-detaching each other's."""
+detaching each other's; and whether the session runs in a chroot (chrooted)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 from nsrun.linux import kernel
@@ -63,3 +66,38 @@ def private_dir(path: str, mode: int = 0o755, source: str = "nsrun-lab") -> Iter
                 os.rmdir(path)
         except OSError:
             pass
+
+
+# A fresh interpreter (one thread: setns(CLONE_NEWNS) refuses a process sharing its fs) enters
+# its own mount namespace and compares / before and after, as mount (mnt_id, from fdinfo) and
+# directory (a bind of / is the same directory on another mount); exit 1: another root.
+_ROOT_PROBE = """
+import os
+def where(fd, fdinfo):
+    info = os.open(str(fd), os.O_RDONLY, dir_fd=fdinfo)
+    text = os.read(info, 4096).decode()
+    os.close(info)
+    st = os.fstat(fd)
+    return [line for line in text.splitlines() if line.startswith("mnt_id:")], st.st_dev, st.st_ino
+fdinfo = os.open("/proc/self/fdinfo", os.O_RDONLY | os.O_DIRECTORY)
+before = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+import ctypes
+if ctypes.CDLL(None).setns(os.open("/proc/self/ns/mnt", os.O_RDONLY), 0x00020000) != 0:
+    os._exit(2)
+after = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+os._exit(int(where(before, fdinfo) != where(after, fdinfo)))
+"""
+
+
+@functools.cache
+def chrooted() -> bool:
+    """Whether this process's root is not the root of its mount namespace: a chroot, as
+    /var/tmp/deb12/run-readme.sh's fresh root file systems and chroot builders are. Entering
+    a mount namespace with setns(2) puts a process at that namespace's root, so there
+    `podman exec` (runc exec) and `nsenter --mount` run their programs on the file system
+    outside the chroot (the machine's), not in the container's or this root file system
+    (tests/support/cnilab.Podman). Needs root, as setns does."""
+    r = subprocess.run([sys.executable, "-c", _ROOT_PROBE], capture_output=True, text=True, timeout=60)
+    if r.returncode not in (0, 1):
+        raise RuntimeError(f"cannot tell whether this is a chroot (setns: exit {r.returncode}): {r.stderr}")
+    return r.returncode == 1

@@ -17,7 +17,7 @@ from nsrun.errors import UsageError
 PROPS = settings(max_examples=300, deadline=None)
 RUN_USAGE = f"usage: {RUN.usage}  (nsrun --help for more)"
 SPELLINGS = {"profile": ("-p", "--profile"), "name": ("-n", "--name"), "user": ("-u", "--user")}
-NO_OPTS = {"profile": None, "name": None, "user": None}
+NO_OPTS = {"profile": None, "name": None, "user": None, "publish": ()}
 
 
 def refused(args: list[str]) -> str:
@@ -32,7 +32,7 @@ def run_of(args: list[str]) -> tuple[dict[str, str], list[str]]:
     """The run form's options that were given, and CMD."""
     inv = parse(args)
     assert inv.command == "run" and not inv.help
-    return {k: v for k, v in inv.values.items() if v is not None}, inv.cmd or []
+    return {k: v for k, v in inv.values.items() if v is not None and v != ()}, inv.cmd or []
 
 
 # -- the run form --------------------------------------------------------------------------
@@ -52,6 +52,11 @@ def run_of(args: list[str]) -> tuple[dict[str, str], list[str]]:
     (["--", "-p", "x", "--", "-n"], {}, ["-p", "x", "--", "-n"]),
     (["-n", "a", "--", "nsrun", "-n", "b", "--", "true"], {"name": "a"}, ["nsrun", "-n", "b", "--", "true"]),
     (["--", ""], {}, [""]),
+    # -P/--publish is repeatable: every value, in the order given, in every spelling.
+    (["-P", "8080:80", "--", "x"], {"publish": ("8080:80",)}, ["x"]),
+    (["-P", "1:2", "--publish=3:4/udp", "-P5:6", "-P=[::1]:7:8", "--publish", "9:9", "--", "x"],
+     {"publish": ("1:2", "3:4/udp", "5:6", "[::1]:7:8", "9:9")}, ["x"]),
+    (["-P", "1:2", "-P", "1:2", "--", "x"], {"publish": ("1:2", "1:2")}, ["x"]),  # the profile layer refuses it
 ])
 def test_the_run_form_accepts(args: list[str], opts: dict[str, str], cmd: list[str]) -> None:
     assert run_of(args) == (opts, cmd)
@@ -77,6 +82,9 @@ def test_the_run_form_accepts(args: list[str], opts: dict[str, str], cmd: list[s
     (["-p", "gw1", "curl"], "unknown command 'curl'"),
     (["-p", "", "--", "true"], "needs a non-empty value"),
     (["-p=", "--", "true"], "needs a non-empty value"),
+    (["-P", "--", "true"], "option -P needs a value"),
+    (["-P", "", "--", "true"], "option -P needs a non-empty value"),
+    (["--publish", "8080:80"], "missing `-- CMD`"),
 ])
 def test_the_run_form_refuses(args: list[str], fragment: str) -> None:
     msg = refused(args)
@@ -111,11 +119,13 @@ def test_help_before_double_dash_is_nsruns_after_it_cmds() -> None:
 # -- the other commands: the same grammar ---------------------------------------------------
 
 @pytest.mark.parametrize("args,command,values,cmd", [
-    (["up", "blue"], "up", {"name": "blue", "profile": None}, None),
-    (["up", "blue", "-p", "gw1"], "up", {"name": "blue", "profile": "gw1"}, None),
-    (["up", "blue", "--profile=gw1"], "up", {"name": "blue", "profile": "gw1"}, None),
-    (["up", "--profile", "gw1", "blue"], "up", {"name": "blue", "profile": "gw1"}, None),
-    (["up", "-pgw1", "blue"], "up", {"name": "blue", "profile": "gw1"}, None),
+    (["up", "blue"], "up", {"name": "blue", "profile": None, "publish": ()}, None),
+    (["up", "blue", "-p", "gw1"], "up", {"name": "blue", "profile": "gw1", "publish": ()}, None),
+    (["up", "blue", "--profile=gw1"], "up", {"name": "blue", "profile": "gw1", "publish": ()}, None),
+    (["up", "--profile", "gw1", "blue"], "up", {"name": "blue", "profile": "gw1", "publish": ()}, None),
+    (["up", "-pgw1", "blue"], "up", {"name": "blue", "profile": "gw1", "publish": ()}, None),
+    (["up", "-P", "80:80", "blue", "-P8443:443"], "up", {"name": "blue", "profile": None,
+                                                        "publish": ("80:80", "8443:443")}, None),
     (["down", "blue"], "down", {"name": "blue", "grace": 5.0, "refuse_busy": False}, None),
     (["down", "blue", "--grace=2", "--refuse-busy"], "down", {"name": "blue", "grace": 2.0, "refuse_busy": True}, None),
     (["down", "--grace", "0.5", "blue"], "down", {"name": "blue", "grace": 0.5, "refuse_busy": False}, None),
@@ -144,7 +154,9 @@ def test_every_command_reads_alike(args: list[str], command: str, values: dict[s
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["up"], "missing NAME; usage: nsrun up NAME [-p PROFILE]"),
+    (["up"], "missing NAME; usage: nsrun up NAME [-p PROFILE] [-P SPEC]..."),
+    (["down", "a", "-P", "80:80"], "unknown option '-P'"),
+    (["exec", "a", "-P", "80:80", "--", "x"], "unknown option '-P'"),
     (["up", "a", "b"], "unexpected argument 'b'"),
     (["up", "a", "--json"], "unknown option '--json'"),
     (["down", "a", "--grace=x"], "option --grace takes a number, not 'x'"),
@@ -167,7 +179,7 @@ def test_every_command_refuses_alike(args: list[str], fragment: str) -> None:
 
 WORDS = ["-p", "--profile", "-n", "--name", "-u", "--user", "--", "-", "-p=", "--name=x", "-x", "gw1", "web",
          "root", "true", "", "=", "-p=--", "--=x", "--json", "--keep", "--grace", "2", "--dry-run",
-         "--refuse-busy", "-pgw1", "-h"]
+         "--refuse-busy", "-pgw1", "-h", "-P", "--publish", "-P8080:80", "--publish=[::1]:1:2/udp", "8080:80"]
 words = st.one_of(st.sampled_from(WORDS), st.text(max_size=8))
 argvs = st.tuples(st.sampled_from(["", *COMMANDS]), st.lists(words, max_size=10)).map(
     lambda t: [*t[0].split(), *t[1]])
@@ -211,6 +223,32 @@ def run_lines(draw: st.DrawFn) -> tuple[list[str], dict[str, str], list[str]]:
 
 
 @PROPS
+@given(run_lines(), st.lists(st.text(min_size=1, max_size=12).filter(lambda v: v != "--"), max_size=5),
+       st.data())
+def test_repeated_publish_options_keep_every_value_in_order(case: tuple[list[str], dict[str, str], list[str]],
+                                                            specs: list[str], data: st.DataObject) -> None:
+    """-P anywhere among the other options, any number of times, in any spelling: the
+    values in the order given, the rest of the line read as without them."""
+    args, opts, cmd = case
+    units: list[list[str]] = []  # each option with its value: nothing goes in between
+    words = args[:args.index("--")]
+    while words:
+        n = 1 if "=" in words[0] else 2
+        units.append(words[:n])
+        words = words[n:]
+    places = sorted(data.draw(st.lists(st.integers(0, len(units)), min_size=len(specs), max_size=len(specs))))
+    for offset, (at, spec) in enumerate(zip(places, specs)):  # in order: each after the one before
+        spelled = data.draw(st.sampled_from([["-P", spec], ["--publish", spec], [f"--publish={spec}"],
+                                             [f"-P{spec}"] if not spec.startswith("=") else ["-P", spec]]))
+        units.insert(at + offset, spelled)
+    head = [w for unit in units for w in unit]
+    inv = parse([*head, "--", *cmd])
+    assert inv.values["publish"] == tuple(specs)
+    assert run_of([*head, "--", *cmd]) == ({**opts, **({"publish": tuple(specs)} if specs else {})}, cmd)
+    assert parse(canonical(inv)) == inv
+
+
+@PROPS
 @given(run_lines())
 def test_well_formed_run_lines_round_trip(case: tuple[list[str], dict[str, str], list[str]]) -> None:
     args, opts, cmd = case
@@ -223,7 +261,8 @@ def _served_reading(msg: dict[str, object]) -> dict[str, object]:
     """What the service reads of a request (nsrun.service.handlers' fields)."""
     kind = msg["type"]
     if kind == "up":
-        return {"name": wire.field_str(msg, "name"), "profile": wire.field_str(msg, "profile")}
+        return {"name": wire.field_str(msg, "name"), "profile": wire.field_str(msg, "profile"),
+                "publish": tuple(wire.field_argv(msg, "publish")) if "publish" in msg else ()}
     if kind == "down":
         return {"name": wire.field_str(msg, "name"), "grace": wire.field_num(msg, "grace", 5.0),
                 "refuse_busy": wire.field_bool(msg, "refuse_busy")}
@@ -265,6 +304,9 @@ def test_up_spelled_either_way_is_one_request() -> None:
     one = main.service_request(parse(["up", "blue", "--profile=gw1"]), "nftables")
     assert one == main.service_request(parse(["up", "blue", "-p", "gw1"]), "nftables")
     assert one == {"type": "up", "name": "blue", "profile": "gw1", "firewall": "nftables"}
+    published = main.service_request(parse(["up", "blue", "-P", "80:80", "--publish=[::1]:1:2/udp"]), None)
+    assert published == {"type": "up", "name": "blue", "profile": None, "firewall": None,
+                         "publish": ["80:80", "[::1]:1:2/udp"]}
 
 
 # -- typer's help reads the same table --------------------------------------------------------
@@ -289,7 +331,7 @@ def test_typer_reads_the_canonical_spelling_of_every_command_as_the_parser_does(
     command = COMMANDS[words]
     values: dict[str, object] = {field: f"x{i}" for i, (field, _, _) in enumerate(command.args)}
     for opt in command.options:
-        values[opt.field] = {"flag": True, "str": "v", "float": 1.5, "int": 3}[opt.kind]
+        values[opt.field] = {"flag": True, "str": "v", "float": 1.5, "int": 3, "list": ("v", "w=x")}[opt.kind]
     inv = Invocation(words, values, ["cmd", "--arg"] if command.cmd else None)
     argv = canonical(inv)
     assert parse(argv) == inv

@@ -297,6 +297,9 @@ def test_documented_example_parses() -> None:
     assert pol.may_create(alice, "alice-vpn") is None and pol.may_create(alice, "vpn") is not None
     assert pol.may_enter(dev, "shared-lab", 0) is None and pol.may_remove(dev, "shared-lab", 0) is not None
     assert pol.limit(alice) == 8 and pol.limit(dev) == 2
+    bob = Caller(1002, 1002, (1002,), "bob", ("bob",))
+    assert pol.may_publish(bob, [8080]) is None and pol.may_publish(bob, [80]) is not None
+    assert pol.may_publish(alice, [8080]) is not None  # publish: false unless a rule grants it
 
 
 # -- the caller ----------------------------------------------------------------------------

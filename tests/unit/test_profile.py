@@ -592,7 +592,8 @@ def test_find_refuses_odd_profile_names(spec: str, tmp_path: Path, monkeypatch: 
 def test_validate_rejects_key_near_match_only_when_close() -> None:
     exc = error_of(NAT + "zzz = 1\n")
     assert re.search(r"known keys: description, mode, bridge, uplink, subnet, range, gateway, dns, search, "
-                     r"host_resolver, mtu, probe_ms, forward, routes, firewall, subnet6, range6, gateway6, isolate, allow$",
+                     r"host_resolver, mtu, probe_ms, forward, routes, firewall, publish, subnet6, range6, gateway6, "
+                     r"isolate, allow$",
                      str(exc))
 
 

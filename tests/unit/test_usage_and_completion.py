@@ -39,7 +39,7 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
 def test_bare_nsrun_prints_a_short_usage_and_exits_2(capsys):
     code, out, err = run_main(capsys)
     assert code == 2 and out == ""
-    assert err.startswith("usage: nsrun [-p PROFILE] [-n NAME] [-u USER] -- CMD [ARG...]\n"), err
+    assert err.startswith("usage: nsrun [-p PROFILE] [-n NAME] [-u USER] [-P SPEC]... -- CMD [ARG...]\n"), err
     assert "nsrun: Usage:" not in err and "Usage:" not in err
     assert len(err.splitlines()) <= 4, err
     assert "nsrun --help" in err

@@ -380,7 +380,7 @@ def test_profiles_show_summarises_the_file_without_keys(tmp_path: Path, monkeypa
 def test_profile_wireguard_key_is_listed_in_wireguard_mode() -> None:
     from nsrun import profile
 
-    with pytest.raises(ProfileError, match=r"zzz: unknown key; known keys: .*probe_ms, forward, routes, firewall, subnet6, range6, gateway6, isolate, allow, wireguard$"):
+    with pytest.raises(ProfileError, match=r"zzz: unknown key; known keys: .*probe_ms, forward, routes, firewall, publish, subnet6, range6, gateway6, isolate, allow, wireguard$"):
         profile.parse('mode = "wireguard"\nzzz = 1\n', "/p/w.toml", "w")
     with pytest.raises(ProfileError, match=r"wireguardd: unknown key \(did you mean 'wireguard'\?\)"):
         profile.parse('mode = "wireguard"\nwireguardd = "/w.conf"\n', "/p/w.toml", "w")

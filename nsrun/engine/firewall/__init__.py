@@ -8,10 +8,15 @@ A backend is a plain module of this package with:
     def bridges() -> set[str]                      # bridges it holds rules for (gc)
     def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None  # idempotent
     def ensure_nat6(bridge: str, subnet6: str, tag: str) -> None  # NAT66, idempotent; `remove` takes it
+    def ensure_localnet_guard(bridge: str, tag: str) -> None    # idempotent
+    def ensure_publish(name: str, bridge: str, forwards: list[Forward], tag: str) -> None
+    def remove_publish(name: str) -> int           # NAME's published ports' rules
+    def published() -> set[str]                    # names it holds such rules for (gc)
 
 Every rule a backend makes is found again from the bridge's name alone (remove and gc need
 no record); a bridge's NetRecord names the backend that made its rules. `choose(requested)`
-picks the backend for this host (detect.py), `backend(name)` imports one. Openings in
+picks the backend for this host (detect.py), `backend(name)` imports one. A published port
+is a `Forward` (forwards.py), its rules tagged by `publish_tag`. Openings in
 chains that are not nsrun's are foreign.py's. Why, and the contract in full:
 docs/internals.md#the-firewall-seam.
 """
@@ -21,7 +26,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from nsrun.engine.firewall.forwards import Forward, publish_owner, publish_tag
 from nsrun.errors import NsrunError
+
+__all__ = ["Forward", "backend", "choose", "publish_owner", "publish_tag"]
 
 
 def choose(requested: str | None = None) -> str:

@@ -13,15 +13,20 @@ docs/internals.md#openings-in-the-hosts-own-firewall.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nsrun.engine.firewall import iptables as legacy
 from nsrun.engine.firewall import nftables
 from nsrun.engine.firewall.serial import serialized
 from nsrun.errors import NsrunError
 
+if TYPE_CHECKING:
+    from nsrun.engine.firewall.forwards import Forward
+
 OPEN_PREFIX = "nsrun-open-"
+GUARD_PREFIX = "nsrun-guard-"  # nsrun.engine.firewall.guardtables.PREFIX (isolate, allow)
+OWN_PREFIXES = ("nsrun-nat-", OPEN_PREFIX, nftables.PUBLISH_PREFIX, GUARD_PREFIX)  # nsrun's own tables: never "foreign"
 MARK = 0x00400000  # one bit; set only on replies forwarded out of an nsrun bridge
 BRNF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 SUBSTITUTES = ("DOCKER-USER", "ufw-user-forward", "ufw6-user-forward")  # the owners' places for user rules
@@ -32,8 +37,7 @@ class Refused(NsrunError):
     """The way cannot be opened: the message names the table and chain that would drop."""
 
 
-@dataclass(frozen=True)
-class Block:
+class Block(NamedTuple):  # not a dataclass: this module is imported at every setup (~10 ms less)
     family: str        # ip | inet | bridge (nf_tables), or "legacy"
     table: str
     chain: str         # the base chain that drops
@@ -102,7 +106,7 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "fo
     out = []
     for c in base:
         fam, table, name = c["family"], c["table"], c["name"]
-        if table.startswith(("nsrun-nat-", OPEN_PREFIX, "nsrun-guard-")):
+        if table.startswith(OWN_PREFIXES):
             continue
         if hook == "input":
             if fam not in ("ip", "inet"):
@@ -129,10 +133,37 @@ def _blocks_nft(rs: list[dict[str, Any]], mode: str, brnf: bool, hook: str = "fo
         flags = tables.get((fam, table), {}).get("flags", [])
         if isinstance(flags, str):
             flags = [flags]
+        if not set(flags) <= {"owner", "persist", "dormant"}:  # libnftables 1.0.6's JSON: garbage
+            flags = nftables.table_flags(fam, table)
         refuse = (f"table {fam} {table} is owned by another process (flags owner); nsrun may not "
                   "add rules to it") if "owner" in flags else None
         out.append(Block(fam, table, name, why, into, refuse, hook))
     return out
+
+
+@serialized
+def _legacy_drops(chain_name: str) -> str | None:
+    """Why legacy filter CHAIN_NAME drops what reaches its end ("policy drop", "final rule
+    drop"), or None. Read by getsockopt (nsrun.linux.xtables: no python-iptables, which
+    costs ~50 ms to import, at every setup), else through python-iptables."""
+    from nsrun.linux import xtables
+
+    try:
+        found = xtables.builtin_chain("filter", chain_name)
+        policy, last_drops = found.policy, found.last_drops
+    except OSError:
+        iptc = legacy.load()
+        table = iptc.Table("filter")
+        table.refresh()
+        chain = iptc.Chain(table, chain_name)
+        policy = chain.get_policy().name
+        rules = chain.rules
+        last_drops = bool(rules and rules[-1].target.name in ("DROP", "REJECT") and not rules[-1].matches
+                          and not rules[-1].in_interface and not rules[-1].out_interface
+                          and rules[-1].src in ("0.0.0.0/0.0.0.0", None) and rules[-1].dst in ("0.0.0.0/0.0.0.0", None))
+    if policy == "DROP":
+        return "policy drop"
+    return "final rule drop" if last_drops else None
 
 
 @serialized
@@ -142,21 +173,11 @@ def _blocks_legacy(mode: str, brnf: bool, backend: str) -> list[Block]:
         return []
     if mode == "bridge" and not brnf:
         return []
-    iptc = legacy.load()
-    table = iptc.Table("filter")
-    table.refresh()
-    chain = iptc.Chain(table, "FORWARD")
-    if chain.get_policy().name == "DROP":
-        why = "policy drop"
-    else:
-        rules = chain.rules
-        if not (rules and rules[-1].target.name in ("DROP", "REJECT") and not rules[-1].matches
-                and not rules[-1].in_interface and not rules[-1].out_interface
-                and rules[-1].src in ("0.0.0.0/0.0.0.0", None) and rules[-1].dst in ("0.0.0.0/0.0.0.0", None)):
-            return []
-        why = "final rule drop"
     if backend == "iptables" and mode == "nat":
-        return []  # the legacy backend's own FORWARD accepts are the opening
+        return []  # the legacy backend's own FORWARD accepts are the opening (no need to look)
+    why = _legacy_drops("FORWARD")
+    if why is None:
+        return []
     refuse = None
     if backend != "iptables":
         refuse = ("the legacy iptables FORWARD chain drops forwarded traffic, and on a host that "
@@ -169,19 +190,9 @@ def _input_blocks_legacy(backend: str) -> list[Block]:
     """A legacy INPUT that drops (read only where the legacy filter table is loaded)."""
     if "filter" not in legacy.loaded_tables():
         return []
-    iptc = legacy.load()
-    table = iptc.Table("filter")
-    table.refresh()
-    chain = iptc.Chain(table, "INPUT")
-    if chain.get_policy().name == "DROP":
-        why = "policy drop"
-    else:
-        rules = chain.rules
-        if not (rules and rules[-1].target.name in ("DROP", "REJECT") and not rules[-1].matches
-                and not rules[-1].in_interface and rules[-1].dst in ("0.0.0.0/0.0.0.0", None)
-                and rules[-1].src in ("0.0.0.0/0.0.0.0", None)):
-            return []
-        why = "final rule drop"
+    why = _legacy_drops("INPUT")
+    if why is None:
+        return []
     refuse = None
     if backend != "iptables":
         refuse = ("the legacy iptables INPUT chain drops it, and on a host that uses nf_tables nsrun does "
@@ -221,6 +232,78 @@ def check(bridge: str, mode: str, backend: str, rs: list[dict[str, Any]] | None 
             what = f"DNS from {bridge} to the host's stub" if b.hook == "input" else f"forwarding for {bridge}"
             raise Refused(f"{what} would be dropped by {b.where()} ({b.why}): {b.refuse}")
     return blocks
+
+
+def light_ruleset(hooks: tuple[str, ...] = ("forward",)) -> list[dict[str, Any]]:
+    """What of the ruleset the openings concern, listed cheaply: every table and chain
+    (`list chains`: no rules, no table flags), and the rules of the filter base chains on
+    HOOKS and of the chains their owners keep for accepts (SUBSTITUTES), in tables not
+    nsrun's own, a `list chain` each. A Docker- or ufw-sized ruleset costs ~5 ms to list
+    whole (and libnftables 1.0.6 lists a table with one flag wrongly), this well under one:
+    it is listed at every setup on a bridge in use. The tables carry no flags: a chain that
+    must be opened is checked for an owner on its own (refused_by_owner)."""
+    if not nftables.available():
+        return []
+    chains = [o["chain"] for o in nftables.run("list chains").get("nftables", []) if "chain" in o]
+    names: dict[tuple[str, str], set[str]] = {}
+    for c in chains:
+        names.setdefault((c["family"], c["table"]), set()).add(c["name"])
+    out: list[dict[str, Any]] = [{"table": {"family": f, "name": t}} for f, t in sorted(names)]
+    out += [{"chain": c} for c in chains]
+    wanted: list[tuple[str, str, str]] = []
+    for c in chains:
+        if c.get("hook") in hooks and c.get("type", "filter") == "filter" and not c["table"].startswith(OWN_PREFIXES):
+            key = (c["family"], c["table"])
+            wanted += [(*key, c["name"]), *((*key, sub) for sub in SUBSTITUTES + INPUT_SUBSTITUTES
+                                             if sub in names[key])]
+    for fam, table, name in dict.fromkeys(wanted):  # one a call: libnftables 1.0.6 fails on several
+        try:
+            listed = nftables.run([{"list": {"chain": {"family": fam, "table": table, "name": name}}}])
+        except nftables.NftError:
+            continue  # gone meanwhile
+        out += [o for o in listed.get("nftables", []) if "rule" in o]
+    return out
+
+
+def refused_by_owner(b: Block, bridge: str) -> Refused | None:
+    """The refusal for a chain of a table owned by another process, read on its own (the
+    light listing carries no table flags)."""
+    if b.family == "legacy" or "owner" not in nftables.table_flags(b.family, b.table):
+        return None
+    what = f"DNS from {bridge} to the host's stub" if b.hook == "input" else f"forwarding for {bridge}"
+    return Refused(f"{what} would be dropped by {b.where()} ({b.why}): table {b.family} {b.table} is owned "
+                   "by another process (flags owner); nsrun may not add rules to it")
+
+
+def unopened(bridge: str, mode: str, backend: str, skip: frozenset[tuple[str, str]] = frozenset(),
+             stub: str | None = None, rs: list[dict[str, Any]] | None = None, v6: bool = False) -> list[Block]:
+    """check() (Refused for a chain nsrun cannot open), and of the chains that drop, those
+    that hold no opening of BRIDGE's: one that appeared (or was flushed) since the bridge
+    was opened, which its next setup opens (and `doctor` names). Lists the ruleset lightly
+    (RS: listed already, by light_ruleset with the input hook too when STUB is given). V6:
+    as for find()."""
+    if rs is None:
+        rs = light_ruleset(("forward", "input") if stub is not None else ("forward",))
+    blocks = check(bridge, mode, backend, rs, skip, stub, v6)
+    if not blocks:
+        return []
+    mine = {w[:3] for w in _tagged(bridge, rs, published=False)}
+    late = [b for b in blocks if not (_legacy_opened(bridge, b.chain) if b.family == "legacy"
+                                      else (b.family, b.table, b.into) in mine)]
+    for b in late:
+        if (refusal := refused_by_owner(b, bridge)) is not None:
+            raise refusal
+    return late
+
+
+@serialized
+def _legacy_opened(bridge: str, chain: str) -> bool:
+    """Whether legacy filter CHAIN holds an opening of BRIDGE's."""
+    iptc = legacy.load()
+    with legacy._XtablesLock():
+        table = iptc.Table("filter")
+        table.refresh()
+        return any(legacy._ours(r, bridge) for r in iptc.Chain(table, chain).rules)
 
 
 def _iface(key: str, name: str) -> dict[str, Any]:
@@ -283,7 +366,7 @@ def open_way(bridge: str, mode: str, tag: str, backend: str,
     blocks = check(bridge, mode, backend, rs, skip, stub, v6)
     if not blocks:
         return []
-    mine = _tagged(bridge, rs)
+    mine = _tagged(bridge, rs, published=False)
     opened: list[Block] = []
     batch: list[dict[str, Any]] = []
     needs_mark = False
@@ -361,17 +444,21 @@ def _legacy_open_input(bridge: str, stub: str, tag: str) -> None:
             chain.insert_rule(rule)
 
 
-def _tagged(bridge: str | None, rs: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str, int]]:
+def _tagged(bridge: str | None, rs: list[dict[str, Any]] | None = None,
+            published: bool = True) -> list[tuple[str, str, str, int]]:
     """(family, table, chain, handle) of nsrun's rules for BRIDGE (all bridges when None) in
-    tables not nsrun's own (nf_tables only; RS: the ruleset when listed already)."""
+    tables not nsrun's own (nf_tables only; RS: the ruleset when listed already); without
+    PUBLISHED, the bridge's own openings only (not those of its namespaces' published ports)."""
+    from nsrun.engine.firewall.forwards import publish_owner
+
     out: list[tuple[str, str, str, int]] = []
     prefix = f"{legacy.TAG}{bridge}:" if bridge else legacy.TAG
     if rs is None and nftables.available():
         rs = nftables.ruleset()
     for obj in rs or []:
         r = obj.get("rule")
-        if r and str(r.get("comment", "")).startswith(prefix) \
-                and not r["table"].startswith(("nsrun-nat-", OPEN_PREFIX)):
+        if r and (c := str(r.get("comment", ""))).startswith(prefix) and not r["table"].startswith(OWN_PREFIXES) \
+                and (published or publish_owner(c) is None):
             out.append((r["family"], r["table"], r["chain"], int(r["handle"])))
     return out
 
@@ -430,6 +517,115 @@ def _tag_names() -> list[str]:
         for obj in nftables.ruleset():
             r = obj.get("rule")
             if r and str(r.get("comment", "")).startswith(legacy.TAG) \
-                    and not r["table"].startswith(("nsrun-nat-", OPEN_PREFIX)):
+                    and not r["table"].startswith(OWN_PREFIXES):
                 names.append(str(r["comment"]))
     return names
+
+
+# -- the way in to a namespace's published ports ------------------------------------------
+
+def _publish_accepts(b: Block, bridge: str, forwards: list[Forward],
+                     veth: str | None = None) -> list[list[dict[str, Any]]]:
+    """A new connection to each published port, DNAT'ed on its way to BRIDGE: `oifname BR
+    ip daddr TO meta l4proto P P dport PORT accept`, which iptables-nft reads as `-o BR -d
+    TO/32 -p P -m P --dport PORT` (no ct expression: Docker's and ufw's tables stay readable).
+    (Replies and what comes in on the bridge are the bridge's own openings'.) In a
+    bridge-family chain (br_netfilter on), the same to the namespace's port VETH and its
+    replies from it (`iifname VETH ip saddr TO P sport PORT`): a sibling's connection,
+    DNAT'ed back onto the bridge, and its replies, un-NATed, are bridged between the two
+    ports (br_netfilter bridges a frame whose new destination is on its bridge)."""
+    out = []
+
+    def rule(iface: tuple[str, str], addr: str, port: str, f: Forward) -> list[dict[str, Any]]:
+        return [_iface(*iface),
+                {"match": {"op": "==", "left": {"payload": {"protocol": f.family, "field": addr}}, "right": f.to}},
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": f.proto}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": f.proto, "field": port}}, "right": f.port}},
+                {"accept": None}]
+
+    for f in forwards:
+        if b.family not in ("inet", "bridge", f.family):
+            continue  # an ip chain sees no IPv6, an ip6 chain no IPv4
+        if b.family != "bridge":
+            out.append(rule(("oifname", bridge), "daddr", "dport", f))
+        elif veth is not None:
+            out += [rule(("oifname", veth), "daddr", "dport", f), rule(("iifname", veth), "saddr", "sport", f)]
+    return out
+
+
+def open_published(bridge: str, tag: str, forwards: list[Forward], backend: str,
+                   skip: frozenset[tuple[str, str]] = frozenset(), veth: str | None = None) -> list[Block]:
+    """Let new connections to a namespace's published ports (FORWARDS, DNAT'ed to the
+    namespace on BRIDGE) through every nf_tables chain on the forward hook that drops them
+    (but in the tables SKIP: firewalld's, whose zone binding lets DNAT'ed connections in),
+    each rule tagged TAG (nsrun.engine.firewall.publish_tag). A legacy drop is the bridge's
+    opening's business (the legacy backend's own FORWARD accept, or a refusal). With
+    br_netfilter on, bridge-family chains that drop too, for the frames to the namespace's
+    port VETH. Idempotent: chains that already hold TAG are left as they are. The chains
+    opened."""
+    if not nftables.available():
+        return []
+    rs = light_ruleset()
+    mine = {(r["family"], r["table"], r["chain"]) for o in rs if (r := o.get("rule"))
+            and r.get("comment") == tag}
+    batch: list[dict[str, Any]] = []
+    opened = []
+    brnf = br_netfilter_on()
+    blocks = _blocks_nft(rs, "nat", brnf)
+    if brnf and veth is not None:
+        blocks += [b for b in _blocks_nft(rs, "bridge", brnf) if b.family == "bridge"]
+    for b in blocks:
+        if (b.family, b.table) in skip or (b.family, b.table, b.into) in mine:
+            continue
+        accepts = _publish_accepts(b, bridge, forwards, veth)
+        if not accepts:
+            continue
+        if (refusal := refused_by_owner(b, bridge)) is not None:
+            raise refusal
+        for expr in reversed(accepts):
+            batch.append({"insert": {"rule": {"family": b.family, "table": b.table, "chain": b.into,
+                                              "comment": tag, "expr": expr}}})
+        opened.append(b)
+    if batch:
+        nftables.run(batch)
+    return opened
+
+
+def published_deletes(tag: str) -> list[dict[str, Any]]:
+    """The nftables commands that delete every rule tagged TAG (a namespace's published
+    ports' openings) in chains not nsrun's own (open_published puts them only where
+    light_ruleset lists rules)."""
+    return [{"delete": {"rule": {"family": r["family"], "table": r["table"], "chain": r["chain"],
+                                 "handle": int(r["handle"])}}}
+            for o in light_ruleset() if (r := o.get("rule")) and r.get("comment") == tag
+            and not r["table"].startswith(OWN_PREFIXES)]
+
+
+def close_published(tag: str, also: Callable[[list[dict[str, Any]]], object] | None = None) -> int:
+    """Remove every rule tagged TAG: through ALSO (a function given the delete commands, to
+    run them in a batch of its own: nftables.remove_publish), else alone. How many went."""
+    if not nftables.available():
+        return 0
+    for _attempt in range(3):  # the firewall's owner may reload it meanwhile: list again
+        deletes = published_deletes(tag)
+        try:
+            if also is not None:
+                also(deletes)
+            elif deletes:
+                nftables.run(deletes)
+        except nftables.NftError:
+            continue
+        return len(deletes)
+    raise nftables.NftError(f"could not remove nsrun's openings tagged {tag}")
+
+
+def published() -> dict[str, str]:
+    """Namespace name -> tag, of every opening for published ports in chains not nsrun's (gc)."""
+    from nsrun.engine.firewall.forwards import publish_owner
+
+    out = {}
+    for tag in _tag_names():
+        name = publish_owner(tag)
+        if name is not None:
+            out[name] = tag
+    return out

@@ -16,11 +16,14 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nsrun.engine.firewall.serial import serialized
 from nsrun.errors import NsrunError
 from nsrun.linux.iptc import load
+
+if TYPE_CHECKING:
+    from nsrun.engine.firewall.forwards import Forward
 
 NAME = "iptables"
 
@@ -128,6 +131,9 @@ def _build(iptc: Any, spec: dict[str, Any], wanted: str, v6: bool = False) -> An
     if "dport" in spec:
         m = rule.create_match(spec["protocol"])
         m.dport = spec["dport"]
+    if "dst_type" in spec:
+        m = rule.create_match("addrtype")
+        m.dst_type = spec["dst_type"]
     if "ctstate" in spec:
         m = rule.create_match("conntrack")
         m.ctstate = spec["ctstate"]
@@ -145,10 +151,57 @@ def _build(iptc: Any, spec: dict[str, Any], wanted: str, v6: bool = False) -> An
 def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None:
     """DNS to GATEWAY:53 arriving on BRIDGE goes to STUB:53 (see nsrun.engine.firewall);
     loopback sources and destinations other than through it are dropped on BRIDGE."""
+    _insert_all(_dns_rules(bridge, gateway, stub), comment(bridge, tag))
+
+
+def _localnet_rules(bridge: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """What keeps route_localnet on BRIDGE from opening the host's loopback to it (as the
+    DNS forward's drops, which may be there already: a rule present is not added twice)."""
+    return [
+        ("filter", "INPUT", {"in_interface": bridge, "src": LOOPBACK, "target": "DROP"}),
+        ("filter", "INPUT", {"in_interface": bridge, "dst": LOOPBACK, "ctstate": "!DNAT", "target": "DROP"}),
+        ("filter", "FORWARD", {"in_interface": bridge, "src": LOOPBACK, "target": "DROP"}),
+    ]
+
+
+@serialized
+def ensure_localnet_guard(bridge: str, tag: str) -> None:
+    """The drops of _localnet_rules at the top of legacy INPUT and FORWARD (idempotent)."""
+    _insert_all(_localnet_rules(bridge), comment(bridge, tag))
+
+
+def _publish_rules(bridge: str, forwards: list[Forward]) -> list[tuple[str, str, dict[str, Any]]]:
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for f in forwards:
+        if f.family != "ip":
+            raise NsrunError("publishing a port over IPv6 needs the nftables backend (NSRUN_FIREWALL=nftables)")
+        where: dict[str, Any] = {"dst_type": "LOCAL"} if f.host is None or f.host == "0.0.0.0" else {"dst": f.host}
+        dnat = {**where, "protocol": f.proto, "dport": str(f.host_port), "target": "DNAT",
+                "to_destination": f"{f.to}:{f.port}"}
+        out += [("nat", "PREROUTING", dnat), ("nat", "OUTPUT", dnat)]
+        to = {"dst": f.to, "out_interface": bridge, "protocol": f.proto, "dport": str(f.port)}
+        out += [("nat", "POSTROUTING", {**to, "src": source, "ctstate": "DNAT", "target": "MASQUERADE"})
+                for source in f.sources]
+        # The way in through legacy FORWARD (the bridge's own accepts let out what comes in
+        # on it, and the replies: not a new connection to it).
+        out.append(("filter", "FORWARD", {**to, "target": "ACCEPT"}))
+    return out
+
+
+@serialized
+def ensure_publish(name: str, bridge: str, forwards: list[Forward], tag: str) -> None:
+    """Namespace NAME's published ports (FORWARDS) in legacy nat PREROUTING and OUTPUT (the
+    DNAT), POSTROUTING (the masquerade of SOURCES) and filter FORWARD (the way in), each
+    tagged TAG (nsrun.engine.firewall.publish_tag). Idempotent."""
+    _insert_all(_publish_rules(bridge, forwards), tag)
+
+
+def _insert_all(rules: list[tuple[str, str, dict[str, Any]]], wanted: str) -> None:
+    """RULES inserted at the top of their chains, each chain's in the order given, those
+    present already (with the comment WANTED) left as they are."""
     iptc = load()
-    wanted = comment(bridge, tag)
     by_chain: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for table_name, chain_name, spec in _dns_rules(bridge, gateway, stub):
+    for table_name, chain_name, spec in rules:
         by_chain.setdefault((table_name, chain_name), []).append(spec)
     with _XtablesLock():
         for (table_name, chain_name), specs in by_chain.items():
@@ -165,8 +218,8 @@ def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None:
             table.autocommit = True
 
 
-CHAINS = (("nat", "POSTROUTING"), ("nat", "PREROUTING"), ("nat", "INPUT"), ("filter", "FORWARD"),
-          ("filter", "INPUT"))
+CHAINS = (("nat", "POSTROUTING"), ("nat", "PREROUTING"), ("nat", "INPUT"), ("nat", "OUTPUT"),
+          ("filter", "FORWARD"), ("filter", "INPUT"))
 CHAINS6 = (("nat", "POSTROUTING"), ("filter", "FORWARD"))  # ensure_nat6's
 
 
@@ -285,6 +338,45 @@ def _bridges6_here() -> set[str]:
                 table = iptc.Table6(table_name)
                 table.refresh()
                 out |= {(_comment(r) or "").split(":")[1] for r in iptc.Chain(table, chain_name).rules if _ours(r, None)}
+    return out
+
+
+def _published_by(rule: Any) -> str | None:
+    from nsrun.engine.firewall.forwards import publish_owner
+
+    c = _comment(rule)
+    return publish_owner(c) if c else None
+
+
+@serialized
+def remove_publish(name: str) -> int:
+    """Remove namespace NAME's published ports' rules. How many went."""
+    loaded = loaded_tables()
+    if not loaded & {"nat", "filter"}:
+        return 0
+    gone = 0
+    with _XtablesLock():
+        for table_name, chain_name in CHAINS:
+            if table_name in loaded:
+                gone += delete_rules(table_name, chain_name, lambda r: _published_by(r) == name)
+    return gone
+
+
+@serialized
+def published() -> set[str]:
+    """The namespaces nsrun holds published ports' rules for, by the rules' comments (gc)."""
+    loaded = loaded_tables()
+    if not loaded & {"nat", "filter"}:
+        return set()
+    iptc = load()
+    out: set[str] = set()
+    with _XtablesLock():
+        for table_name, chain_name in CHAINS:
+            if table_name not in loaded:
+                continue
+            table = iptc.Table(table_name)
+            table.refresh()
+            out |= {n for r in iptc.Chain(table, chain_name).rules if (n := _published_by(r)) is not None}
     return out
 
 

@@ -27,11 +27,17 @@ import ctypes
 import json
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from nsrun.engine.firewall.serial import serialized
 from nsrun.errors import NsrunError
 
+if TYPE_CHECKING:
+    from nsrun.engine.firewall.forwards import Forward
+
 NAME = "nftables"
 TABLE_PREFIX = "nsrun-nat-"
+PUBLISH_PREFIX = "nsrun-pub-"  # a namespace's published ports: `inet nsrun-pub-NAME`
 TAG = "nsrun:"
 LIBRARY = "libnftables.so.1"
 
@@ -84,12 +90,31 @@ def available() -> bool:
 def run(commands: list[dict[str, Any]] | str) -> dict[str, Any]:
     """Run one JSON batch (a list of commands, applied atomically) or one listing command
     (`list ruleset`); return the parsed JSON output ({} when there is none)."""
+    out = _run(commands, _OUTPUT_JSON | _OUTPUT_HANDLE)
+    try:
+        return json.loads(out) if out.strip() else {}
+    except ValueError:  # libnftables 1.0.6 writes a table with one flag wrongly (docs/internals.md)
+        raise NftError(f"nftables: libnftables' JSON listing cannot be read ({out[:80]!r}...); a table "
+                       "with one flag (owner, persist) breaks libnftables 1.0.6's: upgrade it") from None
+
+
+@serialized
+def table_flags(family: str, name: str) -> list[str]:
+    """A table's flags (`owner`, `persist`, `dormant`), from nft's text listing: the JSON
+    of libnftables 1.0.6 (Debian 12's) shows the release name in their place."""
+    for line in _run(f"list table {family} {name}", 0).splitlines():
+        if line.strip().startswith("flags "):
+            return [f.strip() for f in line.strip()[len("flags "):].split(",")]
+    return []
+
+
+def _run(commands: list[dict[str, Any]] | str, flags: int) -> str:
     lib = load()
     ctx = lib.nft_ctx_new(0)
     if not ctx:
         raise NftError("nft_ctx_new failed")
     try:
-        lib.nft_ctx_output_set_flags(ctx, _OUTPUT_JSON | _OUTPUT_HANDLE)
+        lib.nft_ctx_output_set_flags(ctx, flags)
         if hasattr(lib, "nft_ctx_input_set_flags") and not isinstance(commands, str):
             lib.nft_ctx_input_set_flags(ctx, _INPUT_JSON)
         lib.nft_ctx_buffer_output(ctx)
@@ -102,7 +127,7 @@ def run(commands: list[dict[str, Any]] | str) -> dict[str, Any]:
         lib.nft_ctx_free(ctx)
     if rc != 0:
         raise NftError("nftables: " + (err.strip().splitlines()[0] if err.strip() else f"libnftables failed ({rc})"))
-    return json.loads(out) if out.strip() else {}
+    return out
 
 
 def ruleset() -> list[dict[str, Any]]:
@@ -220,11 +245,121 @@ def ensure_dns_forward(bridge: str, gateway: str, stub: str, tag: str) -> None:
     run(batch)
 
 
-def _tables() -> list[str]:
+def _localnet_rules(bridge: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """What keeps route_localnet on BRIDGE from opening the host's loopback to the bridge:
+    loopback sources dropped on the input and forward hooks, loopback destinations on the
+    input hook unless DNAT'ed there (the DNS forward's, a published port's replies)."""
+    not_dnat = {"match": {"op": "==", "left": {"&": [{"ct": {"key": "status"}}, "dnat"]}, "right": 0}}
+    return [
+        ("input", [_iif(bridge), _ip("saddr", LOOPBACK), {"drop": None}]),
+        ("input", [_iif(bridge), _ip("daddr", LOOPBACK), not_dnat, {"drop": None}]),
+        ("forward", [_iif(bridge), _ip("saddr", LOOPBACK), {"drop": None}]),
+    ]
+
+
+def ensure_localnet_guard(bridge: str, tag: str) -> None:
+    """The drops of _localnet_rules in base chains of their own in BRIDGE's table (which
+    goes whole with the bridge's NAT), refilled whole in one batch (idempotent)."""
+    table = table_name(bridge)
+    batch: list[dict[str, Any]] = [{"add": {"table": {"family": "inet", "name": table}}}]
+    for hook in ("input", "forward"):
+        chain = {"family": "inet", "table": table, "name": f"localnet-{hook}"}
+        batch += [{"add": {"chain": dict(chain, type="filter", hook=hook, prio=-1, policy="accept")}},
+                  {"flush": {"chain": chain}}]
+    batch += [{"add": {"rule": {"family": "inet", "table": table, "chain": f"localnet-{hook}",
+                                "comment": comment(bridge, tag), "expr": expr}}}
+              for hook, expr in _localnet_rules(bridge)]
+    run(batch)
+
+
+def publish_table(name: str) -> str:
+    return PUBLISH_PREFIX + name
+
+
+def _l4(proto: str, field: str, port: int) -> list[dict[str, Any]]:
+    return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": field}}, "right": port}}]
+
+
+def _to_host(f: Forward, local: bool) -> list[dict[str, Any]]:
+    """The matches for a connection to F's host address and port (LOCAL: from the host itself)."""
+    fam = "ipv4" if f.family == "ip" else "ipv6"
+    out: list[dict[str, Any]] = [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": fam}}]
+    if f.host is None:
+        out.append({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}})
+        if local and f.family == "ip6":
+            # ::1 cannot be forwarded (IPv6 has no route_localnet): left alone, a client's
+            # connection there is refused at once and it tries 127.0.0.1 (curl localhost).
+            out.append({"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                                  "right": "::1"}})
+    else:
+        out.append({"match": {"op": "==", "left": {"payload": {"protocol": f.family, "field": "daddr"}},
+                              "right": f.host}})
+    return out + _l4(f.proto, "dport", f.host_port)
+
+
+def _publish_rules(bridge: str, forwards: list[Forward]) -> list[tuple[str, list[dict[str, Any]]]]:
+    rules: list[tuple[str, list[dict[str, Any]]]] = []
+    for f in forwards:
+        dnat = {"dnat": {"family": f.family, "addr": f.to, "port": f.port}}
+        rules.append(("dnat", [*_to_host(f, False), dnat]))
+        rules.append(("dnat-local", [*_to_host(f, True), dnat]))
+        for source in f.sources:
+            addr, _, length = source.partition("/")
+            rules.append(("masquerade", [
+                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": bridge}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": f.family, "field": "daddr"}}, "right": f.to}},
+                *_l4(f.proto, "dport", f.port),
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": f.family, "field": "saddr"}},
+                           "right": {"prefix": {"addr": addr, "len": int(length)}}}},
+                {"masquerade": None}]))
+    return rules
+
+
+def ensure_publish(name: str, bridge: str, forwards: list[Forward], tag: str) -> None:
+    """Namespace NAME's published ports (FORWARDS), in a table of its own, `inet
+    nsrun-pub-NAME`: the DNAT on the prerouting hook (from anywhere) and on the output hook
+    (from the host itself), and the masquerade of the connections from SOURCES (see
+    Forward). Made or refilled whole in one batch: idempotent."""
+    table = publish_table(name)
+    chains = {"dnat": ("prerouting", -100), "dnat-local": ("output", -100), "masquerade": ("postrouting", 100)}
+    batch: list[dict[str, Any]] = [{"add": {"table": {"family": "inet", "name": table}}}]
+    for chain_name, (hook, prio) in chains.items():
+        chain = {"family": "inet", "table": table, "name": chain_name}
+        batch += [{"add": {"chain": dict(chain, type="nat", hook=hook, prio=prio, policy="accept")}},
+                  {"flush": {"chain": chain}}]
+    batch += [{"add": {"rule": {"family": "inet", "table": table, "chain": chain, "comment": tag, "expr": expr}}}
+              for chain, expr in _publish_rules(bridge, forwards)]
+    run(batch)
+
+
+def _tables(prefix: str = TABLE_PREFIX) -> list[str]:
     out = run("list tables").get("nftables", [])
     return [t["table"]["name"] for t in out
             if "table" in t and t["table"].get("family") == "inet"
-            and str(t["table"].get("name", "")).startswith(TABLE_PREFIX)]
+            and str(t["table"].get("name", "")).startswith(prefix)]
+
+
+def remove_publish(name: str, also: list[dict[str, Any]] | None = None) -> int:
+    """Drop namespace NAME's table of published ports, in one batch with the commands ALSO
+    (the deletion of its openings in the host's chains: a batch that deletes waits ~10-15 ms
+    for the kernel, once however much it deletes). How many tables went (0 or 1)."""
+    if not available():
+        return 0
+    present = publish_table(name) in _tables(PUBLISH_PREFIX)
+    table = {"family": "inet", "name": publish_table(name)}
+    batch = ([{"add": {"table": table}}, {"delete": {"table": table}}] if present else []) + list(also or ())
+    if batch:
+        run(batch)  # add-then-delete: idempotent, as remove()
+    return int(present)
+
+
+def published() -> set[str]:
+    """The namespaces nsrun's tables of published ports are for (gc)."""
+    if not available():
+        return set()
+    return {n[len(PUBLISH_PREFIX):] for n in _tables(PUBLISH_PREFIX)}
 
 
 def remove(bridge: str | None) -> int:

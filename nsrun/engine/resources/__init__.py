@@ -17,6 +17,7 @@ Adding a resource is a module plus an entry in MODES.
     address    eth0's address and default route       (nat, bridge)
     router     ip_forward inside, host routes via it  (nat, bridge; `forward`, `routes`)
     dns        /etc/netns/NAME/resolv.conf             (nat, bridge)
+    publish    published ports: claims, DNAT, openings (nat; `publish`, -P)
     wireguard  the tunnel, the only way out, its DNS   (wireguard)
 """
 
@@ -32,6 +33,7 @@ from nsrun.engine.resources import (
     masquerade,
     namespace,
     opening,
+    publish,
     router,
     veth,
     wireguard,
@@ -39,7 +41,7 @@ from nsrun.engine.resources import (
 
 MODES: dict[str, list[Resource]] = {
     # nat: the lease is taken at once, under the bridge lock the bridge step holds.
-    "nat": [bridge, masquerade, opening, lease, namespace, veth, guard, address, router, dns],
+    "nat": [bridge, masquerade, opening, lease, namespace, veth, guard, address, router, dns, publish],
     # bridge: the lease is taken from inside, after an ARP probe (and DAD) on the LAN.
     "bridge": [bridge, opening, namespace, veth, lease, guard, address, router, dns],
     "isolated": [namespace],

@@ -159,7 +159,7 @@ def retire(bridge: str, net: NetRecord) -> None:
     if net.mode == "nat":
         for name in [net.firewall] if net.firewall else FIREWALLS:
             firewall.backend(name).remove(bridge)
-    if net.dns_forward is not None:
+    if net.dns_forward is not None or net.localnet:
         # The bridge is nsrun's (nat mode): its value is a new link's, the default's.
         try:
             sysctl.write(sysctl.iface_key(bridge, "route_localnet"),
@@ -170,10 +170,10 @@ def retire(bridge: str, net: NetRecord) -> None:
         _release(bridge, net)
     if net.firewall is not None:
         foreign.close(bridge)
-    if net.firewall is not None or net.dns_forward is not None or net.fw_zone is not None:
+    if net.firewall is not None or net.dns_forward is not None or net.fw_zone is not None or net.localnet:
         try:
             record.save_net(bridge, net._replace(firewall=None, firewall_ok=False, opened=None, dns_forward=None,
-                                                 fw_zone=None, fw_zone_was=None, fw_bus=None))
+                                                 fw_zone=None, fw_zone_was=None, fw_bus=None, localnet=False))
         except NsrunError:
             # A full state directory: the record still names the backend, whose removal is
             # idempotent and is simply done again by the bridge step or gc.

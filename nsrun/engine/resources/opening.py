@@ -9,9 +9,12 @@ table owned by another process; a legacy drop on a host where nsrun must not wri
 tables), the setup is refused naming the table and chain, and nothing is left. Opened once
 per bridge, under the bridge lock: the backend is recorded first (the way to close them
 after a crash), then where the way was opened (`NetRecord.opened`), which the next
-namespaces on the bridge read to skip the step. What was opened is said once, by the setup
-that opened it (`Setup.notices`). Closing is the firewall resource's `retire` (with the NAT
-rules, with the bridge's last namespace), and so are gc's orphans.
+namespaces on the bridge read. Every later setup on the bridge looks again (`prepare`, one
+listing of the ruleset): a chain that drops and appeared since (a late firewall) is opened
+then, with the way in to the ports the bridge's namespaces publish, or the setup is refused
+naming it. What was opened is said once, by the setup that opened it (`Setup.notices`).
+Closing is the firewall resource's `retire` (with the NAT rules, with the bridge's last
+namespace), and so are gc's orphans.
 
 firewalld, where it runs for this namespace: a nat bridge is put in its zone `trusted` over
 D-Bus instead of accepts in firewalld's chains (nsrun.engine.firewall.firewalld), the record
@@ -23,6 +26,8 @@ would drop that DNS; it is opened with the rest (foreign.py, `stub`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
@@ -37,41 +42,52 @@ def _mode(s: Setup) -> str:
     return "nat" if s.prof.mode == "nat" else "bridge"
 
 
-def _firewalld(s: Setup) -> bool:
+def _firewalld(s: Setup, rs: list[dict[str, Any]] | None = None) -> bool:
     """Whether this setup goes through firewalld: a nat bridge, firewalld's tables in the
-    ruleset, and firewalld answering on the bus for this network namespace. (Bridge mode
-    does not: the bridge is the host's, and its zone is the host's choice; its frames meet
-    firewalld's chains only with br_netfilter on, and are opened there as in any chain.)"""
+    ruleset (RS: its tables, listed already), and firewalld answering on the bus for this
+    network namespace. (Bridge mode does not: the bridge is the host's, and its zone is the
+    host's choice; its frames meet firewalld's chains only with br_netfilter on, and are
+    opened there as in any chain.)"""
     if STEP in s.data:
         return bool(s.data[STEP])
     from nsrun.engine.firewall import firewalld, nftables
 
     found = (_mode(s) == "nat" and s.bus is not None and nftables.available()
-             and firewalld.has_tables(nftables.run("list tables").get("nftables", []))
+             and firewalld.has_tables(rs if rs is not None else nftables.run("list tables").get("nftables", []))
              and firewalld.reachable(s.bus))
     s.data[STEP] = found
     return found
 
 
-def _skip(s: Setup) -> frozenset[tuple[str, str]]:
+def skip(s: Setup) -> frozenset[tuple[str, str]]:
     from nsrun.engine.firewall import firewalld
 
     return frozenset(firewalld.TABLES) if _firewalld(s) else frozenset()
 
 
+LATE = "opening-late"  # Setup.data: the chains that drop and hold no opening yet (a bridge in use)
+
+
 def prepare(s: Setup) -> None:
     """Refuse, before anything is made, when the host would drop the bridge's traffic in a
-    chain nsrun cannot open."""
+    chain nsrun cannot open. On a bridge opened already, look again (every setup, one
+    listing of the ruleset): a chain that drops may have appeared since (`nft add table`,
+    a firewall started), which create() then opens, or which refuses the setup here."""
     from nsrun.engine.firewall import foreign
 
     bridge = s.prof.bridge
     assert bridge is not None
     net = record.read_net(bridge)
-    if net is not None and net.opened is not None:
-        return  # opened already (the way stays while the bridge is in use)
+    backend = fw_resource.backend_for(s, net)
     try:
-        foreign.check(bridge, _mode(s), fw_resource.backend_for(s, net), skip=_skip(s), stub=_stub(s, net),
-                      v6=_v6(s, net))
+        if net is not None and net.opened is not None:
+            stub = _stub(s, net)
+            rs = foreign.light_ruleset(("forward", "input") if stub is not None else ("forward",))
+            _firewalld(s, rs)  # its tables are in RS: no listing of its own
+            s.data[LATE] = foreign.unopened(bridge, _mode(s), backend, skip=skip(s), stub=stub, rs=rs,
+                                            v6=_v6(s, net))
+        else:
+            foreign.check(bridge, _mode(s), backend, skip=skip(s), stub=_stub(s, net), v6=_v6(s, net))
     except foreign.Refused as exc:
         raise NsrunError(str(exc)) from None
 
@@ -100,21 +116,23 @@ def create(s: Setup) -> None:
     assert bridge is not None
     net = record.read_net(bridge)
     assert net is not None  # the bridge step wrote it
-    if net.opened is not None:
+    late = net.opened is not None
+    if late:
         if net.fw_zone is not None:
             _rebind(s, bridge, net)
-        return
+        if not s.data.get(LATE):
+            return  # nothing that drops has appeared since the bridge was opened
     name = fw_resource.backend_for(s, net)
     if net.firewall != name:
         net = net._replace(firewall=name)
         record.save_net(bridge, net)  # before the first opening: the way to close them
-    where: list[str] = []
-    if _firewalld(s):
+    where: list[str] = list(net.opened or ())
+    if not late and _firewalld(s):
         net = _bind(s, bridge, net)
         if net.fw_zone is not None:
             where.append(f"firewalld zone {net.fw_zone}")
     try:
-        opened = foreign.open_way(bridge, _mode(s), s.prof.name, name, skip=_skip(s),
+        opened = foreign.open_way(bridge, _mode(s), s.prof.name, name, skip=skip(s),
                                   stub=net.dns_forward if _mode(s) == "nat" else None, v6=_v6(s, net))
     except foreign.Refused as exc:  # the host's firewall changed since prepare()
         raise NsrunError(str(exc)) from None
@@ -123,6 +141,26 @@ def create(s: Setup) -> None:
     # and a chain an earlier setup cut short by a crash had opened already is not listed.
     where += [b.opened_in() for b in opened]
     record.save_net(bridge, net._replace(opened=tuple(dict.fromkeys(where))))
+    if late and opened and _mode(s) == "nat":
+        _reopen_published(s, bridge, name)
+
+
+def _reopen_published(s: Setup, bridge: str, backend: str) -> None:
+    """A chain that drops appeared while BRIDGE was in use: the way in to the ports its
+    namespaces publish, through it too (each namespace's openings are tagged its own)."""
+    from nsrun import ports
+    from nsrun.engine.firewall import foreign, publish_tag
+    from nsrun.engine.firewall.forwards import forwards_for
+
+    assert s.prof.subnet is not None
+    subnet6 = s.prof.subnet6
+    for rec in record.all_ns().values():
+        if rec.bridge != bridge or not rec.publish or rec.address is None or rec.state != "up":
+            continue
+        specs = [ports.parse(p) for p in rec.publish]
+        fwd = forwards_for(str(s.prof.subnet), specs, rec.address, str(subnet6) if subnet6 else None,
+                           rec.address6)
+        foreign.open_published(bridge, publish_tag(bridge, rec.name), fwd, backend, skip=skip(s), veth=rec.veth)
 
 
 def _bind(s: Setup, bridge: str, net: NetRecord) -> NetRecord:
