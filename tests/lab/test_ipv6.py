@@ -5,6 +5,7 @@ server that reports the address it saw, the lab host's default route by SLAAC fr
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -211,10 +212,39 @@ def test_two_profiles_on_one_bridge_must_agree_on_subnet6(lab6, tmp_path):
         assert lab6.nsrun("down", "agree6").returncode == 0
 
 
-@pytest.mark.skip(reason="needs published ports (-P, issue 21's other half, branch `publish`), not merged "
-                         "into main yet: the engineer merging both makes this test real")
 def test_a_published_port_answers_over_v6_from_the_lan(lab6, tmp_path):
-    raise AssertionError("unreachable")
+    """Issue 21, acceptance 2: a nat namespace with subnet6 publishing 8080:9000 answers at
+    the host's IPv6 address (SLAAC's) from a LAN host, gw1, whose own address the program
+    inside sees; at the host's IPv4 address too; its rules, of both families, go with it."""
+    prof = write_profile(tmp_path, "nat6", NAT6 + 'publish = ["8080:9000"]\n')
+    host6 = v6.host_global6(lab6.lab)
+    assert host6
+
+    def ask(ns: str, host: str) -> str:
+        r = subprocess.run(["ip", "netns", "exec", ns, *PROBE, "connect", host, "8080"],
+                           capture_output=True, text=True, timeout=30)
+        return r.stdout.strip()  # "unreachable: WHY" when nothing answered
+
+    p = lab6.popen("-p", str(prof), "--", *PROBE, "listen", "9000")
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.communicate(timeout=30)
+        # As test_publish's served(): the first connection may go unanswered while the host
+        # resolves the namespace's address (the client gives up after 1.5 s); the next is answered.
+        deadline = time.time() + 30
+        while (got := ask(lab6.lab.gw1, host6[0])).startswith("unreachable") and time.time() < deadline:
+            assert p.poll() is None, p.communicate(timeout=30)
+            time.sleep(0.1)
+        assert got == v6.GW1_LAN6, got  # the LAN client's own address, kept
+        assert ask(lab6.lab.other, labmod.HOST_ADDR) == labmod.OTHER_ADDR
+        rules = nat66_rules(lab6)
+        assert "publish:" in rules and ("[fd00:78::2]:9000" if lab6.kind == "legacy" else "dnat ip6 to") in rules, rules
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        lab6.settle()
+    assert p.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM), (p.returncode, err)
+    assert "publish:" not in nat66_rules(lab6)
 
 
 def test_doctor_says_what_ipv6_forwarding_does_to_router_advertisements(lab6, tmp_path):

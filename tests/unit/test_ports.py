@@ -285,8 +285,15 @@ def test_the_legacy_rules_of_a_published_port() -> None:
     assert rules[3][2]["src"] == "127.0.0.0/8" and rules[3][2]["ctstate"] == "DNAT"
     assert rules[4][2] == {"dst": "10.251.0.2", "out_interface": "nsrun0", "protocol": "tcp", "dport": "80",
                            "target": "ACCEPT"}
-    with pytest.raises(UsageError.__mro__[1], match="IPv6 needs the nftables backend"):
-        legacy._publish_rules("nsrun0", [f._replace(family="ip6")])
+    six = legacy._publish_rules("nsrun0", [Forward("ip6", None, 8080, "tcp", "fd00::2", 80, ("fd00::/64",))])
+    assert [(t, c) for t, c, _ in six] == [("nat", "PREROUTING"), ("nat", "OUTPUT"), ("nat", "POSTROUTING"),
+                                           ("filter", "FORWARD")]
+    assert six[0][2] == {"dst_type": "LOCAL", "protocol": "tcp", "dport": "8080", "target": "DNAT",
+                         "to_destination": "[fd00::2]:80"}
+    assert six[1][2] == {**six[0][2], "dst": "!::1"}  # from the host: never ::1, which cannot be forwarded
+    assert six[2][2]["src"] == "fd00::/64" and six[3][2]["dst"] == "fd00::2"
+    named = legacy._publish_rules("nsrun0", [Forward("ip6", "2001:db8::7", 8080, "tcp", "fd00::2", 80, ("fd00::/64",))])
+    assert named[0][2]["dst"] == named[1][2]["dst"] == "2001:db8::7" and "dst_type" not in named[1][2]
 
 
 # -- the policy -------------------------------------------------------------------------------

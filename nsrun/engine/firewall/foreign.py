@@ -571,7 +571,7 @@ def open_published(bridge: str, tag: str, forwards: list[Forward], backend: str,
     batch: list[dict[str, Any]] = []
     opened = []
     brnf = br_netfilter_on()
-    blocks = _blocks_nft(rs, "nat", brnf)
+    blocks = _blocks_nft(rs, "nat", brnf, v6=any(f.family == "ip6" for f in forwards))  # ip6 chains too
     if brnf and veth is not None:
         blocks += [b for b in _blocks_nft(rs, "bridge", brnf) if b.family == "bridge"]
     for b in blocks:

@@ -171,14 +171,18 @@ def ensure_localnet_guard(bridge: str, tag: str) -> None:
 
 
 def _publish_rules(bridge: str, forwards: list[Forward]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The rules of FORWARDS, all of one family (ip: the IPv4 tables; ip6: the IPv6 ones)."""
     out: list[tuple[str, str, dict[str, Any]]] = []
     for f in forwards:
-        if f.family != "ip":
-            raise NsrunError("publishing a port over IPv6 needs the nftables backend (NSRUN_FIREWALL=nftables)")
-        where: dict[str, Any] = {"dst_type": "LOCAL"} if f.host is None or f.host == "0.0.0.0" else {"dst": f.host}
-        dnat = {**where, "protocol": f.proto, "dport": str(f.host_port), "target": "DNAT",
-                "to_destination": f"{f.to}:{f.port}"}
-        out += [("nat", "PREROUTING", dnat), ("nat", "OUTPUT", dnat)]
+        six = f.family == "ip6"
+        where: dict[str, Any] = ({"dst_type": "LOCAL"} if f.host is None or f.host in ("0.0.0.0", "::")
+                                 else {"dst": f.host})
+        dest = f"[{f.to}]:{f.port}" if six else f"{f.to}:{f.port}"
+        dnat = {**where, "protocol": f.proto, "dport": str(f.host_port), "target": "DNAT", "to_destination": dest}
+        # From the host, never ::1: it cannot be forwarded (IPv6 has no route_localnet); left
+        # alone, a client's connection there is refused at once and it tries 127.0.0.1.
+        local = {**dnat, "dst": "!::1"} if six and "dst_type" in where else dnat
+        out += [("nat", "PREROUTING", dnat), ("nat", "OUTPUT", local)]
         to = {"dst": f.to, "out_interface": bridge, "protocol": f.proto, "dport": str(f.port)}
         out += [("nat", "POSTROUTING", {**to, "src": source, "ctstate": "DNAT", "target": "MASQUERADE"})
                 for source in f.sources]
@@ -192,26 +196,33 @@ def _publish_rules(bridge: str, forwards: list[Forward]) -> list[tuple[str, str,
 def ensure_publish(name: str, bridge: str, forwards: list[Forward], tag: str) -> None:
     """Namespace NAME's published ports (FORWARDS) in legacy nat PREROUTING and OUTPUT (the
     DNAT), POSTROUTING (the masquerade of SOURCES) and filter FORWARD (the way in), each
-    tagged TAG (nsrun.engine.firewall.publish_tag). Idempotent."""
-    _insert_all(_publish_rules(bridge, forwards), tag)
+    tagged TAG (nsrun.engine.firewall.publish_tag); the IPv6 ones in the IPv6 tables, by a
+    fresh interpreter (_v6). Idempotent."""
+    _insert_all(_publish_rules(bridge, [f for f in forwards if f.family == "ip"]), tag)
+    six = [f for f in forwards if f.family == "ip6"]
+    if six:
+        import json
+
+        _v6("publish", bridge, tag, json.dumps([f._asdict() for f in six]))
 
 
-def _insert_all(rules: list[tuple[str, str, dict[str, Any]]], wanted: str) -> None:
+def _insert_all(rules: list[tuple[str, str, dict[str, Any]]], wanted: str, v6: bool = False) -> None:
     """RULES inserted at the top of their chains, each chain's in the order given, those
-    present already (with the comment WANTED) left as they are."""
+    present already (with the comment WANTED) left as they are. V6: the IPv6 tables (in the
+    fresh interpreter of _v6 only)."""
     iptc = load()
     by_chain: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for table_name, chain_name, spec in rules:
         by_chain.setdefault((table_name, chain_name), []).append(spec)
     with _XtablesLock():
         for (table_name, chain_name), specs in by_chain.items():
-            table = iptc.Table(table_name)
+            table = iptc.Table6(table_name) if v6 else iptc.Table(table_name)
             table.autocommit = False
             table.refresh()
             chain = iptc.Chain(table, chain_name)
             present = [r for r in chain.rules if _comment(r) == wanted]
             for spec in reversed(specs):  # each inserted first: they end up in SPECS' order
-                rule = _build(iptc, spec, wanted)
+                rule = _build(iptc, spec, wanted, v6)
                 if not any(r == rule for r in present):
                     chain.insert_rule(rule)
             table.commit()
@@ -220,7 +231,7 @@ def _insert_all(rules: list[tuple[str, str, dict[str, Any]]], wanted: str) -> No
 
 CHAINS = (("nat", "POSTROUTING"), ("nat", "PREROUTING"), ("nat", "INPUT"), ("nat", "OUTPUT"),
           ("filter", "FORWARD"), ("filter", "INPUT"))
-CHAINS6 = (("nat", "POSTROUTING"), ("filter", "FORWARD"))  # ensure_nat6's
+CHAINS6 = (("nat", "POSTROUTING"), ("nat", "PREROUTING"), ("nat", "OUTPUT"), ("filter", "FORWARD"))  # NAT66, publish
 
 
 # -- IPv6: in a fresh interpreter --------------------------------------------------------------
@@ -229,12 +240,12 @@ CHAINS6 = (("nat", "POSTROUTING"), ("filter", "FORWARD"))  # ensure_nat6's
 # DNAT, SNAT: one library for both families) register for the family that asks first, and
 # the other then finds none ("can't find target MASQUERADE", reading rules too; its maintainer:
 # use one family per process). So the IPv6 rules are read and written by a fresh interpreter
-# (this module, `_v6_main`), run only where they are: making NAT66, and removing or listing
-# rules where the IPv6 legacy tables are loaded.
+# (this module, `_v6_main`), run only where they are: making NAT66 and a namespace's IPv6
+# published ports, and removing or listing rules where the IPv6 legacy tables are loaded.
 
 def _v6(op: str, *args: str) -> Any:
-    """OP (ensure, remove, bridges) on the IPv6 legacy tables, in a fresh interpreter with
-    this one's sys.path: its JSON answer."""
+    """OP (ensure, remove, bridges; publish, unpublish, published) on the IPv6 legacy tables,
+    in a fresh interpreter with this one's sys.path: its JSON answer."""
     import json
     import subprocess
     import sys
@@ -265,6 +276,16 @@ def _v6_main(argv: list[str]) -> None:
         out = _remove6_here(args[0] if args else None)
     elif op == "bridges":
         out = sorted(_bridges6_here())
+    elif op == "publish":
+        from nsrun.engine.firewall.forwards import Forward
+
+        _insert_all(_publish_rules(args[0], [Forward(**{**f, "sources": tuple(f["sources"])})
+                                             for f in json.loads(args[2])]), args[1], v6=True)
+        out = 0
+    elif op == "unpublish":
+        out = _remove6_here(None, lambda r: _published_by(r) == args[0])
+    elif op == "published":
+        out = sorted(_published6_here())
     else:
         raise SystemExit(f"unknown operation {op!r}")
     print(json.dumps(out))
@@ -302,7 +323,9 @@ def _remove6(bridge: str | None) -> int:
     return int(_v6("remove", *([bridge] if bridge else [])))
 
 
-def _remove6_here(bridge: str | None) -> int:
+def _remove6_here(bridge: str | None, which: Callable[[Any], bool] | None = None) -> int:
+    """The rules of BRIDGE (every bridge's when None), or those WHICH picks, in CHAINS6."""
+    which = which or (lambda r: _ours(r, bridge))
     loaded = loaded_tables(TABLES6_NAMES)
     iptc = load()
     gone = 0
@@ -314,12 +337,25 @@ def _remove6_here(bridge: str | None) -> int:
             table.autocommit = False
             table.refresh()
             chain = iptc.Chain(table, chain_name)
-            for rule in [r for r in chain.rules if _ours(r, bridge)]:
+            for rule in [r for r in chain.rules if which(r)]:
                 chain.delete_rule(rule)
                 gone += 1
             table.commit()
             table.autocommit = True
     return gone
+
+
+def _published6_here() -> set[str]:
+    loaded = loaded_tables(TABLES6_NAMES)
+    iptc = load()
+    out: set[str] = set()
+    with _XtablesLock():
+        for table_name, chain_name in CHAINS6:
+            if table_name in loaded:
+                table = iptc.Table6(table_name)
+                table.refresh()
+                out |= {n for r in iptc.Chain(table, chain_name).rules if (n := _published_by(r)) is not None}
+    return out
 
 
 def _bridges6() -> set[str]:
@@ -349,12 +385,13 @@ def _published_by(rule: Any) -> str | None:
 
 
 @serialized
-def remove_publish(name: str) -> int:
-    """Remove namespace NAME's published ports' rules. How many went."""
+def remove_publish(name: str, v6: bool = True) -> int:
+    """Remove namespace NAME's published ports' rules. How many went. V6 False: NAME had
+    no IPv6 (its record says so), and the IPv6 tables (a fresh interpreter's) are not read."""
     loaded = loaded_tables()
+    gone = int(_v6("unpublish", name)) if v6 and loaded_tables(TABLES6_NAMES) & {"nat", "filter"} else 0
     if not loaded & {"nat", "filter"}:
-        return 0
-    gone = 0
+        return gone
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
             if table_name in loaded:
@@ -364,12 +401,13 @@ def remove_publish(name: str) -> int:
 
 @serialized
 def published() -> set[str]:
-    """The namespaces nsrun holds published ports' rules for, by the rules' comments (gc)."""
+    """The namespaces nsrun holds published ports' rules for, by the rules' comments (gc),
+    the IPv6 tables' too."""
     loaded = loaded_tables()
+    out: set[str] = set(_v6("published")) if loaded_tables(TABLES6_NAMES) & {"nat", "filter"} else set()
     if not loaded & {"nat", "filter"}:
-        return set()
+        return out
     iptc = load()
-    out: set[str] = set()
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
             if table_name not in loaded:

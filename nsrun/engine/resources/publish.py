@@ -354,7 +354,10 @@ def remove(rec: NsRecord) -> None:
                                 also=lambda deletes: nftables.remove_publish(rec.name, deletes))
         backends.remove("nftables")
     for name in backends:
-        firewall.backend(name).remove_publish(rec.name)
+        if name == "iptables":  # its IPv6 rules cost a fresh interpreter to read: only where made
+            firewall.backend(name).remove_publish(rec.name, v6=rec.address6 is not None)
+        else:
+            firewall.backend(name).remove_publish(rec.name)
     if rec.bridge and net is not None and net.firewall == "iptables":
         foreign.close_published(publish_tag(rec.bridge, rec.name))  # nf_tables chains beside legacy ones
     release(rec.name)
