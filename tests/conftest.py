@@ -233,6 +233,43 @@ def via(request: pytest.FixtureRequest, lab: LabRunner, tmp_path: Path) -> Itera
         svc.stop()
 
 
+def machine_network() -> dict[str, Any]:
+    """What the tests must never change in the network namespace this session runs in (the
+    machine's own): its links, its legacy xtables tables (a listing alone, `iptables-legacy
+    -S`, instantiates `filter` for good: built-in tables go only with their namespace), its
+    nf_tables tables and its forwarding."""
+    def read(path: str) -> str:
+        try:
+            with open(path) as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True) \
+        if shutil.which("nft") else None
+    return {
+        "links": sorted(os.listdir("/sys/class/net")),
+        **{f"{kind}_tables_names": read(f"/proc/net/{kind}_tables_names") for kind in ("ip", "ip6", "arp")},
+        "nft tables": nft.stdout if nft is not None else "",
+        "ip_forward": read("/proc/sys/net/ipv4/ip_forward"),
+        "ipv6 forwarding": read("/proc/sys/net/ipv6/conf/all/forwarding"),
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_untouched() -> Iterator[None]:
+    """The session leaves the machine's own network namespace as it found it (each lab test
+    checks its lab host; this checks the namespace the labs are built from)."""
+    if not IS_ROOT:
+        yield
+        return
+    before = machine_network()
+    yield
+    after = machine_network()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"the session changed the machine's own network namespace (before, after): {changed}"
+
+
 @pytest.fixture(scope="session")
 def host_kind(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", "legacy"))
