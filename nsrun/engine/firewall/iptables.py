@@ -227,9 +227,9 @@ def _published_by(rule: Any) -> str | None:
     return publish_owner(c) if c else None
 
 
-@serialized
-def remove_publish(name: str) -> int:
-    """Remove namespace NAME's published ports' rules. How many went."""
+def _delete_ours(which: Callable[[Any], bool]) -> int:
+    """Delete the rules of nsrun's chains that WHICH picks, in the legacy tables loaded
+    already (a table is never loaded just to look into it). How many went."""
     loaded = loaded_tables()
     if not loaded & {"nat", "filter"}:
         return 0
@@ -237,13 +237,13 @@ def remove_publish(name: str) -> int:
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
             if table_name in loaded:
-                gone += delete_rules(table_name, chain_name, lambda r: _published_by(r) == name)
+                gone += delete_rules(table_name, chain_name, which)
     return gone
 
 
-@serialized
-def published() -> set[str]:
-    """The namespaces nsrun holds published ports' rules for, by the rules' comments (gc)."""
+def _collect(pick: Callable[[Any], str | None]) -> set[str]:
+    """What PICK names (not None) among the rules of nsrun's chains, in the legacy tables
+    loaded already."""
     loaded = loaded_tables()
     if not loaded & {"nat", "filter"}:
         return set()
@@ -255,22 +255,26 @@ def published() -> set[str]:
                 continue
             table = iptc.Table(table_name)
             table.refresh()
-            out |= {n for r in iptc.Chain(table, chain_name).rules if (n := _published_by(r)) is not None}
+            out |= {n for r in iptc.Chain(table, chain_name).rules if (n := pick(r)) is not None}
     return out
+
+
+@serialized
+def remove_publish(name: str) -> int:
+    """Remove namespace NAME's published ports' rules. How many went."""
+    return _delete_ours(lambda r: _published_by(r) == name)
+
+
+@serialized
+def published() -> set[str]:
+    """The namespaces nsrun holds published ports' rules for, by the rules' comments (gc)."""
+    return _collect(_published_by)
 
 
 @serialized
 def remove(bridge: str | None) -> int:
     """Remove nsrun's rules for BRIDGE (every bridge when None). Returns how many went."""
-    loaded = loaded_tables()
-    if not loaded & {"nat", "filter"}:
-        return 0  # never load a legacy table just to look into it
-    gone = 0
-    with _XtablesLock():
-        for table_name, chain_name in CHAINS:
-            if table_name in loaded:
-                gone += delete_rules(table_name, chain_name, lambda r: _ours(r, bridge))
-    return gone
+    return _delete_ours(lambda r: _ours(r, bridge))
 
 
 @serialized
@@ -294,18 +298,4 @@ def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool])
 @serialized
 def bridges() -> set[str]:
     """The bridges nsrun holds rules for, by the rules' comments."""
-    loaded = loaded_tables()
-    if not loaded & {"nat", "filter"}:
-        return set()
-    iptc = load()
-    out: set[str] = set()
-    with _XtablesLock():
-        for table_name, chain_name in CHAINS:
-            if table_name not in loaded:
-                continue
-            table = iptc.Table(table_name)
-            table.refresh()
-            for r in iptc.Chain(table, chain_name).rules:
-                if _ours(r, None):
-                    out.add((_comment(r) or "").split(":")[1])
-    return out
+    return _collect(lambda r: (_comment(r) or "").split(":")[1] if _ours(r, None) else None)
