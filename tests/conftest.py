@@ -233,6 +233,60 @@ def via(request: pytest.FixtureRequest, lab: LabRunner, tmp_path: Path) -> Itera
         svc.stop()
 
 
+def machine_network() -> dict[str, Any]:
+    """What the tests must never change in the network namespace this session runs in (the
+    machine's own): its links, its legacy xtables tables and the rules of those it already has
+    (a listing of a missing one, `iptables-legacy -S`, instantiates it for good: built-in
+    tables go only with their namespace, so only tables already there are listed), its
+    nf_tables tables and its forwarding."""
+    def read(path: str) -> str:
+        try:
+            with open(path) as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def legacy_rules(kind: str, tool: str) -> dict[str, str]:
+        tables = read(f"/proc/net/{kind}_tables_names").split()
+        if not tables or not shutil.which(tool):
+            return {}
+        return {table: subprocess.run([tool, "-w", "-t", table, "-S"], capture_output=True,
+                                      text=True).stdout for table in sorted(tables)}
+
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True) \
+        if shutil.which("nft") else None
+    return {
+        "ip legacy rules": legacy_rules("ip", "iptables-legacy"),
+        "ip6 legacy rules": legacy_rules("ip6", "ip6tables-legacy"),
+        "links": sorted(os.listdir("/sys/class/net")),
+        **{f"{kind}_tables_names": read(f"/proc/net/{kind}_tables_names") for kind in ("ip", "ip6", "arp")},
+        "nft tables": nft.stdout if nft is not None else "",
+        "ip_forward": read("/proc/sys/net/ipv4/ip_forward"),
+        "ipv6 forwarding": read("/proc/sys/net/ipv6/conf/all/forwarding"),
+    }
+
+
+@pytest.fixture(scope="session")
+def machine_before() -> dict[str, Any]:
+    """The machine's own network namespace as the session found it (machine_network): what a
+    test that must leave it alone compares with, since a machine may already hold a table."""
+    return machine_network() if IS_ROOT else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_untouched(machine_before: dict[str, Any]) -> Iterator[None]:
+    """The session leaves the machine's own network namespace as it found it (each lab test
+    checks its lab host; this checks the namespace the labs are built from)."""
+    if not IS_ROOT:
+        yield
+        return
+    before = machine_before
+    yield
+    after = machine_network()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"the session changed the machine's own network namespace (before, after): {changed}"
+
+
 @pytest.fixture(scope="session")
 def host_kind(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", "legacy"))

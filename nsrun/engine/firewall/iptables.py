@@ -384,53 +384,59 @@ def _published_by(rule: Any) -> str | None:
     return publish_owner(c) if c else None
 
 
-@serialized
-def remove_publish(name: str, v6: bool = True) -> int:
-    """Remove namespace NAME's published ports' rules. How many went. V6 False: NAME had
-    no IPv6 (its record says so), and the IPv6 tables (a fresh interpreter's) are not read."""
+def _delete_ours(which: Callable[[Any], bool]) -> int:
+    """Delete the rules of nsrun's chains that WHICH picks, in the legacy IPv4 tables loaded
+    already (a table is never loaded just to look into it). How many went."""
     loaded = loaded_tables()
-    gone = int(_v6("unpublish", name)) if v6 and loaded_tables(TABLES6_NAMES) & {"nat", "filter"} else 0
     if not loaded & {"nat", "filter"}:
-        return gone
+        return 0
+    gone = 0
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
             if table_name in loaded:
-                gone += delete_rules(table_name, chain_name, lambda r: _published_by(r) == name)
+                gone += delete_rules(table_name, chain_name, which)
     return gone
 
 
-@serialized
-def published() -> set[str]:
-    """The namespaces nsrun holds published ports' rules for, by the rules' comments (gc),
-    the IPv6 tables' too."""
+def _collect(pick: Callable[[Any], str | None]) -> set[str]:
+    """What PICK names (not None) among the rules of nsrun's chains, in the legacy IPv4
+    tables loaded already."""
     loaded = loaded_tables()
-    out: set[str] = set(_v6("published")) if loaded_tables(TABLES6_NAMES) & {"nat", "filter"} else set()
     if not loaded & {"nat", "filter"}:
-        return out
+        return set()
     iptc = load()
+    out: set[str] = set()
     with _XtablesLock():
         for table_name, chain_name in CHAINS:
             if table_name not in loaded:
                 continue
             table = iptc.Table(table_name)
             table.refresh()
-            out |= {n for r in iptc.Chain(table, chain_name).rules if (n := _published_by(r)) is not None}
+            out |= {n for r in iptc.Chain(table, chain_name).rules if (n := pick(r)) is not None}
     return out
+
+
+@serialized
+def remove_publish(name: str, v6: bool = True) -> int:
+    """Remove namespace NAME's published ports' rules. How many went. V6 False: NAME had
+    no IPv6 (its record says so), and the IPv6 tables (a fresh interpreter's) are not read."""
+    gone = int(_v6("unpublish", name)) if v6 and loaded_tables(TABLES6_NAMES) & {"nat", "filter"} else 0
+    return gone + _delete_ours(lambda r: _published_by(r) == name)
+
+
+@serialized
+def published() -> set[str]:
+    """The namespaces nsrun holds published ports' rules for, by the rules' comments (gc),
+    the IPv6 tables' too."""
+    out: set[str] = set(_v6("published")) if loaded_tables(TABLES6_NAMES) & {"nat", "filter"} else set()
+    return out | _collect(_published_by)
 
 
 @serialized
 def remove(bridge: str | None) -> int:
     """Remove nsrun's rules for BRIDGE (every bridge when None), IPv6 ones included. Returns
     how many went."""
-    loaded = loaded_tables()
-    gone = _remove6(bridge)
-    if not loaded & {"nat", "filter"}:
-        return gone  # never load a legacy table just to look into it
-    with _XtablesLock():
-        for table_name, chain_name in CHAINS:
-            if table_name in loaded:
-                gone += delete_rules(table_name, chain_name, lambda r: _ours(r, bridge))
-    return gone
+    return _remove6(bridge) + _delete_ours(lambda r: _ours(r, bridge))
 
 
 @serialized
@@ -453,19 +459,5 @@ def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool])
 
 @serialized
 def bridges() -> set[str]:
-    """The bridges nsrun holds rules for, by the rules' comments."""
-    loaded = loaded_tables()
-    out = _bridges6()
-    if not loaded & {"nat", "filter"}:
-        return out
-    iptc = load()
-    with _XtablesLock():
-        for table_name, chain_name in CHAINS:
-            if table_name not in loaded:
-                continue
-            table = iptc.Table(table_name)
-            table.refresh()
-            for r in iptc.Chain(table, chain_name).rules:
-                if _ours(r, None):
-                    out.add((_comment(r) or "").split(":")[1])
-    return out
+    """The bridges nsrun holds rules for, by the rules' comments, the IPv6 tables' too."""
+    return _bridges6() | _collect(lambda r: (_comment(r) or "").split(":")[1] if _ours(r, None) else None)
