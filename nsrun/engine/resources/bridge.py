@@ -81,7 +81,8 @@ def _ensure_nat(s: Setup) -> None:
     # Every time, not only when the bridge is missing: a crash right after the bridge was
     # made left it down without its address, and the next namespace on it must not be the
     # one to find out (it would be "up" with no way out).
-    _converge(ipr, prof.bridge, mtu=prof.mtu, address=(str(prof.gateway), prof.subnet.prefixlen))
+    _converge(ipr, prof.bridge, mtu=prof.mtu, address=(str(prof.gateway), prof.subnet.prefixlen),
+              no_dad=prof.subnet6 is not None)
     _converge6(ipr, prof.bridge, (str(prof.gateway6), prof.subnet6.prefixlen) if prof.subnet6 else None)
 
 
@@ -185,10 +186,15 @@ def _dev(ipr: Any, route: Any) -> str:
 
 
 def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[str, int] | None = None,
-              uplink_idx: int | None = None) -> None:
+              uplink_idx: int | None = None, no_dad: bool = False) -> None:
     """Bring BRIDGE to what nsrun makes of it, from whatever a crash left: the link (made
     when missing), nsrun's alias, the MTU, the address, the uplink port, up. Idempotent: each
-    piece is set only when it differs."""
+    piece is set only when it differs. NO_DAD (a nat bridge with IPv6): no duplicate address
+    detection for its link-local address, set before the bridge comes up, which is when the
+    kernel makes that address (a bridge without ports has its carrier): while the address
+    is tentative (1-2 s) the kernel sends no neighbour solicitation for a packet it forwards
+    (a published port's connection from the LAN), and the first such connection went
+    unanswered. The subnet behind the bridge is nsrun's alone."""
     from nsrun.linux import netlink
 
     idx = netlink.index(ipr, bridge)
@@ -226,6 +232,8 @@ def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[s
         up = ipr.get_links(uplink_idx)[0]
         if up.get_attr("IFLA_MASTER") != idx:
             ipr.link("set", index=uplink_idx, master=idx)
+    if no_dad and sysctl.read(f"net/ipv6/conf/{bridge}/accept_dad") not in (None, "0"):
+        sysctl.write(f"net/ipv6/conf/{bridge}/accept_dad", "0")
     if not link["flags"] & 1:  # IFF_UP
         ipr.link("set", index=idx, state="up")
     if uplink_idx is not None and not ipr.get_links(uplink_idx)[0]["flags"] & 1:
