@@ -178,7 +178,10 @@ def test_allow_in_bridge_mode(lab6, tmp_path, brnf):
 
 def test_not_even_one_way_udp_leaves_for_an_unlisted_destination(lab6, tmp_path):
     """Root inside sends UDP from another address of the subnet (no reply needed to leak
-    data): it leaves by no way; from its own address, only to the listed destination."""
+    data): it leaves by no way; from its own address, only to the listed destination. The
+    gateway's MAC is known first (from the namespace's own address): else the spoofed
+    packets' own ARP request, dropped, holds every packet after them in the neighbour's
+    queue, and the guard's source check is never reached."""
     log = tmp_path / "dns.log"
     server = subprocess.Popen([sys.executable, str(SUPPORT / "dnslab.py"), "serve", f"/run/netns/{lab6.lab.up}",
                                "0.0.0.0", str(log)], stdout=subprocess.PIPE, text=True)
@@ -191,7 +194,11 @@ def test_not_even_one_way_udp_leaves_for_an_unlisted_destination(lab6, tmp_path)
     py = f"{sys.executable} -c \"{send}\""
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        script = ("ip addr add 10.251.9.200/24 dev eth0; "
+        prime = (f"{sys.executable} -c \"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                 ".sendto(b'x', ('10.251.9.1', 9))\"")
+        known = "ip neigh show 10.251.9.1 | grep -q -E 'REACHABLE|STALE|DELAY'"
+        script = (f"{prime}; for i in $(seq 100); do {known} && break; sleep 0.02; done; {known} || exit 9; "
+                  "ip addr add 10.251.9.200/24 dev eth0; "
                   f"{py} {labmod.SERVER} spoofed.unlisted 10.251.9.200; {py} {labmod.SERVER_ALT} spoofed.listed 10.251.9.200; "
                   f"{py} {labmod.SERVER} own.unlisted; {py} {labmod.SERVER_ALT} own.listed; sleep 0.5")
         r = lab6.nsrun("-u", "root", "-p", str(prof), "--", "sh", "-c", script)

@@ -239,13 +239,15 @@ def make(spec: Spec) -> None:
     nftables.run(batch(spec, present(spec.name)))
 
 
-def remove(name: str) -> int:
-    """NAME's guard tables, those that exist; how many went."""
+def remove(name: str, *, linger: bool = False) -> int:
+    """NAME's guard tables, those that exist; how many went. LINGER: the socket of the
+    deletion stays open until nftables.close_lingering()."""
     if not nftables.available():
         return 0
     found = present(name)
     if found:
-        nftables.run([{"delete": {"table": {"family": f, "name": table_name(name)}}} for f in sorted(found)])
+        nftables.run([{"delete": {"table": {"family": f, "name": table_name(name)}}} for f in sorted(found)],
+                     linger=linger)
     return len(found)
 
 

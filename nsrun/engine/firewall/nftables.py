@@ -87,10 +87,11 @@ def available() -> bool:
 
 
 @serialized
-def run(commands: list[dict[str, Any]] | str) -> dict[str, Any]:
+def run(commands: list[dict[str, Any]] | str, *, linger: bool = False) -> dict[str, Any]:
     """Run one JSON batch (a list of commands, applied atomically) or one listing command
-    (`list ruleset`); return the parsed JSON output ({} when there is none)."""
-    out = _run(commands, _OUTPUT_JSON | _OUTPUT_HANDLE)
+    (`list ruleset`); return the parsed JSON output ({} when there is none). LINGER: the
+    context's socket stays open until close_lingering()."""
+    out = _run(commands, _OUTPUT_JSON | _OUTPUT_HANDLE, linger)
     try:
         return json.loads(out) if out.strip() else {}
     except ValueError:  # libnftables 1.0.6 writes a table with one flag wrongly (docs/internals.md)
@@ -108,7 +109,19 @@ def table_flags(family: str, name: str) -> list[str]:
     return []
 
 
-def _run(commands: list[dict[str, Any]] | str, flags: int) -> str:
+_lingering: list[int] = []  # contexts of run(..., linger=True), for close_lingering()
+
+
+def close_lingering() -> None:
+    """Free the contexts that run(..., linger=True) kept open. Closing the socket that
+    deleted a table waits until the kernel has released it (an RCU grace period, 10-15 ms
+    here): a caller with other work that waits anyway (a link's removal) does that first,
+    and the grace period runs meanwhile."""
+    while _lingering:
+        load().nft_ctx_free(_lingering.pop())
+
+
+def _run(commands: list[dict[str, Any]] | str, flags: int, linger: bool = False) -> str:
     lib = load()
     ctx = lib.nft_ctx_new(0)
     if not ctx:
@@ -124,7 +137,10 @@ def _run(commands: list[dict[str, Any]] | str, flags: int) -> str:
         out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
         err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
     finally:
-        lib.nft_ctx_free(ctx)
+        if linger:
+            _lingering.append(ctx)
+        else:
+            lib.nft_ctx_free(ctx)
     if rc != 0:
         raise NftError("nftables: " + (err.strip().splitlines()[0] if err.strip() else f"libnftables failed ({rc})"))
     return out

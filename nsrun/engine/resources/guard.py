@@ -73,16 +73,24 @@ def _dns(s: Setup) -> tuple[list[str], bool]:
 
 
 def remove(rec: NsRecord) -> None:
-    """The tables go only once the veth is gone (the teardown has unmounted the namespace,
-    but it lives on until its last reference goes): what the namespace still had queued
-    (a packet waiting on its neighbour's address) must not leave unguarded. So the veth is
-    waited for, or deleted, first (nsrun.engine.resources.veth: idempotent)."""
+    """The tables go only once nothing passes the veth any more (the teardown has unmounted
+    the namespace, but it lives on until its last reference goes): what the namespace still
+    had queued (a packet waiting on its neighbour's address) must not leave unguarded. So
+    the host end is set down first (a veth delivers nothing to a peer that is down), then
+    the tables go, then the veth is waited for, or deleted (nsrun.engine.resources.veth:
+    idempotent), and only then is the deletion's socket closed: its close waits out an RCU
+    grace period, which thus runs while the veth vanishes (docs/internals.md#isolation-and-allow-lists)."""
     if rec.guard:
         from nsrun.engine.firewall import guardtables as guard
+        from nsrun.engine.firewall import nftables
         from nsrun.engine.resources import veth
 
-        veth.remove(rec)
-        guard.remove(rec.name)
+        veth.shut(rec)
+        try:
+            guard.remove(rec.name, linger=True)
+            veth.remove(rec)
+        finally:
+            nftables.close_lingering()
 
 
 def orphans(scan: Scan) -> list[Action]:

@@ -110,6 +110,15 @@ def remove(rec: NsRecord) -> None:
         # else: another namespace's link (a name this one tried, refused): never ours
 
 
+def shut(rec: NsRecord) -> None:
+    """Set REC's host end down, when it is still there and ours: nothing passes it any more
+    (the namespace's end loses its carrier; a veth delivers nothing to a peer that is down)."""
+    if rec.veth and link_alias(rec.veth) == names.ifalias(rec.name):
+        err = _error(_request(RTM_NEWLINK, NLM_F_ACK, rec.veth, change=IFF_UP)[-1])
+        if err and err != errno.ENODEV:
+            raise OSError(err, f"setting link {rec.veth} down: {os.strerror(err)}")
+
+
 def _vanished(ifname: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
@@ -123,19 +132,21 @@ def _vanished(ifname: str, timeout: float) -> bool:
 
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+IFF_UP = 0x1
 NLMSG_ERROR = 2
 IFLA_IFALIAS = 20
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 IFLA_IFNAME = 3
 
 
-def _request(kind: int, flags: int, ifname: str) -> list[bytes]:
+def _request(kind: int, flags: int, ifname: str, change: int = 0) -> list[bytes]:
     """One rtnetlink request about IFNAME (by name, so no other link that took its index
-    meanwhile): the replies up to its final one (NLMSG_ERROR or the link)."""
+    meanwhile): the replies up to its final one (NLMSG_ERROR or the link). CHANGE: the
+    link flags to clear (RTM_NEWLINK)."""
     name = ifname.encode() + b"\0"
     attr = struct.pack("=HH", 4 + len(name), IFLA_IFNAME) + name
     attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0) + attr
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, change) + attr
     msg = struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) as sock:
         sock.sendto(msg, (0, 0))
