@@ -438,42 +438,83 @@ def _untimed(entries: Any) -> Any:
     return entries
 
 
+# What snapshot() reads in the lab host, in one run of a shell there (a run of a tool from
+# here costs ~4 ms more than within one shell, and every lab test takes two snapshots): each
+# section after a line "@@@ KEY"; an `ip` dump that failed says "@@@FAILED" (the kernel marks
+# a dump interrupted when links change meanwhile: a namespace just deleted takes its veths
+# with it a moment later, in the kernel's own time) and the whole snapshot is read again.
+SYSCTL_KEYS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter",
+               "net/ipv6/conf/all/forwarding",
+               "net/ipv4/conf/all/route_localnet", "net/ipv4/conf/default/route_localnet",
+               "net/ipv4/conf/br0/route_localnet", "net/ipv4/conf/nsrun0/route_localnet")
+SNAPSHOT_READS = {
+    "links": "ip -j link show",
+    "addrs": "ip -j addr show",
+    "routes": "ip -j route show table all",
+    "routes6": "ip -j -6 route show table all",
+    "rules": "ip -j rule show",
+    "iptables_legacy": "iptables-legacy-save",
+    "iptables_nft": "iptables-nft-save",
+    "ip6tables_legacy": "ip6tables-legacy-save",
+    "ip6tables_nft": "ip6tables-nft-save",
+    "nft": "nft -s list ruleset",  # -s: no counters
+    "ip_tables_names": "cat /proc/net/ip_tables_names",
+    "ip6_tables_names": "cat /proc/net/ip6_tables_names",
+    # route_localnet: the DNS forward and published ports turn it on for nsrun's bridge only;
+    # accept_ra and forwarding of every interface: nsrun sets accept_ra 2 while IPv6
+    # forwarding is on.
+    "sysctl": "; ".join([*(f"echo \"{k}=$(cat /proc/sys/{k} 2>/dev/null)\"" for k in SYSCTL_KEYS),
+                         "grep -H . /proc/sys/net/ipv6/conf/*/accept_ra /proc/sys/net/ipv6/conf/*/forwarding"]),
+}
+SNAPSHOT_SCRIPT = "; ".join(
+    f"echo '@@@ {key}'; " + (f"{cmd} 2>/dev/null || echo '@@@FAILED'" if cmd.startswith("ip ") else f"{{ {cmd}; }} 2>/dev/null")
+    for key, cmd in SNAPSHOT_READS.items())
+
+
+def _read_host(r: LabRunner) -> dict[str, str]:
+    """SNAPSHOT_READS' outputs, by key."""
+    for _ in range(20):
+        out = r.host("sh", "-c", SNAPSHOT_SCRIPT, check=False).stdout
+        sections: dict[str, list[str]] = {}
+        key = None
+        for line in out.splitlines(keepends=True):
+            if line.startswith("@@@ ") and line[4:].strip() in SNAPSHOT_READS:
+                key = line[4:].strip()
+                sections[key] = []
+            elif key is not None:
+                sections[key].append(line)
+        text = {k: "".join(v) for k, v in sections.items()}
+        if set(text) == set(SNAPSHOT_READS) and "@@@FAILED" not in out:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"the lab host could not be read: {out[-2000:]}")
+
+
 def snapshot(r: LabRunner) -> dict[str, Any]:
-    # The sysctls in one run of a shell (a run of a tool costs ~5 ms): accept_ra and forwarding
-    # of every interface too (nsrun sets accept_ra 2 while IPv6 forwarding is on), and
-    # route_localnet (the DNS forward and published ports turn it on for nsrun's bridge only).
-    keys = ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", "net/ipv4/conf/br0/rp_filter",
-            "net/ipv6/conf/all/forwarding",
-            "net/ipv4/conf/all/route_localnet", "net/ipv4/conf/default/route_localnet",
-            "net/ipv4/conf/br0/route_localnet", "net/ipv4/conf/nsrun0/route_localnet")
-    script = "; ".join([*(f"echo \"{k}=$(cat /proc/sys/{k} 2>/dev/null)\"" for k in keys),
-                        "grep -H . /proc/sys/net/ipv6/conf/*/accept_ra /proc/sys/net/ipv6/conf/*/forwarding"])
+    text = _read_host(r)
     sysctls: dict[str, Any] = {}
     per_interface = []
-    for line in r.host("sh", "-c", script, check=False).stdout.splitlines():
+    for line in text["sysctl"].splitlines():
         key, sep, value = line.partition("=")
-        if sep and key in keys:
+        if sep and key in SYSCTL_KEYS:
             sysctls[key] = value.strip()
         else:
             per_interface.append(line)
     sysctls["ipv6 per interface"] = sorted(per_interface)
     state_files = sorted(str(p.relative_to(r.statedir)) for p in r.statedir.rglob("*")
                          if p.is_file() and not p.name.endswith(".lock")) if r.statedir.exists() else []
+    ipj = {k: json.loads(text[k] or "null") for k in ("links", "addrs", "routes", "routes6", "rules")}
     return {
         # operstate follows carrier with a delay; the rest of a link's description is state.
-        "links": [{k: v for k, v in link.items() if k != "operstate"}
-                  for link in r.host_json("ip", "-j", "link", "show")],
-        "addrs": _untimed(r.host_json("ip", "-j", "addr", "show")),
-        "routes": _untimed(r.host_json("ip", "-j", "route", "show", "table", "all")),
-        "routes6": _untimed(r.host_json("ip", "-j", "-6", "route", "show", "table", "all")),
-        "rules": r.host_json("ip", "-j", "rule", "show"),
-        "iptables_legacy": _legacy_rules(r.host("iptables-legacy-save", check=False).stdout),
-        "iptables_nft": _legacy_rules(r.host("iptables-nft-save", check=False).stdout),
-        "ip6tables_legacy": _legacy_rules(r.host("ip6tables-legacy-save", check=False).stdout),
-        "ip6tables_nft": _legacy_rules(r.host("ip6tables-nft-save", check=False).stdout),
-        "nft": r.host("nft", "-s", "list", "ruleset", check=False).stdout,  # -s: no counters
-        "ip_tables_names": r.host("cat", "/proc/net/ip_tables_names", check=False).stdout,
-        "ip6_tables_names": r.host("cat", "/proc/net/ip6_tables_names", check=False).stdout,
+        "links": [{k: v for k, v in link.items() if k != "operstate"} for link in ipj["links"]],
+        "addrs": _untimed(ipj["addrs"]),
+        "routes": _untimed(ipj["routes"]),
+        "routes6": _untimed(ipj["routes6"]),
+        "rules": ipj["rules"],
+        **{k: _legacy_rules(text[k]) for k in ("iptables_legacy", "iptables_nft", "ip6tables_legacy", "ip6tables_nft")},
+        "nft": text["nft"],
+        "ip_tables_names": text["ip_tables_names"],
+        "ip6_tables_names": text["ip6_tables_names"],
         "sysctl": sysctls,
         "run_netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
         "etc_netns": _etc_netns(),
