@@ -32,11 +32,17 @@ ALLOW_LAN = ('mode = "bridge"\nbridge = "br0"\nsubnet = "192.168.1.0/24"\nrange 
              f'allow = ["{labmod.SERVER}:{labmod.PORT}/tcp"]\n')
 
 
-def reach(lab, name: str, host: str, port: int = PORT) -> bool:
-    """Whether namespace NAME reaches HOST:PORT (a TCP connection within probe.TIMEOUT)."""
-    r = lab.nsrun("exec", name, "--", *PROBE, "connect", host, str(port))
-    assert r.returncode in (0, 1), r.stderr
-    return r.returncode == 0
+def reached(lab, name: str, targets: list[tuple[str, int]]) -> list[bool]:
+    """Whether namespace NAME reaches each of TARGETS (HOST, PORT), tried all at once."""
+    r = lab.nsrun("exec", name, "--", *PROBE, "connect-all", *(f"{host},{port}" for host, port in targets))
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == len(targets), (r.stdout, r.stderr)
+    return [not line.startswith("unreachable") for line in lines]
+
+
+def connect_all(*targets: str) -> str:
+    """The shell command that tries TARGETS (HOST,PORT[,SOURCE]) at once, a line for each."""
+    return " ".join([*PROBE, "connect-all", *targets])
 
 
 @contextmanager
@@ -77,10 +83,9 @@ def test_two_isolated_namespaces_reach_neither_each_other_nor_the_host_but_the_u
         (a4, a6), (b4, b6) = addresses(rows[0]), addresses(rows[1])
         host_addrs = ["10.251.7.1", "fd00:77::1", labmod.HOST_ADDR, *v6.host_global6(lab6.lab)]
         with listening(lab6.nsrun_argv("exec", "iso-b", "--"), lab6.env), listening(lab6.host_argv([])):
-            for other in (b4, b6):
-                assert not reach(lab6, "iso-a", other), other
-            for addr in host_addrs:
-                assert not reach(lab6, "iso-a", addr), addr
+            targets = [b4, b6, *host_addrs]
+            got = reached(lab6, "iso-a", [(t, PORT) for t in targets])
+            assert got == [False] * len(targets), list(zip(targets, got))
             assert lab6.host(*PROBE, "connect", b4, str(PORT), check=False).returncode == 0  # the host reaches it
             # ...and a namespace on that bridge that is not isolated reaches the host's service
             # (but on ufw, whose default denies every incoming connection to the host).
@@ -88,8 +93,7 @@ def test_two_isolated_namespaces_reach_neither_each_other_nor_the_host_but_the_u
             r = lab6.nsrun("-p", str(opened), "--", *PROBE, "connect", "10.251.7.1", str(PORT))
             assert r.returncode == (1 if lab6.kind == "ufw" else 0), (r.stdout, r.stderr)
         with listening(lab6.nsrun_argv("exec", "iso-a", "--"), lab6.env):
-            for other in (a4, a6):
-                assert not reach(lab6, "iso-b", other), other
+            assert reached(lab6, "iso-b", [(a4, PORT), (a6, PORT)]) == [False, False], (a4, a6)
         for name in names:  # and both reach the upstream, over both families
             r = lab6.nsrun("exec", name, "--", "sh", "-c", f"{' '.join(CLIENT)} {labmod.SERVER}; "
                                                            f"{' '.join(CLIENT)} {v6.SERVER6}")
@@ -108,8 +112,8 @@ def test_an_isolated_namespace_reaches_no_other_namespace_on_any_bridge(lab6, tm
     try:
         for row in targets:
             with listening(lab6.nsrun_argv("exec", row["name"], "--"), lab6.env):
-                for addr in addresses(row):
-                    assert not reach(lab6, "iso-a", addr), (row["name"], addr)
+                got = reached(lab6, "iso-a", [(addr, PORT) for addr in addresses(row)])
+                assert got == [False, False], (row["name"], addresses(row), got)
                 assert lab6.host(*PROBE, "connect", addresses(row)[0], str(PORT), check=False).returncode == 0
     finally:
         for name in ("iso-a", "open-c", "other-d"):
@@ -122,11 +126,13 @@ def test_allow_reaches_the_listed_destination_and_nothing_else(lab6, tmp_path):
     try:
         assert row["allow"] == [f"{labmod.SERVER}:{labmod.PORT}/tcp", f"[{v6.SERVER6}]:{labmod.PORT}/tcp"]
         assert row["isolate"] is False
-        assert reach(lab6, "allow-a", labmod.SERVER, labmod.PORT)
-        assert reach(lab6, "allow-a", v6.SERVER6, labmod.PORT)
-        # The same server at its other addresses, and the host, are not listed.
-        for addr in (labmod.SERVER_ALT, v6.SERVER6_ALT, "10.251.9.1", labmod.HOST_ADDR):
-            assert not reach(lab6, "allow-a", addr, labmod.PORT), addr
+        # The listed ones; the same server at its other addresses, and a service of the host
+        # (listening: a refusal would say nothing), are not listed.
+        targets = [(labmod.SERVER, labmod.PORT), (v6.SERVER6, labmod.PORT), (labmod.SERVER_ALT, labmod.PORT),
+                   (v6.SERVER6_ALT, labmod.PORT), ("10.251.9.1", PORT), (labmod.HOST_ADDR, PORT)]
+        with listening(lab6.host_argv([])):
+            got = reached(lab6, "allow-a", targets)
+        assert got == [True, True, False, False, False, False], list(zip(targets, got))
     finally:
         assert lab6.nsrun("down", "allow-a").returncode == 0
 
@@ -138,11 +144,9 @@ def test_root_inside_cannot_undo_the_allow_list(lab6, tmp_path):
     prof = write_profile(tmp_path, "allow", ALLOW)
     script = ("nft flush ruleset; iptables-legacy -F 2>/dev/null; iptables-nft -F 2>/dev/null; "
               "ip addr add 10.251.9.200/24 dev eth0; ip -6 addr add fd00:99::200/64 dev eth0 nodad; "
-              f"{' '.join(PROBE)} connect {labmod.SERVER_ALT} {labmod.PORT}; "
-              f"{' '.join(PROBE)} connect {labmod.SERVER_ALT} {labmod.PORT} 10.251.9.200; "
-              f"{' '.join(PROBE)} connect {labmod.SERVER} {labmod.PORT} 10.251.9.200; "
-              f"{' '.join(PROBE)} connect {v6.SERVER6_ALT} {labmod.PORT} fd00:99::200; "
-              f"{' '.join(PROBE)} connect {labmod.SERVER} {labmod.PORT}; id -u")
+              + connect_all(f"{labmod.SERVER_ALT},{labmod.PORT}", f"{labmod.SERVER_ALT},{labmod.PORT},10.251.9.200",
+                            f"{labmod.SERVER},{labmod.PORT},10.251.9.200", f"{v6.SERVER6_ALT},{labmod.PORT},fd00:99::200",
+                            f"{labmod.SERVER},{labmod.PORT}") + "; id -u")
     r = lab6.nsrun("-u", "root", "-p", str(prof), "--", "sh", "-c", script)
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and lines[-1] == "0", (r.stdout, r.stderr)
@@ -165,10 +169,8 @@ def test_allow_in_bridge_mode(lab6, tmp_path, brnf):
             r = lab6.nsrun("-p", str(plain), "--", *PROBE, "connect", labmod.OTHER_ADDR, str(PORT))
             assert r.returncode == 0, (r.stdout, r.stderr)  # without the list, the LAN host is reached
             prof = write_profile(tmp_path, "allowlan", ALLOW_LAN)
-            r = lab6.nsrun("-p", str(prof), "--", "sh", "-c",
-                           f"{' '.join(PROBE)} connect {labmod.SERVER} {labmod.PORT}; "
-                           f"{' '.join(PROBE)} connect {labmod.SERVER_ALT} {labmod.PORT}; "
-                           f"{' '.join(PROBE)} connect {labmod.OTHER_ADDR} {PORT}")
+            r = lab6.nsrun("-p", str(prof), "--", *PROBE, "connect-all", f"{labmod.SERVER},{labmod.PORT}",
+                           f"{labmod.SERVER_ALT},{labmod.PORT}", f"{labmod.OTHER_ADDR},{PORT}")
         lines = r.stdout.splitlines()
         assert lines[0] == labmod.GW1_UP, (r.stdout, r.stderr)
         assert all(line.startswith("unreachable") for line in lines[1:]) and len(lines) == 3, lines
@@ -263,9 +265,8 @@ def test_through_the_service_as_without_it(lab6, tmp_path):
     lab6.service = svc
     try:
         before = served(svc)
-        script = " ; ".join(f"{' '.join(PROBE)} connect {host} {labmod.PORT}"
-                            for host in (labmod.SERVER, v6.SERVER6, labmod.SERVER_ALT, v6.SERVER6_ALT))
-        r = lab6.nsrun("-p", str(prof), "--", "sh", "-c", script)
+        r = lab6.nsrun("-p", str(prof), "--", *PROBE, "connect-all",
+                       *(f"{host},{labmod.PORT}" for host in (labmod.SERVER, v6.SERVER6, labmod.SERVER_ALT, v6.SERVER6_ALT)))
         lines = r.stdout.splitlines()
         assert lines[:2] == [labmod.GW2_UP, v6.GW2_UP6], (r.stdout, r.stderr, svc.log())
         assert all(line.startswith("unreachable") for line in lines[2:]) and len(lines) == 4, lines

@@ -12,7 +12,11 @@ from conftest import write_profile
 from nsrun import lab as labmod
 from nsrun.engine.resources import steps, undo_steps
 
-HOST_KINDS = ["legacy", "nftables", "docker"]
+# The two backends (legacy x_tables through python-iptables, nf_tables through libnftables):
+# what a kill leaves of IPv6, the guard and NAT66 is theirs. A Docker host adds only its
+# DOCKER-USER opening, IPv4's (its IPv6 firewall is off by default), which
+# test_crash_safety kills at every step on that kind.
+HOST_KINDS = ["legacy", "nftables"]
 
 NAT = ('mode = "nat"\nbridge = "nsrtc"\nsubnet = "10.251.5.0/24"\nsubnet6 = "fd00:55::/64"\nisolate = true\n'
        f'allow = ["{labmod.SERVER}:{labmod.PORT}/tcp"]\n')

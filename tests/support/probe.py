@@ -6,6 +6,9 @@
     python3 probe.py connect HOST PORT [SOURCE]
         one TCP connection to HOST:PORT (from SOURCE when given), within TIMEOUT: prints
         what the server said and exits 0, or prints "unreachable: WHY" and exits 1.
+    python3 probe.py connect-all HOST,PORT[,SOURCE]...
+        as connect, to every target at once (a test's unreachable targets then cost one
+        TIMEOUT together, not one each): one line per target, in their order; exits 0.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def listen(port: int) -> None:
         srv.serve_forever()
 
 
-def connect(host: str, port: int, source: str | None = None) -> int:
+def _connect(host: str, port: int, source: str | None = None) -> str:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -49,11 +52,28 @@ def connect(host: str, port: int, source: str | None = None) -> int:
             if source:
                 s.bind((source, 0))
             s.connect((host, port))
-            print(s.recv(128).decode().strip())
-        return 0
+            return s.recv(128).decode().strip()
     except OSError as exc:
-        print(f"unreachable: {exc}")
-        return 1
+        return f"unreachable: {exc}"
+
+
+def connect(host: str, port: int, source: str | None = None) -> int:
+    said = _connect(host, port, source)
+    print(said)
+    return 1 if said.startswith("unreachable") else 0
+
+
+def connect_all(targets: list[str]) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = []
+    for target in targets:
+        host, port, *source = target.split(",")
+        args.append((host, int(port), source[0] if source else None))
+    with ThreadPoolExecutor(max_workers=len(args)) as pool:
+        for said in pool.map(lambda a: _connect(*a), args):
+            print(said)
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -62,6 +82,8 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["connect"] and len(argv) in (3, 4):
         return connect(argv[1], int(argv[2]), argv[3] if len(argv) == 4 else None)
+    if argv[:1] == ["connect-all"] and len(argv) > 1:
+        return connect_all(argv[1:])
     print(__doc__, file=sys.stderr)
     return 2
 
