@@ -348,6 +348,13 @@ def teardown(rec: NsRecord, grace: float = 5.0) -> None:
     if not rec.adopted:
         netns.stop_processes(rec.name, grace)
     fault.checkpoint("undo-processes")
+    for res in resources.for_mode(rec.mode):
+        first = getattr(res, "withdraw", None)  # what must go while the namespace is still there
+        if first is not None:
+            try:
+                first(rec)
+            except Exception:  # noqa: BLE001 - its remove() below does it again, and says why it fails
+                pass
     try:
         if rec.adopted:
             from nsrun.engine.resources import namespace

@@ -90,7 +90,7 @@ def available() -> bool:
 def run(commands: list[dict[str, Any]] | str, *, linger: bool = False) -> dict[str, Any]:
     """Run one JSON batch (a list of commands, applied atomically) or one listing command
     (`list ruleset`); return the parsed JSON output ({} when there is none). LINGER: the
-    context's socket stays open until close_lingering()."""
+    context's socket stays open until the next call, or the process's end (close_lingering)."""
     out = _run(commands, _OUTPUT_JSON | _OUTPUT_HANDLE, linger)
     try:
         return json.loads(out) if out.strip() else {}
@@ -114,14 +114,16 @@ _lingering: list[int] = []  # contexts of run(..., linger=True), for close_linge
 
 def close_lingering() -> None:
     """Free the contexts that run(..., linger=True) kept open. Closing the socket that
-    deleted a table waits until the kernel has released it (an RCU grace period, 10-15 ms
-    here): a caller with other work that waits anyway (a link's removal) does that first,
-    and the grace period runs meanwhile."""
+    deleted a table waits until the kernel has released it (an RCU grace period, 8-15 ms
+    here): a caller that has more to do (the rest of a teardown, the interpreter's exit)
+    lingers, and the grace period runs meanwhile; the next call here, or the process's
+    end, closes it."""
     while _lingering:
         load().nft_ctx_free(_lingering.pop())
 
 
 def _run(commands: list[dict[str, Any]] | str, flags: int, linger: bool = False) -> str:
+    close_lingering()  # at most one open: a long-lived process (the service) keeps none
     lib = load()
     ctx = lib.nft_ctx_new(0)
     if not ctx:

@@ -72,25 +72,41 @@ def _dns(s: Setup) -> tuple[list[str], bool]:
     return dns.content(prof.dns, prof.search, forwarder)[0], forwarder is not None
 
 
-def remove(rec: NsRecord) -> None:
-    """The tables go only once nothing passes the veth any more (the teardown has unmounted
-    the namespace, but it lives on until its last reference goes): what the namespace still
-    had queued (a packet waiting on its neighbour's address) must not leave unguarded. So
-    the host end is set down first (a veth delivers nothing to a peer that is down), then
-    the tables go, then the veth is waited for, or deleted (nsrun.engine.resources.veth:
-    idempotent), and only then is the deletion's socket closed: its close waits out an RCU
-    grace period, which thus runs while the veth vanishes (docs/internals.md#isolation-and-allow-lists)."""
+def withdraw(rec: NsRecord) -> None:
+    """First in a teardown, once nothing runs inside and before the namespace goes
+    (nsrun.engine.teardown): the host end is set down (a veth delivers nothing to a peer
+    that is down, so what the namespace still had queued, a packet waiting on its
+    neighbour's address, cannot leave unguarded), then the tables go. Their deletion's
+    socket is left open (closed by the next nf_tables call, or with the process): closing it
+    waits out an RCU grace period, which thus runs during the rest of the teardown
+    (docs/internals.md#isolation-and-allow-lists)."""
     if rec.guard:
         from nsrun.engine.firewall import guardtables as guard
-        from nsrun.engine.firewall import nftables
         from nsrun.engine.resources import veth
 
         veth.shut(rec)
-        try:
-            guard.remove(rec.name, linger=True)
-            veth.remove(rec)
-        finally:
-            nftables.close_lingering()
+        guard.remove(rec.name, linger=True)
+        _withdrawn.add(rec.name)
+
+
+_withdrawn: set[str] = set()  # names whose guard withdraw() removed in this process
+
+
+def remove(rec: NsRecord) -> None:
+    """What withdraw() did, where it did not (it failed, or the teardown is gc's after a
+    crash): the tables go only once nothing passes the veth, down or gone (waited for, or
+    deleted: nsrun.engine.resources.veth, idempotent). Where it did, nothing: another
+    nf_tables call now would close the lingering socket, and wait."""
+    if rec.name in _withdrawn:
+        _withdrawn.discard(rec.name)
+        return
+    if rec.guard:
+        from nsrun.engine.firewall import guardtables as guard
+        from nsrun.engine.resources import veth
+
+        veth.shut(rec)
+        veth.remove(rec)
+        guard.remove(rec.name, linger=True)
 
 
 def orphans(scan: Scan) -> list[Action]:
