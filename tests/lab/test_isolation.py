@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -207,6 +208,35 @@ def test_not_even_one_way_udp_leaves_for_an_unlisted_destination(lab6, tmp_path)
         assert r.returncode == 0, (r.stdout, r.stderr)
         seen = [line.split()[1] for line in log.read_text().splitlines()]
         assert seen == ["own.listed"], seen
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+
+
+def test_what_the_namespace_queued_at_its_end_does_not_leave_unguarded(lab6, tmp_path):
+    """Root inside sends UDP from a spoofed address of the subnet and exits at once: the
+    guard drops that address's ARP request for the gateway, so the packets wait in the
+    neighbour's queue, and the kernel asks again a second later, while the namespace may
+    still live. The teardown takes the guard away only once nothing passes the veth: they
+    never leave, not after the run either."""
+    log = tmp_path / "dns.log"
+    server = subprocess.Popen([sys.executable, str(SUPPORT / "dnslab.py"), "serve", f"/run/netns/{lab6.lab.up}",
+                               "0.0.0.0", str(log)], stdout=subprocess.PIPE, text=True)
+    prof = write_profile(tmp_path, "allow", ALLOW.replace("allow = [", f'allow = ["{labmod.SERVER_ALT}:53/udp", '))
+    send = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[3], 0)); "
+            "q = b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + "
+            "b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split('.')) + b'\\x00\\x00\\x01\\x00\\x01'; "
+            "s.sendto(q, (sys.argv[1], 53))")
+    py = f"{sys.executable} -c \"{send}\""
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        script = ("ip addr add 10.251.9.200/24 dev eth0; "
+                  f"{py} {labmod.SERVER} queued.unlisted 10.251.9.200; {py} {labmod.SERVER_ALT} queued.listed 10.251.9.200")
+        r = lab6.nsrun("-u", "root", "-p", str(prof), "--", "sh", "-c", script)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        time.sleep(3)  # the kernel's next ARP requests, a second apart
+        seen = [line.split()[1] for line in log.read_text().splitlines()]
+        assert seen == [], seen
     finally:
         server.terminate()
         server.communicate(timeout=10)
