@@ -8,7 +8,11 @@ What counts as left behind:
 - whatever a resource finds of itself with no live record (its `orphans`): a host veth
   with nsrun's alias, a lease, a /etc/netns/NAME/resolv.conf, firewall rules, a bridge;
 - a temporary file of the state directory whose writer died (pid and start time);
-- the lock file of a namespace with no record (a failed or killed `up`).
+- the lock file of a namespace with no record (a failed or killed `up`);
+- an empty run cgroup (`nsrun.NAME`, anywhere in the cgroup v2 hierarchy) of a namespace
+  with no record here that does not exist: what a supervisor killed outside gc's reach
+  left (another session's or unit's cgroup, which systemd does not remove on a host
+  without it, or later).
 Never touched: live runs (their supervisor lives or their lock is held), persistent
 namespaces that are up, anything without nsrun's names, alias, comment or record, and
 anything that may belong to another state directory (NSRUN_STATE_DIR): a namespace that
@@ -149,12 +153,50 @@ def _remove_lock(name: str) -> bool:
         return False  # an `up` or `down` of NAME is at work
 
 
+def _cgroups(sc: Scan) -> list[Action]:
+    """Run cgroups that crashed supervisors left (nsrun.linux.cgroup.leftovers): empty, of a
+    namespace with no record here and that does not exist (one that exists may be another
+    state directory's live run, about to enter its cgroup)."""
+    from nsrun.linux import cgroup
+
+    return [Action(f"cgroup {path}", "an empty run cgroup whose namespace is gone", partial(_remove_cgroup, path))
+            for path in cgroup.leftovers(set(sc.records)) if _cgroup_gone(path)]
+
+
+def _cgroup_gone(path: str) -> bool:
+    from nsrun.errors import NsrunError
+    from nsrun.linux import cgroup, netns
+
+    name = os.path.basename(path)[len(cgroup.PREFIX):]
+    try:
+        names.check_name(name)
+    except NsrunError:
+        return False  # not a name nsrun gives: not its cgroup
+    return not netns.exists(name)
+
+
+def _remove_cgroup(path: str) -> bool:
+    from nsrun.linux import cgroup
+
+    name = os.path.basename(path)[len(cgroup.PREFIX):]
+    try:
+        with record.ns_lock(name, blocking=False) as lock:
+            if record.read(name) is not None:
+                return False
+            gone = _cgroup_gone(path) and not cgroup.populated(path) and cgroup.remove(path)
+            lock.discard()  # no record: the lock file is only this check's
+            return gone
+    except BlockingIOError:
+        return False  # an `up` or `down` of NAME is at work
+
+
 def planners() -> list[Callable[[Scan], list[Action]]]:
     """The batches, in order: temporaries of dead writers (so the directories they are in
-    can go), records, each resource's orphans in reverse, then the lock files left."""
+    can go), records, each resource's orphans in reverse, the run cgroups left, then the
+    lock files left."""
     from nsrun.engine import resources
 
-    return [_temporaries, _records, *(r.orphans for r in reversed(resources.every())), _locks]
+    return [_temporaries, _records, *(r.orphans for r in reversed(resources.every())), _cgroups, _locks]
 
 
 def plan() -> list[Action]:

@@ -173,7 +173,7 @@ def of_namespace(name: str, pids: list[int]) -> set[str]:
 def leftovers(alive: set[str]) -> list[str]:
     """Run cgroups (anywhere in the hierarchy) whose namespace is not in ALIVE and that
     hold no process: what crashed supervisors left where no systemd removes them. gc's to
-    remove (`remove`)."""
+    remove (nsrun.engine.gc: it also requires that the namespace does not exist)."""
     mnt = mountpoint()
     out: list[str] = []
     if mnt is None:

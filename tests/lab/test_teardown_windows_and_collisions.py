@@ -399,3 +399,48 @@ def test_gc_judges_temporaries_by_pid_and_start_time_everywhere(lab):
     finally:
         live.unlink()
     _gc_until_clean(lab)
+
+
+def test_gc_removes_an_empty_run_cgroup_whose_namespace_is_gone(lab):
+    """A supervisor killed where gc's own reclaim does not look (a run cgroup under another
+    session's or unit's cgroup, on a host where nothing else removes it) leaves `nsrun.NAME`
+    behind, empty: gc finds it anywhere in the hierarchy and removes it. A populated one, one
+    whose namespace exists (another state directory's run) and one not named as nsrun names
+    namespaces stay."""
+    from nsrun.linux import cgroup
+
+    mnt = cgroup.mountpoint()
+    assert mnt is not None, "no cgroup v2 hierarchy mounted"
+    parent = os.path.join(mnt, f"nsrun-test-elsewhere-{os.getpid()}")
+    os.mkdir(parent)
+    made = {n: os.path.join(parent, cgroup.PREFIX + n) for n in ("cg-gone", "cg-busy", "cg-alive", "-not-a-name")}
+    for path in made.values():
+        os.mkdir(path)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    subprocess.run(["ip", "netns", "add", "cg-alive"], check=True)
+    try:
+        with open(os.path.join(made["cg-busy"], "cgroup.procs"), "w") as fh:
+            fh.write(str(sleeper.pid))
+        dry = lab.nsrun("gc", "--dry-run")
+        assert dry.returncode == 0 and f"cgroup {made['cg-gone']}" in dry.stdout, dry.stdout + dry.stderr
+        assert all(made[n] not in dry.stdout for n in ("cg-busy", "cg-alive", "-not-a-name")), dry.stdout
+        assert os.path.isdir(made["cg-gone"])  # a dry run removes nothing
+        gc = lab.nsrun("gc")
+        assert gc.returncode == 0 and f"cgroup {made['cg-gone']}" in gc.stdout, gc.stdout + gc.stderr
+        assert not os.path.exists(made["cg-gone"])
+        assert all(os.path.isdir(made[n]) for n in ("cg-busy", "cg-alive", "-not-a-name"))
+        assert "nothing to reclaim" in lab.nsrun("gc").stdout
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        subprocess.run(["ip", "netns", "del", "cg-alive"], check=False)
+        for path in made.values():
+            for _ in range(100):  # the killed sleeper leaves its cgroup a moment later
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+        os.rmdir(parent)
