@@ -3,7 +3,9 @@
 Each module owns its slice of the namespace's record and three functions (create; remove,
 idempotent, from the record alone; orphans, gc's actions for what crashed runs left): see
 nsrun.engine.context for the interface. The engine walks `for_mode(mode)` to bring a
-namespace up and the same list in reverse to take it down; gc asks every module in
+namespace up and the same list in reverse to take it down, after calling, in order, the
+optional `withdraw(rec)` of the modules that have one while the namespace is still there
+(the guard's: nsrun.engine.resources.guard); gc asks every module in
 `every()` (in reverse) for orphans; the fault-injection steps are the modules' STEPs.
 Adding a resource is a module plus an entry in MODES.
 

@@ -80,6 +80,7 @@ def withdraw(rec: NsRecord) -> None:
     socket is left open (closed by the next nf_tables call, or with the process): closing it
     waits out an RCU grace period, which thus runs during the rest of the teardown
     (docs/internals.md#isolation-and-allow-lists)."""
+    _withdrawn.discard(rec.name)  # a mark an interrupted teardown left must not skip remove()
     if rec.guard:
         from nsrun.engine.firewall import guardtables as guard
         from nsrun.engine.resources import veth
