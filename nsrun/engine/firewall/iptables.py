@@ -273,9 +273,10 @@ def _v6_main(argv: list[str]) -> None:
     if op == "ensure":
         out = _ensure_nat6_here(*args)
     elif op == "remove":
-        out = _remove6_here(args[0] if args else None)
+        bridge = args[0] if args else None
+        out = _delete_ours(lambda r: _ours(r, bridge), v6=True)
     elif op == "bridges":
-        out = sorted(_bridges6_here())
+        out = sorted(_collect(_bridge_of, v6=True))
     elif op == "publish":
         from nsrun.engine.firewall.forwards import Forward
 
@@ -283,9 +284,9 @@ def _v6_main(argv: list[str]) -> None:
                                              for f in json.loads(args[2])]), args[1], v6=True)
         out = 0
     elif op == "unpublish":
-        out = _remove6_here(None, lambda r: _published_by(r) == args[0])
+        out = _delete_ours(lambda r: _published_by(r) == args[0], v6=True)
     elif op == "published":
-        out = sorted(_published6_here())
+        out = sorted(_collect(_published_by, v6=True))
     else:
         raise SystemExit(f"unknown operation {op!r}")
     print(json.dumps(out))
@@ -323,58 +324,15 @@ def _remove6(bridge: str | None) -> int:
     return int(_v6("remove", *([bridge] if bridge else [])))
 
 
-def _remove6_here(bridge: str | None, which: Callable[[Any], bool] | None = None) -> int:
-    """The rules of BRIDGE (every bridge's when None), or those WHICH picks, in CHAINS6."""
-    which = which or (lambda r: _ours(r, bridge))
-    loaded = loaded_tables(TABLES6_NAMES)
-    iptc = load()
-    gone = 0
-    with _XtablesLock():
-        for table_name, chain_name in CHAINS6:
-            if table_name not in loaded:
-                continue
-            table = iptc.Table6(table_name)
-            table.autocommit = False
-            table.refresh()
-            chain = iptc.Chain(table, chain_name)
-            for rule in [r for r in chain.rules if which(r)]:
-                chain.delete_rule(rule)
-                gone += 1
-            table.commit()
-            table.autocommit = True
-    return gone
-
-
-def _published6_here() -> set[str]:
-    loaded = loaded_tables(TABLES6_NAMES)
-    iptc = load()
-    out: set[str] = set()
-    with _XtablesLock():
-        for table_name, chain_name in CHAINS6:
-            if table_name in loaded:
-                table = iptc.Table6(table_name)
-                table.refresh()
-                out |= {n for r in iptc.Chain(table, chain_name).rules if (n := _published_by(r)) is not None}
-    return out
-
-
 def _bridges6() -> set[str]:
     if not loaded_tables(TABLES6_NAMES) & {"nat", "filter"}:
         return set()
     return set(_v6("bridges"))
 
 
-def _bridges6_here() -> set[str]:
-    loaded = loaded_tables(TABLES6_NAMES)
-    iptc = load()
-    out: set[str] = set()
-    with _XtablesLock():
-        for table_name, chain_name in CHAINS6:
-            if table_name in loaded:
-                table = iptc.Table6(table_name)
-                table.refresh()
-                out |= {(_comment(r) or "").split(":")[1] for r in iptc.Chain(table, chain_name).rules if _ours(r, None)}
-    return out
+def _bridge_of(rule: Any) -> str | None:
+    """The bridge an nsrun rule (its comment `nsrun:BRIDGE:...`) is for; None: not nsrun's."""
+    return (_comment(rule) or "").split(":")[1] if _ours(rule, None) else None
 
 
 def _published_by(rule: Any) -> str | None:
@@ -384,33 +342,34 @@ def _published_by(rule: Any) -> str | None:
     return publish_owner(c) if c else None
 
 
-def _delete_ours(which: Callable[[Any], bool]) -> int:
-    """Delete the rules of nsrun's chains that WHICH picks, in the legacy IPv4 tables loaded
-    already (a table is never loaded just to look into it). How many went."""
-    loaded = loaded_tables()
+def _delete_ours(which: Callable[[Any], bool], v6: bool = False) -> int:
+    """Delete the rules of nsrun's chains that WHICH picks, in the legacy tables loaded
+    already (a table is never loaded just to look into it): the IPv4 ones, or with V6 the
+    IPv6 ones (in _v6's fresh interpreter only). How many went."""
+    loaded = loaded_tables(TABLES6_NAMES if v6 else TABLES_NAMES)
     if not loaded & {"nat", "filter"}:
         return 0
     gone = 0
     with _XtablesLock():
-        for table_name, chain_name in CHAINS:
+        for table_name, chain_name in CHAINS6 if v6 else CHAINS:
             if table_name in loaded:
-                gone += delete_rules(table_name, chain_name, which)
+                gone += delete_rules(table_name, chain_name, which, v6=v6)
     return gone
 
 
-def _collect(pick: Callable[[Any], str | None]) -> set[str]:
-    """What PICK names (not None) among the rules of nsrun's chains, in the legacy IPv4
-    tables loaded already."""
-    loaded = loaded_tables()
+def _collect(pick: Callable[[Any], str | None], v6: bool = False) -> set[str]:
+    """What PICK names (not None) among the rules of nsrun's chains, in the legacy tables
+    loaded already (V6: as _delete_ours)."""
+    loaded = loaded_tables(TABLES6_NAMES if v6 else TABLES_NAMES)
     if not loaded & {"nat", "filter"}:
         return set()
     iptc = load()
     out: set[str] = set()
     with _XtablesLock():
-        for table_name, chain_name in CHAINS:
+        for table_name, chain_name in CHAINS6 if v6 else CHAINS:
             if table_name not in loaded:
                 continue
-            table = iptc.Table(table_name)
+            table = iptc.Table6(table_name) if v6 else iptc.Table(table_name)
             table.refresh()
             out |= {n for r in iptc.Chain(table, chain_name).rules if (n := pick(r)) is not None}
     return out
@@ -440,11 +399,11 @@ def remove(bridge: str | None) -> int:
 
 
 @serialized
-def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool]) -> int:
-    """Delete the rules of TABLE_NAME's CHAIN_NAME that WHICH picks, in one commit (the
-    caller holds the xtables lock). How many went."""
+def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool], v6: bool = False) -> int:
+    """Delete the rules of TABLE_NAME's CHAIN_NAME (an IPv6 table's with V6) that WHICH
+    picks, in one commit (the caller holds the xtables lock). How many went."""
     iptc = load()
-    table = iptc.Table(table_name)
+    table = iptc.Table6(table_name) if v6 else iptc.Table(table_name)
     table.autocommit = False
     table.refresh()
     chain = iptc.Chain(table, chain_name)
@@ -460,4 +419,4 @@ def delete_rules(table_name: str, chain_name: str, which: Callable[[Any], bool])
 @serialized
 def bridges() -> set[str]:
     """The bridges nsrun holds rules for, by the rules' comments, the IPv6 tables' too."""
-    return _bridges6() | _collect(lambda r: (_comment(r) or "").split(":")[1] if _ours(r, None) else None)
+    return _bridges6() | _collect(_bridge_of)
