@@ -164,15 +164,9 @@ def _cgroups(sc: Scan) -> list[Action]:
 
 
 def _cgroup_gone(path: str) -> bool:
-    from nsrun.errors import NsrunError
-    from nsrun.linux import cgroup, netns
+    from nsrun.linux import cgroup
 
-    name = os.path.basename(path)[len(cgroup.PREFIX):]
-    try:
-        names.check_name(name)
-    except NsrunError:
-        return False  # not a name nsrun gives: not its cgroup
-    return not netns.exists(name)
+    return record.name_gone(os.path.basename(path)[len(cgroup.PREFIX):])
 
 
 def _remove_cgroup(path: str) -> bool:

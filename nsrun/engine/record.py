@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nsrun import state
+from nsrun import names, state
 
 SCHEMA = 1
 
@@ -250,6 +250,20 @@ def ns_alive(rec: NsRecord) -> bool:
     if rec.netns is None:
         return netns.exists(rec.name)
     return rec.netns_id is not None and netns.ident(rec.netns) == rec.netns_id
+
+
+def name_gone(name: str) -> bool:
+    """Whether NAME is a name nsrun gives (what carries it may be nsrun's) and no namespace
+    of that name exists (one that exists may be another state directory's): gc's test for
+    what is named after a namespace and outlived it."""
+    from nsrun.errors import NsrunError
+    from nsrun.linux import netns
+
+    try:
+        names.check_name(name)
+    except NsrunError:
+        return False
+    return not netns.exists(name)
 
 
 def all_ns() -> dict[str, NsRecord]:

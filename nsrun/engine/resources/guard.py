@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from nsrun import names
 from nsrun.engine import record
 from nsrun.engine.context import Action, Scan, Setup
 from nsrun.engine.record import NsRecord
 from nsrun.errors import NsrunError
-from nsrun.linux import netns
 
 STEP = "guard"
 
@@ -115,22 +113,14 @@ def orphans(scan: Scan) -> list[Action]:
 
     return [Action(f"nf_tables tables {guard.table_name(name)}", "their namespace is gone",
                    partial(_remove_orphan, name))
-            for name in sorted(guard.names()) if name not in scan.records and _gone(name)]
-
-
-def _gone(name: str) -> bool:
-    try:
-        names.check_name(name)
-    except NsrunError:
-        return False  # not a name nsrun gives: not its tables
-    return not netns.exists(name)
+            for name in sorted(guard.names()) if name not in scan.records and record.name_gone(name)]
 
 
 def _remove_orphan(name: str) -> bool:
     from nsrun.engine.firewall import guardtables as guard
 
     with record.ns_lock(name) as lock:
-        if record.read(name) is not None or not _gone(name):
+        if record.read(name) is not None or not record.name_gone(name):
             return False
         guard.remove(name)
         lock.discard()
