@@ -59,6 +59,38 @@ def listening(argv: list[str], env: dict[str, str] | None = None) -> Iterator[No
         p.communicate(timeout=10)
 
 
+# One-way UDP: a DNS query to DEST port 53, from SOURCE when given (`python3 -c QUERY DEST
+# NAME [SOURCE]`); the lab's DNS server logs the NAME of every query that reaches it.
+QUERY = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         "s.bind((sys.argv[3], 0)) if len(sys.argv) > 3 else None; "
+         "q = b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + "
+         "b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split('.')) + b'\\x00\\x00\\x01\\x00\\x01'; "
+         "s.sendto(q, (sys.argv[1], 53))")
+# ALLOW, plus DNS to the upstream's other address (where one-way UDP is listed)
+ALLOW_DNS = ALLOW.replace("allow = [", f'allow = ["{labmod.SERVER_ALT}:53/udp", ')
+
+
+def query(dest: str, name: str, source: str = "") -> str:
+    """The shell command sending QUERY's one-way UDP."""
+    return f"{sys.executable} -c \"{QUERY}\" {dest} {name} {source}".rstrip()
+
+
+@contextmanager
+def dns_logged(lab, log) -> Iterator[list[str]]:
+    """The lab's upstream DNS server, logging to LOG; yields the list that, once the block
+    ends, holds the names of the queries that reached it."""
+    server = subprocess.Popen([sys.executable, str(SUPPORT / "dnslab.py"), "serve", f"/run/netns/{lab.lab.up}",
+                               "0.0.0.0", str(log)], stdout=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield seen
+        seen += [line.split()[1] for line in log.read_text().splitlines()]
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+
+
 def up(lab, name: str, prof) -> dict:
     r = lab.nsrun("up", name, "-p", str(prof))
     assert r.returncode == 0, r.stderr
@@ -185,32 +217,19 @@ def test_not_even_one_way_udp_leaves_for_an_unlisted_destination(lab6, tmp_path)
     gateway's MAC is known first (from the namespace's own address): else the spoofed
     packets' own ARP request, dropped, holds every packet after them in the neighbour's
     queue, and the guard's source check is never reached."""
-    log = tmp_path / "dns.log"
-    server = subprocess.Popen([sys.executable, str(SUPPORT / "dnslab.py"), "serve", f"/run/netns/{lab6.lab.up}",
-                               "0.0.0.0", str(log)], stdout=subprocess.PIPE, text=True)
-    prof = write_profile(tmp_path, "allow", ALLOW.replace("allow = [", f'allow = ["{labmod.SERVER_ALT}:53/udp", '))
-    send = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-            "s.bind((sys.argv[3], 0)) if len(sys.argv) > 3 else None; "
-            "q = b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + "
-            "b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split('.')) + b'\\x00\\x00\\x01\\x00\\x01'; "
-            "s.sendto(q, (sys.argv[1], 53))")
-    py = f"{sys.executable} -c \"{send}\""
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        prime = (f"{sys.executable} -c \"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
-                 ".sendto(b'x', ('10.251.9.1', 9))\"")
-        known = "ip neigh show 10.251.9.1 | grep -q -E 'REACHABLE|STALE|DELAY'"
-        script = (f"{prime}; for i in $(seq 100); do {known} && break; sleep 0.02; done; {known} || exit 9; "
-                  "ip addr add 10.251.9.200/24 dev eth0; "
-                  f"{py} {labmod.SERVER} spoofed.unlisted 10.251.9.200; {py} {labmod.SERVER_ALT} spoofed.listed 10.251.9.200; "
-                  f"{py} {labmod.SERVER} own.unlisted; {py} {labmod.SERVER_ALT} own.listed; sleep 0.5")
+    prof = write_profile(tmp_path, "allow", ALLOW_DNS)
+    prime = (f"{sys.executable} -c \"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+             ".sendto(b'x', ('10.251.9.1', 9))\"")
+    known = "ip neigh show 10.251.9.1 | grep -q -E 'REACHABLE|STALE|DELAY'"
+    script = (f"{prime}; for i in $(seq 100); do {known} && break; sleep 0.02; done; {known} || exit 9; "
+              "ip addr add 10.251.9.200/24 dev eth0; "
+              f"{query(labmod.SERVER, 'spoofed.unlisted', '10.251.9.200')}; "
+              f"{query(labmod.SERVER_ALT, 'spoofed.listed', '10.251.9.200')}; "
+              f"{query(labmod.SERVER, 'own.unlisted')}; {query(labmod.SERVER_ALT, 'own.listed')}; sleep 0.5")
+    with dns_logged(lab6, tmp_path / "dns.log") as seen:
         r = lab6.nsrun("-u", "root", "-p", str(prof), "--", "sh", "-c", script)
         assert r.returncode == 0, (r.stdout, r.stderr)
-        seen = [line.split()[1] for line in log.read_text().splitlines()]
-        assert seen == ["own.listed"], seen
-    finally:
-        server.terminate()
-        server.communicate(timeout=10)
+    assert seen == ["own.listed"], seen
 
 
 def test_what_the_namespace_queued_at_its_end_does_not_leave_unguarded(lab6, tmp_path):
@@ -219,27 +238,15 @@ def test_what_the_namespace_queued_at_its_end_does_not_leave_unguarded(lab6, tmp
     neighbour's queue, and the kernel asks again a second later, while the namespace may
     still live. The teardown takes the guard away only once nothing passes the veth: they
     never leave, not after the run either."""
-    log = tmp_path / "dns.log"
-    server = subprocess.Popen([sys.executable, str(SUPPORT / "dnslab.py"), "serve", f"/run/netns/{lab6.lab.up}",
-                               "0.0.0.0", str(log)], stdout=subprocess.PIPE, text=True)
-    prof = write_profile(tmp_path, "allow", ALLOW.replace("allow = [", f'allow = ["{labmod.SERVER_ALT}:53/udp", '))
-    send = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[3], 0)); "
-            "q = b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + "
-            "b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split('.')) + b'\\x00\\x00\\x01\\x00\\x01'; "
-            "s.sendto(q, (sys.argv[1], 53))")
-    py = f"{sys.executable} -c \"{send}\""
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        script = ("ip addr add 10.251.9.200/24 dev eth0; "
-                  f"{py} {labmod.SERVER} queued.unlisted 10.251.9.200; {py} {labmod.SERVER_ALT} queued.listed 10.251.9.200")
+    prof = write_profile(tmp_path, "allow", ALLOW_DNS)
+    script = ("ip addr add 10.251.9.200/24 dev eth0; "
+              f"{query(labmod.SERVER, 'queued.unlisted', '10.251.9.200')}; "
+              f"{query(labmod.SERVER_ALT, 'queued.listed', '10.251.9.200')}")
+    with dns_logged(lab6, tmp_path / "dns.log") as seen:
         r = lab6.nsrun("-u", "root", "-p", str(prof), "--", "sh", "-c", script)
         assert r.returncode == 0, (r.stdout, r.stderr)
         time.sleep(3)  # the kernel's next ARP requests, a second apart
-        seen = [line.split()[1] for line in log.read_text().splitlines()]
-        assert seen == [], seen
-    finally:
-        server.terminate()
-        server.communicate(timeout=10)
+    assert seen == [], seen
 
 
 def test_profiles_show_and_ls_say_isolate_and_allow(lab6, tmp_path):
