@@ -137,6 +137,18 @@ class Contender:
     run: Callable[[int], float]   # run number -> seconds taken (the contender times itself)
 
 
+def each(progress: str, items: Sequence[str], step: Callable[[str], float], every: int = 20) -> list[float]:
+    """STEP(item) for each of ITEMS in turn: what each returned (its time). The count so
+    far goes to stderr as `PROGRESS i/n`, every EVERY items and at the end."""
+    out = []
+    for i, item in enumerate(items):
+        out.append(step(item))
+        if (i + 1) % every == 0 or i + 1 == len(items):
+            print(f"\r  {progress} {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return out
+
+
 def alternate(contenders: list[Contender], runs: int, warmup: int = 2, settle: float = 0.02,
               seed: int = 7, progress: str = "") -> dict[str, list[float]]:
     """Run every contender once per round, in a fresh random order each round, WARMUP

@@ -25,6 +25,7 @@ from common import (  # noqa: E402
     Session,
     alternate,
     base_parser,
+    each,
     main_wrapper,
     median,
     p90,
@@ -36,16 +37,6 @@ from common import (  # noqa: E402
 from nsrun.linux import netns  # noqa: E402
 
 TARGET_LS_JSON = 0.5  # seconds, with 200 namespaces
-
-
-def _loop(label: str, items: list[str], step) -> list[float]:  # type: ignore[no-untyped-def]
-    out = []
-    for i, name in enumerate(items):
-        out.append(step(name))
-        if (i + 1) % 20 == 0 or i + 1 == len(items):
-            print(f"\r  item 3: {label} {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    return out
 
 
 def _loop_row(what: str, xs: list[float], ref: list[float] | None, ref_name: str) -> Row:
@@ -62,16 +53,16 @@ def body(s: Session, count: int, runs: int) -> list[Row]:
         ipnames = [s.ns(f"i{i}") for i in range(count)]
         s.on_close("ip netns del (ip loop)",
                    lambda: [run(["ip", "netns", "del", n], check=False) for n in ipnames if netns.exists(n)])
-        ip_add = _loop("ip netns add", ipnames, lambda n: timed(["ip", "netns", "add", n]))
+        ip_add = each("item 3: ip netns add", ipnames, lambda n: timed(["ip", "netns", "add", n]))
         ip_list = [timed(["ip", "netns", "list"]) for _ in range(runs)]
-        ip_del = _loop("ip netns del", ipnames, lambda n: timed(["ip", "netns", "del", n]))
+        ip_del = each("item 3: ip netns del", ipnames, lambda n: timed(["ip", "netns", "del", n]))
 
         # nsrun's.
         names = [s.ns(f"n{i}") for i in range(count)]
         s.on_close("nsrun down (nsrun loop)",
                    lambda: [s.nsrun_run("down", n, check=False) for n in names
                             if netns.exists(n) or s.record_exists(n)])
-        ns_up = _loop("nsrun up", names, lambda n: s.nsrun_timed("up", n, "-p", "nat"))
+        ns_up = each("item 3: nsrun up", names, lambda n: s.nsrun_timed("up", n, "-p", "nat"))
         listing = s.nsrun_run("ls", "--json", capture=True).stdout
         rows_seen = {r["name"] for r in json.loads(listing)}
         missing = set(names) - rows_seen
@@ -82,7 +73,7 @@ def body(s: Session, count: int, runs: int) -> list[Row]:
             Contender("nsrun ls --json", lambda _: s.nsrun_timed("ls", "--json")),
             Contender("ip netns list", lambda _: timed(["ip", "netns", "list"])),
         ], runs, warmup=1, progress=f"item 3: ls with {count} namespaces")
-        ns_down = _loop("nsrun down", names, lambda n: s.nsrun_timed("down", n))
+        ns_down = each("item 3: nsrun down", names, lambda n: s.nsrun_timed("down", n))
 
     rows = [
         _loop_row(f"nsrun up x{count} (per command)", ns_up, ip_add, "ip netns add"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Contender, Row, Session, alternate, base_parser, main_wrapper, median, p90, run  # noqa: E402
+from common import Contender, Row, Session, alternate, base_parser, each, main_wrapper, median, p90, run  # noqa: E402
 
 from nsrun.linux import netns  # noqa: E402
 
@@ -58,12 +58,8 @@ def body(s: Session, count: int, runs: int) -> list[Row]:
     with s.scope():
         s.on_close("nsrun down (scale)", lambda: [s.nsrun_run("down", n, check=False) for n in names
                                                   if netns.exists(n) or s.record_exists(n)])
-        ups = []
-        for i, name in enumerate(names):
-            ups.append(s.nsrun_timed("up", name, "-p", profiles[i // PER_BRIDGE]))
-            if (i + 1) % 50 == 0 or i + 1 == count:
-                print(f"\r  item 3: nsrun up {i + 1}/{count}", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
+        bridge_of = {name: profiles[i // PER_BRIDGE] for i, name in enumerate(names)}
+        ups = each("item 3: nsrun up", names, lambda n: s.nsrun_timed("up", n, "-p", bridge_of[n]), every=50)
         rows_seen = {r["name"] for r in json.loads(s.nsrun_run("ls", "--json", capture=True).stdout)}
         if set(names) - rows_seen:
             raise RuntimeError(f"nsrun ls --json lists {len(set(names) & rows_seen)} of the {count} namespaces")
@@ -71,12 +67,7 @@ def body(s: Session, count: int, runs: int) -> list[Row]:
             Contender("nsrun ls --json", lambda _: s.nsrun_timed("ls", "--json")),
             Contender("nsrun gc --dry-run", lambda _: s.nsrun_timed("gc", "--dry-run")),
         ], runs, warmup=1, progress=f"item 3: ls and gc with {count} namespaces")
-        downs = []
-        for i, name in enumerate(names):
-            downs.append(s.nsrun_timed("down", name))
-            if (i + 1) % 50 == 0 or i + 1 == count:
-                print(f"\r  item 3: nsrun down {i + 1}/{count}", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
+        downs = each("item 3: nsrun down", names, lambda n: s.nsrun_timed("down", n), every=50)
     after = _links()
     first, last = ups[:EDGE], ups[-EDGE:]
     ratio = median(last) / median(first)
