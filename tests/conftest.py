@@ -223,6 +223,7 @@ def via(request: pytest.FixtureRequest, lab: LabRunner, tmp_path: Path) -> Itera
 
     svc = Service(lab, tmp_path / "daemon.log").start()
     lab.service = svc
+    lab.front = "python"  # the Python client through the service; the rest of the suite runs the C front
     try:
         yield how
         assert svc.proc is not None and svc.proc.poll() is None, f"the service died: {svc.log()}"
@@ -340,6 +341,10 @@ class LabRunner:
         if getattr(lab, "firewalld", None) is not None:  # the lab's own system bus, firewalld on it
             self.env["DBUS_SYSTEM_BUS_ADDRESS"] = lab.firewalld.bus
         self.service: Any = None  # the `via` fixture's `nsrun daemon`, when the test goes through one
+        # How `nsrun` is started: `native`, the C front the package installs (native/nsrun.c,
+        # support.native), which hands what it does not do itself to `python -m nsrun`;
+        # `python`, that directly (NSRUN_TEST_FRONT=python; the `via` fixture's `service`).
+        self.front = os.environ.get("NSRUN_TEST_FRONT", "native")
 
     def settle(self) -> None:
         """After an ephemeral run returned: through the service, a root caller's CMD is the
@@ -352,6 +357,10 @@ class LabRunner:
         return ["nsenter", f"--net=/run/netns/{self.lab.host}", *argv]
 
     def nsrun_argv(self, *args: str) -> list[str]:
+        if self.front == "native":
+            from support import native
+
+            return self.host_argv([native.front(), *args])
         return self.host_argv([sys.executable, "-m", "nsrun", *args])
 
     def nsrun(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,

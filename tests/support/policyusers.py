@@ -42,7 +42,12 @@ def as_user(lab: LabRunner, user: str, *args: str, wrap: list[str] | None = None
     suite's own may sit under /root: only setpriv's direct exec of it was seen to work)."""
     argv = lab.nsrun_argv(*args)[2:]
     if wrap is not None:
-        argv[0] = SYSTEM_PYTHON
+        if lab.front == "native":  # the front is USER's to execute; what it hands over runs the system's
+            from support import native
+
+            argv = ["env", f"{native.PYTHON_ENV}={SYSTEM_PYTHON}", *argv]
+        else:
+            argv[0] = SYSTEM_PYTHON
     return lab.host_argv([*(wrap or setpriv(user)), *argv])
 
 
