@@ -14,11 +14,9 @@ firewall backend; a service killed by SIGABRT mid-run loses no run. Figures go t
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +27,6 @@ from pathlib import Path
 import pytest
 
 from conftest import LabRunner
-from nsrun import wire
 from support import attacks
 from support.service import Service
 from support.terminals import SYSTEM_PYTHON
