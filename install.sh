@@ -11,7 +11,8 @@
 #                          package built anew over the old one (an upgrade: edited profiles
 #                          are kept). `apt-get remove nsrun` (or `purge`) takes it away.
 #   sh install.sh --venv   no package: a virtual environment /opt/nsrun (NSRUN_VENV overrides),
-#                          the launcher /usr/local/bin/nsrun, the CNI plugin `nsrun` in
+#                          /usr/local/bin/nsrun (the native front, native/nsrun.c, and its
+#                          Python launcher $venv/bin/nsrun-python), the CNI plugin `nsrun` in
 #                          /usr/lib/cni (Debian) and /opt/cni/bin, the man page and completion
 #                          under /usr/local/share; no units, no group, no service
 #                          (docs/service.md says how to add them). For systems without apt, too (then python3
@@ -95,7 +96,8 @@ if [ "$mode" = deb ]; then
     build_deb
     # A launcher of install.sh --venv's in /usr/local/bin would come first on PATH (and its
     # CNI plugin in /opt/cni/bin would be an older nsrun's).
-    if grep -q '^# nsrun launcher' /usr/local/bin/nsrun 2>/dev/null; then
+    if grep -q '^# nsrun launcher' /usr/local/bin/nsrun 2>/dev/null ||
+            grep -aq 'nsrun native front' /usr/local/bin/nsrun 2>/dev/null; then
         echo "install.sh: removing install.sh --venv's /usr/local files ($venv stays)"
         rm -f /usr/local/bin/nsrun /usr/local/share/man/man1/nsrun.1 \
             /usr/local/share/bash-completion/completions/nsrun \
@@ -141,11 +143,23 @@ if [ "$mode" = --test ]; then
     exit 0
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check .
-# /usr/local/bin/nsrun: a launcher of nsrun's own rather than pip's console script, which
+# $venv/bin/nsrun-python: a launcher of nsrun's own rather than pip's console script, which
 # imports `re` (~7 ms of a ~20 ms run through the service); it runs Python with -I -S
 # (nsrun/cli/launcher.py says why). Written beside and renamed over: never written through.
 # -I: nsrun.cli.launcher is the installed one, not this checkout's (no current directory on sys.path)
-"$venv/bin/python" -I -m nsrun.cli.launcher /usr/local/bin/nsrun
+"$venv/bin/python" -I -m nsrun.cli.launcher "$venv/bin/nsrun-python"
+# /usr/local/bin/nsrun: the native front (native/nsrun.c), which does the runs through the warm
+# service without starting Python and hands everything else to that launcher. Built under a
+# fresh name beside it and renamed over, as the launcher is.
+mkdir -p /usr/local/bin
+front=$(mktemp /usr/local/bin/.nsrun.XXXXXX)
+if ! ${CC:-cc} -O2 -Wall -Wextra "-DNSRUN_PYTHON=\"$venv/bin/nsrun-python\"" -o "$front" native/nsrun.c; then
+    rm -f "$front"
+    echo "install.sh: building the native front (native/nsrun.c) failed: a C compiler is needed" >&2
+    exit 1
+fi
+chmod 755 "$front"
+mv -f "$front" /usr/local/bin/nsrun
 # The CNI plugin (docs/cni.md), type "nsrun": the same kind of launcher, named `nsrun` in the
 # CNI plugin directories, where runtimes look a network's type up: Debian's /usr/lib/cni
 # (containernetworking-plugins' too), and /opt/cni/bin, the upstream default, where it exists

@@ -133,12 +133,17 @@ def _is_script(path: str) -> bool:
 
 def nsrun_command(argv0: str | None = None, which: object = shutil.which,
                   scripts: str | None = None, executable: str | None = None) -> list[str]:
-    """How a unit starts this nsrun, by absolute path: the `nsrun` script running now; else
-    the one installed with this Python (SCRIPTS: its scripts directory); else the one on
-    PATH (which may be a wrapper such as a pyenv shim, hence last); else `PYTHON -m nsrun`."""
+    """How a unit starts this nsrun, by absolute path: the `nsrun` script running now; else,
+    for the launcher the native front hands over to (`nsrun-python`), the front, `nsrun` on
+    PATH; else the one installed with this Python (SCRIPTS: its scripts directory); else the
+    one on PATH (which may be a wrapper such as a pyenv shim, hence last); else `PYTHON -m nsrun`."""
     argv0 = sys.argv[0] if argv0 is None else argv0
     if _is_script(argv0):
         return [os.path.abspath(argv0)]
+    if os.path.basename(argv0) == "nsrun-python":
+        front = which("nsrun")  # type: ignore[operator]
+        if front:
+            return [os.path.abspath(front)]
     beside = os.path.join(sysconfig.get_path("scripts") if scripts is None else scripts, "nsrun")
     if _is_script(beside):
         return [os.path.abspath(beside)]

@@ -122,12 +122,22 @@ def test_the_profiles_are_conffiles_and_as_shipped(tree: Path) -> None:
         assert (tree / "etc" / "nsrun" / "profiles" / p.name).read_bytes() == p.read_bytes()
 
 
-def test_usr_bin_nsrun_is_the_lean_launcher_of_the_environment(tree: Path) -> None:
-    """/usr/bin/nsrun is exactly what nsrun.cli.launcher writes for the environment's Python
-    at its installed place (not pip's console script, no path of the build)."""
+def test_usr_bin_nsrun_is_the_native_front_of_the_lean_launcher(tree: Path) -> None:
+    """/usr/bin/nsrun is the native front (native/nsrun.c, an ELF program of the package's
+    architecture, hardened by Debian's build flags) handing over to /usr/lib/nsrun/nsrun-python,
+    which is exactly what nsrun.cli.launcher writes for the environment's Python at its
+    installed place (not pip's console script, no path of the build)."""
+    front = tree / "usr" / "bin" / "nsrun"
+    data = front.read_bytes()
+    assert data[:4] == b"\x7fELF" and b"nsrun native front" in data
+    assert b"/usr/lib/nsrun/nsrun-python\x00" in data and str(REPO).encode() not in data
+    assert os.stat(front).st_mode & 0o777 == 0o755
+    header = subprocess.run(["readelf", "-h", "-d", "-l", str(front)], capture_output=True, text=True, check=True).stdout
+    assert "DYN" in header and "GNU_RELRO" in header and "BIND_NOW" in header, header  # PIE, full RELRO
     expected = launcher.text(f"{VENV}/bin/python", [site_packages(tree)])
-    assert (tree / "usr" / "bin" / "nsrun").read_text() == expected
-    assert os.stat(tree / "usr" / "bin" / "nsrun").st_mode & 0o777 == 0o755
+    python_launcher = tree / "usr" / "lib" / "nsrun" / "nsrun-python"
+    assert python_launcher.read_text() == expected
+    assert os.stat(python_launcher).st_mode & 0o777 == 0o755
     # the CNI plugin, type "nsrun", in Debian's plugin directory: the same launcher of the plugin
     cni = launcher.text(f"{VENV}/bin/python", [site_packages(tree)], entry="cni")
     assert (tree / "usr" / "lib" / "cni" / "nsrun").read_text() == cni

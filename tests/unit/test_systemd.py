@@ -178,6 +178,9 @@ def test_nsrun_command_prefers_the_running_script(tmp_path, monkeypatch):
         ["/usr/local/bin/nsrun"]
     assert unit.nsrun_command(main, which=lambda _: None, scripts=none, executable="/usr/bin/python3") == \
         ["/usr/bin/python3", "-m", "nsrun"]
+    # the launcher the native front hands over to: the front on PATH, not pip's script beside
+    assert unit.nsrun_command("/usr/lib/nsrun/nsrun-python", which=lambda _: "/usr/bin/nsrun",
+                              scripts=str(tmp_path)) == ["/usr/bin/nsrun"]
 
 
 # -- the command line ---------------------------------------------------------------------
