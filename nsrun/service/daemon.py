@@ -50,6 +50,9 @@ def main(opts: dict[str, Any], bus: str) -> int:
     from nsrun.service.callers import Context
 
     faulthandler.enable()  # a crash in a C library (libnftables, libiptc) says where, in the log
+    from nsrun.linux import kernel
+
+    kernel.limit_heap_arenas(1)  # before any thread: one arena, not one per request's thread
     from nsrun.service.runs import log
 
     privilege.require_root(state_dir=False)

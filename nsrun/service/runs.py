@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 from nsrun import state
 from nsrun.errors import NsrunError, UsageError
+from nsrun.linux import kernel
 
 
 RETRY_FIRST = 1.0  # seconds before a failed teardown is tried again; doubled each time
@@ -94,6 +95,23 @@ class Runs:
             else:
                 self._held.pop(uid, None)
             self._idle.notify_all()
+        self._trim_if_idle()
+
+    def _ended(self, name: str) -> None:
+        """NAME's teardown is over (done, or given up by a stopping service)."""
+        with self._lock:
+            self._ending -= 1
+            self._pending.discard(name)
+            self._idle.notify_all()
+        self._trim_if_idle()
+
+    def _trim_if_idle(self) -> None:
+        """Nothing live, nothing being taken down: the heap's free pages go back to the
+        kernel (a service idles with what its busiest moment left otherwise)."""
+        with self._lock:
+            idle = not self._held and not self._ending
+        if idle:
+            kernel.trim_heap()
 
     # -- watching ----------------------------------------------------------------------
 
@@ -154,10 +172,7 @@ class Runs:
             self.release(run.uid)
             self._until_down(run.name, run.created, run.cgroup)
         finally:
-            with self._lock:
-                self._ending -= 1
-                self._pending.discard(run.name)
-                self._idle.notify_all()
+            self._ended(run.name)
 
     def _until_down(self, name: str, created: float | None, group: str | None) -> None:
         """take_down, again and again (backing off) until it succeeds."""
@@ -179,10 +194,7 @@ class Runs:
             try:
                 self._until_down(name, created, group)
             finally:
-                with self._lock:
-                    self._ending -= 1
-                    self._pending.discard(name)
-                    self._idle.notify_all()
+                self._ended(name)
 
         threading.Thread(target=body, name="nsrun-end", daemon=True).start()
 

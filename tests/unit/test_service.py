@@ -72,3 +72,26 @@ def test_name_locks_serialise_one_name_and_are_kept_only_while_used():
         with ctx.name_lock("web"):
             raise RuntimeError("a failed request")
     assert ctx.names_locked() == 0
+
+
+def test_the_heap_goes_back_to_the_kernel_when_the_service_idles(monkeypatch):
+    """Issue 26, item 3: glibc keeps what the service's threads freed (bench/README.md, "The
+    service over many runs"); once nothing is live or being taken down, it is trimmed."""
+    import contextlib
+
+    from nsrun.linux import kernel
+    from nsrun.service.runs import Runs
+
+    trims: list[int] = []
+    monkeypatch.setattr(kernel, "trim_heap", lambda: trims.append(1))
+    runs = Runs(lambda name: contextlib.nullcontext())
+    runs.reserve(1000)
+    runs.reserve(0)
+    runs.release(1000)
+    assert trims == []  # root's run is still live
+    runs.release(0)
+    assert trims == [1]
+    with runs._lock:
+        runs._ending, runs._pending = 1, {"x"}
+    runs._ended("x")
+    assert trims == [1, 1]
