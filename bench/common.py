@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+
 for where in (REPO, REPO / "tests"):  # nsrun, and the tests' harness (support.mounts)
     if str(where) not in sys.path:
         sys.path.insert(0, str(where))
@@ -56,7 +57,16 @@ COLD_BRIDGE = "nsrunc0"           # natcold: nat.toml on its own bridge...
 COLD_NET = "10.253.0"             # ...and subnet
 
 
+def build_front(delegate: str, out: Path) -> Path:
+    """nsrun's native front (native/nsrun.c) at OUT, handing over to DELEGATE, built with cc
+    as install.sh builds it."""
+    subprocess.run(["cc", "-O2", "-Wall", "-Wextra", f'-DNSRUN_PYTHON="{delegate}"', "-o", str(out),
+                    str(REPO / "native" / "nsrun.c")], check=True)
+    return out
+
+
 # -- statistics ---------------------------------------------------------------------------
+
 
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else math.nan

@@ -15,6 +15,14 @@ C. VmRSS of the idle service, after the runs above. Target: < 60 MiB.
 D. `nsrun -p nat -- true` through a service with a warm pool of 4 nat namespaces, against
    the hand-typed sequence. Target: <= 0.5x by hand.
 
+E. `nsrun -p nat -- true` by a caller without root (nobody, as a policy grants: the service
+   starts CMD as nobody and the client waits for its end), through the native front and
+   through the launcher (Python run directly by setpriv), against the hand-typed sequence.
+
+A, B, D and E also time the native front (native/nsrun.c, what install.sh and the package put
+at `nsrun`: the Python CLI only for what it hands over), built here with cc and handing over
+to the launcher. Targets (issue 26): a pooled run <= 0.25x by hand, exec <= 2x ip netns exec.
+
 Contenders alternate run by run (bench/common.py). nsrun is this checkout, run as
 install.sh's launcher runs it (nsrun.cli.launcher: `python -I -S`), by --python's interpreter.
 Run as root: `python3 bench/service_bench.py [--python /opt/nsrun/bin/python] [--only D]`.
@@ -27,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,6 +49,7 @@ from common import (  # noqa: E402
     Session,
     alternate,
     base_parser,
+    build_front,
     main_wrapper,
     median,
     p90,
@@ -55,6 +65,8 @@ TARGET_RUN = 1.0
 TARGET_EXEC = 6.0
 TARGET_RSS_MIB = 60.0
 TARGET_POOL = 0.5
+TARGET_POOL_NATIVE = 0.25
+TARGET_EXEC_NATIVE = 2.0
 
 
 class Daemon:
@@ -79,6 +91,16 @@ class Daemon:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"nsrun daemon did not start: {self.log.read_text()[-2000:]}") from None
                 time.sleep(0.05)
+
+    def restart_with(self, option: str, name: str, text: str) -> None:
+        """Stop, then start again with OPTION naming a file NAME of the state directory
+        holding TEXT (root's, 0644, as the service wants its configuration)."""
+        self.stop()
+        assert self.s.statedir is not None
+        path = self.s.statedir / name
+        path.write_text(text)
+        path.chmod(0o644)
+        self.start(option, str(path))
 
     def status(self) -> dict[str, int]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
@@ -116,8 +138,10 @@ class Daemon:
             self.log.unlink()
 
 
-def body(s: Session, runs: int, only: str = "ABCD") -> list[Row]:
+def body(s: Session, runs: int, only: str = "ABCDE", front: str | None = None) -> list[Row]:
+    """FRONT: the native front's path (None: not timed)."""
     rows: list[Row] = []
+    native = [front] if front else []
     alone = {**s.env, "NSRUN_DAEMON": "0"}
     with s.scope():
         d = Daemon(s)
@@ -134,6 +158,15 @@ def body(s: Session, runs: int, only: str = "ABCD") -> list[Row]:
             teardown.append(time.perf_counter() - t0)
             return dt
 
+        def settled(argv: list[str], pool: int = 0) -> Callable[[int], float]:
+            """A contender: `ARGV -p nat -- true`, timed, then the service idle again (its
+            run taken down, its POOL refilled) before the next contender starts."""
+            def one(_: int) -> float:
+                dt = timed([*argv, "-p", "nat", "--", "true"], env=s.env)
+                d.wait_idle(120, pool=pool)
+                return dt
+            return one
+
         def by_hand(i: int) -> float:
             ns = s.ns(f"h{i}")
             return timed(["sh", "-ec", hand_script(ns, f"vh{i}", f"vp{i}", f"{HAND_NET}.{2 + i % 250}")])
@@ -146,6 +179,7 @@ def body(s: Session, runs: int, only: str = "ABCD") -> list[Row]:
             s.check_in_lab()
             samples = alternate([
                 Contender("nsrun -p nat -- true, service", service_run),
+                *([Contender("nsrun -p nat -- true, service, native front", settled(native))] if native else []),
                 Contender("nsrun -p nat -- true, daemonless warm", lambda _: timed(s.nsrun_argv("-p", "nat", "--", "true"), env=alone)),
                 Contender("ip, typed by hand", by_hand),
                 Contender("ip -batch, peer made inside", batch),
@@ -163,6 +197,8 @@ def body(s: Session, runs: int, only: str = "ABCD") -> list[Row]:
         if "B" in only:
             samples = alternate([
                 Contender("nsrun exec NAME -- true, service", lambda _: timed(s.nsrun_argv("exec", warm, "--", "true"), env=s.env)),
+                *([Contender("nsrun exec NAME -- true, service, native front",
+                             lambda _: timed([*native, "exec", warm, "--", "true"], env=s.env))] if native else []),
                 Contender("nsrun exec NAME -- true, daemonless", lambda _: timed(s.nsrun_argv("exec", warm, "--", "true"), env=alone)),
                 Contender("ip netns exec NAME true", lambda _: timed(["ip", "netns", "exec", warm, "true"])),
                 Contender("python3 -I -S -c pass", lambda _: timed([PY, "-I", "-S", "-c", "pass"])),
@@ -176,6 +212,9 @@ def body(s: Session, runs: int, only: str = "ABCD") -> list[Row]:
                 if r.what == "nsrun exec NAME -- true, service":
                     r.target = f"<= {TARGET_EXEC:g}x ip netns exec"
                     r.ok = r.value / 1000 <= TARGET_EXEC * ip_m
+                if r.what.endswith("native front"):
+                    r.target = f"<= {TARGET_EXEC_NATIVE:g}x ip netns exec"
+                    r.ok = r.value / 1000 <= TARGET_EXEC_NATIVE * ip_m
             rows += got
 
         if "C" in only:
@@ -190,21 +229,13 @@ def body(s: Session, runs: int, only: str = "ABCD") -> list[Row]:
 
         if "D" in only:
             # D: the same service with a warm pool of 4 nat namespaces (nsrun.service.pool).
-            d.stop()
-            assert s.statedir is not None
-            conf = s.statedir / "service.toml"
-            conf.write_text("[pool]\nnat = 4\n")
-            conf.chmod(0o644)
-            d.start("--config", str(conf))
+            d.restart_with("--config", "service.toml", "[pool]\nnat = 4\n")
             d.wait_idle(120, pool=4)
 
-            def pooled(_: int) -> float:
-                dt = timed(s.nsrun_argv("-p", "nat", "--", "true"), env=s.env)
-                d.wait_idle(120, pool=4)  # taken down and refilled before the next contender
-                return dt
-
             samples = alternate([
-                Contender("nsrun -p nat -- true, service, pool of 4", pooled),
+                Contender("nsrun -p nat -- true, service, pool of 4", settled(s.nsrun_argv(), pool=4)),
+                *([Contender("nsrun -p nat -- true, service, pool of 4, native front", settled(native, pool=4))]
+                  if native else []),
                 Contender("ip, typed by hand", by_hand),
             ], runs, progress="D pool")
             hand = median(samples["ip, typed by hand"])
@@ -213,29 +244,57 @@ def body(s: Session, runs: int, only: str = "ABCD") -> list[Row]:
                 if r.what.endswith("pool of 4"):
                     r.target = f"<= {TARGET_POOL:g}x by hand"
                     r.ok = r.value / 1000 <= TARGET_POOL * hand
+                if r.what.endswith("pool of 4, native front"):
+                    r.target = f"<= {TARGET_POOL_NATIVE:g}x by hand"
+                    r.ok = r.value / 1000 <= TARGET_POOL_NATIVE * hand
             rows += got
+
+        if "E" in only:
+            # E: a caller without root, as a policy grants (the socket opened to everyone here,
+            # as group nsrun would)
+            d.restart_with("--policy", "policy.toml",
+                           'version = 1\n[[allow]]\nusers = ["nobody"]\nprofiles = ["nat"]\nlimit = 8\n')
+            d.sock.chmod(0o666)
+            nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+            launcher = s.nsrun[0]
+
+            samples = alternate([
+                Contender("nsrun -p nat -- true, caller without root", settled([*nobody, PY, "-I", "-S", launcher])),
+                *([Contender("nsrun -p nat -- true, caller without root, native front", settled([*nobody, *native]))]
+                  if native else []),
+                Contender("ip, typed by hand", by_hand),
+            ], runs, progress="E user")
+            rows += timing_rows("E user", samples, ref="ip, typed by hand")
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=30, help="rounds for A (B does twice as many); default 30")
-    p.add_argument("--only", default="ABCD", metavar="PARTS", help="the parts to run (default: ABCD)")
+    p.add_argument("--only", default="ABCDE", metavar="PARTS", help="the parts to run (default: ABCDE)")
     p.add_argument("--python", default=PY, help="the interpreter of nsrun's console script (default: "
                                                "this one; install.sh's is /opt/nsrun/bin/python)")
+    p.add_argument("--no-native", action="store_true", help="do not build and time the native front")
     a = p.parse_args(argv)
-    if not a.nsrun:  # this checkout, as its console script would run it
-        shim = Path(f"/run/nsrun-bench-shim-{os.getpid()}")
-        from nsrun.cli import launcher
+    made: list[Path] = []
+    try:
+        if not a.nsrun:  # this checkout, as its console script would run it
+            shim = Path(f"/run/nsrun-bench-shim-{os.getpid()}")
+            from nsrun.cli import launcher
 
-        launcher.write(str(shim), a.python)  # as install.sh's /usr/local/bin/nsrun, of this checkout
-        os.environ["PYTHONPATH"] = str(REPO)
-        a.nsrun = str(shim)
-        try:
-            return main_wrapper("issue 13: the warm path (A run, B exec, C memory)", lambda s: body(s, a.runs, a.only.upper()), a)
-        finally:
-            shim.unlink()
-    return main_wrapper("issue 13: the warm path (A run, B exec, C memory)", lambda s: body(s, a.runs, a.only.upper()), a)
+            launcher.write(str(shim), a.python)  # as install.sh's /usr/local/bin/nsrun, of this checkout
+            made.append(shim)
+            os.environ["PYTHONPATH"] = str(REPO)
+            a.nsrun = str(shim)
+        front = None
+        if not a.no_native:  # handing over to the launcher, as install.sh builds it
+            front = build_front(a.nsrun.split()[0], Path(f"/run/nsrun-bench-front-{os.getpid()}"))
+            made.append(front)
+        return main_wrapper("issue 13: the warm path (A run, B exec, C memory)",
+                            lambda s: body(s, a.runs, a.only.upper(), str(front) if front else None), a)
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
