@@ -1150,6 +1150,19 @@ static int has_admin_caps(void)
     return (eff & (1u << CAP_NET_ADMIN)) && (eff & (1u << CAP_SYS_ADMIN));
 }
 
+/* nsrun.names.check_name's rule: 1 to 64 of [A-Za-z0-9_.-], not starting with '.' or '-'.
+ * The name a service replies with lands in paths (/etc/netns/NAME) mounted over /etc as root:
+ * one that could leave its directory is an unexpected reply, whoever sent it. */
+static int valid_name(const char *name)
+{
+    if (!name || !*name || strlen(name) > 64 || name[0] == '.' || name[0] == '-')
+        return 0;
+    for (const char *c = name; *c; c++)
+        if (!isalnum((unsigned char)*c) && *c != '_' && *c != '.' && *c != '-')
+            return 0;
+    return 1;
+}
+
 static int root(const struct request *req)
 {
     struct buf b = {0};
@@ -1168,7 +1181,7 @@ static int root(const struct request *req)
     await_reply(&v, &a, fds, &nfds, 1);
     close(g_sock);
     const char *ns = get_str(&v, "name");
-    if (strcmp(get_str(&v, "type"), "ready") != 0 || nfds != 1 || !ns) {
+    if (strcmp(get_str(&v, "type"), "ready") != 0 || nfds != 1 || !valid_name(ns)) {
         close_fds(fds, &nfds);
         fail(1, "the nsrun service sent an unexpected reply");
     }

@@ -41,6 +41,7 @@ class FakeService:
 
     def __init__(self, statedir: Path) -> None:
         self.requests: list[tuple[dict[str, Any], int]] = []
+        self.reply: tuple[dict[str, Any], tuple[int, ...]] = (wire.error(3, "recorded"), ())
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = statedir / wire.SOCKET_NAME
         self.sock.bind(str(path))
@@ -66,7 +67,7 @@ class FakeService:
                 msg, fds = got
                 self.requests.append((msg, len(fds)))
                 wire.close_all(fds)
-                wire.send(conn, wire.error(3, "recorded"))
+                wire.send(conn, *self.reply)
 
     def take(self) -> list[tuple[dict[str, Any], int]]:
         taken, self.requests = self.requests, []
@@ -218,3 +219,15 @@ def test_sudo_root_and_a_zero_sudo_uid_stay_with_the_front(front: str, service: 
     r = _run([front, "--", "true"], {**_env(statedir), "SUDO_UID": "0"})
     assert r.returncode == 3 and len(service.take()) == 1
 
+
+
+@pytest.mark.parametrize("name", ["../../tmp/x", ".hidden", "-x", "a/b", "x" * 65, ""])
+def test_a_ready_reply_naming_no_namespace_is_refused_before_anything(front: str, service: FakeService,
+                                                                      name: str) -> None:
+    """The name a `ready` reply carries ends up in the paths mounted over /etc: one that
+    could leave /etc/netns is an unexpected reply (exit 1), and nothing is entered."""
+    statedir = Path(str(service.sock.getsockname())).parent
+    with open(os.devnull) as null:
+        service.reply = ({"type": "ready", "name": name, "profile": "nat", "address": None}, (null.fileno(),))
+        r = _run([front, "-p", "nat", "--", "true"], _env(statedir))
+    assert (r.returncode, r.stderr) == (1, b"nsrun: the nsrun service sent an unexpected reply\n")
