@@ -13,8 +13,9 @@
  *
  * The command line is read by the grammar of nsrun/cli/grammar.py, for the two forms only;
  * any word that grammar would refuse is handed over, so Python says why. The wire format is
- * nsrun/wire.py's (docs/service.md). Nothing here reads a file it did not name itself, and
- * nothing is written but the request and the messages below.
+ * nsrun/wire.py's (docs/service.md). It reads no file but what `ip netns exec` reads
+ * (/etc/netns/NAME, NAME checked as nsrun.names does) and the resolver endpoints it hides, and
+ * writes nothing but the request, its `signal` messages and its own messages on stderr.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
