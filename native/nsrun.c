@@ -725,15 +725,18 @@ static int env_key_is(const char *entry, const char *key)
     return strncmp(entry, key, len) == 0 && entry[len] == '=';
 }
 
-/* Whether ENTRY's variable came earlier in the environment (Python's os.environ keeps the
- * first of a repeated name). */
-static int seen_before(char **env, size_t upto, const char *entry)
+/* Whether environ[K] is one of os.environ's: it has a '=', and no earlier entry names the
+ * same variable (Python keeps the first of a repeated name). */
+static int environ_kept(size_t k)
 {
-    size_t len = (size_t)(strchr(entry, '=') - entry);
-    for (size_t k = 0; k < upto; k++)
-        if (env[k] && strchr(env[k], '=') && strncmp(env[k], entry, len) == 0 && env[k][len] == '=')
-            return 1;
-    return 0;
+    const char *eq = strchr(environ[k], '=');
+    if (!eq)
+        return 0;
+    size_t len = (size_t)(eq - environ[k]);
+    for (size_t j = 0; j < k; j++)
+        if (strncmp(environ[j], environ[k], len + 1) == 0)
+            return 0;
+    return 1;
 }
 
 static void build(struct buf *b, const struct request *req, int root)
@@ -776,9 +779,9 @@ static void build(struct buf *b, const struct request *req, int root)
         puts_(b, ",\"env\":{");
         int first = 1;
         for (size_t k = 0; environ[k]; k++) {
-            char *eq = strchr(environ[k], '=');
-            if (!eq || seen_before(environ, k, environ[k]))
+            if (!environ_kept(k))
                 continue;
+            char *eq = strchr(environ[k], '=');
             if (!first)
                 put(b, ",", 1);
             first = 0;
@@ -1079,7 +1082,7 @@ static char **command_env(const char *ns, const char *profile, const char *addre
     size_t n = 0;
     for (size_t k = 0; k < count; k++) {
         char *e = environ[k];
-        if (!strchr(e, '=') || seen_before(environ, k, e))
+        if (!environ_kept(k))
             continue;
         int replaced = 0;
         for (int o = 0; o < 4; o++)

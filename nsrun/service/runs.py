@@ -95,7 +95,9 @@ class Runs:
             else:
                 self._held.pop(uid, None)
             self._idle.notify_all()
-        self._trim_if_idle()
+            idle = self._quiet()
+        if idle:  # the heap's free pages go back: an idle service need not hold its busiest moment's
+            kernel.trim_heap()
 
     def _ended(self, name: str) -> None:
         """NAME's teardown is over (done, or given up by a stopping service)."""
@@ -103,15 +105,13 @@ class Runs:
             self._ending -= 1
             self._pending.discard(name)
             self._idle.notify_all()
-        self._trim_if_idle()
-
-    def _trim_if_idle(self) -> None:
-        """Nothing live, nothing being taken down: the heap's free pages go back to the
-        kernel (a service idles with what its busiest moment left otherwise)."""
-        with self._lock:
-            idle = not self._held and not self._ending
+            idle = self._quiet()
         if idle:
             kernel.trim_heap()
+
+    def _quiet(self) -> bool:
+        """Nothing live, nothing being taken down (the caller holds the lock)."""
+        return not self._held and not self._ending
 
     # -- watching ----------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ class Runs:
 
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:
-            return self._idle.wait_for(lambda: not self._held and not self._ending, timeout)
+            return self._idle.wait_for(self._quiet, timeout)
 
     def _loop(self) -> None:
         poller = select.poll()

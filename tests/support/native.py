@@ -11,6 +11,7 @@ fixture's `service` variant always does, so the Python client stays under test t
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shlex
 import shutil
@@ -23,9 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 SOURCE = REPO / "native" / "nsrun.c"
 PYTHON_ENV = "NSRUN_TEST_PYTHON"  # the interpreter the delegate script runs (default: this one)
-
-_built: dict[str, str] = {}
-
 
 def compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc")
@@ -55,15 +53,13 @@ def delegate_script(path: Path, notes: Path | None = None) -> None:
     path.chmod(0o755)
 
 
+@functools.cache
 def front() -> str:
     """The session's front: DIR/nsrun, handing over to DIR/nsrun-python (`delegate_script`),
     DIR mode 0755 under /tmp, removed when the session ends."""
-    if "front" in _built:
-        return _built["front"]
     top = tempfile.mkdtemp(prefix="nsrun-front-")
     atexit.register(shutil.rmtree, top, True)
     os.chmod(top, 0o755)
     script = Path(top, "nsrun-python")
     delegate_script(script)
-    _built["front"] = build(str(script), str(Path(top, "nsrun")))
-    return _built["front"]
+    return build(str(script), str(Path(top, "nsrun")))
