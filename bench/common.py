@@ -57,12 +57,38 @@ COLD_BRIDGE = "nsrunc0"           # natcold: nat.toml on its own bridge...
 COLD_NET = "10.253.0"             # ...and subnet
 
 
-def build_front(delegate: str, out: Path) -> Path:
-    """nsrun's native front (native/nsrun.c) at OUT, handing over to DELEGATE, built with cc
-    as install.sh builds it."""
-    subprocess.run(["cc", "-O2", "-Wall", "-Wextra", f'-DNSRUN_PYTHON="{delegate}"', "-o", str(out),
-                    str(REPO / "native" / "nsrun.c")], check=True)
-    return out
+def lab_links() -> list[str]:
+    """The lab host's links (this thread is in its namespace; /sys/class/net would show the
+    namespace sysfs was mounted in)."""
+    out = run(["ip", "-o", "link", "show"], capture=True).stdout
+    return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line)
+
+
+@contextlib.contextmanager
+def launcher_and_front(nsrun: str | None, python: str, front: bool = True) -> Iterator[tuple[str, str | None]]:
+    """(NSRUN, the native front handing over to it): NSRUN, else install.sh's launcher of this
+    checkout for PYTHON; the front (native/nsrun.c) built as the tests build it
+    (support.native), unless not FRONT. What was written here is removed afterwards."""
+    from support import native
+
+    made: list[Path] = []
+    try:
+        if not nsrun:
+            shim = Path(f"/run/nsrun-bench-shim-{os.getpid()}")
+            from nsrun.cli import launcher
+
+            launcher.write(str(shim), python)  # as install.sh writes it, of this checkout
+            made.append(shim)
+            os.environ["PYTHONPATH"] = str(REPO)
+            nsrun = str(shim)
+        built = None
+        if front:
+            built = native.build(nsrun.split()[0], f"/run/nsrun-bench-front-{os.getpid()}")
+            made.append(Path(built))
+        yield nsrun, built
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
 
 
 # -- statistics ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Contender, Row, Session, alternate, base_parser, each, main_wrapper, median, p90, run  # noqa: E402
+from common import Contender, Row, Session, alternate, base_parser, each, lab_links, main_wrapper, median, p90  # noqa: E402
 
 from nsrun.linux import netns  # noqa: E402
 
@@ -42,18 +42,11 @@ def _profiles(s: Session, bridges: int) -> list[str]:
     return out
 
 
-def _links() -> list[str]:
-    """The lab host's links (this thread is in its namespace; /sys/class/net would show the
-    namespace sysfs was mounted in)."""
-    out = run(["ip", "-o", "link", "show"], capture=True).stdout
-    return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line)
-
-
 def body(s: Session, count: int, runs: int) -> list[Row]:
     s.check_in_lab()
     bridges = -(-count // PER_BRIDGE)
     profiles = _profiles(s, bridges)
-    before = _links()
+    before = lab_links()
     names = [s.ns(f"s{i}") for i in range(count)]
     with s.scope():
         s.on_close("nsrun down (scale)", lambda: [s.nsrun_run("down", n, check=False) for n in names
@@ -68,7 +61,7 @@ def body(s: Session, count: int, runs: int) -> list[Row]:
             Contender("nsrun gc --dry-run", lambda _: s.nsrun_timed("gc", "--dry-run")),
         ], runs, warmup=1, progress=f"item 3: ls and gc with {count} namespaces")
         downs = each("item 3: nsrun down", names, lambda n: s.nsrun_timed("down", n), every=50)
-    after = _links()
+    after = lab_links()
     first, last = ups[:EDGE], ups[-EDGE:]
     ratio = median(last) / median(first)
     rows = [

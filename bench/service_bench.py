@@ -30,7 +30,6 @@ Run as root: `python3 bench/service_bench.py [--python /opt/nsrun/bin/python] [-
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -43,13 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     HAND_NET,
     PY,
-    REPO,
     Contender,
     Row,
     Session,
     alternate,
     base_parser,
-    build_front,
+    launcher_and_front,
     main_wrapper,
     median,
     p90,
@@ -276,26 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "this one; install.sh's is /opt/nsrun/bin/python)")
     p.add_argument("--no-native", action="store_true", help="do not build and time the native front")
     a = p.parse_args(argv)
-    made: list[Path] = []
-    try:
-        if not a.nsrun:  # this checkout, as its console script would run it
-            shim = Path(f"/run/nsrun-bench-shim-{os.getpid()}")
-            from nsrun.cli import launcher
-
-            launcher.write(str(shim), a.python)  # as install.sh's /usr/local/bin/nsrun, of this checkout
-            made.append(shim)
-            os.environ["PYTHONPATH"] = str(REPO)
-            a.nsrun = str(shim)
-        front = None
-        if not a.no_native:  # handing over to the launcher, as install.sh builds it
-            front = build_front(a.nsrun.split()[0], Path(f"/run/nsrun-bench-front-{os.getpid()}"))
-            made.append(front)
+    with launcher_and_front(a.nsrun, a.python, front=not a.no_native) as (a.nsrun, front):
         return main_wrapper("issue 13: the warm path (A run, B exec, C memory)",
-                            lambda s: body(s, a.runs, a.only.upper(), str(front) if front else None), a)
-    finally:
-        for path in made:
-            path.unlink(missing_ok=True)
-
+                            lambda s: body(s, a.runs, a.only.upper(), front), a)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,16 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PY, REPO, Row, Session, base_parser, build_front, main_wrapper, run  # noqa: E402
+from common import PY, Row, Session, base_parser, lab_links, launcher_and_front, main_wrapper  # noqa: E402
 from service_bench import Daemon  # noqa: E402
 
 TARGET_GROWTH_MIB = 5.0
 FIRST = 1000
-
-
-def _links() -> list[str]:
-    out = run(["ip", "-o", "link", "show"], capture=True).stdout
-    return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line)
 
 
 def _idle_rss(d: Daemon) -> float:
@@ -51,7 +46,7 @@ def body(s: Session, front: str, runs: int, concurrent: int, jobs: int) -> list[
                     'subnet = "10.248.0.0/21"\n')
     os.chmod(wide, 0o644)
     rows: list[Row] = []
-    before = _links()
+    before = lab_links()
     with s.scope():
         d = Daemon(s)
         d.start()
@@ -132,7 +127,7 @@ def body(s: Session, front: str, runs: int, concurrent: int, jobs: int) -> list[
         if errors:
             print("errors:", errors[:5], file=sys.stderr)
         rows.append(Row("B at once", "idle service VmRSS after them", _idle_rss(d), "MiB"))
-    after = _links()
+    after = lab_links()
     rows.append(Row("B at once", "the lab host's links after", 0.0, "", ratio="as before" if after == before
                     else f"changed: {sorted(set(after) ^ set(before))}", target="as before", ok=after == before))
     return rows
@@ -149,24 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # three pipes for each run of B
     if soft < 4 * a.concurrent + 64:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * a.concurrent + 64), hard))
-    made: list[Path] = []
-    try:
-        if not a.nsrun:
-            shim = Path(f"/run/nsrun-bench-shim-{os.getpid()}")
-            from nsrun.cli import launcher
-
-            launcher.write(str(shim), PY)
-            made.append(shim)
-            os.environ["PYTHONPATH"] = str(REPO)
-            a.nsrun = str(shim)
-        front = build_front(a.nsrun.split()[0], Path(f"/run/nsrun-bench-front-{os.getpid()}"))
-        made.append(front)
+    with launcher_and_front(a.nsrun, PY) as (a.nsrun, front):
+        assert front is not None
         return main_wrapper("issue 26: the service over many runs, and many at once",
-                            lambda s: body(s, str(front), max(a.runs, FIRST), a.concurrent, a.jobs), a)
-    finally:
-        for path in made:
-            path.unlink(missing_ok=True)
-
+                            lambda s: body(s, front, max(a.runs, FIRST), a.concurrent, a.jobs), a)
 
 if __name__ == "__main__":
     sys.exit(main())
