@@ -237,6 +237,9 @@ def remove_stale_socket(ifname: str) -> bool:
 def kernel_create(ipr: Any, ifname: str, conf: WgConfig) -> None:
     import base64
 
+    from nsrun.linux import netlink
+
+    netlink.pyroute2()
     from pyroute2.netlink.generic.wireguard import WireGuard
 
     ipr.link("add", ifname=ifname, kind="wireguard")
@@ -323,6 +326,9 @@ def status(name: str, impl: str) -> dict[str, Any]:
     )
 
     def read() -> list[Any]:
+        from nsrun.linux import netlink
+
+        netlink.pyroute2()
         from pyroute2.netlink.generic.wireguard import WireGuard
 
         with WireGuard() as wg:

@@ -1,9 +1,9 @@
-"""Netlink work through pyroute2, imported only by the commands that change links.
+"""Netlink work: rtnetlink through nsrun.linux.rtnl, the few helpers every resource uses.
 
-`pyroute2/__init__.py` imports every module of the library (IPDB, NDB, conntrack, wifi...),
-~130 ms here. nsrun only needs `pyroute2.iproute.linux`: `IPRoute()` loads that module
-without running the package's __init__, which halves the import cost. If that ever fails
-(a pyroute2 that is laid out differently), it falls back to the ordinary import.
+`IPRoute()` is an `rtnl.Rtnl`, nsrun's own synchronous rtnetlink socket (see its
+docstring for why not pyroute2's IPRoute). `pyroute2()` imports pyroute2 for what rtnl does
+not cover, generic netlink (kernel WireGuard), without running the package's __init__, which
+loads every module of the library (IPDB, NDB, conntrack, wifi...).
 """
 
 from __future__ import annotations
@@ -13,40 +13,28 @@ import sys
 import types
 from typing import Any
 
-_IPRoute: Any = None
-_NetlinkError: Any = None
+from nsrun.linux import rtnl
 
 
-def _load() -> None:
-    global _IPRoute, _NetlinkError
-    if _IPRoute is not None:
-        return
-    if "pyroute2" not in sys.modules:
-        spec = importlib.util.find_spec("pyroute2")
-        if spec is not None and spec.submodule_search_locations:
-            shell = types.ModuleType("pyroute2")
-            shell.__path__ = list(spec.submodule_search_locations)
-            shell.__spec__ = spec
-            shell.__file__ = spec.origin
-            sys.modules["pyroute2"] = shell
-    try:
-        from pyroute2.iproute.linux import IPRoute as ipr
-        from pyroute2.netlink.exceptions import NetlinkError as nle
-    except ImportError:
-        sys.modules.pop("pyroute2", None)
-        from pyroute2 import IPRoute as ipr  # type: ignore[no-redef]
-        from pyroute2 import NetlinkError as nle  # type: ignore[no-redef]
-    _IPRoute, _NetlinkError = ipr, nle
-
-
-def IPRoute() -> Any:
-    _load()
-    return _IPRoute()
+def IPRoute() -> rtnl.Rtnl:
+    return rtnl.Rtnl()
 
 
 def NetlinkError() -> type[Exception]:
-    _load()
-    return _NetlinkError  # type: ignore[no-any-return]
+    return rtnl.NetlinkError
+
+
+def pyroute2() -> None:
+    """Make `import pyroute2.X` load X alone, not the package's __init__ (~130 ms)."""
+    if "pyroute2" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is not None and spec.submodule_search_locations:
+        shell = types.ModuleType("pyroute2")
+        shell.__path__ = list(spec.submodule_search_locations)
+        shell.__spec__ = spec
+        shell.__file__ = spec.origin
+        sys.modules["pyroute2"] = shell
 
 
 def errno_of(exc: BaseException) -> int | None:
@@ -57,6 +45,16 @@ def errno_of(exc: BaseException) -> int | None:
 def index(ipr: Any, ifname: str) -> int | None:
     found = ipr.link_lookup(ifname=ifname)
     return found[0] if found else None
+
+
+def present(ipr: Any, ifname: str) -> int:
+    """The index of IFNAME, which the step before made here."""
+    idx = index(ipr, ifname)
+    if idx is None:
+        from nsrun.errors import NsrunError
+
+        raise NsrunError(f"the link {ifname} is not in this namespace")
+    return idx
 
 
 def link_attr(link: Any, name: str) -> Any:

@@ -22,7 +22,7 @@ def warm() -> None:
     import nsrun.commands.listing  # noqa: F401
     import nsrun.engine.gc  # noqa: F401
     import nsrun.engine.resources  # noqa: F401
-    import nsrun.linux.netlink  # noqa: F401  (pyroute2)
+    import nsrun.linux.netlink  # noqa: F401  (rtnetlink)
     import nsrun.process.supervise  # noqa: F401
     import nsrun.profile  # noqa: F401
     from nsrun.engine.firewall import detect  # noqa: F401

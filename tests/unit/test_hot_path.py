@@ -34,3 +34,24 @@ def test_the_client_is_reached_without_heavy_imports(argv: list[str]) -> None:
                        env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", f"imported on the way to the service: {r.stdout.strip()}"
+
+
+def test_python_iptables_loads_without_ldconfig_or_gcc() -> None:
+    # ctypes.util.find_library runs `ldconfig -p` and gcc/ld probes for a name it cannot
+    # place: python-iptables' own libxtwrapper did that, ~100 ms on every cold run's setup
+    # and again in its teardown.
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+            "import subprocess\n"
+            "started = []\n"
+            "real = subprocess.Popen.__init__\n"
+            "def spy(self, args, *a, **k):\n"
+            "    started.append(args if isinstance(args, str) else ' '.join(map(str, args)))\n"
+            "    return real(self, args, *a, **k)\n"
+            "subprocess.Popen.__init__ = spy\n"
+            "from nsrun.linux import iptc\n"
+            "iptc.load()\n"
+            "print(started)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"loading python-iptables started: {r.stdout.strip()}"

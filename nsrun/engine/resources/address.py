@@ -24,14 +24,13 @@ def _configure(s: Setup) -> None:
     prof, address = s.prof, s.rec.address
     assert prof.subnet is not None and address is not None
     with netlink.IPRoute() as inner:
-        idx = netlink.index(inner, s.ifname)
+        idx = netlink.present(inner, s.ifname)
         inner.link("set", index=idx, state="up")
         inner.addr("add", index=idx, address=address, prefixlen=prof.subnet.prefixlen)
         inner.route("add", dst="0.0.0.0/0", gateway=str(prof.gateway), oif=idx)
         if s.rec.address6 is not None and s.rec.gateway6 is not None:
             from nsrun.linux import ndp
 
-            assert idx is not None
             # nat: no DAD (the lease is the bridge's to give); bridge: added by the lease
             # step once DAD found it free, so present already.
             ndp.add(inner, idx, s.rec.address6, s.rec.prefixlen6 or 64)

@@ -60,7 +60,7 @@ def _claim_on_lan(store: allocator.FileStore, s: Setup) -> int:
 
     prof = s.prof
     with netlink.IPRoute() as inner:
-        idx = netlink.index(inner, s.ifname)
+        idx = netlink.present(inner, s.ifname)
         inner.link("set", index=idx, state="up")
     if prof.probe_ms > 0:
         _wait_carrier(s.ifname)

@@ -66,7 +66,7 @@ def inside(s: Setup) -> None:
                 continue
             if s.rec.adopted:  # whose the inner end is, for its removal (namespace.release)
                 sysctl.write(f"net/ipv6/conf/{s.ifname}/disable_ipv6", "1")
-                inner.link("set", index=netlink.index(inner, s.ifname), ifalias=names.ifalias(s.name))
+                inner.link("set", index=netlink.present(inner, s.ifname), ifalias=names.ifalias(s.name))
             if s.prof.subnet6 is not None:
                 _ipv6_on(s.ifname, s.prof.probe_ms)
             return

@@ -101,7 +101,7 @@ def _inside(ifname: str, wanted: str, conf: Any) -> None:
         from nsrun.linux import netlink
 
         with netlink.IPRoute() as ipr:
-            ipr.link("set", index=netlink.index(ipr, ifname), ifname=wanted)
+            ipr.link("set", index=netlink.present(ipr, ifname), ifname=wanted)
     wgdevice.configure_inside(wanted, conf)
 
 
