@@ -95,7 +95,7 @@ def create(s: Setup) -> None:
     idx = netlink.index(ipr, veth)
     if idx is None:
         raise NsrunError(f"the host end {veth} of {s.name}'s veth pair did not appear")
-    bridge_idx = netlink.index(ipr, s.prof.bridge)
+    bridge_idx = netlink.present(ipr, s.prof.bridge)
     ipr.link("set", index=idx, master=bridge_idx, ifalias=names.ifalias(s.name), state="up")
 
 
