@@ -20,7 +20,7 @@ def IPRoute() -> rtnl.Rtnl:
     return rtnl.Rtnl()
 
 
-def NetlinkError() -> type[Exception]:
+def NetlinkError() -> type[rtnl.NetlinkError]:
     return rtnl.NetlinkError
 
 

@@ -23,6 +23,7 @@ NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
@@ -246,11 +247,12 @@ class Rtnl:
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
-            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
+            # STRICT_CHK: a dump filtered by the kernel (one link's addresses of thousands)
+            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
                 try:
                     self.sock.setsockopt(SOL_NETLINK, opt, 1)
                 except OSError:
-                    pass  # an older kernel: full echoes in errors, and no message text
+                    pass  # an older kernel: full echoes, no message text, dumps filtered here
             self.sock.bind((0, 0))
         except BaseException:
             self.sock.close()
@@ -322,16 +324,33 @@ class Rtnl:
 
     def link_lookup(self, ifname: str) -> list[int]:
         """[index] of the link named IFNAME here, [] when there is none."""
+        link = self.get_link(ifname)
+        return [] if link is None else [link["index"]]
+
+    # by name, in one request: never another link that took an index read a moment before
+    def get_link(self, ifname: str) -> Message | None:
+        """The link named IFNAME, None when there is none."""
+        found = self._by_name(RTM_GETLINK, ifname)
+        return found[0] if found else None
+
+    def del_link(self, ifname: str) -> bool:
+        """Delete the link named IFNAME: False when there was none."""
+        return self._by_name(RTM_DELLINK, ifname) is not None
+
+    def set_down(self, ifname: str) -> bool:
+        """Set the link named IFNAME down: False when there is none."""
+        return self._by_name(RTM_NEWLINK, ifname, change=IFF_UP) is not None
+
+    def _by_name(self, kind: int, ifname: str, change: int = 0) -> list[Message] | None:
         raw = ifname.encode()
         if not raw or len(raw) > 15 or b"\0" in raw:  # no link has such a name (IFNAMSIZ)
-            return []
+            return None
         try:
-            found = self.request(RTM_GETLINK, NLM_F_ACK, _IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(3, ifname))
+            return self.request(kind, NLM_F_ACK, _IFINFOMSG.pack(0, 0, 0, 0, change) + _str(3, ifname))
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
-                return []
+                return None
             raise
-        return [m["index"] for m in found]
 
     def brport(self, command: str, index: int, isolated: int) -> list[Message]:
         """A bridge port's isolation (IFLA_BRPORT_ISOLATED), as `bridge link set dev X
@@ -355,7 +374,7 @@ class Rtnl:
         raise ValueError(f"rtnl: addr {command!r}")
 
     def get_addr(self, index: int | None = None, family: int = 0) -> list[Message]:
-        found = self.request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, 0))
+        found = self.request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, index or 0))
         return [m for m in found if (index is None or m["index"] == index)
                 and (not family or m["family"] == family)]
 

@@ -117,6 +117,12 @@ with netlink.IPRoute() as r:
     r.addr("add", index=br, address="10.9.0.1", prefixlen=24)
     r.addr("add", index=br, address="fd00:9::1", prefixlen=64, flags=0x02)
     out["addrs"] = sorted(netlink.addresses(r, br))
+    decoded = []
+    real_decode = rtnl._decode
+    rtnl._decode = lambda kind, body: decoded.append(kind) or real_decode(kind, body)
+    r.get_addr(index=br)
+    rtnl._decode = real_decode
+    out["decoded"] = len(decoded)
     out["addrs_ip"] = sorted(f"{a['local']}/{a['prefixlen']}" + (" nodad" if a.get("nodad") else "")
                              for a in ip("addr", "show", "br-t")[0]["addr_info"])
     r.route("add", dst="10.77.0.0/16", gateway="10.9.0.2", proto=0x99)
@@ -143,7 +149,9 @@ with netlink.IPRoute() as r:
         r.get_links(99999)
     except netlink.NetlinkError() as exc:
         out["no_index"] = netlink.errno_of(exc)
-    r.link("del", index=v)
+    out["by_name"] = [r.set_down("v-in"), "UP" in ip("link", "show", "v-in")[0]["flags"],
+                      r.get_link("v-in")["index"] == v, r.get_link("nope"), r.set_down("nope"), r.del_link("nope")]
+    out["deleted"] = r.del_link("v-in")
     out["gone"] = [r.link_lookup(ifname="v-in"), [l["ifname"] for l in ip("link", fd=other)]]
 out["imported"] = sorted(m for m in ("pyroute2", "asyncio") if m in sys.modules)
 print(json.dumps(out))
@@ -163,6 +171,7 @@ def test_every_request_nsrun_makes_does_what_iproute2_sees() -> None:
     assert out["master"] is True
     assert out["dump"] == ["br-t", "lo", "v-in"]
     assert out["addrs"] == ["10.9.0.1/24", "fd00:9::1/64"]
+    assert out["decoded"] == 2  # the kernel filtered the dump by link (lo's two never came)
     assert out["addrs_ip"] == ["10.9.0.1/24", "fd00:9::1/64 nodad"]
     assert out["routes_ip"] == sorted(["default 10.9.0.254 static global", "10.9.0.0/24 None kernel link",
                                        "10.77.0.0/16 10.9.0.2 153 global", "10.88.0.0/16 None static link",
@@ -175,6 +184,8 @@ def test_every_request_nsrun_makes_does_what_iproute2_sees() -> None:
     assert out["after_del"] == ["10.9.0.1/24"]
     assert out["missing"] == [[], [], 1]
     assert out["no_index"] == 19                                # ENODEV
+    assert out["by_name"] == [True, False, True, None, False, False]
+    assert out["deleted"] is True
     assert out["gone"] == [[], ["lo"]]                          # the peer went with it
     # The point of the module: a run's netlink work loads neither pyroute2 nor asyncio (~60-90 ms).
     assert out["imported"] == []

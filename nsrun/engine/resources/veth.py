@@ -17,8 +17,8 @@ the LAN may route around the profile's gateway6); lo keeps ::1.
 
 The pair goes with its namespace: the teardown unmounts the namespace first (see
 nsrun.engine), and the host end vanishes ~10 ms later; removal waits for that, and deletes
-it only when it lingers (deleting a veth costs 25-50 ms), by one RTM_DELLINK on a plain
-netlink socket, so that a teardown imports no netlink library. gc's orphans: host veths
+it only when it lingers (deleting a veth costs 25-50 ms), by one RTM_DELLINK naming it
+(nsrun.linux.rtnl: no other link that took its index meanwhile). gc's orphans: host veths
 with nsrun's alias whose namespace has no record and is gone (a namespace kept alive by a
 process after its mount was removed).
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 import time
 from functools import partial
 from typing import Any
@@ -114,9 +113,13 @@ def shut(rec: NsRecord) -> None:
     """Set REC's host end down, when it is still there and ours: nothing passes it any more
     (the namespace's end loses its carrier; a veth delivers nothing to a peer that is down)."""
     if rec.veth and link_alias(rec.veth) == names.ifalias(rec.name):
-        err = _error(_request(RTM_NEWLINK, NLM_F_ACK, rec.veth, change=IFF_UP)[-1])
-        if err and err != errno.ENODEV:
-            raise OSError(err, f"setting link {rec.veth} down: {os.strerror(err)}")
+        from nsrun.linux import netlink
+
+        try:
+            with netlink.IPRoute() as ipr:
+                ipr.set_down(rec.veth)
+        except netlink.NetlinkError() as exc:
+            raise OSError(exc.code, f"setting link {rec.veth} down: {os.strerror(exc.code)}") from None
 
 
 def _vanished(ifname: str, timeout: float) -> bool:
@@ -131,70 +134,27 @@ def _vanished(ifname: str, timeout: float) -> bool:
         time.sleep(0.002)
 
 
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-IFF_UP = 0x1
-NLMSG_ERROR = 2
-IFLA_IFALIAS = 20
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-IFLA_IFNAME = 3
-
-
-def _request(kind: int, flags: int, ifname: str, change: int = 0) -> list[bytes]:
-    """One rtnetlink request about IFNAME (by name, so no other link that took its index
-    meanwhile): the replies up to its final one (NLMSG_ERROR or the link). CHANGE: the
-    link flags to clear (RTM_NEWLINK)."""
-    name = ifname.encode() + b"\0"
-    attr = struct.pack("=HH", 4 + len(name), IFLA_IFNAME) + name
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, change) + attr
-    msg = struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) as sock:
-        sock.sendto(msg, (0, 0))
-        while True:
-            reply = sock.recv(65536)
-            out: list[bytes] = []
-            off = 0
-            while off + 16 <= len(reply):
-                length, mtype, _, seq, _ = struct.unpack_from("=IHHII", reply, off)
-                if length < 16:
-                    break  # malformed: read on
-                if seq == 1:
-                    out.append(reply[off:off + length])
-                    if mtype in (NLMSG_ERROR, RTM_NEWLINK):
-                        return out
-                off += (length + 3) & ~3
-
-
-def _error(msg: bytes) -> int:
-    _, kind, _, _, _ = struct.unpack_from("=IHHII", msg)
-    return -struct.unpack_from("=i", msg, 16)[0] if kind == NLMSG_ERROR else 0
-
-
 def delete_link(ifname: str) -> None:
     """Delete IFNAME; quietly nothing when it is gone."""
-    err = _error(_request(RTM_DELLINK, NLM_F_ACK, ifname)[-1])
-    if err and err != errno.ENODEV:
-        raise OSError(err, f"deleting link {ifname}: {os.strerror(err)}")
+    from nsrun.linux import netlink
+
+    try:
+        with netlink.IPRoute() as ipr:
+            ipr.del_link(ifname)
+    except netlink.NetlinkError() as exc:
+        raise OSError(exc.code, f"deleting link {ifname}: {os.strerror(exc.code)}") from None
 
 
 def link_alias(ifname: str) -> str | None:
     """IFNAME's alias ('' when it has none), or None when there is no such link."""
-    msg = _request(RTM_GETLINK, 0, ifname)[-1]
-    _, kind, _, _, _ = struct.unpack_from("=IHHII", msg)
-    if kind != RTM_NEWLINK:
-        err = _error(msg)
-        if err in (errno.ENODEV, 0):
-            return None
-        raise OSError(err, f"reading link {ifname}: {os.strerror(err)}")
-    off = 16 + 16  # nlmsghdr, ifinfomsg
-    while off + 4 <= len(msg):
-        alen, atype = struct.unpack_from("=HH", msg, off)
-        if alen < 4:
-            break
-        if atype & 0x3FFF == IFLA_IFALIAS:
-            return msg[off + 4:off + alen].split(b"\0", 1)[0].decode(errors="replace")
-        off += (alen + 3) & ~3
-    return ""
+    from nsrun.linux import netlink
+
+    try:
+        with netlink.IPRoute() as ipr:
+            link = ipr.get_link(ifname)
+    except netlink.NetlinkError() as exc:
+        raise OSError(exc.code, f"reading link {ifname}: {os.strerror(exc.code)}") from None
+    return None if link is None else (link.get_attr("IFLA_IFALIAS") or "")
 
 
 def orphans(scan: Scan) -> list[Action]:
