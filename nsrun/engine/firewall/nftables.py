@@ -359,17 +359,18 @@ def _tables(prefix: str = TABLE_PREFIX) -> list[str]:
             and str(t["table"].get("name", "")).startswith(prefix)]
 
 
-def remove_publish(name: str, also: list[dict[str, Any]] | None = None) -> int:
+def remove_publish(name: str, also: list[dict[str, Any]] | None = None, linger: bool = False) -> int:
     """Drop namespace NAME's table of published ports, in one batch with the commands ALSO
     (the deletion of its openings in the host's chains: a batch that deletes waits ~10-15 ms
-    for the kernel, once however much it deletes). How many tables went (0 or 1)."""
+    for the kernel, once however much it deletes; LINGER: see run()). How many tables went
+    (0 or 1)."""
     if not available():
         return 0
     present = publish_table(name) in _tables(PUBLISH_PREFIX)
     table = {"family": "inet", "name": publish_table(name)}
     batch = ([{"add": {"table": table}}, {"delete": {"table": table}}] if present else []) + list(also or ())
     if batch:
-        run(batch)  # add-then-delete: idempotent, as remove()
+        run(batch, linger=linger)  # add-then-delete: idempotent, as remove()
     return int(present)
 
 

@@ -5,7 +5,7 @@ idempotent, from the record alone; orphans, gc's actions for what crashed runs l
 nsrun.engine.context for the interface. The engine walks `for_mode(mode)` to bring a
 namespace up and the same list in reverse to take it down, after calling, in order, the
 optional `withdraw(rec)` of the modules that have one while the namespace is still there
-(the guard's: nsrun.engine.resources.guard); gc asks every module in
+(the guard's and the published ports': nsrun.engine.resources.guard, .publish); gc asks every module in
 `every()` (in reverse) for orphans; the fault-injection steps are the modules' STEPs.
 Adding a resource is a module plus an entry in MODES.
 

@@ -17,8 +17,9 @@ the backend's localnet guard first, the bridge's record first of all: `NetRecord
 put back with the bridge's NAT rules); the DNAT and masquerade rules (the bridge's backend:
 `inet nsrun-pub-NAME`, or legacy rules commented `nsrun:BRIDGE:publish:NAME`); and the way
 in through the host's own chains that drop forwarded traffic (nsrun.engine.firewall.foreign,
-tagged likewise). remove (from the record, or the name alone): the rules, the openings and
-the claims. gc's orphans: claims of a namespace with no record whose setup is not at work;
+tagged likewise). withdraw (first in a teardown): the nf_tables rules and openings, their
+deletion's wait overlapped with the rest. remove (from the record, or the name alone): the
+rules, the openings and the claims. gc's orphans: claims of a namespace with no record whose setup is not at work;
 rules and openings tagged with a name that has no record nor namespace. Why route_localnet,
 and what closes the rest of it: docs/internals.md#published-ports.
 """
@@ -338,6 +339,30 @@ def _localnet(s: Setup, bridge: str) -> None:
         sysctl.write(key, "1")
 
 
+def withdraw(rec: NsRecord) -> None:
+    """Early in a teardown, once nothing runs inside: the nf_tables rules and openings, with
+    their socket left open, so that the kernel's grace period for the deletion (8-16 ms)
+    runs during the rest of the teardown, not after it (as the guard's: docs/internals.md,
+    isolation). remove() does the rest, or all of it when this did not run or failed."""
+    _withdrawn.discard(rec.name)  # a mark an interrupted teardown left must not skip remove()
+    net = record.read_net(rec.bridge) if rec.publish and rec.bridge else None
+    if net is not None and net.firewall == "nftables":
+        _remove_nftables(rec, linger=True)
+        _withdrawn.add(rec.name)
+
+
+_withdrawn: set[str] = set()  # names whose nf_tables part withdraw() removed in this process
+
+
+def _remove_nftables(rec: NsRecord, linger: bool = False) -> None:
+    """Its table and its openings in one batch: one wait for the kernel's deletion, not two."""
+    from nsrun.engine.firewall import foreign, nftables
+
+    assert rec.bridge is not None
+    foreign.close_published(publish_tag(rec.bridge, rec.name),
+                            also=lambda deletes: nftables.remove_publish(rec.name, deletes, linger=linger))
+
+
 def remove(rec: NsRecord) -> None:
     if not rec.publish:
         return  # nothing claimed nor made: the record holds the specs before anything is
@@ -347,11 +372,10 @@ def remove(rec: NsRecord) -> None:
     net = record.read_net(rec.bridge) if rec.bridge else None
     backends = [net.firewall] if net is not None and net.firewall else list(FIREWALLS)
     if rec.bridge and "nftables" in backends:
-        # its table and its openings in one batch: one wait for the kernel's deletion, not two
-        from nsrun.engine.firewall import nftables
-
-        foreign.close_published(publish_tag(rec.bridge, rec.name),
-                                also=lambda deletes: nftables.remove_publish(rec.name, deletes))
+        if rec.name in _withdrawn:
+            _withdrawn.discard(rec.name)
+        else:
+            _remove_nftables(rec)
         backends.remove("nftables")
     for name in backends:
         if name == "iptables":  # its IPv6 rules cost a fresh interpreter to read: only where made
