@@ -255,7 +255,7 @@ MUTANTS: list[Mutant] = [
            ("tests/lab/test_isolation.py::test_what_the_namespace_queued_at_its_end_does_not_leave_unguarded[legacy]",),
            "what the namespace queued behind an unresolved neighbour leaves once its guard is gone, before its veth"),
     Mutant("guard-orphans-unseen", "nsrun/engine/resources/guard.py",
-           "if name not in scan.records and _gone(name)]", "if False]",
+           "if name not in scan.records and record.name_gone(name)]", "if False]",
            ("tests/lab/test_isolation.py::test_gc_removes_guard_tables_whose_namespace_and_record_are_gone[legacy]",),
            "gc does not find a crashed setup's guard tables"),
     # -- issue 21: published ports and the late firewall ---------------------------------------
