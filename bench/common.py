@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-
 for where in (REPO, REPO / "tests"):  # nsrun, and the tests' harness (support.mounts)
     if str(where) not in sys.path:
         sys.path.insert(0, str(where))
@@ -92,7 +91,6 @@ def launcher_and_front(nsrun: str | None, python: str, front: bool = True) -> It
 
 
 # -- statistics ---------------------------------------------------------------------------
-
 
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else math.nan

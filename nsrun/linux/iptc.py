@@ -30,9 +30,9 @@ def _fast_find_library(original: Any) -> Any:
         # python-iptables' own extension (libxtwrapper.cpython-*.so) lies beside it on
         # sys.path: the original would run ldconfig and four gcc probes (~100 ms) first.
         if "/" not in name and ".." not in name:
-            for d in sys.path:
+            for d in filter(None, sys.path):
                 own = sorted(glob.glob(f"{glob.escape(d)}/lib{name.removeprefix('lib')}.cpython-*.so"))
-                if d and own:
+                if own:
                     return own[0]
         return original(name)  # type: ignore[no-any-return]
 

@@ -45,7 +45,7 @@ def add(ipr: Any, idx: int, addr: str, prefixlen: int, dad: bool = False) -> Non
 
     try:
         ipr.addr("add", index=idx, address=addr, prefixlen=prefixlen, **({} if dad else {"flags": IFA_F_NODAD}))
-    except netlink.NetlinkError() as exc:
+    except netlink.NetlinkError as exc:
         if netlink.errno_of(exc) != errno.EEXIST:
             raise
 

@@ -1,7 +1,7 @@
 """Netlink work: rtnetlink through nsrun.linux.rtnl, the few helpers every resource uses.
 
-`IPRoute()` is an `rtnl.Rtnl`, nsrun's own synchronous rtnetlink socket (see its
-docstring for why not pyroute2's IPRoute). `pyroute2()` imports pyroute2 for what rtnl does
+`IPRoute` is `rtnl.Rtnl`, nsrun's own synchronous rtnetlink socket (see its docstring
+for why not pyroute2's IPRoute). `pyroute2()` imports pyroute2 for what rtnl does
 not cover, generic netlink (kernel WireGuard), without running the package's __init__, which
 loads every module of the library (IPDB, NDB, conntrack, wifi...).
 """
@@ -16,12 +16,8 @@ from typing import Any
 from nsrun.linux import rtnl
 
 
-def IPRoute() -> rtnl.Rtnl:
-    return rtnl.Rtnl()
-
-
-def NetlinkError() -> type[rtnl.NetlinkError]:
-    return rtnl.NetlinkError
+IPRoute = rtnl.Rtnl
+NetlinkError = rtnl.NetlinkError
 
 
 def pyroute2() -> None:
@@ -55,10 +51,6 @@ def present(ipr: Any, ifname: str) -> int:
 
         raise NsrunError(f"the link {ifname} is not in this namespace")
     return idx
-
-
-def link_attr(link: Any, name: str) -> Any:
-    return link.get_attr(name) if hasattr(link, "get_attr") else link.get(name)
 
 
 def addresses(ipr: Any, idx: int) -> list[str]:

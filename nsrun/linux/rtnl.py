@@ -54,8 +54,9 @@ _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 
 # Attribute names as the kernel's headers spell them (the names pyroute2 uses too), with how
-# each value is read: s string, u unsigned 32, b byte, m hardware address, a IP address,
-# n nested (INFO: the linkinfo table). Attributes not named here are kept as raw bytes.
+# each value is read and written: s string, u unsigned 32, i signed 32, b byte, m hardware
+# address, a IP address, n nested (INFO: the linkinfo table), r raw bytes. Attributes not named
+# here are read as raw bytes. BRPORT and VETH are written only.
 _IFLA = {1: ("IFLA_ADDRESS", "m"), 2: ("IFLA_BROADCAST", "m"), 3: ("IFLA_IFNAME", "s"),
          4: ("IFLA_MTU", "u"), 5: ("IFLA_LINK", "u"), 6: ("IFLA_QDISC", "s"),
          10: ("IFLA_MASTER", "u"), 12: ("IFLA_PROTINFO", "r"), 13: ("IFLA_TXQLEN", "u"),
@@ -68,10 +69,9 @@ _IFA = {1: ("IFA_ADDRESS", "a"), 2: ("IFA_LOCAL", "a"), 3: ("IFA_LABEL", "s"),
 _RTA = {1: ("RTA_DST", "a"), 2: ("RTA_SRC", "a"), 3: ("RTA_IIF", "u"), 4: ("RTA_OIF", "u"),
         5: ("RTA_GATEWAY", "a"), 6: ("RTA_PRIORITY", "u"), 7: ("RTA_PREFSRC", "a"),
         15: ("RTA_TABLE", "u"), 20: ("RTA_PREF", "b")}
-_TABLES = {"IFLA": _IFLA, "INFO": _INFO, "IFA": _IFA, "RTA": _RTA}
-_NUMBER = {name: (code, how) for table in _TABLES.values() for code, (name, how) in table.items()}
-IFLA_INFO_DATA, VETH_INFO_PEER = 2, 1
-IFLA_BRPORT_ISOLATED = 33
+_TABLES = {"IFLA": _IFLA, "INFO": _INFO, "IFA": _IFA, "RTA": _RTA,
+           "BRPORT": {33: ("IFLA_BRPORT_ISOLATED", "b")}, "VETH": {1: ("VETH_INFO_PEER", "r")}}
+_CODES = {name: (code, how) for table in _TABLES.values() for code, (name, how) in table.items()}
 
 
 class NetlinkError(Exception):
@@ -107,12 +107,22 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
-def _u32(kind: int, value: int) -> bytes:
-    return _attr(kind, _U32.pack(value))
-
-
-def _str(kind: int, value: str) -> bytes:
-    return _attr(kind, value.encode() + b"\0")
+def _put(name: str, value: Any, nested: bool = False) -> bytes:
+    """Attribute NAME, VALUE written as the tables above read it (raw bytes for r and n)."""
+    code, how = _CODES[name]
+    if how == "s":
+        payload = value.encode() + b"\0"
+    elif how == "u":
+        payload = _U32.pack(value)
+    elif how == "b":
+        payload = bytes([value])
+    elif how == "m":
+        payload = _mac(value)
+    elif how == "a":
+        payload = _ip(value)
+    else:
+        payload = value
+    return _attr(code | (NLA_F_NESTED if nested or how == "n" else 0), payload)
 
 
 def _mac(value: str | bytes) -> bytes:
@@ -127,6 +137,10 @@ def _ip(address: str) -> bytes:
     return socket.inet_pton(_family_of(address), address)
 
 
+_LINK_KEYS = {"ifname": "IFLA_IFNAME", "mtu": "IFLA_MTU", "master": "IFLA_MASTER", "ifalias": "IFLA_IFALIAS",
+              "address": "IFLA_ADDRESS", "net_ns_fd": "IFLA_NET_NS_FD"}
+
+
 def _link_attrs(kw: dict[str, Any]) -> tuple[bytes, int, int]:
     """IFLA attributes and (flags, change) for the keywords of a link add or set."""
     flags = change = 0
@@ -134,18 +148,8 @@ def _link_attrs(kw: dict[str, Any]) -> tuple[bytes, int, int]:
     for key, value in kw.items():
         if value is None:
             continue
-        if key == "ifname":
-            out += _str(3, value)
-        elif key == "mtu":
-            out += _u32(4, value)
-        elif key == "master":
-            out += _u32(10, value)
-        elif key == "ifalias":
-            out += _str(20, value)
-        elif key == "address":
-            out += _attr(1, _mac(value))
-        elif key == "net_ns_fd":
-            out += _u32(28, value)
+        if key in _LINK_KEYS:
+            out += _put(_LINK_KEYS[key], value)
         elif key == "state":
             if value not in ("up", "down"):
                 raise ValueError(f"link state {value!r}")
@@ -157,13 +161,13 @@ def _link_attrs(kw: dict[str, Any]) -> tuple[bytes, int, int]:
 
 
 def _linkinfo(kind: str, peer: dict[str, Any] | str | None) -> bytes:
-    info = _str(1, kind)
+    info = _put("IFLA_INFO_KIND", kind)
     if kind == "veth" and peer is not None:
         spec = {"ifname": peer} if isinstance(peer, str) else dict(peer)
         attrs, flags, change = _link_attrs(spec)
-        data = _attr(VETH_INFO_PEER | NLA_F_NESTED, _IFINFOMSG.pack(0, 0, 0, flags, change) + attrs)
-        info += _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
-    return _attr(18 | NLA_F_NESTED, info)
+        data = _put("VETH_INFO_PEER", _IFINFOMSG.pack(0, 0, 0, flags, change) + attrs, nested=True)
+        info += _put("IFLA_INFO_DATA", data, nested=True)
+    return _put("IFLA_LINKINFO", info)
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -346,7 +350,7 @@ class Rtnl:
         if not raw or len(raw) > 15 or b"\0" in raw:  # no link has such a name (IFNAMSIZ)
             return None
         try:
-            return self.request(kind, NLM_F_ACK, _IFINFOMSG.pack(0, 0, 0, 0, change) + _str(3, ifname))
+            return self.request(kind, NLM_F_ACK, _IFINFOMSG.pack(0, 0, 0, 0, change) + _put("IFLA_IFNAME", ifname))
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return None
@@ -357,16 +361,16 @@ class Rtnl:
         isolated on` sets it."""
         if command != "set":
             raise ValueError(f"rtnl: brport {command!r}")
-        protinfo = _attr(12 | NLA_F_NESTED, _attr(IFLA_BRPORT_ISOLATED, bytes([1 if isolated else 0])))
+        protinfo = _put("IFLA_PROTINFO", _put("IFLA_BRPORT_ISOLATED", 1 if isolated else 0), nested=True)
         return self.request(RTM_SETLINK, NLM_F_ACK, _IFINFOMSG.pack(AF_BRIDGE, 0, index, 0, 0) + protinfo)
 
     # addresses
     def addr(self, command: str, index: int, address: str, prefixlen: int, flags: int = 0) -> list[Message]:
         family = _family_of(address)
         body = _IFADDRMSG.pack(family, prefixlen, flags & 0xFF, RT_SCOPE_UNIVERSE, index)
-        body += _attr(2, _ip(address)) + _attr(1, _ip(address))
+        body += _put("IFA_LOCAL", address) + _put("IFA_ADDRESS", address)
         if flags > 0xFF:
-            body += _u32(8, flags)
+            body += _put("IFA_FLAGS", flags)
         if command == "add":
             return self.request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
         if command == "del":
@@ -397,13 +401,13 @@ class Rtnl:
                            RTPROT_STATIC if proto is None and command == "add" else (proto or 0),
                            scope, RTN_UNICAST if command == "add" else 0, 0)
         if dst_len:
-            body += _attr(1, socket.inet_pton(fam, net))
+            body += _put("RTA_DST", net)
         if gateway:
-            body += _attr(5, socket.inet_pton(fam, gateway))
+            body += _put("RTA_GATEWAY", gateway)
         if oif:
-            body += _u32(4, oif)
+            body += _put("RTA_OIF", oif)
         if table >= 256:
-            body += _u32(15, table)
+            body += _put("RTA_TABLE", table)
         return self.request(mtype, flags, body)
 
     def get_routes(self, family: int = socket.AF_INET, table: int | None = None,

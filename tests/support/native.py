@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 SOURCE = REPO / "native" / "nsrun.c"
 PYTHON_ENV = "NSRUN_TEST_PYTHON"  # the interpreter the delegate script runs (default: this one)
 
+
 def compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc")
 

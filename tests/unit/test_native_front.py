@@ -220,7 +220,6 @@ def test_sudo_root_and_a_zero_sudo_uid_stay_with_the_front(front: str, service: 
     assert r.returncode == 3 and len(service.take()) == 1
 
 
-
 @pytest.mark.parametrize("name", ["../../tmp/x", ".hidden", "-x", "a/b", "x" * 65, ""])
 def test_a_ready_reply_naming_no_namespace_is_refused_before_anything(front: str, service: FakeService,
                                                                       name: str) -> None:

@@ -202,7 +202,7 @@ def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[s
     if idx is None:
         try:
             ipr.link("add", ifname=bridge, kind="bridge")
-        except netlink.NetlinkError() as exc:
+        except netlink.NetlinkError as exc:
             if netlink.errno_of(exc) != errno.EEXIST:
                 raise
         idx = netlink.index(ipr, bridge)
@@ -225,7 +225,7 @@ def _converge(ipr: Any, bridge: str, *, mtu: int | None = None, address: tuple[s
     if address is not None and f"{address[0]}/{address[1]}" not in netlink.addresses(ipr, idx):
         try:
             ipr.addr("add", index=idx, address=address[0], prefixlen=address[1])
-        except netlink.NetlinkError() as exc:
+        except netlink.NetlinkError as exc:
             if netlink.errno_of(exc) != errno.EEXIST:
                 raise
     if uplink_idx is not None:

@@ -88,7 +88,7 @@ def _delete(ipr: Any, dst: str, gateway: str) -> None:
 
     try:
         ipr.route("del", dst=dst, gateway=gateway, proto=PROTO, table=MAIN_TABLE)
-    except netlink.NetlinkError() as exc:
+    except netlink.NetlinkError as exc:
         if netlink.errno_of(exc) not in (errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.ENETUNREACH):
             raise
 

@@ -29,8 +29,9 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from nsrun import names
 from nsrun.engine import record
@@ -40,6 +41,7 @@ from nsrun.errors import NsrunError
 from nsrun.linux import netns, sysctl
 
 STEP = "veth"
+T = TypeVar("T")
 
 
 def inside(s: Setup) -> None:
@@ -59,7 +61,7 @@ def inside(s: Setup) -> None:
             peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": s.host_fd, **extra}
             try:
                 inner.link("add", ifname=s.ifname, kind="veth", peer=peer, **extra)
-            except netlink.NetlinkError() as exc:
+            except netlink.NetlinkError as exc:
                 if netlink.errno_of(exc) != errno.EEXIST:
                     raise
                 continue
@@ -113,13 +115,7 @@ def shut(rec: NsRecord) -> None:
     """Set REC's host end down, when it is still there and ours: nothing passes it any more
     (the namespace's end loses its carrier; a veth delivers nothing to a peer that is down)."""
     if rec.veth and link_alias(rec.veth) == names.ifalias(rec.name):
-        from nsrun.linux import netlink
-
-        try:
-            with netlink.IPRoute() as ipr:
-                ipr.set_down(rec.veth)
-        except netlink.NetlinkError() as exc:
-            raise OSError(exc.code, f"setting link {rec.veth} down: {os.strerror(exc.code)}") from None
+        _on_link(f"setting link {rec.veth} down", lambda ipr: ipr.set_down(rec.veth))
 
 
 def _vanished(ifname: str, timeout: float) -> bool:
@@ -134,26 +130,26 @@ def _vanished(ifname: str, timeout: float) -> bool:
         time.sleep(0.002)
 
 
-def delete_link(ifname: str) -> None:
-    """Delete IFNAME; quietly nothing when it is gone."""
+def _on_link(what: str, request: Callable[[Any], T]) -> T:
+    """REQUEST (about one link, by its name) on a fresh rtnetlink socket; a refusal as an
+    OSError saying WHAT was refused."""
     from nsrun.linux import netlink
 
     try:
         with netlink.IPRoute() as ipr:
-            ipr.del_link(ifname)
-    except netlink.NetlinkError() as exc:
-        raise OSError(exc.code, f"deleting link {ifname}: {os.strerror(exc.code)}") from None
+            return request(ipr)
+    except netlink.NetlinkError as exc:
+        raise OSError(exc.code, f"{what}: {os.strerror(exc.code)}") from None
+
+
+def delete_link(ifname: str) -> None:
+    """Delete IFNAME; quietly nothing when it is gone."""
+    _on_link(f"deleting link {ifname}", lambda ipr: ipr.del_link(ifname))
 
 
 def link_alias(ifname: str) -> str | None:
     """IFNAME's alias ('' when it has none), or None when there is no such link."""
-    from nsrun.linux import netlink
-
-    try:
-        with netlink.IPRoute() as ipr:
-            link = ipr.get_link(ifname)
-    except netlink.NetlinkError() as exc:
-        raise OSError(exc.code, f"reading link {ifname}: {os.strerror(exc.code)}") from None
+    link = _on_link(f"reading link {ifname}", lambda ipr: ipr.get_link(ifname))
     return None if link is None else (link.get_attr("IFLA_IFALIAS") or "")
 
 

@@ -139,9 +139,9 @@ def orphans(scan: Scan) -> list[Action]:
     owners: dict[str, str | None] = {}  # nsrun-named links here -> the namespace in their alias
     with netlink.IPRoute() as ipr:
         for link in ipr.get_links():
-            ifname = netlink.link_attr(link, "IFLA_IFNAME")
+            ifname = link.get_attr("IFLA_IFNAME")
             if isinstance(ifname, str) and names.is_wg_ifname(ifname) and ifname not in recorded:
-                alias = netlink.link_attr(link, "IFLA_IFALIAS") or ""
+                alias = link.get_attr("IFLA_IFALIAS") or ""
                 owners[ifname] = alias[len(names.IFALIAS_PREFIX):] if alias.startswith(names.IFALIAS_PREFIX) else None
     out: list[Action] = []
     taken: set[str] = set()
