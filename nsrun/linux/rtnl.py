@@ -23,7 +23,6 @@ NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
-NETLINK_GET_STRICT_CHK = 12
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
@@ -251,12 +250,11 @@ class Rtnl:
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
-            # STRICT_CHK: a dump filtered by the kernel (one link's addresses of thousands)
-            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
                 try:
                     self.sock.setsockopt(SOL_NETLINK, opt, 1)
                 except OSError:
-                    pass  # an older kernel: full echoes, no message text, dumps filtered here
+                    pass  # an older kernel: full echoes in errors, and no message text
             self.sock.bind((0, 0))
         except BaseException:
             self.sock.close()
@@ -378,7 +376,7 @@ class Rtnl:
         raise ValueError(f"rtnl: addr {command!r}")
 
     def get_addr(self, index: int | None = None, family: int = 0) -> list[Message]:
-        found = self.request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, index or 0))
+        found = self.request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, 0))
         return [m for m in found if (index is None or m["index"] == index)
                 and (not family or m["family"] == family)]
 

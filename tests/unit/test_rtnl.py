@@ -120,12 +120,6 @@ with netlink.IPRoute() as r:
     r.addr("add", index=br, address="10.9.0.1", prefixlen=24)
     r.addr("add", index=br, address="fd00:9::1", prefixlen=64, flags=0x02)
     out["addrs"] = sorted(netlink.addresses(r, br))
-    decoded = []
-    real_decode = rtnl._decode
-    rtnl._decode = lambda kind, body: decoded.append(kind) or real_decode(kind, body)
-    r.get_addr(index=br)
-    rtnl._decode = real_decode
-    out["decoded"] = len(decoded)
     out["addrs_ip"] = sorted(f"{a['local']}/{a['prefixlen']}" + (" nodad" if a.get("nodad") else "")
                              for a in ip("addr", "show", "br-t")[0]["addr_info"])
     r.route("add", dst="10.77.0.0/16", gateway="10.9.0.2", proto=0x99)
@@ -174,7 +168,6 @@ def test_every_request_nsrun_makes_does_what_iproute2_sees() -> None:
     assert out["master"] is True
     assert out["dump"] == ["br-t", "lo", "v-in"]
     assert out["addrs"] == ["10.9.0.1/24", "fd00:9::1/64"]
-    assert out["decoded"] == 2  # the kernel filtered the dump by link (lo's two never came)
     assert out["addrs_ip"] == ["10.9.0.1/24", "fd00:9::1/64 nodad"]
     assert out["routes_ip"] == sorted(["default 10.9.0.254 static global", "10.9.0.0/24 None kernel link",
                                        "10.77.0.0/16 10.9.0.2 153 global", "10.88.0.0/16 None static link",
